@@ -1,0 +1,1 @@
+//! eBPF traffic redirection: loading, attaching and feeding the programs built from `mesh-ebpf`.

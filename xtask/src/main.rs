@@ -1,0 +1,2 @@
+//! `cargo xtask`: Weft's developer tasks.
+fn main() {}
