@@ -1,2 +1,40 @@
 //! `cargo xtask`: Weft's developer tasks.
-fn main() {}
+//!
+//! - `setup`: installs what a Debian machine lacks to build Weft (eBPF toolchain, test tools).
+//! - `build-ebpf`: builds the eBPF programs in `mesh-ebpf/` with Debian's rustc and bpf-linker.
+//! - `test`: set-up, eBPF build, then the whole test suite (the README's test command).
+
+mod ebpf;
+mod setup;
+mod test;
+mod workspace;
+
+use clap::{Parser, Subcommand};
+
+/// Weft's developer tasks. Run from anywhere inside the repository.
+#[derive(Debug, Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what is missing to build and test Weft (apt packages and bpf-linker; Debian, root).
+    Setup(setup::SetupArgs),
+    /// Build the eBPF programs (mesh-ebpf) into the object that mesh-node embeds.
+    BuildEbpf(ebpf::BuildArgs),
+    /// Set up, build the eBPF programs, and run every test (needs root for the eBPF tests).
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup(args) => setup::run(&args),
+        Task::BuildEbpf(args) => ebpf::build(&args).map(|object| {
+            println!("eBPF object: {}", object.display());
+        }),
+        Task::Test(args) => test::run(&args),
+    }
+}
