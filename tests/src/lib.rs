@@ -1,1 +1,5 @@
 //! Harness shared by Weft's cross-component tests and the local lab (`cargo xtask demo`).
+//!
+//! - [`lab`]: nodes and pods as network namespaces and cgroups on one machine, torn down on drop.
+
+pub mod lab;
