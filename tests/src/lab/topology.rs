@@ -331,7 +331,16 @@ impl Drop for Lab {
         for (_, child) in &mut self.processes {
             terminate(child, std::time::Duration::from_secs(2));
         }
-        // The remaining fields drop in declaration order: pods, nodes, fabric, root cgroup.
+        self.pods.clear();
+        self.nodes.clear();
+        if let Err(error) = self.root_cgroup.destroy() {
+            eprintln!("lab: {error:#}");
+        }
+        // The shared parent goes too once the last lab is gone (rmdir fails while others run).
+        if let Some(parent) = self.root_cgroup.path().parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        // The fabric namespace is deleted when its field drops.
     }
 }
 
