@@ -3,7 +3,9 @@
 //! - `setup`: installs what a Debian machine lacks to build Weft (eBPF toolchain, test tools).
 //! - `build-ebpf`: builds the eBPF programs in `mesh-ebpf/` with Debian's rustc and bpf-linker.
 //! - `test`: set-up, eBPF build, then the whole test suite (the README's test command).
+//! - `demo`: the local lab, the README's main command.
 
+mod demo;
 mod ebpf;
 mod setup;
 mod test;
@@ -27,6 +29,8 @@ enum Task {
     BuildEbpf(ebpf::BuildArgs),
     /// Set up, build the eBPF programs, and run every test (needs root for the eBPF tests).
     Test(test::TestArgs),
+    /// Run the whole mesh on this machine in network namespaces and show what it does (root).
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +40,6 @@ fn main() -> anyhow::Result<()> {
             println!("eBPF object: {}", object.display());
         }),
         Task::Test(args) => test::run(&args),
+        Task::Demo(args) => demo::run(&args),
     }
 }

@@ -28,7 +28,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     workspace::run(
         Command::new(setup::cargo())
             .current_dir(workspace::root())
-            .args(["test", "--workspace", "--locked"])
+            .args(["test", "--workspace"])
             .args(&args.cargo_test_args)
             .env("WEFT_EBPF_OBJECT", object),
     )
