@@ -59,7 +59,12 @@ pub fn init(options: &LogOptions) -> Result<(), TelemetryError> {
             .with(fmt::layer().with_writer(std::io::stderr))
             .try_init()?,
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
             .try_init()?,
     }
     Ok(())
