@@ -1,0 +1,304 @@
+//! Table tests of the authorization decision, following Istio's documented semantics.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+
+use super::*;
+use crate::authz::{Condition, OperationMatch, SourceMatch};
+
+const CLIENT: &str = "cluster.local/ns/demo/sa/client";
+const INTRUDER: &str = "cluster.local/ns/outside/sa/intruder";
+
+fn conn(principal: Option<&str>, source_ip: &str, port: u16) -> ConnectionAttributes {
+    ConnectionAttributes {
+        source_ip: source_ip.parse().unwrap(),
+        source_principal: principal.map(str::to_string),
+        destination_ip: "10.0.0.9".parse::<IpAddr>().unwrap(),
+        destination_port: port,
+    }
+}
+
+fn policy(action: Action, rules: Vec<Rule>) -> Policy {
+    Policy {
+        key: format!("demo/{action:?}").to_lowercase(),
+        action,
+        rules,
+    }
+}
+
+fn from_principals(principals: &[&str]) -> Rule {
+    Rule {
+        from: vec![SourceMatch {
+            principals: principals.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn to(operation: OperationMatch) -> Rule {
+    Rule {
+        to: vec![operation],
+        ..Default::default()
+    }
+}
+
+fn when(key: &str, values: &[&str]) -> Rule {
+    Rule {
+        when: vec![Condition {
+            key: key.to_string(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+            not_values: vec![],
+        }],
+        ..Default::default()
+    }
+}
+
+fn decide(policies: &[Policy], connection: &ConnectionAttributes) -> Decision {
+    evaluate(policies, connection, None)
+}
+
+fn decide_http(
+    policies: &[Policy],
+    connection: &ConnectionAttributes,
+    method: &str,
+    path: &str,
+    headers: &HeaderMap,
+) -> Decision {
+    let request = RequestAttributes {
+        method,
+        path,
+        host: "website.demo.svc.cluster.local:8080",
+        headers,
+    };
+    evaluate(policies, connection, Some(&request))
+}
+
+#[test]
+fn no_policy_allows() {
+    assert_eq!(decide(&[], &conn(None, "10.0.0.1", 80)), Decision::Allow);
+}
+
+#[test]
+fn allow_policy_makes_an_allow_list() {
+    let policies = [policy(Action::Allow, vec![from_principals(&[CLIENT])])];
+    let cases = [
+        (Some(CLIENT), Decision::Allow),
+        (Some(INTRUDER), Decision::NotAllowed),
+        (None, Decision::NotAllowed),
+    ];
+    for (principal, want) in cases {
+        assert_eq!(
+            decide(&policies, &conn(principal, "10.0.0.1", 80)),
+            want,
+            "{principal:?}"
+        );
+    }
+}
+
+#[test]
+fn any_matching_allow_policy_is_enough() {
+    let policies = [
+        policy(Action::Allow, vec![from_principals(&[INTRUDER])]),
+        policy(
+            Action::Allow,
+            vec![from_principals(&["cluster.local/ns/demo/*"])],
+        ),
+    ];
+    assert_eq!(
+        decide(&policies, &conn(Some(CLIENT), "10.0.0.1", 80)),
+        Decision::Allow
+    );
+}
+
+#[test]
+fn deny_wins_over_allow() {
+    let policies = [
+        policy(Action::Allow, vec![Rule::default()]),
+        policy(Action::Deny, vec![from_principals(&[CLIENT])]),
+    ];
+    let denied = Decision::DeniedByPolicy {
+        policy: "demo/deny".into(),
+    };
+    assert_eq!(
+        decide(&policies, &conn(Some(CLIENT), "10.0.0.1", 80)),
+        denied
+    );
+    assert_eq!(
+        decide(&policies, &conn(Some(INTRUDER), "10.0.0.1", 80)),
+        Decision::Allow
+    );
+}
+
+#[test]
+fn allow_without_rules_allows_nothing_and_empty_rule_matches_all() {
+    let allow_nothing = [policy(Action::Allow, vec![])];
+    assert_eq!(
+        decide(&allow_nothing, &conn(Some(CLIENT), "10.0.0.1", 80)),
+        Decision::NotAllowed
+    );
+    let deny_all = [policy(Action::Deny, vec![Rule::default()])];
+    assert!(!decide(&deny_all, &conn(None, "10.0.0.1", 80)).is_allowed());
+    let deny_nothing = [policy(Action::Deny, vec![])];
+    assert_eq!(
+        decide(&deny_nothing, &conn(None, "10.0.0.1", 80)),
+        Decision::Allow
+    );
+}
+
+#[test]
+fn namespaces_come_from_the_principal() {
+    let rule = Rule {
+        from: vec![SourceMatch {
+            namespaces: vec!["demo".into()],
+            not_namespaces: vec![],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let policies = [policy(Action::Allow, vec![rule])];
+    assert!(decide(&policies, &conn(Some(CLIENT), "10.0.0.1", 80)).is_allowed());
+    assert!(!decide(&policies, &conn(Some(INTRUDER), "10.0.0.1", 80)).is_allowed());
+    assert!(!decide(&policies, &conn(None, "10.0.0.1", 80)).is_allowed());
+}
+
+#[test]
+fn not_forms_exclude() {
+    let rule = Rule {
+        from: vec![SourceMatch {
+            not_principals: vec![INTRUDER.into()],
+            not_ip_blocks: vec!["192.168.0.0/16".parse().unwrap()],
+            ..Default::default()
+        }],
+        to: vec![OperationMatch {
+            not_ports: vec![22],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let policies = [policy(Action::Allow, vec![rule])];
+    let cases = [
+        (Some(CLIENT), "10.0.0.1", 80, true),
+        (None, "10.0.0.1", 80, true),
+        (Some(INTRUDER), "10.0.0.1", 80, false),
+        (Some(CLIENT), "192.168.1.1", 80, false),
+        (Some(CLIENT), "10.0.0.1", 22, false),
+    ];
+    for (principal, ip, port, want) in cases {
+        let got = decide(&policies, &conn(principal, ip, port)).is_allowed();
+        assert_eq!(got, want, "{principal:?} {ip}:{port}");
+    }
+}
+
+#[test]
+fn ip_blocks_and_ports() {
+    let rule = Rule {
+        from: vec![SourceMatch {
+            ip_blocks: vec!["10.211.0.0/16".parse().unwrap()],
+            ..Default::default()
+        }],
+        to: vec![OperationMatch {
+            ports: vec![8080, 9090],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let policies = [policy(Action::Allow, vec![rule])];
+    assert!(decide(&policies, &conn(None, "10.211.1.5", 8080)).is_allowed());
+    assert!(!decide(&policies, &conn(None, "10.212.1.5", 8080)).is_allowed());
+    assert!(!decide(&policies, &conn(None, "10.211.1.5", 8081)).is_allowed());
+}
+
+#[test]
+fn l7_allow_rules_never_match_at_a_node_but_do_at_a_waypoint() {
+    let rule = to(OperationMatch {
+        methods: vec!["GET".into()],
+        ..Default::default()
+    });
+    let policies = [policy(Action::Allow, vec![rule])];
+    let client = conn(Some(CLIENT), "10.0.0.1", 8080);
+    assert_eq!(decide(&policies, &client), Decision::NotAllowed);
+    let headers = HeaderMap::new();
+    assert!(decide_http(&policies, &client, "GET", "/", &headers).is_allowed());
+    assert!(!decide_http(&policies, &client, "POST", "/", &headers).is_allowed());
+}
+
+#[test]
+fn l7_deny_rules_deny_more_at_a_node() {
+    let rule = to(OperationMatch {
+        paths: vec!["/admin/*".into()],
+        ports: vec![8080],
+        ..Default::default()
+    });
+    let policies = [policy(Action::Deny, vec![rule])];
+    let client = conn(Some(CLIENT), "10.0.0.1", 8080);
+    // At the node the path is unknowable: the whole port is denied.
+    assert!(!decide(&policies, &client).is_allowed());
+    // Other ports are not covered by the rule even at the node.
+    assert!(decide(&policies, &conn(Some(CLIENT), "10.0.0.1", 9090)).is_allowed());
+    let headers = HeaderMap::new();
+    assert!(!decide_http(&policies, &client, "GET", "/admin/users", &headers).is_allowed());
+    assert!(decide_http(&policies, &client, "GET", "/public", &headers).is_allowed());
+}
+
+#[test]
+fn hosts_match_with_or_without_port() {
+    let rule = to(OperationMatch {
+        hosts: vec!["website.demo.svc.cluster.local".into()],
+        ..Default::default()
+    });
+    let policies = [policy(Action::Allow, vec![rule])];
+    let headers = HeaderMap::new();
+    let client = conn(Some(CLIENT), "10.0.0.1", 8080);
+    assert!(decide_http(&policies, &client, "GET", "/", &headers).is_allowed());
+}
+
+#[test]
+fn when_conditions_on_connection_attributes() {
+    let policies = [policy(
+        Action::Allow,
+        vec![
+            when("source.ip", &["10.0.0.0/24"]),
+            when("destination.port", &["443"]),
+        ],
+    )];
+    assert!(decide(&policies, &conn(None, "10.0.0.7", 80)).is_allowed());
+    assert!(decide(&policies, &conn(None, "10.9.0.7", 443)).is_allowed());
+    assert!(!decide(&policies, &conn(None, "10.9.0.7", 80)).is_allowed());
+}
+
+#[test]
+fn header_conditions_need_a_request() {
+    let policies = [policy(
+        Action::Allow,
+        vec![when("request.headers[end-user]", &["jason"])],
+    )];
+    let client = conn(Some(CLIENT), "10.0.0.1", 8080);
+    assert!(!decide(&policies, &client).is_allowed());
+    let mut headers = HeaderMap::new();
+    headers.insert("end-user", "jason".parse().unwrap());
+    assert!(decide_http(&policies, &client, "GET", "/", &headers).is_allowed());
+    headers.insert("end-user", "mallory".parse().unwrap());
+    assert!(!decide_http(&policies, &client, "GET", "/", &headers).is_allowed());
+}
+
+#[test]
+fn unsupported_condition_keys_fail_closed() {
+    let key = "request.auth.claims[groups]";
+    let allow = [policy(Action::Allow, vec![when(key, &["admins"])])];
+    let deny = [policy(Action::Deny, vec![when(key, &["guests"])])];
+    let client = conn(Some(CLIENT), "10.0.0.1", 8080);
+    let headers = HeaderMap::new();
+    assert!(!decide_http(&allow, &client, "GET", "/", &headers).is_allowed());
+    assert!(!decide_http(&deny, &client, "GET", "/", &headers).is_allowed());
+}
+
+#[test]
+fn audit_never_changes_the_decision() {
+    let policies = [policy(Action::Audit, vec![Rule::default()])];
+    assert_eq!(
+        decide(&policies, &conn(None, "10.0.0.1", 80)),
+        Decision::Allow
+    );
+}
