@@ -4,9 +4,11 @@
 //! - `build-ebpf`: builds the eBPF programs in `mesh-ebpf/` with Debian's rustc and bpf-linker.
 //! - `test`: set-up, eBPF build, then the whole test suite (the README's test command).
 //! - `demo`: the local lab, the README's main command.
+//! - `fuzz`: bounded fuzzing of parsers (cargo-fuzz, nightly).
 
 mod demo;
 mod ebpf;
+mod fuzz;
 mod setup;
 mod test;
 mod workspace;
@@ -31,6 +33,8 @@ enum Task {
     Test(test::TestArgs),
     /// Run the whole mesh on this machine in network namespaces and show what it does (root).
     Demo(demo::DemoArgs),
+    /// Fuzz the parsers of network and user input for a bounded time (nightly, cargo-fuzz).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         }),
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     }
 }
