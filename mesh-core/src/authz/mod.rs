@@ -15,11 +15,13 @@
 //! does not know) it fails closed: such an `ALLOW` rule never matches, and such a `DENY` rule
 //! ignores the unknowable part, so it denies more rather than less.
 
+mod convert;
 mod evaluate;
 mod matching;
 
 use std::net::IpAddr;
 
+pub use convert::PolicyConvertError;
 pub use evaluate::evaluate;
 use ipnet::IpNet;
 
