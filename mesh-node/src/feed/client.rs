@@ -1,0 +1,210 @@
+//! Keeps the node subscribed to mesh-control and publishes each complete snapshot.
+
+use std::{sync::Arc, time::Duration};
+
+use mesh_core::{drain::DrainWatch, proto::control::v1 as pb};
+use pb::node_feed_client::NodeFeedClient;
+use tokio::sync::watch;
+use tonic::{
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+};
+
+use super::store::{FeedStore, MeshSnapshot};
+
+/// Where and how to subscribe.
+#[derive(Debug, Clone)]
+pub struct FeedClientConfig {
+    /// mesh-control's gRPC address, e.g. `http://10.210.0.1:15012`.
+    pub endpoint: String,
+    /// This node's name, as pods' `spec.nodeName` says it.
+    pub node_name: String,
+    /// Bearer token proving the node's identity to mesh-control.
+    pub token: Option<String>,
+    /// Bound on establishing the connection.
+    pub connect_timeout: Duration,
+    /// First retry delay after a failure; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Longest delay between retries.
+    pub max_backoff: Duration,
+}
+
+impl FeedClientConfig {
+    /// Defaults: 5 s connect timeout, backoff from 250 ms to 30 s.
+    pub fn new(endpoint: impl Into<String>, node_name: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            node_name: node_name.into(),
+            token: None,
+            connect_timeout: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the subscription is doing, for readiness and the config dump.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedStatus {
+    /// A stream is open.
+    pub connected: bool,
+    /// Feed instance and version of the snapshot in force (version 0: none yet).
+    pub feed_id: String,
+    pub version: u64,
+    /// Failed attempts since the last complete version.
+    pub consecutive_failures: u32,
+    /// The last failure, for operators.
+    pub last_error: Option<String>,
+}
+
+/// Why one subscription attempt ended.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("invalid control endpoint {endpoint:?}: {source}")]
+    Endpoint {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error(
+        "cannot connect to mesh-control at {endpoint} (is it running and reachable?): {source}"
+    )]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("mesh-control refused the subscription: {0}")]
+    Refused(tonic::Status),
+    #[error("feed stream broke: {0}")]
+    Stream(tonic::Status),
+    #[error("feed stream ended by mesh-control")]
+    Ended,
+    #[error("inconsistent feed, resubscribing from scratch: {0}")]
+    Inconsistent(#[from] super::store::FeedError),
+    #[error("bearer token is not a valid header value")]
+    BadToken,
+}
+
+/// Runs until the drain starts, publishing every complete snapshot on `snapshots` and the
+/// subscription's state on `status`. The last snapshot stays published through disconnects.
+pub async fn run(
+    config: FeedClientConfig,
+    snapshots: watch::Sender<Arc<MeshSnapshot>>,
+    status: watch::Sender<FeedStatus>,
+    mut drain: DrainWatch,
+) {
+    let mut store = FeedStore::default();
+    let mut backoff = config.initial_backoff;
+    loop {
+        let attempt = subscribe(&config, &mut store, &snapshots, &status);
+        let error = tokio::select! {
+            _ = drain.signaled() => return,
+            error = attempt => error,
+        };
+        store.abandon_pending();
+        if matches!(error, AttemptError::Inconsistent(_)) {
+            // Forget the resume point so the next subscription is a full resend.
+            store = FeedStore::default();
+        }
+        let progressed = status.borrow().consecutive_failures == 0;
+        if progressed {
+            backoff = config.initial_backoff;
+        }
+        tracing::warn!(%error, retry_in = ?backoff, "control feed disconnected; keeping last config");
+        status.send_modify(|s| {
+            s.connected = false;
+            s.consecutive_failures += 1;
+            s.last_error = Some(error.to_string());
+        });
+        tokio::select! {
+            _ = drain.signaled() => return,
+            _ = tokio::time::sleep(jittered(backoff)) => {}
+        }
+        backoff = (backoff * 2).min(config.max_backoff);
+    }
+}
+
+/// One subscription: returns why it ended (it never ends without an error).
+async fn subscribe(
+    config: &FeedClientConfig,
+    store: &mut FeedStore,
+    snapshots: &watch::Sender<Arc<MeshSnapshot>>,
+    status: &watch::Sender<FeedStatus>,
+) -> AttemptError {
+    let channel = match connect(config).await {
+        Ok(channel) => channel,
+        Err(error) => return error,
+    };
+    let (feed_id, resume_version) = store.resume_point();
+    let mut request = tonic::Request::new(pb::NodeSubscribeRequest {
+        node_name: config.node_name.clone(),
+        feed_id,
+        resume_version,
+    });
+    if let Some(token) = &config.token {
+        match MetadataValue::try_from(format!("Bearer {token}")) {
+            Ok(value) => request.metadata_mut().insert("authorization", value),
+            Err(_) => return AttemptError::BadToken,
+        };
+    }
+    let mut stream = match NodeFeedClient::new(channel).subscribe(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return AttemptError::Refused(status),
+    };
+    status.send_modify(|s| s.connected = true);
+    loop {
+        let update = match stream.message().await {
+            Ok(Some(update)) => update,
+            Ok(None) => return AttemptError::Ended,
+            Err(status) => return AttemptError::Stream(status),
+        };
+        match store.apply(update) {
+            Ok(Some(snapshot)) => {
+                tracing::info!(
+                    feed = %snapshot.feed_id,
+                    version = snapshot.version,
+                    workloads = snapshot.workloads.len(),
+                    services = snapshot.services.len(),
+                    policies = snapshot.authorizations.len(),
+                    "applied control feed version"
+                );
+                status.send_modify(|s| {
+                    s.feed_id = snapshot.feed_id.clone();
+                    s.version = snapshot.version;
+                    s.consecutive_failures = 0;
+                    s.last_error = None;
+                });
+                snapshots.send_replace(snapshot);
+            }
+            Ok(None) => {}
+            Err(error) => return error.into(),
+        }
+    }
+}
+
+async fn connect(config: &FeedClientConfig) -> Result<Channel, AttemptError> {
+    let endpoint = Endpoint::from_shared(config.endpoint.clone())
+        .map_err(|source| AttemptError::Endpoint {
+            endpoint: config.endpoint.clone(),
+            source,
+        })?
+        .connect_timeout(config.connect_timeout)
+        // The stream is quiet while nothing changes: PINGs find a dead peer.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    endpoint
+        .connect()
+        .await
+        .map_err(|source| AttemptError::Connect {
+            endpoint: config.endpoint.clone(),
+            source,
+        })
+}
+
+/// 50% to 100% of `delay`, so a fleet of nodes does not reconnect in lockstep.
+fn jittered(delay: Duration) -> Duration {
+    let fraction = 0.5 + rand::random::<f64>() * 0.5;
+    delay.mul_f64(fraction)
+}
