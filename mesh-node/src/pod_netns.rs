@@ -245,7 +245,7 @@ mod tests {
         }
     }
 
-    fn ip(args: &[&str]) {
+    fn run_ip(args: &[&str]) {
         let status = std::process::Command::new("ip")
             .args(args)
             .status()
@@ -259,9 +259,9 @@ mod tests {
     #[test]
     fn scan_finds_a_pinned_namespace_by_its_address() {
         let name = format!("wfpn{}", std::process::id());
-        ip(&["netns", "add", &name]);
+        run_ip(&["netns", "add", &name]);
         let netns = TestNetns(name);
-        ip(&["-n", &netns.0, "link", "add", "pod0", "type", "dummy"]);
+        run_ip(&["-n", &netns.0, "link", "add", "pod0", "type", "dummy"]);
         ip(&[
             "-n",
             &netns.0,
