@@ -262,7 +262,7 @@ mod tests {
         run_ip(&["netns", "add", &name]);
         let netns = TestNetns(name);
         run_ip(&["-n", &netns.0, "link", "add", "pod0", "type", "dummy"]);
-        ip(&[
+        run_ip(&[
             "-n",
             &netns.0,
             "addr",
@@ -276,7 +276,7 @@ mod tests {
                 .expect("cookie of the test namespace");
         let found = scan(&ScanConfig::default()).expect("scan");
         let pod = found
-            .get(&"10.213.7.9".parse::<IpAddr>().unwrap())
+            .get(&ip("10.213.7.9"))
             .expect("namespace found by address");
         assert_eq!(pod.cookie, expected);
         assert_eq!(pod.path, PathBuf::from(format!("/run/netns/{}", netns.0)));
