@@ -261,7 +261,9 @@ mod tests {
         let name = format!("wfpn{}", std::process::id());
         run_ip(&["netns", "add", &name]);
         let netns = TestNetns(name);
-        run_ip(&["-n", &netns.0, "link", "add", "pod0", "type", "dummy"]);
+        run_ip(&[
+            "-n", &netns.0, "link", "add", "pod0", "type", "veth", "peer", "name", "pod1",
+        ]);
         run_ip(&[
             "-n",
             &netns.0,
