@@ -1,5 +1,7 @@
 //! Harness shared by Weft's cross-component tests and the local lab (`cargo xtask demo`).
 //!
 //! - [`lab`]: nodes and pods as network namespaces and cgroups on one machine, torn down on drop.
+//! - [`bins`]: paths of the workspace's binaries, for tests that run them as processes.
 
+pub mod bins;
 pub mod lab;

@@ -25,11 +25,19 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         );
     }
     let object = ebpf::build(&ebpf::BuildArgs { no_setup: false })?;
+    // Tests in `tests/` run the other packages' binaries, which cargo does not build for them.
+    workspace::run(
+        Command::new(setup::cargo())
+            .current_dir(workspace::root())
+            .args(["build", "--workspace", "--bins"])
+            .env("WEFT_EBPF_OBJECT", &object),
+    )?;
     workspace::run(
         Command::new(setup::cargo())
             .current_dir(workspace::root())
             .args(["test", "--workspace"])
             .args(&args.cargo_test_args)
-            .env("WEFT_EBPF_OBJECT", object),
+            .env("WEFT_EBPF_OBJECT", &object)
+            .env("WEFT_BIN_DIR", workspace::root().join("target/debug")),
     )
 }
