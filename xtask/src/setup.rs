@@ -21,9 +21,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "libstd-rust-web-dev-bpf",
     // bpf-linker links against this LLVM.
     "llvm-22-dev",
-    // Inspecting loaded programs; network namespaces for tests and the demo.
+    // Inspecting loaded programs; network namespaces, NAT rules and a demo CA for the lab.
     "bpftool",
     "iproute2",
+    "nftables",
+    "openssl",
 ];
 
 /// The bpf-linker release known to work with LLVM 22 and this rustc.

@@ -54,6 +54,12 @@ enum Mode {
         /// Print a tally of answers instead of each one.
         #[arg(long)]
         summary: bool,
+        /// Print each whole response body instead of its first line.
+        #[arg(long, conflicts_with = "summary")]
+        body: bool,
+        /// Give up on connecting and on each read after this many milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
     },
 }
 
@@ -71,7 +77,17 @@ fn main() -> anyhow::Result<()> {
             count,
             headers,
             summary,
-        } => get(&target, &path, count, &headers, summary),
+            body,
+            timeout_ms,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms);
+            if body {
+                let (status, text) = request(&target, &path, &headers, timeout)?;
+                println!("{status}\n{text}");
+                return Ok(());
+            }
+            get(&target, &path, count, &headers, summary, timeout)
+        }
     }
 }
 
@@ -104,7 +120,7 @@ fn answer(stream: TcpStream, identity: &str, upstream: Option<&str>) -> anyhow::
     let (request_line, _headers) = read_head(&mut reader)?;
     let mut body = format!("{identity} (peer {peer})");
     if let Some(upstream) = upstream {
-        let answer = match request(upstream, "/", &[]) {
+        let answer = match request(upstream, "/", &[], IO_TIMEOUT) {
             Ok((status, text)) => format!("{status} {}", text.lines().next().unwrap_or_default()),
             Err(error) => format!("error: {error:#}"),
         };
@@ -140,14 +156,19 @@ fn read_head(reader: &mut impl BufRead) -> anyhow::Result<(String, Vec<String>)>
 }
 
 /// One GET request; returns the status code and the body.
-fn request(target: &str, path: &str, headers: &[String]) -> anyhow::Result<(u16, String)> {
+fn request(
+    target: &str,
+    path: &str,
+    headers: &[String],
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
     let address = target
         .parse::<SocketAddr>()
         .with_context(|| format!("target {target:?} must be ip:port"))?;
-    let mut stream = TcpStream::connect_timeout(&address, IO_TIMEOUT)
+    let mut stream = TcpStream::connect_timeout(&address, timeout)
         .with_context(|| format!("connect to {target}"))?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let mut head = format!("GET {path} HTTP/1.1\r\nhost: {target}\r\nconnection: close\r\n");
     for header in headers {
         head.push_str(header);
@@ -173,10 +194,11 @@ fn get(
     count: u32,
     headers: &[String],
     summary: bool,
+    timeout: Duration,
 ) -> anyhow::Result<()> {
     let mut tally: BTreeMap<String, u32> = BTreeMap::new();
     for _ in 0..count {
-        let line = match request(target, path, headers) {
+        let line = match request(target, path, headers, timeout) {
             Ok((status, body)) => {
                 // Drop the peer address so answers from one version tally together.
                 let first = body.lines().next().unwrap_or_default();

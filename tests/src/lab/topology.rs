@@ -30,9 +30,10 @@ use super::{
 const POD_GATEWAY: &str = "169.254.1.1";
 
 /// `sh` script that joins a cgroup, then runs a program in a netns: `$1` cgroup.procs, `$2` netns.
-/// The cgroup is joined first because `ip netns exec` remounts /sys in its own mount namespace.
+/// `nsenter --net` changes only the network namespace; `ip netns exec` would also remount /sys,
+/// hiding the cgroup2 mount that mesh-node attaches its eBPF programs through.
 const ENTER_POD: &str =
-    r#"cg=$1; ns=$2; shift 2; echo $$ > "$cg" && exec ip netns exec "$ns" "$@""#;
+    r#"cg=$1; ns=$2; shift 2; echo $$ > "$cg" && exec nsenter --net=/run/netns/"$ns" -- "$@""#;
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -202,6 +203,28 @@ impl Lab {
         Ok(())
     }
 
+    /// On every node, sends TCP for `<local pod IP>:<port>` to the node's own address (the same
+    /// port), for traffic arriving from other nodes and for the node's own connections.
+    ///
+    /// This stands in for HBONE listeners inside each pod's network namespace (Istio's in-pod
+    /// mode), which mesh-node does not open yet: peers dial `<pod IP>:15008` and the node's
+    /// tunnel answers. Conntrack keeps the pod address as the connection's original destination.
+    pub fn steer_pod_port_to_node(&self, port: u16) -> anyhow::Result<()> {
+        for (index, node) in self.nodes.iter().enumerate() {
+            let pods = format!("10.211.{}.0/24", index + 1);
+            let rules = format!(
+                "table ip weft_lab {{\n\
+                 chain prerouting {{ type nat hook prerouting priority -100; \
+                 ip daddr {pods} tcp dport {port} dnat to {ip}:{port}; }}\n\
+                 chain output {{ type nat hook output priority -100; \
+                 ip daddr {pods} tcp dport {port} dnat to {ip}:{port}; }}\n}}\n",
+                ip = node.ip
+            );
+            nft_in(node.netns.name(), &rules)?;
+        }
+        Ok(())
+    }
+
     /// The node called `name`.
     pub fn node(&self, name: &str) -> anyhow::Result<&Node> {
         self.nodes
@@ -287,25 +310,18 @@ impl Lab {
     /// Runs `program` inside pod `pod` to completion and returns its stdout.
     pub fn run_in_pod(&self, pod: &str, program: &Path, args: &[&str]) -> anyhow::Result<String> {
         let pod = self.pod(pod)?;
-        let output = Command::new("sh")
-            .args(["-c", ENTER_POD, "sh"])
-            .arg(pod.cgroup.procs_file())
-            .arg(pod.netns.name())
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("run {} in pod {}", program.display(), pod.name))?;
-        if !output.status.success() {
-            bail!(
-                "{} in pod {} failed ({}): {}",
-                program.display(),
-                pod.name,
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        run_entered(&pod.cgroup.procs_file(), pod.netns.name(), program, args)
+    }
+
+    /// Runs `program` on node `node` (its netns and system cgroup) and returns its stdout.
+    pub fn run_on_node(&self, node: &str, program: &Path, args: &[&str]) -> anyhow::Result<String> {
+        let node = self.node(node)?;
+        run_entered(
+            &node.system_cgroup.procs_file(),
+            node.netns.name(),
+            program,
+            args,
+        )
     }
 
     /// Stops the process started as `label` (SIGTERM, then SIGKILL after `grace`).
@@ -344,6 +360,28 @@ impl Drop for Lab {
     }
 }
 
+/// Runs `program` to completion after joining a cgroup and entering a netns; returns stdout.
+fn run_entered(procs: &Path, ns: &str, program: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("sh")
+        .args(["-c", ENTER_POD, "sh"])
+        .arg(procs)
+        .arg(ns)
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {} in {ns}", program.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} in {ns} failed ({}): {}",
+            program.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// SIGTERM, wait up to `grace`, then SIGKILL.
 fn terminate(child: &mut Child, grace: std::time::Duration) {
     let deadline = std::time::Instant::now() + grace;
@@ -359,6 +397,30 @@ fn terminate(child: &mut Child, grace: std::time::Duration) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Loads an nftables ruleset into namespace `ns`.
+fn nft_in(ns: &str, rules: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run nft (install nftables)")?;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(rules.as_bytes())?;
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "nft in {ns} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 fn octet(value: usize) -> anyhow::Result<u8> {

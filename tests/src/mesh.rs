@@ -1,0 +1,439 @@
+//! The sample mesh on a lab: mesh-control as the config source and CA, a mesh-node with eBPF
+//! redirection on each node, and the `website`/`backend` app of `deploy/examples/website`.
+//!
+//! Shared by `cargo xtask demo` (which narrates it) and the end-to-end tests (which assert on it).
+//!
+//! Stand-ins, each said plainly where it is used:
+//! - The nodes run from static configs written here that mirror the example (mesh-node does not
+//!   yet build its state from mesh-control's feed); mesh-control is their CA.
+//! - `<pod IP>:15008` is DNATed to the node's HBONE listener, where Istio would have a listener in
+//!   each pod's namespace ([`Lab::steer_pod_port_to_node`]).
+
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+
+use crate::lab::{Lab, LabSpec, PodSpec};
+
+/// Port every sample app listens on.
+pub const APP_PORT: u16 = 8080;
+/// The `website` service's cluster IP and port (deploy/examples/website/00-app.yaml).
+pub const WEBSITE_VIP: &str = "10.96.0.10:8080";
+/// The `backend` service's cluster IP and port.
+pub const BACKEND_VIP: &str = "10.96.0.20:8080";
+/// Where mesh-control runs (node n1) and its ports.
+const CONTROL_IP: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 1);
+const CONTROL_GRPC_PORT: u16 = 15012;
+const CONTROL_HTTP_PORT: u16 = 15014;
+/// mesh-node's HBONE, metrics and readiness ports.
+const HBONE_PORT: u16 = 15008;
+pub const METRICS_PORT: u16 = 15020;
+const READY_PORT: u16 = 15021;
+/// How long components get to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A sample pod: name, node, namespace, service account, labels, and whether it is in the mesh.
+struct SamplePod {
+    name: &'static str,
+    node: &'static str,
+    namespace: &'static str,
+    service_account: &'static str,
+    app: &'static str,
+    version: Option<&'static str>,
+    enrolled: bool,
+}
+
+/// Lab order fixes the addresses: pod k on node i is 10.211.i.(k+10); see the example's README.
+const PODS: &[SamplePod] = &[
+    pod("client", "n1", "demo", "client", "client", None, true),
+    pod(
+        "website-v1",
+        "n1",
+        "demo",
+        "website",
+        "website",
+        Some("v1"),
+        true,
+    ),
+    pod(
+        "website-v2",
+        "n2",
+        "demo",
+        "website",
+        "website",
+        Some("v2"),
+        true,
+    ),
+    pod(
+        "website-v3",
+        "n2",
+        "demo",
+        "website",
+        "website",
+        Some("v3"),
+        true,
+    ),
+    pod(
+        "backend",
+        "n2",
+        "demo",
+        "backend",
+        "backend",
+        Some("v1"),
+        true,
+    ),
+    pod(
+        "intruder", "n1", "outside", "intruder", "intruder", None, false,
+    ),
+    pod("guest", "n1", "demo", "guest", "guest", None, true),
+];
+
+const fn pod(
+    name: &'static str,
+    node: &'static str,
+    namespace: &'static str,
+    service_account: &'static str,
+    app: &'static str,
+    version: Option<&'static str>,
+    enrolled: bool,
+) -> SamplePod {
+    SamplePod {
+        name,
+        node,
+        namespace,
+        service_account,
+        app,
+        version,
+        enrolled,
+    }
+}
+
+/// Where things are.
+#[derive(Debug, Clone)]
+pub struct MeshLabOptions {
+    /// Namespace and cgroup prefix (at most 8 characters).
+    pub prefix: String,
+    /// Scratch directory: logs, generated configs, the demo CA.
+    pub work_dir: PathBuf,
+    /// Directory holding mesh-control, mesh-node and weft-lab-app.
+    pub bin_dir: PathBuf,
+    /// The example config directory mesh-control reads.
+    pub example_dir: PathBuf,
+}
+
+/// The running sample mesh; dropping it tears everything down.
+#[derive(Debug)]
+pub struct MeshLab {
+    pub lab: Lab,
+    options: MeshLabOptions,
+}
+
+impl MeshLab {
+    /// Builds the lab and starts mesh-control, both mesh-nodes and the sample app; returns once
+    /// the client can reach `backend` through the mesh.
+    pub fn start(options: MeshLabOptions) -> anyhow::Result<Self> {
+        let spec = LabSpec {
+            prefix: options.prefix.clone(),
+            nodes: vec!["n1".into(), "n2".into()],
+            pods: PODS
+                .iter()
+                .map(|p| PodSpec {
+                    name: p.name.into(),
+                    node: p.node.into(),
+                })
+                .collect(),
+        };
+        let lab = Lab::create(&spec, &options.work_dir.join("logs"))?;
+        lab.steer_pod_port_to_node(HBONE_PORT)?;
+        let mut mesh = Self { lab, options };
+        mesh.write_ca()?;
+        mesh.start_control()?;
+        for node in ["n1", "n2"] {
+            mesh.start_node(node)?;
+        }
+        mesh.start_apps()?;
+        mesh.wait_for_mesh_path()?;
+        Ok(mesh)
+    }
+
+    fn bin(&self, name: &str) -> PathBuf {
+        self.options.bin_dir.join(name)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.options.work_dir.join(name)
+    }
+
+    /// A throwaway root CA (ECDSA P-256, PKCS#8 key) that mesh-control signs with.
+    fn write_ca(&self) -> anyhow::Result<()> {
+        let key = self.file("ca-key.pem");
+        let cert = self.file("ca-cert.pem");
+        openssl(
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ],
+            &key,
+        )?;
+        let mut req = Command::new("openssl");
+        req.args([
+            "req",
+            "-x509",
+            "-new",
+            "-sha256",
+            "-days",
+            "2",
+            "-subj",
+            "/O=weft-lab/CN=weft lab root",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-key")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert);
+        run_quiet(&mut req, "openssl req (demo root certificate)")
+    }
+
+    fn start_control(&mut self) -> anyhow::Result<()> {
+        let mut tokens = String::new();
+        for node in ["n1", "n2"] {
+            let token = format!("lab-bootstrap-token-{node}-{}", std::process::id());
+            writeln!(tokens, "{node} {token}")?;
+            std::fs::write(self.file(&format!("{node}.token")), &token)?;
+        }
+        std::fs::write(self.file("bootstrap-tokens"), tokens)?;
+        let grpc = format!("0.0.0.0:{CONTROL_GRPC_PORT}");
+        let http = format!("0.0.0.0:{CONTROL_HTTP_PORT}");
+        let args = [
+            "--config-dir".to_string(),
+            self.options.example_dir.display().to_string(),
+            "--grpc-listen".into(),
+            grpc,
+            "--http-listen".into(),
+            http,
+            "--bootstrap-tokens".into(),
+            self.file("bootstrap-tokens").display().to_string(),
+            "--ca-cert".into(),
+            self.file("ca-cert.pem").display().to_string(),
+            "--ca-key".into(),
+            self.file("ca-key.pem").display().to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.lab
+            .spawn_on_node("n1", "mesh-control", &self.bin("mesh-control"), &args)?;
+        let ready = format!("{CONTROL_IP}:{CONTROL_HTTP_PORT}");
+        self.wait_http_ok("n1", &ready, "/healthz/ready", "mesh-control")
+    }
+
+    fn start_node(&mut self, node: &str) -> anyhow::Result<()> {
+        let config = self.file(&format!("mesh-node-{node}.yaml"));
+        std::fs::write(&config, self.node_config(node))?;
+        let node_ip = self.lab.node(node)?.ip.to_string();
+        let cgroup = format!("weft-lab/{}/{node}", self.options.prefix);
+        let config_arg = config.display().to_string();
+        let args = [
+            "--config",
+            &config_arg,
+            "--redirect-cgroup",
+            &cgroup,
+            "--node-ip",
+            &node_ip,
+        ];
+        let label = format!("mesh-node-{node}");
+        self.lab
+            .spawn_on_node(node, &label, &self.bin("mesh-node"), &args)?;
+        let ready = format!("{node_ip}:{READY_PORT}");
+        self.wait_http_ok(node, &ready, "/healthz/ready", &label)
+    }
+
+    /// The static node config mirroring deploy/examples/website (see the module docs).
+    fn node_config(&self, node: &str) -> String {
+        let work = self.options.work_dir.display();
+        let mut yaml = format!(
+            "node_name: {node}\n\
+             ca:\n  address: http://{CONTROL_IP}:{CONTROL_GRPC_PORT}\n  \
+             token_file: {work}/{node}.token\n  trust_bundle_file: {work}/ca-cert.pem\n\
+             peer_authentication:\n  mode: PERMISSIVE\n  namespaces: {{demo: STRICT}}\n\
+             workloads:\n"
+        );
+        for (index, pod) in PODS.iter().enumerate().filter(|(_, p)| p.enrolled) {
+            let ip = pod_ip(pod, index);
+            let version = pod
+                .version
+                .map(|v| format!(", version: {v}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                yaml,
+                "  - {{name: {}, namespace: {}, service_account: {}, ip: {ip}, node: {}, \
+                 labels: {{app: {}{version}}}}}",
+                pod.name, pod.namespace, pod.service_account, pod.node, pod.app
+            );
+        }
+        let endpoints = |app: &str| {
+            PODS.iter()
+                .enumerate()
+                .filter(|(_, p)| p.app == app)
+                .map(|(index, p)| pod_ip(p, index).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = write!(
+            yaml,
+            "services:\n  \
+             - {{name: website, namespace: demo, vip: 10.96.0.10, ports: [{{port: {APP_PORT}}}], \
+             endpoints: [{}]}}\n  \
+             - {{name: backend, namespace: demo, vip: 10.96.0.20, ports: [{{port: {APP_PORT}}}], \
+             endpoints: [{}]}}\n\
+             authorization_policies:\n  \
+             - name: backend-callers\n    namespace: demo\n    selector: {{app: backend}}\n    \
+             action: ALLOW\n    rules:\n      \
+             - from: [{{principals: [cluster.local/ns/demo/sa/client, cluster.local/ns/demo/sa/website]}}]\n        \
+             to: [{{ports: [{APP_PORT}]}}]\n",
+            endpoints("website"),
+            endpoints("backend")
+        );
+        yaml
+    }
+
+    fn start_apps(&mut self) -> anyhow::Result<()> {
+        let app = self.bin("weft-lab-app");
+        for (index, pod) in PODS.iter().enumerate() {
+            let Some(version) = pod.version else { continue };
+            let listen = format!("{}:{APP_PORT}", pod_ip(pod, index));
+            let mut args = vec![
+                "serve",
+                "--listen",
+                &listen,
+                "--name",
+                pod.app,
+                "--version",
+                version,
+            ];
+            if pod.app == "website" {
+                args.extend(["--upstream", BACKEND_VIP]);
+            }
+            self.lab.spawn_in_pod(pod.name, pod.name, &app, &args)?;
+        }
+        Ok(())
+    }
+
+    /// The client reaches `backend` by its service IP, which only the mesh can route.
+    fn wait_for_mesh_path(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let answer = self.get("client", BACKEND_VIP, &["--timeout-ms", "2000"]);
+            match answer {
+                Ok(out) if out.starts_with("200") => return Ok(()),
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                Ok(out) => bail!(
+                    "client -> backend through the mesh answered {out:?}; logs in {}",
+                    self.lab.log_dir().display()
+                ),
+                Err(error) => {
+                    return Err(error.context(format!(
+                        "client -> backend; logs in {}",
+                        self.lab.log_dir().display()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Runs `weft-lab-app get <target> <extra>` in pod `from`; returns what it printed.
+    pub fn get(&self, from: &str, target: &str, extra: &[&str]) -> anyhow::Result<String> {
+        let mut args = vec!["get", target];
+        args.extend_from_slice(extra);
+        self.lab.run_in_pod(from, &self.bin("weft-lab-app"), &args)
+    }
+
+    /// An HTTP GET from node `node`'s namespace; returns the status line digit and the body.
+    pub fn node_get(&self, node: &str, target: &str, path: &str) -> anyhow::Result<String> {
+        let args = [
+            "get",
+            target,
+            "--path",
+            path,
+            "--body",
+            "--timeout-ms",
+            "2000",
+        ];
+        self.lab.run_on_node(node, &self.bin("weft-lab-app"), &args)
+    }
+
+    /// Prometheus text from mesh-node on `node`.
+    pub fn node_metrics(&self, node: &str) -> anyhow::Result<String> {
+        let target = format!("{}:{METRICS_PORT}", self.lab.node(node)?.ip);
+        self.node_get(node, &target, "/metrics")
+    }
+
+    /// Everything process `label` has logged so far.
+    pub fn log(&self, label: &str) -> String {
+        std::fs::read_to_string(self.lab.log_dir().join(format!("{label}.log"))).unwrap_or_default()
+    }
+
+    /// The IP of sample pod `name`.
+    pub fn pod_ip(&self, name: &str) -> anyhow::Result<Ipv4Addr> {
+        Ok(self.lab.pod(name)?.ip)
+    }
+
+    fn wait_http_ok(&self, node: &str, target: &str, path: &str, what: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.node_get(node, target, path) {
+                Ok(out) if out.starts_with("200") => return Ok(()),
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                result => {
+                    let log = self.log(what);
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    bail!(
+                        "{what} not ready at {target}{path} ({result:?}); last log lines:\n{}",
+                        tail.join("\n")
+                    )
+                }
+            }
+        }
+    }
+
+    /// Where process logs are.
+    pub fn log_dir(&self) -> &Path {
+        self.lab.log_dir()
+    }
+}
+
+/// The address the lab gives the `index`-th sample pod (0-based) on its node.
+fn pod_ip(pod: &SamplePod, index: usize) -> Ipv4Addr {
+    let node: u8 = if pod.node == "n1" { 1 } else { 2 };
+    Ipv4Addr::new(10, 211, node, (index + 11) as u8)
+}
+
+fn openssl(args: &[&str], out: &Path) -> anyhow::Result<()> {
+    run_quiet(
+        Command::new("openssl").args(args).arg(out),
+        "openssl (demo CA key)",
+    )
+}
+
+fn run_quiet(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let output = cmd
+        .output()
+        .with_context(|| format!("run {what} (install openssl)"))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
