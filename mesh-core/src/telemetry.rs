@@ -3,6 +3,8 @@
 //! Every binary takes `--log-format plain|json` and a filter (`--log-level`, or `RUST_LOG` when
 //! set), so operators get the same knobs everywhere.
 
+use std::io::IsTerminal;
+
 use clap::{Args, ValueEnum};
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
@@ -56,7 +58,12 @@ pub fn init(options: &LogOptions) -> Result<(), TelemetryError> {
     let registry = tracing_subscriber::registry().with(env_filter);
     match options.log_format {
         LogFormat::Plain => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    // Colour only for a person at a terminal, never into files or collectors.
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init()?,
         LogFormat::Json => registry
             .with(

@@ -1,11 +1,11 @@
 //! `cargo xtask demo`: the whole mesh on one machine, shown step by step.
 //!
-//! Builds everything, creates a two-node lab (network namespaces and cgroups, see
-//! `weft_tests::lab`), runs the sample app from `deploy/examples/website/`, and walks through what
-//! the mesh does to its traffic. Everything is torn down on exit, on error and on Ctrl-C.
+//! Builds everything, starts the sample mesh of `weft_tests::mesh` (two lab nodes, mesh-control,
+//! a mesh-node with eBPF redirection per node, the `website`/`backend` app of
+//! `deploy/examples/website/`) and walks through what the mesh does to the app's traffic.
+//! Everything is torn down on exit, on error and on Ctrl-C.
 
 use std::{
-    path::Path,
     process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -16,16 +16,12 @@ use std::{
 
 use anyhow::{bail, Context};
 use clap::Args;
-use weft_tests::lab::{Lab, LabSpec, PodSpec};
+use weft_tests::mesh::{MeshLab, MeshLabOptions, BACKEND_VIP, WEBSITE_VIP};
 
 use crate::{ebpf, setup, workspace};
 
 /// Namespace and cgroup prefix of the demo lab (leftovers with it are removed at start).
 const PREFIX: &str = "weftdemo";
-/// Port every sample app listens on.
-const APP_PORT: u16 = 8080;
-/// The `backend` service's cluster IP in deploy/examples/website/00-app.yaml.
-const BACKEND_VIP: &str = "10.96.0.20:8080";
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -33,16 +29,6 @@ pub struct DemoArgs {
     #[arg(long)]
     pub keep: bool,
 }
-
-/// Pods of the sample app in lab order, which fixes their addresses (see the example's README).
-const PODS: &[(&str, &str)] = &[
-    ("client", "n1"),
-    ("website-v1", "n1"),
-    ("website-v2", "n2"),
-    ("website-v3", "n2"),
-    ("backend", "n2"),
-    ("intruder", "n1"),
-];
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if !setup::is_root() {
@@ -58,65 +44,174 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "build the eBPF programs, the mesh and the sample app",
         build,
     )?;
-    let bin = workspace::root().join("target/debug");
-    let logs = std::env::temp_dir().join("weft-demo");
-    let mut lab = show.step("create nodes n1, n2 and six pods (netns + cgroups)", || {
-        Lab::create(&lab_spec(), &logs)
-    })?;
-    for pod in lab.pods() {
-        println!("      {:<11} on {}  {}", pod.name, pod.node, pod.ip);
-    }
-    show.step(
-        "start the sample app (website v1/v2/v3 call backend)",
-        || start_apps(&mut lab, &bin.join("weft-lab-app")),
+    let work_dir = std::env::temp_dir().join("weft-demo");
+    let _ = std::fs::remove_dir_all(&work_dir);
+    std::fs::create_dir_all(&work_dir)?;
+    let options = MeshLabOptions {
+        prefix: PREFIX.to_string(),
+        work_dir: work_dir.clone(),
+        bin_dir: workspace::root().join("target/debug"),
+        example_dir: workspace::root().join("deploy/examples/website"),
+    };
+    let mesh = show.step(
+        "start two nodes, seven pods, mesh-control (CA + config) and a mesh-node per node",
+        || MeshLab::start(options),
     )?;
-    show.step(
-        "baseline without the mesh: client -> website-v1 by pod IP",
-        || {
-            let target = format!("{}:{APP_PORT}", lab.pod("website-v1")?.ip);
-            let out = wait_for_answer(&lab, "client", &bin.join("weft-lab-app"), &target)?;
-            println!("      {}", out.trim());
-            Ok(())
-        },
-    )?;
-    for pending in [
-        "start mesh-control in local mode on deploy/examples/website",
-        "start mesh-node on each node with eBPF redirection",
-        "mTLS identities in the access logs",
-        "90/10 canary split over 200 requests",
-        "header end-user: jason routed to v3",
-        "injected fault on /fault",
-        "AuthorizationPolicy denial for the intruder",
-        "metrics scraped from :15020",
-    ] {
-        show.pending(pending);
-    }
+    describe(&mesh);
+    walk_through(&mut show, &mesh)?;
     show.summary();
     if args.keep {
         println!(
             "lab is up (logs in {}); Ctrl-C tears it down",
-            logs.display()
+            mesh.log_dir().display()
         );
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
     println!("tearing down the lab");
-    drop(lab);
+    drop(mesh);
     Ok(())
 }
 
-fn lab_spec() -> LabSpec {
-    LabSpec {
-        prefix: PREFIX.to_string(),
-        nodes: vec!["n1".into(), "n2".into()],
-        pods: PODS
+fn describe(mesh: &MeshLab) {
+    for node in mesh.lab.nodes() {
+        let pods: Vec<String> = mesh
+            .lab
+            .pods()
             .iter()
-            .map(|(name, node)| PodSpec {
-                name: name.to_string(),
-                node: node.to_string(),
-            })
-            .collect(),
+            .filter(|pod| pod.node == node.name)
+            .map(|pod| format!("{} {}", pod.name, pod.ip))
+            .collect();
+        println!("      node {} {}: {}", node.name, node.ip, pods.join(", "));
+    }
+}
+
+fn walk_through(show: &mut Walkthrough, mesh: &MeshLab) -> anyhow::Result<()> {
+    show.step(
+        "client (n1) calls backend (n2) by its service IP, 3 times",
+        || {
+            print_indented(&mesh.get("client", BACKEND_VIP, &["--count", "3"])?);
+            println!(
+                "      the service IP is not routable: eBPF sent each connect to n1's tunnel,"
+            );
+            println!("      which carried it over mTLS (HBONE) to n2's tunnel. n2's access log:");
+            for line in wait_for_access_lines(mesh, "mesh-node-n2", "src.workload=client", 3) {
+                println!("      {line}");
+            }
+            Ok(())
+        },
+    )?;
+    show.step(
+        "client calls website 30 times; each website version calls backend",
+        || {
+            print_indented(&mesh.get("client", WEBSITE_VIP, &["--count", "30", "--summary"])?);
+            println!("      without a waypoint in the path the node balances evenly over v1/v2/v3");
+            Ok(())
+        },
+    )?;
+    show.step(
+        "guest (enrolled, not allowed by AuthorizationPolicy) calls backend",
+        || {
+            print_indented(&mesh.get("guest", BACKEND_VIP, &["--timeout-ms", "3000"])?);
+            for line in wait_for_access_lines(mesh, "mesh-node-n1", "src.workload=guest", 1) {
+                println!("      n1: {line}");
+            }
+            Ok(())
+        },
+    )?;
+    show.step(
+        "intruder (outside the mesh) connects straight to backend's pod IP",
+        || {
+            let target = format!("{}:8080", mesh.pod_ip("backend")?);
+            print_indented(&mesh.get("intruder", &target, &["--timeout-ms", "2000"])?);
+            println!(
+                "      backend is STRICT: eBPF on n2 drops plaintext that bypassed the tunnel"
+            );
+            Ok(())
+        },
+    )?;
+    show.step("metrics scraped from each node's :15020/metrics", || {
+        for node in ["n1", "n2"] {
+            let metrics = mesh.node_metrics(node)?;
+            let opened: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+                .collect();
+            println!(
+                "      {node}: {} istio_tcp_connections_opened_total series, e.g.",
+                opened.len()
+            );
+            if let Some(line) = opened.first() {
+                println!("        {}", shorten(line, 200));
+            }
+        }
+        Ok(())
+    })?;
+    for pending in [
+        "90/10 canary split of website (needs the waypoint behind HBONE)",
+        "header end-user: jason routed to website v3 (waypoint)",
+        "injected fault on /fault (waypoint)",
+    ] {
+        show.pending(pending);
+    }
+    Ok(())
+}
+
+/// Up to `count` access-log events of process `label` matching `needle`; waits up to two
+/// seconds for them, since a tunnel logs a connection only once it has closed.
+fn wait_for_access_lines(mesh: &MeshLab, label: &str, needle: &str, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let lines = access_lines(&mesh.log(label), needle);
+        if lines.len() >= count || Instant::now() >= deadline {
+            return lines.into_iter().take(count).collect();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Access-log events matching `needle`, reduced to their key=value fields.
+fn access_lines(log: &str, needle: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains("connection complete") && line.contains(needle))
+        .map(|line| {
+            let plain = strip_ansi(line);
+            let fields = plain
+                .split_once("connection complete")
+                .map_or("", |(_, rest)| rest);
+            shorten(fields.trim(), 240)
+        })
+        .collect()
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+fn print_indented(text: &str) {
+    for line in text.lines() {
+        println!("      {line}");
     }
 }
 
@@ -138,54 +233,6 @@ fn build() -> anyhow::Result<()> {
     )
 }
 
-fn start_apps(lab: &mut Lab, app: &Path) -> anyhow::Result<()> {
-    for (pod, version) in [
-        ("website-v1", "v1"),
-        ("website-v2", "v2"),
-        ("website-v3", "v3"),
-    ] {
-        let listen = format!("{}:{APP_PORT}", lab.pod(pod)?.ip);
-        let args = [
-            "serve",
-            "--listen",
-            &listen,
-            "--name",
-            "website",
-            "--version",
-            version,
-        ];
-        let mut args = args.to_vec();
-        args.extend(["--upstream", BACKEND_VIP]);
-        lab.spawn_in_pod(pod, pod, app, &args)?;
-    }
-    let listen = format!("{}:{APP_PORT}", lab.pod("backend")?.ip);
-    let args = [
-        "serve",
-        "--listen",
-        &listen,
-        "--name",
-        "backend",
-        "--version",
-        "v1",
-    ];
-    lab.spawn_in_pod("backend", "backend", app, &args)?;
-    Ok(())
-}
-
-/// Asks `target` from pod `from` until it answers 200, for up to five seconds (apps start async).
-fn wait_for_answer(lab: &Lab, from: &str, app: &Path, target: &str) -> anyhow::Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = lab.run_in_pod(from, app, &["get", target]);
-        match out {
-            Ok(out) if out.starts_with("200") => return Ok(out),
-            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            Ok(out) => bail!("{target} answered {out:?}"),
-            Err(error) => return Err(error),
-        }
-    }
-}
-
 /// Numbered, timed steps with a closing tally.
 #[derive(Default)]
 struct Walkthrough {
@@ -203,18 +250,18 @@ impl Walkthrough {
         println!("[{}] {what}", self.shown);
         let started = Instant::now();
         let value = run().with_context(|| format!("demo step failed: {what}"))?;
-        println!("      ok ({:.1} s)", started.elapsed().as_secs_f64());
+        println!("      ({:.1} s)", started.elapsed().as_secs_f64());
         Ok(value)
     }
 
     fn pending(&mut self, what: &str) {
-        println!("[-] {what}: not shown, that part of the mesh is not built yet");
+        println!("[-] {what}: not shown, that part of the mesh is not wired yet");
         self.pending.push(what.to_string());
     }
 
     fn summary(&self) {
         println!(
-            "demo: {} steps shown, {} not available yet (see README status)",
+            "demo: {} steps shown, {} not available yet (see the README's status table)",
             self.shown,
             self.pending.len()
         );

@@ -188,6 +188,20 @@ fn request(
     Ok((status, body))
 }
 
+/// `a (peer x) -> b (peer y)` -> `a -> b`.
+fn without_peers(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(start) = rest.find(" (peer ") {
+        out.push_str(&rest[..start]);
+        rest = rest[start..]
+            .find(')')
+            .map_or("", |end| &rest[start + end + 1..]);
+    }
+    out.push_str(rest);
+    out
+}
+
 fn get(
     target: &str,
     path: &str,
@@ -200,10 +214,9 @@ fn get(
     for _ in 0..count {
         let line = match request(target, path, headers, timeout) {
             Ok((status, body)) => {
-                // Drop the peer address so answers from one version tally together.
+                // Drop peer addresses so answers from one version tally together.
                 let first = body.lines().next().unwrap_or_default();
-                let answer = first.split(" (peer").next().unwrap_or(first);
-                format!("{status} {answer}")
+                format!("{status} {}", without_peers(first))
             }
             Err(error) => format!("error: {error:#}"),
         };
