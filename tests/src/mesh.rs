@@ -257,6 +257,15 @@ impl MeshLab {
         self.wait_http_ok(node, &ready, "/healthz/ready", &label)
     }
 
+    /// Stops mesh-node on `node` (SIGTERM: it drains and detaches its programs) and starts it
+    /// again with the same config; returns once it is ready and the client reaches backend.
+    pub fn restart_node(&mut self, node: &str) -> anyhow::Result<()> {
+        self.lab
+            .stop(&format!("mesh-node-{node}"), Duration::from_secs(10))?;
+        self.start_node(node)?;
+        self.wait_for_mesh_path()
+    }
+
     /// The static node config mirroring deploy/examples/website (see the module docs).
     fn node_config(&self, node: &str) -> String {
         let work = self.options.work_dir.display();

@@ -27,7 +27,7 @@ fn options(prefix: &str) -> MeshLabOptions {
 #[test]
 fn sample_mesh_carries_policy_checked_mtls_traffic() {
     let prefix = "wfe2e";
-    let mesh = MeshLab::start(options(prefix)).expect("start the sample mesh");
+    let mut mesh = MeshLab::start(options(prefix)).expect("start the sample mesh");
 
     // Cross-node through both tunnels: client (n1) -> backend (n2) by service IP.
     let answers = mesh
@@ -66,6 +66,21 @@ fn sample_mesh_carries_policy_checked_mtls_traffic() {
     assert!(
         metrics.contains("istio_tcp_connections_opened_total"),
         "{metrics}"
+    );
+
+    // A node tunnel restart: it drains, detaches, comes back, re-enrolls its pods.
+    mesh.restart_node("n2").expect("restart mesh-node on n2");
+    let after = mesh
+        .get("client", BACKEND_VIP, &["--count", "3", "--summary"])
+        .unwrap();
+    assert!(
+        after.contains("3 x 200 backend v1"),
+        "after restart: {after}"
+    );
+    let log = mesh.log("mesh-node-n2");
+    assert!(
+        log.contains("pod enrolled in the mesh"),
+        "n2 did not re-enroll its pods:\n{log}"
     );
 
     drop(mesh);
