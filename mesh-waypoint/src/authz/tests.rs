@@ -1,0 +1,137 @@
+//! Table tests for authorization decisions.
+
+use super::*;
+use crate::config::from_yaml;
+
+fn authorizer(yaml: &str) -> Authorizer {
+    let configs: Vec<PolicyConfig> = from_yaml(yaml).expect("yaml");
+    Authorizer::new(&configs).expect("compiles")
+}
+
+fn decide(
+    a: &Authorizer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    id: Option<&str>,
+) -> bool {
+    let mut b = http::Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let parts = b.body(()).expect("request").into_parts().0;
+    let peer = Peer {
+        addr: ([127, 0, 0, 1], 1).into(),
+        identity: id.map(str::to_owned),
+    };
+    a.check(&parts, "reviews", &peer).is_ok()
+}
+
+const SLEEP: Option<&str> = Some("spiffe://cluster.local/ns/default/sa/sleep");
+const OTHER: Option<&str> = Some("spiffe://cluster.local/ns/prod/sa/other");
+
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    Option<&'a str>,
+    bool,
+);
+
+#[test]
+fn decision_table() {
+    let allow_get =
+        "[{name: a, action: ALLOW, rules: [{to: [{methods: [GET], paths: ['/api/*']}]}]}]";
+    let allow_sleep = "[{name: a, action: ALLOW, rules: [{from: [{principals: ['cluster.local/ns/default/sa/sleep']}]}]}]";
+    let deny_admin = "[{name: d, action: DENY, rules: [{to: [{paths: ['/admin*']}]}]}]";
+    let deny_and_allow = "[{name: d, action: DENY, rules: [{to: [{paths: ['/api/secret']}]}]},
+                           {name: a, action: ALLOW, rules: [{to: [{paths: ['/api/*']}]}]}]";
+    let deny_not_prod = "[{name: d, action: DENY, rules: [{from: [{not_principals: ['cluster.local/ns/prod/*']}]}]}]";
+    let header_when = "[{name: a, action: ALLOW, rules: [{when: [{key: 'request.headers[x-token]', values: ['ok-*']}]}]}]";
+    let empty_allow = "[{name: a, action: ALLOW}]";
+    let allow_all = "[{name: a, action: ALLOW, rules: [{}]}]";
+    let any_principal = "[{name: a, action: ALLOW, rules: [{from: [{principals: ['*']}]}]}]";
+    let not_methods = "[{name: a, action: ALLOW, rules: [{to: [{not_methods: [DELETE]}]}]}]";
+    let cases: Vec<Case<'_>> = vec![
+        ("[]", "GET", "/x", &[], None, true),
+        (allow_get, "GET", "/api/v1", &[], None, true),
+        (allow_get, "POST", "/api/v1", &[], None, false),
+        (allow_get, "GET", "/other", &[], None, false),
+        (allow_sleep, "GET", "/", &[], SLEEP, true),
+        (allow_sleep, "GET", "/", &[], OTHER, false),
+        (allow_sleep, "GET", "/", &[], None, false),
+        (deny_admin, "GET", "/admin/users", &[], SLEEP, false),
+        (deny_admin, "GET", "/public", &[], SLEEP, true),
+        (deny_and_allow, "GET", "/api/secret", &[], None, false),
+        (deny_and_allow, "GET", "/api/open", &[], None, true),
+        (deny_not_prod, "GET", "/", &[], OTHER, true),
+        (deny_not_prod, "GET", "/", &[], SLEEP, false),
+        (deny_not_prod, "GET", "/", &[], None, false),
+        (
+            header_when,
+            "GET",
+            "/",
+            &[("x-token", "ok-123")],
+            None,
+            true,
+        ),
+        (header_when, "GET", "/", &[("x-token", "bad")], None, false),
+        (header_when, "GET", "/", &[], None, false),
+        (empty_allow, "GET", "/", &[], SLEEP, false),
+        (allow_all, "GET", "/", &[], None, true),
+        (any_principal, "GET", "/", &[], SLEEP, true),
+        (any_principal, "GET", "/", &[], None, false),
+        (not_methods, "GET", "/", &[], None, true),
+        (not_methods, "DELETE", "/", &[], None, false),
+    ];
+    for (yaml, method, path, headers, id, want) in cases {
+        let a = authorizer(yaml);
+        assert_eq!(
+            decide(&a, method, path, headers, id),
+            want,
+            "{yaml} {method} {path} {headers:?} {id:?}"
+        );
+    }
+}
+
+#[test]
+fn denial_names_the_policy() {
+    let a = authorizer("[{name: no-admin, action: DENY, rules: [{to: [{paths: ['/admin']}]}]}]");
+    let parts = http::Request::builder()
+        .uri("/admin")
+        .body(())
+        .expect("request")
+        .into_parts()
+        .0;
+    let peer = Peer {
+        addr: ([127, 0, 0, 1], 1).into(),
+        identity: None,
+    };
+    assert_eq!(a.check(&parts, "h", &peer), Err("no-admin".to_owned()));
+}
+
+#[test]
+fn unsupported_keys_are_rejected() {
+    let configs: Vec<PolicyConfig> =
+        from_yaml("[{name: p, action: ALLOW, rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]}]")
+            .expect("yaml");
+    let err = Authorizer::new(&configs).expect_err("unsupported");
+    assert!(
+        err.to_string().contains("request.auth.claims[iss]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pattern_table() {
+    for (p, v, want) in [
+        ("*", "x", true),
+        ("*", "", false),
+        ("a*", "abc", true),
+        ("*c", "abc", true),
+        ("abc", "abd", false),
+    ] {
+        assert_eq!(pattern(p, v), want, "{p} {v}");
+    }
+}

@@ -1,0 +1,281 @@
+//! The L7 proxy: one request in, one response out.
+//!
+//! Order of work for a request: local rate limit, authorization (403), route selection (404),
+//! local answers (redirect, direct response), header hygiene and rewrites, then the upstream
+//! stack `fault -> timeout -> retry -> circuit breaker -> attempt`. Every failure becomes a
+//! response in exactly one place, [`ProxyError::into_response`].
+
+mod error;
+pub mod forward;
+pub mod headers;
+pub mod mirror;
+mod upgrade;
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use http::{request::Parts, Request, Response};
+use hyper::{body::Incoming, upgrade::OnUpgrade};
+use tower::{ServiceBuilder, ServiceExt};
+
+pub use self::{
+    error::{ProxyError, ResponseFlags},
+    forward::UpstreamAddr,
+};
+use crate::{
+    authz::Authorizer,
+    body::{self, Body},
+    config::WaypointConfig,
+    destination::Destinations,
+    resilience::{
+        circuit::CircuitBreakerLayer,
+        fault::FaultLayer,
+        overrides::Overrides,
+        ratelimit::TokenBucket,
+        retry::{RetryLayer, RetryPolicy},
+        timeout::TimeoutLayer,
+    },
+    rng::{SharedRng, ThreadRandom},
+    route::{action, Action, RouteError, RouteTable, Selected},
+    telemetry::{Metrics, RequestLog, TraceContext},
+};
+
+/// Who sent the request, as far as the proxy knows.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Downstream socket address.
+    pub addr: SocketAddr,
+    /// SPIFFE identity of the peer, supplied by the HBONE layer (`None` on plain HTTP).
+    pub identity: Option<String>,
+}
+
+/// Errors building the proxy from configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The routes do not compile.
+    #[error("invalid routes: {0}")]
+    Routes(#[from] RouteError),
+    /// The authorization policies do not compile.
+    #[error("invalid authorization policy: {0}")]
+    Authz(#[from] crate::authz::AuthzError),
+}
+
+/// The proxy's compiled state.
+#[derive(Debug)]
+pub struct Proxy {
+    table: RouteTable,
+    destinations: Destinations,
+    authz: Authorizer,
+    rate_limit: Option<Arc<TokenBucket>>,
+    rng: SharedRng,
+    metrics: Arc<Metrics>,
+    mirrors: mirror::Mirrors,
+}
+
+impl Proxy {
+    /// Compiles the configuration; requests are recorded in `metrics`.
+    pub fn new(
+        config: &WaypointConfig,
+        rng: SharedRng,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, BuildError> {
+        Ok(Self {
+            table: RouteTable::new(&config.routes, &config.destinations)?,
+            destinations: Destinations::new(&config.destinations),
+            authz: Authorizer::new(&config.authorization)?,
+            rate_limit: config
+                .rate_limit
+                .as_ref()
+                .map(|c| Arc::new(TokenBucket::new(c))),
+            rng,
+            metrics,
+            mirrors: mirror::Mirrors::default(),
+        })
+    }
+
+    /// Serves one request; never fails (errors become responses).
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> Result<Response<Body>, Infallible> {
+        let req = req.map(body::boxed);
+        // Ids come from the CSPRNG, not the injectable source, so tests' scripted rolls map
+        // one-to-one to routing decisions.
+        let trace = TraceContext::from_headers(req.headers(), &ThreadRandom);
+        let mut log = RequestLog::start(&req, peer.addr, peer.identity.as_deref(), trace);
+        let req = req.map(|b| log.count_request(b));
+        let result = match &self.rate_limit {
+            Some(bucket) if !bucket.try_acquire() => Err(ProxyError::RateLimited),
+            _ => self.route_and_forward(req, &peer, &mut log).await,
+        };
+        let grpc = log.protocol == "grpc";
+        let response = result.unwrap_or_else(|err| {
+            tracing::debug!(error = %err, flag = err.flag(), "request failed locally");
+            if grpc {
+                err.into_grpc_response()
+            } else {
+                err.into_response()
+            }
+        });
+        Ok(log.finish(response, self.metrics.clone()))
+    }
+
+    async fn route_and_forward(
+        &self,
+        req: Request<Body>,
+        peer: &Peer,
+        log: &mut RequestLog,
+    ) -> Result<Response<Body>, ProxyError> {
+        let authority = headers::authority(&req).ok_or(ProxyError::MissingHost)?;
+        let host = action::strip_port(&authority).to_ascii_lowercase();
+        log.host.clone_from(&host);
+        let upgrade = headers::is_upgrade(&req);
+        let (mut parts, body) = req.into_parts();
+        // Authorization runs before routing, as Envoy's RBAC filter does: a denied request
+        // learns nothing about which routes exist.
+        self.authz
+            .check(&parts, &host, peer)
+            .map_err(|policy| ProxyError::Denied { policy })?;
+        let selected = self
+            .table
+            .select(&host, &parts)
+            .ok_or_else(|| ProxyError::NoRoute {
+                host: host.clone(),
+                path: parts.uri.path().to_owned(),
+            })?;
+        log.route = Some(format!(
+            "{}/{}",
+            selected.rule.route_name, selected.rule.name
+        ));
+        match &selected.rule.action {
+            Action::Redirect(spec) => redirect(&parts, &host, spec, &selected),
+            Action::Direct { status, body } => {
+                let mut r = Response::new(body::full(body.clone()));
+                *r.status_mut() = *status;
+                Ok(r)
+            }
+            Action::Forward(targets) => {
+                let on_upgrade = upgrade
+                    .then(|| parts.extensions.remove::<OnUpgrade>())
+                    .flatten();
+                let target = targets.pick(self.rng.below(targets.total())).clone();
+                log.destination = Some((target.destination.clone(), target.subset.clone()));
+                let overrides = prepare_request(&mut parts, &selected, peer, upgrade, &log.trace)?;
+                let body = self.maybe_mirror(&parts, body, &selected);
+                let req = Request::from_parts(parts, body);
+                let response = self.forward(req, &selected, target, overrides).await?;
+                Ok(finish_response(response, &selected, on_upgrade))
+            }
+        }
+    }
+
+    /// Starts a mirror for this request when the rule asks and the dice agree.
+    fn maybe_mirror(&self, parts: &Parts, body: Body, selected: &Selected) -> Body {
+        let Some(m) = &selected.rule.mirror else {
+            return body;
+        };
+        if !self.rng.chance(m.percentage.unwrap_or(100.0)) {
+            return body;
+        }
+        match self.destinations.get(&m.destination) {
+            Some(dest) => self.mirrors.start(
+                parts,
+                body,
+                dest.clone(),
+                m.subset.clone(),
+                self.rng.clone(),
+            ),
+            None => body,
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Body>,
+        selected: &Selected,
+        target: crate::config::WeightedDestination,
+        overrides: Overrides,
+    ) -> Result<Response<Body>, ProxyError> {
+        let rule = &selected.rule;
+        let dest = self
+            .destinations
+            .get(&target.destination)
+            .ok_or_else(|| ProxyError::NoHealthyUpstream {
+                destination: target.destination.clone(),
+                subset: target.subset.clone(),
+            })?
+            .clone();
+        let retry = overrides.retry_policy(
+            rule.retries
+                .as_ref()
+                .map_or_else(RetryPolicy::none, RetryPolicy::from_config),
+        );
+        let attempt = forward::Attempt::new(dest.clone(), target.subset.clone(), self.rng.clone());
+        let stack = ServiceBuilder::new()
+            .option_layer(
+                rule.fault
+                    .clone()
+                    .map(|f| FaultLayer::new(f, self.rng.clone())),
+            )
+            .layer(TimeoutLayer::new(overrides.timeout(rule.timeout)))
+            .layer(RetryLayer::new(
+                retry,
+                dest.retry_budget.clone(),
+                self.rng.clone(),
+            ))
+            .layer(CircuitBreakerLayer::new(dest.breaker.clone()))
+            .service(attempt);
+        stack.oneshot(req).await
+    }
+}
+
+/// Header hygiene, overrides, trace headers, rewrite and request header edits, in that order.
+fn prepare_request(
+    parts: &mut Parts,
+    selected: &Selected,
+    peer: &Peer,
+    upgrade: bool,
+    trace: &TraceContext,
+) -> Result<Overrides, ProxyError> {
+    let overrides = Overrides::take(&mut parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::append_forwarded_for(&mut parts.headers, peer.addr);
+    headers::ensure_host(parts);
+    trace.inject(&mut parts.headers);
+    let rule = &selected.rule;
+    if let Some(rewrite) = &rule.rewrite {
+        let prefix = selected.outcome.matched_prefix.as_deref();
+        action::apply_rewrite(&mut parts.uri, &mut parts.headers, rewrite, prefix)?;
+    }
+    rule.request_headers.apply(&mut parts.headers);
+    Ok(overrides)
+}
+
+/// Response hygiene and header edits; relays an accepted upgrade.
+fn finish_response(
+    mut response: Response<Body>,
+    selected: &Selected,
+    on_upgrade: Option<OnUpgrade>,
+) -> Response<Body> {
+    let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    match on_upgrade {
+        Some(downstream) if switching => upgrade::relay(downstream, &mut response),
+        _ => headers::strip_hop_by_hop(response.headers_mut(), false),
+    }
+    selected.rule.response_headers.apply(response.headers_mut());
+    response
+}
+
+fn redirect(
+    parts: &Parts,
+    host: &str,
+    spec: &crate::config::RedirectConfig,
+    selected: &Selected,
+) -> Result<Response<Body>, ProxyError> {
+    let prefix = selected.outcome.matched_prefix.as_deref();
+    let (status, headers) = action::redirect(&parts.uri, host, spec, prefix)?;
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}

@@ -1,0 +1,169 @@
+//! Istio's standard HTTP metrics, as a waypoint reports them: `istio_requests_total`,
+//! `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes`, with
+//! Istio's label names in a typed label struct.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+
+/// Istio's default duration buckets, in milliseconds.
+const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// Labels of every request metric (Istio standard labels; unknown values are `unknown`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Always `waypoint`.
+    pub reporter: &'static str,
+    /// Peer SPIFFE identity without the scheme, or `unknown`.
+    pub source_principal: String,
+    /// Source workload; `unknown` until the HBONE layer supplies workload metadata.
+    pub source_workload: String,
+    /// The requested host (authority without port).
+    pub destination_service: String,
+    /// The destination the route chose, or `unknown` for local answers.
+    pub destination_service_name: String,
+    /// The subset (version) chosen, or `unknown`.
+    pub destination_version: String,
+    /// `http` or `grpc`.
+    pub request_protocol: &'static str,
+    /// Status sent downstream.
+    pub response_code: u16,
+    /// Envoy response flags, `-` when none.
+    pub response_flags: &'static str,
+    /// `mutual_tls` when the peer is identified, else `none`.
+    pub connection_security_policy: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct Buckets(fn() -> Histogram);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        (self.0)()
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS_MS)
+}
+
+fn bytes_histogram() -> Histogram {
+    // 1 B .. 1 GB, decades.
+    Histogram::new(exponential_buckets(1.0, 10.0, 10))
+}
+
+/// The request metric families.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RequestLabels, Histogram, Buckets>,
+    request_bytes: Family<RequestLabels, Histogram, Buckets>,
+    response_bytes: Family<RequestLabels, Histogram, Buckets>,
+}
+
+impl Metrics {
+    /// Creates the families and registers them.
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(Buckets(duration_histogram)),
+            request_bytes: Family::new_with_constructor(Buckets(bytes_histogram)),
+            response_bytes: Family::new_with_constructor(Buckets(bytes_histogram)),
+        };
+        registry.register(
+            "istio_requests",
+            "Requests handled by the waypoint",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Request duration, first request byte to last response byte",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "istio_request_bytes",
+            "Request body size",
+            metrics.request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "Response body size",
+            metrics.response_bytes.clone(),
+        );
+        metrics
+    }
+
+    /// Records one finished request.
+    pub fn record(
+        &self,
+        labels: &RequestLabels,
+        duration_ms: f64,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        self.requests.get_or_create(labels).inc();
+        self.duration.get_or_create(labels).observe(duration_ms);
+        self.request_bytes
+            .get_or_create(labels)
+            .observe(request_bytes as f64);
+        self.response_bytes
+            .get_or_create(labels)
+            .observe(response_bytes as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_with_istio_names_and_labels() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let labels = RequestLabels {
+            reporter: "waypoint",
+            source_principal: "unknown".into(),
+            source_workload: "unknown".into(),
+            destination_service: "reviews".into(),
+            destination_service_name: "reviews".into(),
+            destination_version: "v2".into(),
+            request_protocol: "http",
+            response_code: 200,
+            response_flags: "-",
+            connection_security_policy: "none",
+        };
+        m.record(&labels, 3.0, 10, 2000);
+        m.record(&labels, 7.0, 0, 0);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{"))
+            .expect("counter line");
+        assert!(line.contains("destination_version=\"v2\""), "{line}");
+        assert!(line.contains("response_code=\"200\""), "{line}");
+        assert!(line.ends_with(" 2"), "{line}");
+        assert!(
+            text.contains("istio_request_duration_milliseconds_sum{"),
+            "{text}"
+        );
+        assert!(text.contains("istio_response_bytes_bucket{"), "{text}");
+        let le_10 = text
+            .lines()
+            .find(|l| {
+                l.starts_with("istio_request_duration_milliseconds_bucket{")
+                    && l.contains("le=\"10.0\"")
+            })
+            .expect("10 ms bucket");
+        assert!(le_10.ends_with(" 2"), "{le_10}");
+    }
+}

@@ -1,0 +1,163 @@
+//! Per-request telemetry: Istio metrics, trace propagation, and one access-log event per
+//! request, emitted when the response body is finished (or dropped), so duration and byte
+//! counts cover the whole exchange.
+//!
+//! The access log is a `tracing` event with target `access_log` and structured fields.
+
+pub mod metrics;
+pub mod trace;
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use http::{Response, StatusCode};
+use tokio::time::Instant;
+
+use self::metrics::RequestLabels;
+pub use self::{metrics::Metrics, trace::TraceContext};
+use crate::{
+    body::{self, Body},
+    proxy::{ResponseFlags, UpstreamAddr},
+};
+
+/// What is known about a request while it is handled.
+#[derive(Debug)]
+pub struct RequestLog {
+    start: Instant,
+    /// Method.
+    pub method: http::Method,
+    /// Path (no query: queries can carry secrets).
+    pub path: String,
+    /// Requested host, port stripped.
+    pub host: String,
+    /// `http` or `grpc`.
+    pub protocol: &'static str,
+    /// Peer identity without `spiffe://`.
+    pub principal: Option<String>,
+    /// Downstream address.
+    pub peer: std::net::SocketAddr,
+    /// Matched route and rule, when any.
+    pub route: Option<String>,
+    /// Destination and subset chosen, when any.
+    pub destination: Option<(String, Option<String>)>,
+    /// Trace context.
+    pub trace: TraceContext,
+    request_bytes: Arc<AtomicU64>,
+}
+
+impl RequestLog {
+    /// Starts the record for a request.
+    pub fn start(
+        req: &http::Request<Body>,
+        peer: std::net::SocketAddr,
+        identity: Option<&str>,
+        trace: TraceContext,
+    ) -> Self {
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        Self {
+            start: Instant::now(),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            host: String::new(),
+            protocol: if grpc { "grpc" } else { "http" },
+            principal: identity.map(|i| i.strip_prefix("spiffe://").unwrap_or(i).to_owned()),
+            peer,
+            route: None,
+            destination: None,
+            trace,
+            request_bytes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Wraps the request body so its bytes are counted.
+    pub fn count_request(&self, body: Body) -> Body {
+        body::counted(body, self.request_bytes.clone())
+    }
+
+    /// Wraps the response so that, when its body ends, metrics and the access log are emitted.
+    pub fn finish(self, response: Response<Body>, metrics: Arc<Metrics>) -> Response<Body> {
+        let status = response.status();
+        let flags = response
+            .extensions()
+            .get::<ResponseFlags>()
+            .map_or("-", |f| f.0);
+        let upstream = response.extensions().get::<UpstreamAddr>().map(|u| u.0);
+        let response_bytes = Arc::new(AtomicU64::new(0));
+        let done = Completion {
+            log: Some(self),
+            status,
+            flags,
+            upstream,
+            response_bytes: response_bytes.clone(),
+            metrics,
+        };
+        response.map(|b| body::with_guard(body::counted(b, response_bytes), done))
+    }
+}
+
+struct Completion {
+    log: Option<RequestLog>,
+    status: StatusCode,
+    flags: &'static str,
+    upstream: Option<std::net::SocketAddr>,
+    response_bytes: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let Some(log) = self.log.take() else { return };
+        let duration_ms = log.start.elapsed().as_secs_f64() * 1000.0;
+        let request_bytes = log.request_bytes.load(Ordering::Relaxed);
+        let response_bytes = self.response_bytes.load(Ordering::Relaxed);
+        let (destination, subset) = log.destination.clone().unwrap_or_default();
+        let labels = RequestLabels {
+            reporter: "waypoint",
+            source_principal: log.principal.clone().unwrap_or_else(|| "unknown".into()),
+            source_workload: "unknown".into(),
+            destination_service: log.host.clone(),
+            destination_service_name: if destination.is_empty() {
+                "unknown".into()
+            } else {
+                destination.clone()
+            },
+            destination_version: subset.clone().unwrap_or_else(|| "unknown".into()),
+            request_protocol: log.protocol,
+            response_code: self.status.as_u16(),
+            response_flags: self.flags,
+            connection_security_policy: if log.principal.is_some() {
+                "mutual_tls"
+            } else {
+                "none"
+            },
+        };
+        self.metrics
+            .record(&labels, duration_ms, request_bytes, response_bytes);
+        tracing::info!(
+            target: "access_log",
+            method = %log.method,
+            host = %log.host,
+            path = %log.path,
+            protocol = log.protocol,
+            status = self.status.as_u16(),
+            flags = self.flags,
+            duration_ms = format_args!("{duration_ms:.3}"),
+            request_bytes,
+            response_bytes,
+            route = log.route.as_deref().unwrap_or("-"),
+            destination = %destination,
+            subset = subset.as_deref().unwrap_or("-"),
+            upstream = %self.upstream.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+            peer = %log.peer,
+            principal = log.principal.as_deref().unwrap_or("-"),
+            trace_id = %log.trace.trace_id_hex(),
+            request_id = %log.trace.request_id,
+            "request"
+        );
+    }
+}
