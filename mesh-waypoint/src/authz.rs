@@ -1,5 +1,8 @@
 //! L7 authorization (Istio `AuthorizationPolicy` semantics, HTTP attributes), fail closed.
 //!
+//! This module owns the waypoint's policy config and its load-time checks; the decision itself is
+//! the shared evaluator in [`mesh_core::authz`], so nodes and waypoints agree on semantics.
+//!
 //! Decision: if any DENY policy matches, deny; else if there is no ALLOW policy, allow; else
 //! allow only when an ALLOW policy matches. A policy matches when any of its rules does; a
 //! policy without rules matches nothing. A rule matches when `from` (any source), `to` (any
@@ -10,7 +13,10 @@
 //! one, `principals` never match (so ALLOW-by-principal denies) and `not_principals` always do
 //! (so DENY-unless-principal denies): both fail closed.
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use http::request::Parts;
+use mesh_core::authz::{self, ConnectionAttributes, Decision, RequestAttributes};
 use serde::Deserialize;
 
 use crate::proxy::Peer;
@@ -111,37 +117,10 @@ pub struct ConditionConfig {
     pub not_values: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
-enum Attribute {
-    Header(String),
-    Principal,
-}
-
-#[derive(Debug, Clone)]
-struct Condition {
-    attribute: Attribute,
-    values: Vec<String>,
-    not_values: Vec<String>,
-}
-
-#[derive(Debug, Clone)]
-struct Rule {
-    from: Vec<SourceConfig>,
-    to: Vec<OperationConfig>,
-    when: Vec<Condition>,
-}
-
-#[derive(Debug, Clone)]
-struct Policy {
-    name: String,
-    action: PolicyAction,
-    rules: Vec<Rule>,
-}
-
 /// The compiled policies.
 #[derive(Debug, Default)]
 pub struct Authorizer {
-    policies: Vec<Policy>,
+    policies: Vec<authz::Policy>,
 }
 
 impl Authorizer {
@@ -156,28 +135,32 @@ impl Authorizer {
 
     /// `Ok` to allow; `Err(policy name)` to deny.
     pub fn check(&self, req: &Parts, host: &str, peer: &Peer) -> Result<(), String> {
-        let ctx = Ctx {
-            req,
-            host,
-            principal: peer.identity.as_deref().map(strip_spiffe),
+        let connection = ConnectionAttributes {
+            source_ip: peer.addr.ip(),
+            source_principal: peer
+                .identity
+                .as_deref()
+                .map(|id| strip_spiffe(id).to_owned()),
+            // The waypoint's policies cannot name destination addresses or ports (rejected at
+            // load), so the evaluator never reads these.
+            destination_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            destination_port: 0,
         };
-        let matching = |action| self.policies.iter().filter(move |p| p.action == action);
-        if let Some(p) = matching(PolicyAction::Deny).find(|p| p.matches(&ctx)) {
-            return Err(p.name.clone());
-        }
-        let mut allows = matching(PolicyAction::Allow).peekable();
-        if allows.peek().is_none() {
-            return Ok(());
-        }
-        if allows.any(|p| p.matches(&ctx)) {
-            Ok(())
-        } else {
-            Err("no ALLOW policy matched".to_owned())
+        let request = RequestAttributes {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            host,
+            headers: &req.headers,
+        };
+        match authz::evaluate(&self.policies, &connection, Some(&request)) {
+            Decision::Allow => Ok(()),
+            Decision::DeniedByPolicy { policy } => Err(policy),
+            Decision::NotAllowed => Err("no ALLOW policy matched".to_owned()),
         }
     }
 }
 
-fn compile_policy(c: &PolicyConfig) -> Result<Policy, AuthzError> {
+fn compile_policy(c: &PolicyConfig) -> Result<authz::Policy, AuthzError> {
     let rules = c
         .rules
         .iter()
@@ -187,100 +170,78 @@ fn compile_policy(c: &PolicyConfig) -> Result<Policy, AuthzError> {
                 .iter()
                 .map(|w| compile_condition(&c.name, w))
                 .collect::<Result<_, _>>()?;
-            Ok(Rule {
-                from: r.from.clone(),
-                to: r.to.clone(),
+            Ok(authz::Rule {
+                from: r.from.iter().map(compile_source).collect(),
+                to: r.to.iter().map(compile_operation).collect(),
                 when,
             })
         })
         .collect::<Result<_, _>>()?;
-    Ok(Policy {
-        name: c.name.clone(),
-        action: c.action,
+    let action = match c.action {
+        PolicyAction::Allow => authz::Action::Allow,
+        PolicyAction::Deny => authz::Action::Deny,
+    };
+    Ok(authz::Policy {
+        key: c.name.clone(),
+        action,
         rules,
     })
 }
 
-fn compile_condition(policy: &str, c: &ConditionConfig) -> Result<Condition, AuthzError> {
-    let attribute = if c.key == "source.principal" {
-        Attribute::Principal
+/// Principals may be written with or without `spiffe://`; the evaluator compares without.
+fn principals(patterns: &[String]) -> Vec<String> {
+    patterns
+        .iter()
+        .map(|p| strip_spiffe(p).to_owned())
+        .collect()
+}
+
+fn compile_source(s: &SourceConfig) -> authz::SourceMatch {
+    authz::SourceMatch {
+        principals: principals(&s.principals),
+        not_principals: principals(&s.not_principals),
+        ..Default::default()
+    }
+}
+
+fn compile_operation(o: &OperationConfig) -> authz::OperationMatch {
+    authz::OperationMatch {
+        hosts: o.hosts.clone(),
+        not_hosts: o.not_hosts.clone(),
+        methods: o.methods.clone(),
+        not_methods: o.not_methods.clone(),
+        paths: o.paths.clone(),
+        not_paths: o.not_paths.clone(),
+        ..Default::default()
+    }
+}
+
+fn compile_condition(policy: &str, c: &ConditionConfig) -> Result<authz::Condition, AuthzError> {
+    let key = if c.key == "source.principal" {
+        let values = principals(&c.values);
+        let not_values = principals(&c.not_values);
+        return Ok(authz::Condition {
+            key: c.key.clone(),
+            values,
+            not_values,
+        });
     } else if let Some(name) = c
         .key
         .strip_prefix("request.headers[")
         .and_then(|k| k.strip_suffix(']'))
     {
-        Attribute::Header(name.to_ascii_lowercase())
+        format!("request.headers[{}]", name.to_ascii_lowercase())
     } else {
         return Err(AuthzError::UnsupportedKey {
             policy: policy.into(),
             key: c.key.clone(),
         });
     };
-    Ok(Condition {
-        attribute,
+    Ok(authz::Condition {
+        key,
         values: c.values.clone(),
         not_values: c.not_values.clone(),
     })
-}
-
-struct Ctx<'a> {
-    req: &'a Parts,
-    host: &'a str,
-    principal: Option<&'a str>,
-}
-
-impl Policy {
-    fn matches(&self, ctx: &Ctx<'_>) -> bool {
-        self.rules.iter().any(|r| r.matches(ctx))
-    }
-}
-
-impl Rule {
-    fn matches(&self, ctx: &Ctx<'_>) -> bool {
-        (self.from.is_empty() || self.from.iter().any(|s| source_matches(s, ctx)))
-            && (self.to.is_empty() || self.to.iter().any(|o| operation_matches(o, ctx)))
-            && self.when.iter().all(|c| condition_matches(c, ctx))
-    }
-}
-
-fn source_matches(s: &SourceConfig, ctx: &Ctx<'_>) -> bool {
-    field(&s.principals, &s.not_principals, ctx.principal)
-}
-
-fn operation_matches(o: &OperationConfig, ctx: &Ctx<'_>) -> bool {
-    let host = ctx.host.to_ascii_lowercase();
-    field(&o.hosts, &o.not_hosts, Some(&host))
-        && field(&o.methods, &o.not_methods, Some(ctx.req.method.as_str()))
-        && field(&o.paths, &o.not_paths, Some(ctx.req.uri.path()))
-}
-
-fn condition_matches(c: &Condition, ctx: &Ctx<'_>) -> bool {
-    let value = match &c.attribute {
-        Attribute::Principal => ctx.principal,
-        Attribute::Header(name) => ctx.req.headers.get(name).and_then(|v| v.to_str().ok()),
-    };
-    field(&c.values, &c.not_values, value)
-}
-
-/// A field with positive and negative lists: an empty positive list accepts anything; an absent
-/// value matches no positive pattern and no negative one.
-fn field(values: &[String], not_values: &[String], value: Option<&str>) -> bool {
-    let hit = |patterns: &[String]| value.is_some_and(|v| patterns.iter().any(|p| pattern(p, v)));
-    (values.is_empty() || hit(values)) && !hit(not_values)
-}
-
-/// Istio string match: `*` (non-empty), `prefix*`, `*suffix`, or exact.
-fn pattern(p: &str, v: &str) -> bool {
-    if p == "*" {
-        return !v.is_empty();
-    }
-    if let Some(prefix) = p.strip_suffix('*') {
-        return v.starts_with(prefix);
-    }
-    if let Some(suffix) = p.strip_prefix('*') {
-        return v.ends_with(suffix);
-    }
-    p == v
 }
 
 fn strip_spiffe(id: &str) -> &str {
