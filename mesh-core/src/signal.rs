@@ -55,9 +55,15 @@ mod tests {
     async fn a_signal_sent_before_recv_is_not_lost() {
         let mut signals = ShutdownSignals::install().unwrap();
         let pid = std::process::id().to_string();
-        let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
         assert!(status.success());
         let received = tokio::time::timeout(Duration::from_secs(5), signals.recv()).await;
-        assert_eq!(received.expect("signal delivered"), ShutdownSignal::Terminate);
+        assert_eq!(
+            received.expect("signal delivered"),
+            ShutdownSignal::Terminate
+        );
     }
 }

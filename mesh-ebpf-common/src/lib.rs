@@ -4,12 +4,203 @@
 //! programs (built for `bpfel-unknown-none`) and the userspace loader in `mesh-node` agree on the
 //! layout byte for byte. No `bool`s: the kernel side compares integers. `aya::Pod` impls are behind
 //! the `user` feature, so the eBPF build does not pull in aya.
+//!
+//! Byte orders: addresses are stored exactly as the kernel hands them to programs (network byte
+//! order in a native `u32`, i.e. `u32::from_ne_bytes(octets)`), ports are `u16` in network byte
+//! order (`port.to_be()`).
 #![no_std]
+
+/// Names of the maps in the eBPF object, shared so the loader cannot drift from the programs.
+pub mod maps {
+    /// `Array<RedirectConfig>` with one entry.
+    pub const CONFIG: &str = "CONFIG";
+    /// `HashMap<u64 netns cookie, u32 EnrollMode>`.
+    pub const ENROLLED: &str = "ENROLLED";
+    /// `HashMap<u16 network-order port, u8>`: destination ports never redirected.
+    pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
+    /// `LpmTrie<[u8; 4], u8>`: IPv4 destination CIDRs never redirected.
+    pub const EXCLUDED_V4: &str = "EXCLUDED_V4";
+    /// `LpmTrie<[u8; 16], u8>`: IPv6 destination CIDRs never redirected.
+    pub const EXCLUDED_V6: &str = "EXCLUDED_V6";
+    /// `LruHashMap<u64 socket cookie, OrigDst>`: original destination of redirected sockets.
+    pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
+    /// `LruHashMap<TupleKey, OrigDst>`: original destination by the tunnel-side 4-tuple.
+    pub const ORIG_BY_TUPLE: &str = "ORIG_BY_TUPLE";
+    /// `PerCpuArray<u64>` indexed by [`crate::counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `SockHash<TupleKey>`: established same-node sockets, keyed by their own 4-tuple.
+    pub const SPLICE: &str = "SPLICE";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod programs {
+    /// `cgroup/connect4`.
+    pub const CONNECT4: &str = "weft_connect4";
+    /// `cgroup/connect6`.
+    pub const CONNECT6: &str = "weft_connect6";
+    /// `sock_ops`.
+    pub const SOCK_OPS: &str = "weft_sock_ops";
+    /// `cgroup/getsockopt`.
+    pub const GETSOCKOPT: &str = "weft_getsockopt";
+    /// `cgroup/getpeername4`.
+    pub const GETPEERNAME4: &str = "weft_getpeername4";
+    /// `cgroup/getpeername6`.
+    pub const GETPEERNAME6: &str = "weft_getpeername6";
+    /// `cgroup_skb/ingress`.
+    pub const INGRESS: &str = "weft_ingress";
+    /// `sk_msg` attached to the `SPLICE` map.
+    pub const SPLICE_MSG: &str = "weft_splice_msg";
+}
 
 /// Indexes of the per-CPU program counters (the `COUNTERS` map), exposed as metrics by mesh-node.
 pub mod counter {
-    /// `cgroup/connect4`: connects seen.
-    pub const CONNECT4_SEEN: u32 = 0;
+    /// `cgroup/connect4|6`: TCP connects seen from any netns.
+    pub const CONNECT_SEEN: u32 = 0;
+    /// Connects rewritten to the tunnel's outbound listener.
+    pub const CONNECT_REDIRECTED: u32 = 1;
+    /// Connects from enrolled netns left alone (loopback, tunnel mark, excluded port or CIDR).
+    pub const CONNECT_EXCLUDED: u32 = 2;
+    /// Redirected connects whose original destination could not be stored (map full).
+    pub const ORIG_STORE_FAILED: u32 = 3;
+    /// `sock_ops`: redirected connections whose 4-tuple was recorded.
+    pub const TUPLE_RECORDED: u32 = 4;
+    /// `sock_ops`: redirected sockets closed (established or not) and forgotten.
+    pub const TUPLE_REMOVED: u32 = 5;
+    /// `cgroup/getsockopt`: `SO_ORIGINAL_DST` answered.
+    pub const ORIG_DST_ANSWERED: u32 = 6;
+    /// `cgroup/getsockopt`: `SO_ORIGINAL_DST` asked for an unknown connection.
+    pub const ORIG_DST_MISSED: u32 = 7;
+    /// `cgroup/getpeername4|6`: peer address rewritten to the original destination.
+    pub const PEERNAME_REWRITTEN: u32 = 8;
+    /// `cgroup_skb/ingress`: packets dropped by strict inbound.
+    pub const STRICT_DROPPED: u32 = 9;
+    /// `sock_ops`: sockets added to the splice map.
+    pub const SPLICE_ADDED: u32 = 10;
+    /// `sk_msg`: messages spliced straight to the peer socket.
+    pub const SPLICE_REDIRECTED: u32 = 11;
     /// Number of counters; the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 1;
+    pub const COUNT: u32 = 12;
+}
+
+/// `EnrollMode` values stored in the `ENROLLED` map.
+pub mod enroll_mode {
+    /// Outbound TCP is redirected to the tunnel; inbound is not filtered.
+    pub const CAPTURE: u32 = 1;
+    /// As [`CAPTURE`], and inbound plaintext TCP that did not come through the tunnel is dropped.
+    pub const STRICT: u32 = 2;
+}
+
+/// `RedirectConfig::flags` bits.
+pub mod config_flags {
+    /// `tunnel_ip4` is set: redirect IPv4 connects.
+    pub const IPV4: u16 = 1;
+    /// `tunnel_ip6` is set: redirect IPv6 connects.
+    pub const IPV6: u16 = 2;
+    /// Same-node splicing is on: `sock_ops` adds redirected pairs to the `SPLICE` SOCKHASH.
+    pub const SPLICE: u16 = 4;
+}
+
+/// Address family constants as the kernel reports them.
+pub mod family {
+    /// `AF_INET`.
+    pub const INET: u16 = 2;
+    /// `AF_INET6`.
+    pub const INET6: u16 = 10;
+}
+
+/// Where redirected connects go and which traffic belongs to the tunnel itself (`CONFIG[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedirectConfig {
+    /// Tunnel outbound listener IPv4 address, network byte order.
+    pub tunnel_ip4: u32,
+    /// Tunnel outbound listener IPv6 address, network byte order words.
+    pub tunnel_ip6: [u32; 4],
+    /// Tunnel outbound listener port, network byte order.
+    pub tunnel_port: u16,
+    /// [`config_flags`] bits.
+    pub flags: u16,
+    /// `SO_MARK` carried by the tunnel's own sockets; never redirected. 0 disables the check.
+    pub tunnel_mark: u32,
+    /// Node address used by kubelet probes (IPv4, network order); allowed in strict mode. 0: none.
+    pub probe_ip4: u32,
+    /// Tunnel node address (IPv4, network order) whose TCP is allowed into strict pods. 0: none.
+    pub tunnel_src_ip4: u32,
+}
+
+/// The destination a socket asked for before it was redirected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    /// Address, network byte order; IPv4 uses `ip[0]` only.
+    pub ip: [u32; 4],
+    /// Port, network byte order.
+    pub port: u16,
+    /// [`family`] value.
+    pub family: u16,
+}
+
+/// A TCP connection seen from the tunnel's accepted socket: client (peer) and tunnel (local).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    /// Client address, network byte order; IPv4 uses `[0]` only, the rest is zero.
+    pub client_ip: [u32; 4],
+    /// Tunnel (listener) address, same encoding.
+    pub tunnel_ip: [u32; 4],
+    /// Client port, network byte order.
+    pub client_port: u16,
+    /// Tunnel port, network byte order.
+    pub tunnel_port: u16,
+    /// [`family`] value.
+    pub family: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all three are `#[repr(C)]`, made only of integers, with explicit padding fields, so
+    // every byte pattern is a valid value and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::RedirectConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OrigDst {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TupleKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<RedirectConfig>(), 4 + 16 + 2 + 2 + 4 + 4 + 4);
+        assert_eq!(size_of::<OrigDst>(), 16 + 2 + 2);
+        assert_eq!(size_of::<TupleKey>(), 16 + 16 + 2 + 2 + 2 + 2);
+    }
+
+    #[test]
+    fn counter_indexes_are_dense_and_below_count() {
+        let all = [
+            counter::CONNECT_SEEN,
+            counter::CONNECT_REDIRECTED,
+            counter::CONNECT_EXCLUDED,
+            counter::ORIG_STORE_FAILED,
+            counter::TUPLE_RECORDED,
+            counter::TUPLE_REMOVED,
+            counter::ORIG_DST_ANSWERED,
+            counter::ORIG_DST_MISSED,
+            counter::PEERNAME_REWRITTEN,
+            counter::STRICT_DROPPED,
+            counter::SPLICE_ADDED,
+            counter::SPLICE_REDIRECTED,
+        ];
+        for (expected, index) in all.iter().enumerate() {
+            assert_eq!(*index as usize, expected);
+        }
+        assert_eq!(all.len(), counter::COUNT as usize);
+    }
 }

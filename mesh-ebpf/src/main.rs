@@ -1,31 +1,20 @@
 //! Weft's eBPF programs, loaded and attached by `mesh-node`'s redirect module.
+//!
+//! - [`connect`]: `cgroup/connect4|6` send enrolled pods' TCP connects to the node tunnel.
+//! - [`orig`]: `sock_ops`, `cgroup/getsockopt` and `cgroup/getpeername4|6` keep the original
+//!   destination reachable for the tunnel (`SO_ORIGINAL_DST`) and visible to the client.
+//! - [`strict`]: `cgroup_skb/ingress` drops plaintext inbound connects into strict pods.
+//! - [`splice`]: `sk_msg` splices app and tunnel sockets on the same node.
+//!
+//! The ABI (map names, key/value layouts, counter indexes) lives in `mesh-ebpf-common`.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{
-    macros::{cgroup_sock_addr, map},
-    maps::PerCpuArray,
-    programs::SockAddrContext,
-};
-use mesh_ebpf_common::counter;
-
-/// Per-CPU event counters, indexed by `mesh_ebpf_common::counter`.
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
-
-fn bump(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *slot += 1 };
-    }
-}
-
-/// Sees every IPv4 connect in the attached cgroup; lets it proceed unchanged.
-#[cgroup_sock_addr(connect4)]
-pub fn weft_connect4(_ctx: SockAddrContext) -> i32 {
-    bump(counter::CONNECT4_SEEN);
-    1
-}
+mod connect;
+mod maps;
+mod orig;
+mod splice;
+mod strict;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,0 +1,23 @@
+//! The control-plane protocol: protobuf messages and gRPC clients/servers generated from
+//! `mesh-core/proto/weft/control/v1/*.proto` by `build.rs`.
+//!
+//! - `NodeFeed.Subscribe`: incremental workload/service/policy stream for node tunnels.
+//! - `WaypointFeed.Subscribe`: routes, policies and services for one waypoint.
+//! - `CertificateService.CreateCertificate`: the mesh CA.
+//!
+//! Wire types stop at the component boundary: convert them into domain types where they enter.
+
+/// Package `weft.control.v1`.
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    rust_2018_idioms,
+    unused_qualifications
+)]
+pub mod control {
+    /// Version 1 of the protocol.
+    pub mod v1 {
+        tonic::include_proto!("weft.control.v1");
+    }
+}

@@ -1,0 +1,427 @@
+//! The node tunnel's static configuration (YAML), parsed once at start-up.
+//!
+//! Static mode describes the mesh by hand: this node, its workloads, services, waypoints,
+//! L4 authorization policies and the peer-authentication mode. The control plane will later feed
+//! the same domain types; [`crate::state`] validates this into them.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors reading the configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML does not match the schema (the message names the key).
+    #[error("parsing config: {0}")]
+    Parse(#[from] serde_yaml::Error),
+}
+
+/// Top-level node tunnel configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's Kubernetes name; workloads with `node` equal to it are local.
+    pub node_name: String,
+    /// SPIFFE trust domain of the mesh.
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// Port remote node tunnels accept HBONE on (dialled as `<pod ip>:<hbone_port>`).
+    #[serde(default = "default_hbone_port")]
+    pub hbone_port: u16,
+    /// Listener addresses.
+    #[serde(default)]
+    pub listeners: Listeners,
+    /// How long in-flight connections may take to finish on shutdown.
+    #[serde(
+        default = "default_drain",
+        serialize_with = "durations::serialize",
+        deserialize_with = "durations::drain_deadline"
+    )]
+    pub drain_deadline: Duration,
+    /// Certificate authority used in static mode.
+    #[serde(default)]
+    pub ca: CaConfig,
+    /// Namespace whose policies apply mesh-wide (Istio: `istio-system`).
+    #[serde(default = "default_root_namespace")]
+    pub root_namespace: String,
+    /// Mesh-wide default and per-namespace mTLS mode for inbound plaintext.
+    #[serde(default)]
+    pub peer_authentication: PeerAuthentication,
+    /// Every workload in the mesh this node needs to know about.
+    #[serde(default)]
+    pub workloads: Vec<WorkloadConfig>,
+    /// Services (VIP -> endpoints).
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    /// Waypoint proxies that workloads or services are bound to.
+    #[serde(default)]
+    pub waypoints: Vec<WaypointConfig>,
+    /// L4 authorization policies (Istio AuthorizationPolicy subset).
+    #[serde(default)]
+    pub authorization_policies: Vec<PolicyConfig>,
+}
+
+/// Listener addresses (Istio ambient ports by default).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    /// Captured outbound traffic (15001).
+    pub outbound: SocketAddr,
+    /// Captured inbound plaintext (15006).
+    pub inbound_plaintext: SocketAddr,
+    /// Inbound HBONE (15008).
+    pub hbone: SocketAddr,
+    /// Prometheus metrics (15020).
+    pub metrics: SocketAddr,
+    /// Readiness probe (15021).
+    pub readiness: SocketAddr,
+    /// Admin, localhost only (15000).
+    pub admin: SocketAddr,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        Self {
+            outbound: any(15001),
+            inbound_plaintext: any(15006),
+            hbone: any(15008),
+            metrics: any(15020),
+            readiness: any(15021),
+            admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
+        }
+    }
+}
+
+/// Where certificates come from: the control plane's CA service when `address` is set,
+/// otherwise an in-process CA (plugged-in files, or self-signed for a single node).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// gRPC address of the mesh CA service (e.g. `http://weft-control.weft-system:15012`).
+    pub address: Option<String>,
+    /// File holding the bearer token sent to the CA service.
+    pub token_file: Option<PathBuf>,
+    /// PEM roots peers are verified with (required with `address`).
+    pub trust_bundle_file: Option<PathBuf>,
+    /// PEM chain of a plugged-in CA (signing cert first, root last). Self-signed when absent.
+    pub cert_chain_file: Option<PathBuf>,
+    /// PEM key of the plugged-in CA.
+    pub key_file: Option<PathBuf>,
+    /// Workload certificate lifetime (default 24h).
+    #[serde(
+        default,
+        serialize_with = "durations::serialize_opt",
+        deserialize_with = "durations::workload_validity"
+    )]
+    pub workload_validity: Option<Duration>,
+}
+
+/// mTLS mode for plaintext arriving at a local workload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Accept plaintext and mTLS.
+    #[default]
+    Permissive,
+    /// mTLS (HBONE) only; plaintext is refused.
+    Strict,
+}
+
+/// Peer authentication: a default and per-namespace overrides.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerAuthentication {
+    /// Mesh-wide mode.
+    #[serde(default)]
+    pub mode: MtlsMode,
+    /// Namespace -> mode overrides.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, MtlsMode>,
+}
+
+/// One workload (pod).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadConfig {
+    /// Pod name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account (identity).
+    pub service_account: String,
+    /// Pod IP.
+    pub ip: std::net::IpAddr,
+    /// Node the pod runs on.
+    pub node: String,
+    /// Pod labels, matched by policy selectors.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Waypoint (by name, same namespace) this workload's inbound traffic goes through.
+    #[serde(default)]
+    pub waypoint: Option<String>,
+}
+
+/// One service port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePortConfig {
+    /// Port on the VIP.
+    pub port: u16,
+    /// Port on the endpoints (defaults to `port`).
+    #[serde(default)]
+    pub target_port: Option<u16>,
+}
+
+/// One service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Service name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Cluster IP.
+    pub vip: std::net::IpAddr,
+    /// Ports.
+    pub ports: Vec<ServicePortConfig>,
+    /// Endpoint workload IPs.
+    #[serde(default)]
+    pub endpoints: Vec<std::net::IpAddr>,
+    /// Waypoint (by name, same namespace) this service's traffic goes through.
+    #[serde(default)]
+    pub waypoint: Option<String>,
+}
+
+/// One waypoint proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaypointConfig {
+    /// Waypoint name (what `waypoint:` fields refer to).
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account (the identity the waypoint proves).
+    pub service_account: String,
+    /// Address its HBONE listener is reached at.
+    pub address: SocketAddr,
+}
+
+/// ALLOW or DENY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PolicyAction {
+    /// Allow matching connections (and, once any ALLOW applies, only those).
+    Allow,
+    /// Deny matching connections; deny wins over allow.
+    Deny,
+}
+
+/// An AuthorizationPolicy (L4 fields only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Policy name.
+    pub name: String,
+    /// Namespace; the root namespace makes it mesh-wide.
+    pub namespace: String,
+    /// Workloads it applies to by labels; absent = the whole namespace.
+    #[serde(default)]
+    pub selector: Option<BTreeMap<String, String>>,
+    /// ALLOW (default) or DENY.
+    #[serde(default = "default_action")]
+    pub action: PolicyAction,
+    /// Rules; a connection matching any rule matches the policy. An ALLOW with no rules matches
+    /// nothing; a DENY with no rules matches nothing either (Istio semantics).
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// One rule: `from` and `to` must both match (absent = any).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Sources; any may match.
+    #[serde(default)]
+    pub from: Vec<SourceConfig>,
+    /// Destinations; any may match.
+    #[serde(default)]
+    pub to: Vec<OperationConfig>,
+}
+
+/// Source conditions; all present fields must match.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Peer identities (`cluster.local/ns/x/sa/y`, `*` suffix/prefix match allowed).
+    #[serde(default)]
+    pub principals: Vec<String>,
+    /// Negated principals.
+    #[serde(default)]
+    pub not_principals: Vec<String>,
+    /// Peer namespaces.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Negated namespaces.
+    #[serde(default)]
+    pub not_namespaces: Vec<String>,
+    /// Source IP blocks (CIDR or single IP).
+    #[serde(default)]
+    pub ip_blocks: Vec<String>,
+    /// Negated IP blocks.
+    #[serde(default)]
+    pub not_ip_blocks: Vec<String>,
+}
+
+/// Destination conditions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationConfig {
+    /// Destination ports.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Negated ports.
+    #[serde(default)]
+    pub not_ports: Vec<u16>,
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".into()
+}
+fn default_hbone_port() -> u16 {
+    15008
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_root_namespace() -> String {
+    "istio-system".into()
+}
+fn default_action() -> PolicyAction {
+    PolicyAction::Allow
+}
+
+impl Config {
+    /// Parses YAML text.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        Ok(serde_yaml::from_str(text)?)
+    }
+
+    /// Reads and parses a YAML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+}
+
+/// Durations as humantime strings ("5s", "24h"); errors name the key and the value.
+mod durations {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    fn parse<E: serde::de::Error>(key: &str, text: &str) -> Result<Duration, E> {
+        humantime::parse_duration(text)
+            .map_err(|e| E::custom(format!("{key}: invalid duration {text:?} ({e})")))
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn serialize_opt<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn drain_deadline<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        parse("drain_deadline", &String::deserialize(d)?)
+    }
+
+    pub fn workload_validity<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| parse("ca.workload_validity", &text))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+node_name: node-a
+drain_deadline: 3s
+peer_authentication:
+  mode: STRICT
+  namespaces: { legacy: PERMISSIVE }
+workloads:
+  - { name: web-1, namespace: default, service_account: web, ip: 10.0.0.5, node: node-a,
+      labels: { app: web } }
+services:
+  - { name: web, namespace: default, vip: 10.96.0.1, ports: [{ port: 80, target_port: 8080 }],
+      endpoints: [10.0.0.5] }
+authorization_policies:
+  - name: deny-legacy
+    namespace: default
+    action: DENY
+    rules:
+      - from: [{ namespaces: [legacy] }]
+        to: [{ ports: [8080] }]
+"#;
+
+    #[test]
+    fn parses_example_with_defaults() {
+        let config = Config::from_yaml(EXAMPLE).unwrap();
+        assert_eq!(config.trust_domain, "cluster.local");
+        assert_eq!(config.hbone_port, 15008);
+        assert_eq!(config.drain_deadline, Duration::from_secs(3));
+        assert_eq!(config.listeners.outbound.port(), 15001);
+        assert_eq!(config.peer_authentication.mode, MtlsMode::Strict);
+        assert_eq!(config.services[0].ports[0].target_port, Some(8080));
+        assert_eq!(config.authorization_policies[0].action, PolicyAction::Deny);
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let config = Config::from_yaml(include_str!("../config/example.yaml")).unwrap();
+        let state = crate::state::State::from_config(&config).unwrap();
+        assert_eq!(state.local_identities().len(), 1);
+        let policies = crate::policy::Policies::compile(
+            &config.root_namespace,
+            &config.authorization_policies,
+        )
+        .unwrap();
+        assert_eq!(policies.len(), 2);
+        assert_eq!(
+            config.ca.workload_validity,
+            Some(Duration::from_secs(24 * 3600))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::from_yaml("node_name: a\nnode_nmae: b\n").unwrap_err();
+        assert!(err.to_string().contains("node_nmae"), "{err}");
+        let err = Config::from_yaml("node_name: a\ndrain_deadline: soon\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("drain_deadline") && text.contains("\"soon\""),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! The three data-path listeners and what they share.
+//!
+//! - [`outbound`]: captured outbound connections (15001) -> HBONE or passthrough.
+//! - [`inbound`]: HBONE `CONNECT` streams (15008) -> local workload, after policy.
+//! - [`plaintext`]: captured inbound plaintext (15006) -> local workload, honouring the
+//!   PeerAuthentication mode and policy.
+
+pub mod inbound;
+pub mod outbound;
+pub mod plaintext;
+
+use std::{sync::Arc, time::Duration};
+
+use mesh_core::hbone;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+};
+
+use crate::{
+    certs::CertManager,
+    metrics::{Metrics, Outcome, TcpLabels},
+    policy::{Authorizer, ConnectionGuard},
+    socket::SocketFactory,
+    state::{State, Workload},
+};
+
+/// Upstream connects (to a local pod or a passthrough destination) give up after this.
+pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the listeners share. Cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    /// The mesh view; swapped whole on updates, read once per connection.
+    pub state: Arc<arc_swap::ArcSwap<State>>,
+    /// Local identities' certificates.
+    pub certs: Arc<CertManager>,
+    /// HBONE client (pooled).
+    pub client: hbone::Client,
+    /// Socket factory.
+    pub sockets: Arc<dyn SocketFactory>,
+    /// Policy.
+    pub authz: Authorizer,
+    /// Metrics and access log.
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("node", &self.state().node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connections one listener serves at once; beyond this new connections are closed, so memory
+/// stays bounded under a connection flood.
+pub const MAX_CONNECTIONS_PER_LISTENER: usize = 16_384;
+
+impl Proxy {
+    /// The current mesh view (a consistent snapshot for one connection).
+    pub fn state(&self) -> Arc<State> {
+        self.state.load_full()
+    }
+}
+
+/// Accepts on `listener` until `drain`, running `handle` for each connection under a clone of
+/// the drain watch (so the drain waits for it), at most [`MAX_CONNECTIONS_PER_LISTENER`] at once.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut drain: mesh_core::drain::DrainWatch,
+    name: &'static str,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
+    loop {
+        let accepted = tokio::select! {
+            _ = drain.signaled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::warn!(listener = name, %peer, "connection limit reached, closing");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let watch = drain.clone();
+                let task = handle(stream, peer);
+                tokio::spawn(async move {
+                    task.await;
+                    drop((watch, permit));
+                });
+            }
+            Err(error) => tracing::warn!(listener = name, %error, "accept failed"),
+        }
+    }
+}
+
+/// Copies until done, or until `guard` is revoked by a policy change.
+pub async fn copy_with_policy<A, B>(
+    a: &mut A,
+    b: &mut B,
+    guard: Option<&mut ConnectionGuard>,
+) -> (u64, u64, Outcome)
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let copy = hbone::copy_bidirectional(a, b);
+    let revoked = async {
+        match guard {
+            Some(guard) => guard.revoked().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = copy => match result {
+            Ok((sent, received)) => (sent, received, Outcome::Completed),
+            // Reset mid-stream is a normal end for TCP proxies; bytes are unknown here.
+            Err(error) => (0, 0, Outcome::Failed(format!("copy: {error}"))),
+        },
+        _ = revoked => (0, 0, Outcome::Revoked),
+    }
+}
+
+/// Labels with workload fields filled from what is known.
+pub fn labels(
+    reporter: crate::metrics::Reporter,
+    source: Option<&Workload>,
+    source_principal: Option<String>,
+    dest: Option<&Workload>,
+    mtls: bool,
+) -> TcpLabels {
+    let name = |w: Option<&Workload>| w.map_or("unknown".to_owned(), |w| w.name.clone());
+    let ns = |w: Option<&Workload>| w.map_or("unknown".to_owned(), |w| w.namespace.clone());
+    TcpLabels {
+        reporter,
+        source_workload: name(source),
+        source_workload_namespace: ns(source),
+        source_principal: source_principal.unwrap_or_else(|| "unknown".into()),
+        destination_workload: name(dest),
+        destination_workload_namespace: ns(dest),
+        destination_principal: dest.map_or("unknown".into(), |w| w.identity.to_string()),
+        connection_security_policy: if mtls { "mutual_tls" } else { "none" }.into(),
+    }
+}

@@ -1,0 +1,187 @@
+//! Outbound: a local workload's captured connection, sent over HBONE or passed through.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use http::HeaderMap;
+use mesh_core::hbone::{headers, OutboundRequest};
+use tokio::{net::TcpStream, time::Instant};
+use tracing::Instrument;
+
+use super::{copy_with_policy, labels, Proxy, UPSTREAM_CONNECT_TIMEOUT};
+use crate::{
+    metrics::{ConnectionRecord, Outcome, Reporter},
+    route::{self, HboneRoute, Route},
+    state::Workload,
+};
+
+impl Proxy {
+    /// Handles one connection accepted on the outbound listener.
+    pub async fn outbound(self, mut stream: TcpStream, peer: SocketAddr) {
+        let start = Instant::now();
+        let dst = match self.sockets.original_dst(&stream) {
+            Ok(dst) => dst,
+            Err(error) => {
+                tracing::warn!(%peer, %error, "no original destination, closing");
+                return;
+            }
+        };
+        let state = self.state();
+        let Some(source) = state.local_workload(peer.ip()).cloned() else {
+            // Fail closed: only enrolled local workloads may use the tunnel.
+            tracing::warn!(%peer, %dst, "outbound from unknown source, closing");
+            return;
+        };
+        let span = tracing::debug_span!("outbound", src = %peer, %dst, workload = %source.name);
+        self.route(&mut stream, peer, &source, dst, start)
+            .instrument(span)
+            .await;
+    }
+
+    async fn route(
+        &self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        source: &Arc<Workload>,
+        dst: SocketAddr,
+        start: Instant,
+    ) {
+        match route::choose(&self.state(), dst) {
+            Route::Hbone(hop) => self.via_hbone(stream, peer, source, hop, start).await,
+            Route::Passthrough(addr) => self.passthrough(stream, source, addr, start).await,
+            Route::NoEndpoint { service } => self.fail(
+                source,
+                None,
+                start,
+                format!("service {service} has no endpoints"),
+            ),
+            Route::NoPort { service, port } => self.fail(
+                source,
+                None,
+                start,
+                format!("service {service} has no port {port}"),
+            ),
+        }
+    }
+
+    async fn via_hbone(
+        &self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        source: &Arc<Workload>,
+        hop: HboneRoute,
+        start: Instant,
+    ) {
+        let dest = hop.workload.clone();
+        let Some(cert) = self.certs.get(&source.identity) else {
+            let reason = format!("no certificate for {}", source.identity);
+            return self.fail(source, dest.as_deref(), start, reason);
+        };
+        let request = OutboundRequest {
+            source: cert,
+            destination_identities: vec![hop.identity.clone()],
+            dial: hop.dial,
+            authority: match hop.authority.to_string().parse() {
+                Ok(authority) => authority,
+                Err(_) => return self.fail(source, dest.as_deref(), start, "bad authority".into()),
+            },
+            headers: connect_headers(peer, source),
+        };
+        let mut tunnel = match self.client.connect(request).await {
+            Ok(tunnel) => tunnel,
+            Err(error) => return self.fail(source, dest.as_deref(), start, error.to_string()),
+        };
+        let labels = labels(
+            Reporter::Source,
+            Some(source),
+            Some(source.identity.to_string()),
+            dest.as_deref(),
+            true,
+        );
+        self.metrics.opened(&labels);
+        let (sent, received, outcome) = copy_with_policy(stream, &mut tunnel, None).await;
+        self.metrics.record(&ConnectionRecord {
+            labels,
+            sent,
+            received,
+            duration: start.elapsed(),
+            outcome,
+        });
+    }
+
+    async fn passthrough(
+        &self,
+        stream: &mut TcpStream,
+        source: &Arc<Workload>,
+        addr: SocketAddr,
+        start: Instant,
+    ) {
+        let connect = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, self.sockets.connect(addr));
+        let mut upstream = match connect.await {
+            Ok(Ok(upstream)) => upstream,
+            Ok(Err(error)) => {
+                return self.fail(source, None, start, format!("passthrough {addr}: {error}"))
+            }
+            Err(_) => {
+                return self.fail(
+                    source,
+                    None,
+                    start,
+                    format!("passthrough {addr}: timed out"),
+                )
+            }
+        };
+        let labels = labels(
+            Reporter::Source,
+            Some(source),
+            Some(source.identity.to_string()),
+            None,
+            false,
+        );
+        self.metrics.opened(&labels);
+        let (sent, received, outcome) = copy_with_policy(stream, &mut upstream, None).await;
+        self.metrics.record(&ConnectionRecord {
+            labels,
+            sent,
+            received,
+            duration: start.elapsed(),
+            outcome,
+        });
+    }
+
+    fn fail(&self, source: &Workload, dest: Option<&Workload>, start: Instant, reason: String) {
+        let labels = labels(
+            Reporter::Source,
+            Some(source),
+            Some(source.identity.to_string()),
+            dest,
+            true,
+        );
+        self.metrics.record(&ConnectionRecord {
+            labels,
+            sent: 0,
+            received: 0,
+            duration: start.elapsed(),
+            outcome: Outcome::Failed(reason),
+        });
+    }
+}
+
+/// `forwarded`, a fresh `traceparent` and `baggage` describing the source workload.
+fn connect_headers(peer: SocketAddr, source: &Workload) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    if let Ok(value) = headers::forwarded(peer, None) {
+        map.insert(headers::FORWARDED, value);
+    }
+    map.insert(
+        headers::TRACEPARENT,
+        headers::TraceParent::generate().to_header(),
+    );
+    let pairs = [
+        ("k8s.namespace.name", source.namespace.as_str()),
+        ("k8s.pod.name", source.name.as_str()),
+    ];
+    if let Ok(value) = headers::baggage(&pairs) {
+        map.insert(headers::BAGGAGE, value);
+    }
+    map
+}

@@ -1,0 +1,70 @@
+//! Inbound plaintext (15006): connections to a local workload that did not come over HBONE.
+//! STRICT refuses them; PERMISSIVE admits them subject to policy (with no peer identity, so
+//! principal- and namespace-based ALLOW rules cannot match).
+
+use std::net::SocketAddr;
+
+use tokio::{net::TcpStream, time::Instant};
+
+use super::{copy_with_policy, inbound::connection_info, labels, Proxy};
+use crate::{
+    config::MtlsMode,
+    metrics::{ConnectionRecord, Outcome, Reporter},
+};
+
+impl Proxy {
+    /// Handles one connection accepted on the inbound plaintext listener.
+    pub async fn plaintext(self, mut stream: TcpStream, peer: SocketAddr) {
+        let start = Instant::now();
+        let Ok(dst) = self.sockets.original_dst(&stream) else {
+            return;
+        };
+        let state = self.state();
+        let Some(dest) = state.local_workload(dst.ip()).cloned() else {
+            tracing::debug!(%peer, %dst, "plaintext to non-local destination, closing");
+            return;
+        };
+        let source = state.workload(peer.ip()).cloned();
+        let labels = labels(
+            Reporter::Destination,
+            source.as_deref(),
+            None,
+            Some(&dest),
+            false,
+        );
+        let fail = |reason: String| {
+            self.metrics.record(&ConnectionRecord {
+                labels: labels.clone(),
+                sent: 0,
+                received: 0,
+                duration: start.elapsed(),
+                outcome: Outcome::Failed(reason),
+            });
+        };
+        if state.mtls_mode(&dest.namespace) == MtlsMode::Strict {
+            return fail(format!(
+                "plaintext refused: namespace {} is STRICT",
+                dest.namespace
+            ));
+        }
+        let info = connection_info(None, peer.ip(), &dest, dst.port());
+        let mut guard = match self.authz.admit(info) {
+            Ok(guard) => guard,
+            Err(decision) => return fail(format!("denied: {decision:?}")),
+        };
+        let mut upstream = match self.connect_pod(dst).await {
+            Ok(upstream) => upstream,
+            Err(reason) => return fail(reason),
+        };
+        self.metrics.opened(&labels);
+        let (sent, received, outcome) =
+            copy_with_policy(&mut stream, &mut upstream, Some(&mut guard)).await;
+        self.metrics.record(&ConnectionRecord {
+            labels,
+            sent,
+            received,
+            duration: start.elapsed(),
+            outcome,
+        });
+    }
+}

@@ -1,0 +1,146 @@
+//! Typed configuration of the redirect programs and its encoding into the `CONFIG` map ABI.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddrV4, SocketAddrV6},
+    path::PathBuf,
+};
+
+use mesh_ebpf_common::{config_flags, RedirectConfig};
+
+/// An IP network: address plus prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address (host bits are ignored by the LPM lookup).
+    pub addr: IpAddr,
+    /// Prefix length in bits: at most 32 for IPv4, 128 for IPv6.
+    pub prefix_len: u8,
+}
+
+/// Everything the loader needs to attach and configure the programs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Cgroup to attach to, relative to the cgroup2 mount ("" = the whole v2 hierarchy).
+    pub cgroup: PathBuf,
+    /// The tunnel's IPv4 outbound listener; `None` leaves IPv4 connects alone.
+    pub outbound_v4: Option<SocketAddrV4>,
+    /// The tunnel's IPv6 outbound listener; `None` leaves native IPv6 connects alone.
+    pub outbound_v6: Option<SocketAddrV6>,
+    /// `SO_MARK` set on the tunnel's own sockets; they are never redirected. 0 disables the check.
+    pub tunnel_mark: u32,
+    /// Node address the tunnel uses to reach local pods; allowed into strict pods.
+    pub tunnel_source_v4: Option<Ipv4Addr>,
+    /// Address kubelet probes come from; allowed into strict pods.
+    pub probe_source_v4: Option<Ipv4Addr>,
+    /// Destination ports never redirected.
+    pub excluded_ports: Vec<u16>,
+    /// Destination networks never redirected.
+    pub excluded_cidrs: Vec<Cidr>,
+    /// Attach the same-node splice (`sk_msg` + SOCKHASH).
+    pub splice: bool,
+    /// Most verbose eBPF log level forwarded (`tracing::Level::DEBUG` logs every redirect).
+    pub log_level: tracing::Level,
+}
+
+impl Config {
+    /// A config redirecting IPv4 connects to `outbound`, attached to `cgroup`, nothing excluded.
+    pub fn new(cgroup: impl Into<PathBuf>, outbound: SocketAddrV4) -> Self {
+        Self {
+            cgroup: cgroup.into(),
+            outbound_v4: Some(outbound),
+            outbound_v6: None,
+            tunnel_mark: 0,
+            tunnel_source_v4: None,
+            probe_source_v4: None,
+            excluded_ports: Vec::new(),
+            excluded_cidrs: Vec::new(),
+            splice: false,
+            log_level: tracing::Level::INFO,
+        }
+    }
+
+    /// The `CONFIG[0]` value: addresses and ports in network byte order.
+    pub fn to_abi(&self) -> RedirectConfig {
+        let mut abi = RedirectConfig {
+            tunnel_mark: self.tunnel_mark,
+            probe_ip4: self.probe_source_v4.map_or(0, ip4_abi),
+            tunnel_src_ip4: self.tunnel_source_v4.map_or(0, ip4_abi),
+            ..RedirectConfig::default()
+        };
+        // Both families share one listener port in the ABI: the v4 port wins when both are set.
+        if let Some(v6) = self.outbound_v6 {
+            abi.tunnel_ip6 = ip6_abi(v6.ip().octets());
+            abi.tunnel_port = v6.port().to_be();
+            abi.flags |= config_flags::IPV6;
+        }
+        if let Some(v4) = self.outbound_v4 {
+            abi.tunnel_ip4 = ip4_abi(*v4.ip());
+            abi.tunnel_port = v4.port().to_be();
+            abi.flags |= config_flags::IPV4;
+        }
+        if self.splice {
+            abi.flags |= config_flags::SPLICE;
+        }
+        abi
+    }
+
+    /// The `AYA_LOG_LEVEL` global value (aya-log-common: error=1 .. trace=5).
+    pub fn ebpf_log_level(&self) -> u8 {
+        match self.log_level {
+            tracing::Level::ERROR => 1,
+            tracing::Level::WARN => 2,
+            tracing::Level::INFO => 3,
+            tracing::Level::DEBUG => 4,
+            tracing::Level::TRACE => 5,
+        }
+    }
+}
+
+/// An IPv4 address as the kernel stores it in context fields (network order in a native u32).
+pub fn ip4_abi(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// An IPv6 address as four kernel context words.
+pub fn ip6_abi(octets: [u8; 16]) -> [u32; 4] {
+    let mut words = [0u32; 4];
+    for (word, chunk) in words.iter_mut().zip(octets.chunks_exact(4)) {
+        *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use super::*;
+
+    #[test]
+    fn abi_uses_network_byte_order() {
+        let config = Config::new("", SocketAddrV4::new(Ipv4Addr::new(10, 201, 0, 1), 15001));
+        let abi = config.to_abi();
+        assert_eq!(abi.tunnel_ip4.to_ne_bytes(), [10, 201, 0, 1]);
+        assert_eq!(abi.tunnel_port.to_ne_bytes(), [0x3a, 0x99]);
+        assert_eq!(abi.flags, config_flags::IPV4);
+    }
+
+    #[test]
+    fn ipv6_only_config_sets_only_the_ipv6_flag() {
+        let mut config = Config::new("", SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1));
+        config.outbound_v4 = None;
+        config.outbound_v6 = Some(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 15001, 0, 0));
+        let abi = config.to_abi();
+        assert_eq!(abi.flags, config_flags::IPV6);
+        assert_eq!(abi.tunnel_ip6[3].to_ne_bytes(), [0, 0, 0, 1]);
+        assert_eq!(abi.tunnel_ip4, 0);
+    }
+
+    #[test]
+    fn log_levels_follow_aya_log_numbering() {
+        let mut config = Config::new("", SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1));
+        config.log_level = tracing::Level::ERROR;
+        assert_eq!(config.ebpf_log_level(), 1);
+        config.log_level = tracing::Level::TRACE;
+        assert_eq!(config.ebpf_log_level(), 5);
+    }
+}

@@ -1,0 +1,263 @@
+//! The node's view of the mesh: workloads, services and waypoints, validated from config.
+//!
+//! Lookups are by IP (a connection's source or original destination). The control plane will
+//! later produce the same types through `TryFrom<proto::X>`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
+
+use mesh_core::identity::{IdentityError, SpiffeId};
+
+use crate::config::{Config, MtlsMode, WaypointConfig};
+
+/// Configuration that is well-formed YAML but inconsistent.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A workload's namespace/service account does not form a valid identity.
+    #[error("workload {name}: {source}")]
+    Identity {
+        name: String,
+        #[source]
+        source: IdentityError,
+    },
+    /// Two workloads, or two services, share an IP.
+    #[error("duplicate ip {ip} ({what})")]
+    DuplicateIp { ip: IpAddr, what: &'static str },
+    /// A `waypoint:` names no configured waypoint.
+    #[error("{owner} refers to unknown waypoint {namespace}/{name}")]
+    UnknownWaypoint {
+        owner: String,
+        namespace: String,
+        name: String,
+    },
+    /// A service endpoint IP is not a known workload.
+    #[error("service {service} endpoint {ip} is not a known workload")]
+    UnknownEndpoint { service: String, ip: IpAddr },
+}
+
+/// A waypoint proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waypoint {
+    /// `namespace/name`.
+    pub key: String,
+    /// Identity it must prove.
+    pub identity: SpiffeId,
+    /// Its HBONE address.
+    pub address: SocketAddr,
+}
+
+/// A workload (pod).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Pod name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Pod IP.
+    pub ip: IpAddr,
+    /// Node it runs on.
+    pub node: String,
+    /// Labels (for policy selectors).
+    pub labels: BTreeMap<String, String>,
+    /// Its SPIFFE identity.
+    pub identity: SpiffeId,
+    /// Waypoint for traffic addressed to it.
+    pub waypoint: Option<Arc<Waypoint>>,
+}
+
+/// A service.
+#[derive(Debug)]
+pub struct Service {
+    /// `namespace/name`.
+    pub key: String,
+    /// Cluster IP.
+    pub vip: IpAddr,
+    /// VIP port -> target port.
+    pub ports: BTreeMap<u16, u16>,
+    /// Endpoints (workloads), in config order.
+    pub endpoints: Vec<Arc<Workload>>,
+    /// Waypoint for traffic addressed to it.
+    pub waypoint: Option<Arc<Waypoint>>,
+    next: AtomicUsize,
+}
+
+impl Service {
+    /// The next endpoint, round robin; `None` when there is none.
+    pub fn pick(&self) -> Option<Arc<Workload>> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        self.endpoints.get(i).cloned()
+    }
+}
+
+/// The whole validated view.
+#[derive(Debug)]
+pub struct State {
+    /// This node's name.
+    pub node: String,
+    /// Trust domain.
+    pub trust_domain: String,
+    /// Port remote tunnels accept HBONE on.
+    pub hbone_port: u16,
+    workloads: HashMap<IpAddr, Arc<Workload>>,
+    services: HashMap<IpAddr, Arc<Service>>,
+    mtls_default: MtlsMode,
+    mtls_namespaces: BTreeMap<String, MtlsMode>,
+}
+
+impl State {
+    /// Validates `config`.
+    pub fn from_config(config: &Config) -> Result<Self, StateError> {
+        let waypoints = waypoints(config)?;
+        let find_waypoint = |owner: String, namespace: &str, name: &Option<String>| {
+            name.as_ref()
+                .map(|name| {
+                    waypoints
+                        .get(&format!("{namespace}/{name}"))
+                        .cloned()
+                        .ok_or_else(|| StateError::UnknownWaypoint {
+                            owner,
+                            namespace: namespace.to_owned(),
+                            name: name.clone(),
+                        })
+                })
+                .transpose()
+        };
+        let mut workloads = HashMap::new();
+        for w in &config.workloads {
+            let identity = SpiffeId::new(&config.trust_domain, &w.namespace, &w.service_account)
+                .map_err(|source| StateError::Identity {
+                    name: w.name.clone(),
+                    source,
+                })?;
+            let workload = Workload {
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                ip: w.ip,
+                node: w.node.clone(),
+                labels: w.labels.clone(),
+                identity,
+                waypoint: find_waypoint(format!("workload {}", w.name), &w.namespace, &w.waypoint)?,
+            };
+            if workloads.insert(w.ip, Arc::new(workload)).is_some() {
+                return Err(StateError::DuplicateIp {
+                    ip: w.ip,
+                    what: "workloads",
+                });
+            }
+        }
+        let mut services = HashMap::new();
+        for s in &config.services {
+            let key = format!("{}/{}", s.namespace, s.name);
+            let endpoints = s
+                .endpoints
+                .iter()
+                .map(|ip| {
+                    workloads
+                        .get(ip)
+                        .cloned()
+                        .ok_or_else(|| StateError::UnknownEndpoint {
+                            service: key.clone(),
+                            ip: *ip,
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let service = Service {
+                waypoint: find_waypoint(format!("service {key}"), &s.namespace, &s.waypoint)?,
+                key,
+                vip: s.vip,
+                ports: s
+                    .ports
+                    .iter()
+                    .map(|p| (p.port, p.target_port.unwrap_or(p.port)))
+                    .collect(),
+                endpoints,
+                next: AtomicUsize::new(0),
+            };
+            if workloads.contains_key(&s.vip) || services.insert(s.vip, Arc::new(service)).is_some()
+            {
+                return Err(StateError::DuplicateIp {
+                    ip: s.vip,
+                    what: "services",
+                });
+            }
+        }
+        Ok(Self {
+            node: config.node_name.clone(),
+            trust_domain: config.trust_domain.clone(),
+            hbone_port: config.hbone_port,
+            workloads,
+            services,
+            mtls_default: config.peer_authentication.mode,
+            mtls_namespaces: config.peer_authentication.namespaces.clone(),
+        })
+    }
+
+    /// Any workload by IP.
+    pub fn workload(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.workloads.get(&ip)
+    }
+
+    /// A workload on this node by IP.
+    pub fn local_workload(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.workload(ip).filter(|w| w.node == self.node)
+    }
+
+    /// A service by VIP.
+    pub fn service(&self, vip: IpAddr) -> Option<&Arc<Service>> {
+        self.services.get(&vip)
+    }
+
+    /// Identities of the workloads on this node (one certificate each).
+    pub fn local_identities(&self) -> BTreeSet<SpiffeId> {
+        self.workloads
+            .values()
+            .filter(|w| w.node == self.node)
+            .map(|w| w.identity.clone())
+            .collect()
+    }
+
+    /// The mTLS mode for plaintext to a workload in `namespace`.
+    pub fn mtls_mode(&self, namespace: &str) -> MtlsMode {
+        self.mtls_namespaces
+            .get(namespace)
+            .copied()
+            .unwrap_or(self.mtls_default)
+    }
+
+    /// All workloads (admin dump), sorted by IP.
+    pub fn workloads(&self) -> Vec<Arc<Workload>> {
+        let mut all: Vec<_> = self.workloads.values().cloned().collect();
+        all.sort_by_key(|w| w.ip);
+        all
+    }
+}
+
+fn waypoints(config: &Config) -> Result<HashMap<String, Arc<Waypoint>>, StateError> {
+    config
+        .waypoints
+        .iter()
+        .map(|w: &WaypointConfig| {
+            let key = format!("{}/{}", w.namespace, w.name);
+            let identity = SpiffeId::new(&config.trust_domain, &w.namespace, &w.service_account)
+                .map_err(|source| StateError::Identity {
+                    name: key.clone(),
+                    source,
+                })?;
+            let waypoint = Waypoint {
+                key: key.clone(),
+                identity,
+                address: w.address,
+            };
+            Ok((key, Arc::new(waypoint)))
+        })
+        .collect()
+}

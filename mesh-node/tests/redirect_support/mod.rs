@@ -1,0 +1,326 @@
+//! Shared fixtures of the `redirect_*` tests: a test cgroup the test process joins, network
+//! namespace "pods" with a veth to the host, and socket helpers (SO_ORIGINAL_DST, timed accept).
+//!
+//! Every fixture is a Drop guard, so namespaces, links and cgroups go away even when a test
+//! panics. Names start with `wfte` and addresses stay inside 10.201.0.0/16. Tests serialize on
+//! [`serial`] because the whole process moves into the test cgroup.
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    io::{self, Read, Write},
+    mem::size_of,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use mesh_node::redirect::{cgroup, netns};
+
+/// Upper bound for any single network wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Serializes tests of one binary; panics loudly when not root.
+pub fn serial() -> MutexGuard<'static, ()> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "redirect tests need root (CAP_BPF, CAP_NET_ADMIN, cgroup writes); run as root in CI"
+    );
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs a command, failing with its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("spawn {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A cgroup under the cgroup2 mount that this whole test process joins until dropped.
+pub struct TestCgroup {
+    /// Path relative to the cgroup2 mount (what `Config::cgroup` takes).
+    pub relative: PathBuf,
+    path: PathBuf,
+    previous: PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates `<mount>/<name>` and moves this process into it.
+    pub fn join(name: &str) -> Result<Self> {
+        let mount = cgroup::cgroup2_mount()?;
+        let path = mount.join(name);
+        if path.exists() {
+            let _ = fs::remove_dir(&path);
+        }
+        fs::create_dir(&path).with_context(|| format!("create cgroup {}", path.display()))?;
+        let previous = mount.join(current_cgroup()?.trim_start_matches('/'));
+        let guard = Self {
+            relative: PathBuf::from(name),
+            path,
+            previous,
+        };
+        move_self(&guard.path)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Err(error) = move_self(&self.previous) {
+            eprintln!(
+                "cannot leave test cgroup {}: {error:#}",
+                self.path.display()
+            );
+        }
+        if let Err(error) = fs::remove_dir(&self.path) {
+            eprintln!("cannot remove test cgroup {}: {error}", self.path.display());
+        }
+    }
+}
+
+fn current_cgroup() -> Result<String> {
+    let text = fs::read_to_string("/proc/self/cgroup")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        .context("no cgroup v2 line in /proc/self/cgroup")
+}
+
+fn move_self(cgroup: &Path) -> Result<()> {
+    let procs = cgroup.join("cgroup.procs");
+    fs::write(&procs, std::process::id().to_string())
+        .with_context(|| format!("write {}", procs.display()))
+}
+
+/// A network namespace with a veth to the host: host side `10.201.<subnet>.1/24`, pod side `.2`.
+pub struct Pod {
+    /// Namespace name (under /run/netns).
+    pub name: String,
+    /// Host-side interface name.
+    pub host_if: String,
+    /// The pod's address.
+    pub ip: Ipv4Addr,
+    /// The host side's address (the pod's gateway).
+    pub host_ip: Ipv4Addr,
+    fd: OwnedFd,
+}
+
+impl Pod {
+    /// Creates namespace `wfte-<subnet>` and link `wfte<subnet>h` (leftovers of a crashed run with
+    /// the same subnet are removed first).
+    pub fn new(subnet: u8) -> Result<Self> {
+        let name = format!("wfte-{subnet}");
+        let host_if = format!("wfte{subnet}h");
+        let pod_if = format!("wfte{subnet}p");
+        let _ = run("ip", &["link", "del", &host_if]);
+        let _ = run("ip", &["netns", "del", &name]);
+        run("ip", &["netns", "add", &name])?;
+        let host_ip = Ipv4Addr::new(10, 201, subnet, 1);
+        let ip = Ipv4Addr::new(10, 201, subnet, 2);
+        let fd = fs::File::open(format!("/run/netns/{name}"))?.into();
+        let pod = Self {
+            name,
+            host_if,
+            ip,
+            host_ip,
+            fd,
+        };
+        pod.wire(&pod_if, subnet)?;
+        Ok(pod)
+    }
+
+    fn wire(&self, pod_if: &str, subnet: u8) -> Result<()> {
+        let (n, h) = (self.name.as_str(), self.host_if.as_str());
+        run(
+            "ip",
+            &[
+                "link", "add", h, "type", "veth", "peer", "name", pod_if, "netns", n,
+            ],
+        )?;
+        run(
+            "ip",
+            &["addr", "add", &format!("{}/24", self.host_ip), "dev", h],
+        )?;
+        run("ip", &["link", "set", h, "up"])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("10.201.{subnet}.2/24"),
+                "dev",
+                pod_if,
+            ],
+        )?;
+        run("ip", &["-n", n, "link", "set", pod_if, "up"])?;
+        run("ip", &["-n", n, "link", "set", "lo", "up"])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                n,
+                "route",
+                "add",
+                "default",
+                "via",
+                &self.host_ip.to_string(),
+            ],
+        )
+    }
+
+    /// Adds an extra address on the host side of the veth.
+    pub fn add_host_address(&self, ip: Ipv4Addr) -> Result<()> {
+        run(
+            "ip",
+            &["addr", "add", &format!("{ip}/32"), "dev", &self.host_if],
+        )
+    }
+
+    /// The namespace's cookie (the enrollment key).
+    pub fn cookie(&self) -> u64 {
+        netns::cookie_of_fd(self.fd.as_fd()).expect("netns cookie of test pod")
+    }
+
+    /// Runs `f` on a thread inside this namespace.
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        netns::run_in(self.fd.as_fd(), f).expect("enter test pod netns")
+    }
+
+    /// Connects from inside the pod.
+    pub fn connect(&self, to: SocketAddr) -> io::Result<TcpStream> {
+        self.run_in(|| connect(to))
+    }
+
+    /// Listens inside the pod.
+    pub fn listen(&self, port: u16) -> io::Result<TcpListener> {
+        self.run_in(|| TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)))
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        for (args, what) in [
+            (vec!["link", "del", self.host_if.as_str()], "veth"),
+            (vec!["netns", "del", self.name.as_str()], "netns"),
+        ] {
+            if let Err(error) = run("ip", &args) {
+                eprintln!("cleanup of {what} {}: {error:#}", self.name);
+            }
+        }
+    }
+}
+
+/// Connects with a bounded wait and I/O timeouts.
+pub fn connect(to: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&to, WAIT)?;
+    stream.set_read_timeout(Some(WAIT))?;
+    stream.set_write_timeout(Some(WAIT))?;
+    Ok(stream)
+}
+
+/// Connects from a specific local address.
+pub fn connect_from(local: Ipv4Addr, to: SocketAddr, wait: Duration) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from(SocketAddrV4::new(local, 0)).into())?;
+    socket.connect_timeout(&to.into(), wait)?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT))?;
+    Ok(stream)
+}
+
+/// Accepts one connection within `wait`; `Ok(None)` when none arrived.
+pub fn accept_within(listener: &TcpListener, wait: Duration) -> io::Result<Option<TcpStream>> {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, millis) };
+    if ready < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if ready == 0 {
+        return Ok(None);
+    }
+    let (stream, _) = listener.accept()?;
+    stream.set_read_timeout(Some(WAIT))?;
+    stream.set_write_timeout(Some(WAIT))?;
+    Ok(Some(stream))
+}
+
+/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)` on an accepted socket.
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddrV4> {
+    // SAFETY: sockaddr_in is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `addr`/`len` are valid for writes of the sizes passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_IP,
+            libc::SO_ORIGINAL_DST,
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    assert_eq!(
+        len as usize,
+        size_of::<libc::sockaddr_in>(),
+        "SO_ORIGINAL_DST length"
+    );
+    assert_eq!(
+        addr.sin_family,
+        libc::AF_INET as libc::sa_family_t,
+        "SO_ORIGINAL_DST family"
+    );
+    Ok(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    ))
+}
+
+/// Writes `msg` on `a` and checks it arrives unchanged on `b`.
+pub fn assert_carries(a: &mut TcpStream, b: &mut TcpStream, msg: &[u8]) {
+    a.write_all(msg).expect("write");
+    let mut got = vec![0u8; msg.len()];
+    b.read_exact(&mut got).expect("read what the peer wrote");
+    assert_eq!(got, msg);
+}
+
+/// A listener on `ip`, port chosen by the kernel.
+pub fn listen_on(ip: Ipv4Addr) -> TcpListener {
+    TcpListener::bind(SocketAddrV4::new(ip, 0)).expect("bind test listener")
+}
+
+/// The IPv4 address a listener is bound to.
+pub fn v4(listener: &TcpListener) -> SocketAddrV4 {
+    match listener.local_addr().expect("local addr") {
+        SocketAddr::V4(addr) => addr,
+        SocketAddr::V6(addr) => panic!("expected an IPv4 listener, got {addr}"),
+    }
+}

@@ -1,0 +1,248 @@
+//! In-process tunnel tests: two node tunnels on loopback with a test CA and a fake redirect.
+
+mod tunnel_support;
+
+use std::{sync::Arc, time::Duration};
+
+use mesh_core::{drain::DrainOutcome, identity::SpiffeId};
+use mesh_node::config::PolicyConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tunnel_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_to_pod_and_service_vip_through_two_tunnels() {
+    let mesh = Mesh::start(MeshOptions::default()).await;
+    let mut direct = mesh.connect(mesh.db).await;
+    round_trip(&mut direct, b"hello db").await.unwrap();
+    let mut via_vip = mesh.connect(mesh.vip).await;
+    round_trip(&mut via_vip, &vec![42u8; 256 * 1024])
+        .await
+        .unwrap();
+    // Half-close travels end to end: the echo pod sees EOF and closes its side.
+    direct.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, direct.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    let metrics = mesh.b.metrics().encode();
+    assert!(metrics.contains("istio_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"frontend-0\""), "{metrics}");
+    assert!(
+        metrics.contains("source_principal=\"spiffe://cluster.local/ns/web/sa/frontend\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("destination_principal=\"spiffe://cluster.local/ns/data/sa/db\""),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connection_is_reused_across_app_connections() {
+    let mesh = Mesh::start(MeshOptions::default()).await;
+    for i in 0..5u8 {
+        let mut stream = mesh.connect(mesh.db).await;
+        round_trip(&mut stream, &[i; 64]).await.unwrap();
+    }
+    assert_eq!(mesh.a.client().pooled_connections(), 1);
+    // A different destination identity needs its own connection.
+    let mut cache = mesh.connect(mesh.cache).await;
+    round_trip(&mut cache, b"cache").await.unwrap();
+    assert_eq!(mesh.a.client().pooled_connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_trust_domain_is_refused() {
+    let mesh = Mesh::start(MeshOptions {
+        node_a_trust_domain: "evil.local",
+        ..MeshOptions::default()
+    })
+    .await;
+    let mut stream = mesh.connect(mesh.db).await;
+    expect_closed(&mut stream).await;
+    let failed = mesh.a.metrics().encode();
+    assert!(
+        failed.contains("istio_tcp_connections_failed_total{reporter=\"source\""),
+        "{failed}"
+    );
+    assert!(!mesh
+        .b
+        .metrics()
+        .encode()
+        .contains("istio_tcp_connections_opened_total{"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_client_certificate_is_refused() {
+    let ca = Arc::new(TestCa::new());
+    let options = MeshOptions {
+        node_a_source: Some(Arc::new(ExpiredSource(ca.clone()))),
+        ..MeshOptions::default()
+    };
+    // Node b must trust the same root as the expired certs: share the CA.
+    let mesh = Mesh::start_with_ca(options, ca).await;
+    let mut stream = mesh.connect(mesh.db).await;
+    expect_closed(&mut stream).await;
+    assert!(!mesh
+        .b
+        .metrics()
+        .encode()
+        .contains("istio_tcp_connections_opened_total{"));
+    let a = mesh.a.metrics().encode();
+    assert!(
+        a.contains("istio_tcp_connections_failed_total{reporter=\"source\""),
+        "{a}"
+    );
+}
+
+fn policies(yaml: &str) -> Vec<PolicyConfig> {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+const DENY_WEB_TO_DB: &str = "
+authorization_policies:
+  - name: no-web
+    namespace: data
+    selector: { app: db }
+    action: DENY
+    rules: [{ from: [{ namespaces: [web] }] }]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_denies_at_destination_with_401() {
+    let mesh = Mesh::start(MeshOptions {
+        node_b_extra: DENY_WEB_TO_DB,
+        ..MeshOptions::default()
+    })
+    .await;
+    let mut denied = mesh.connect(mesh.db).await;
+    expect_closed(&mut denied).await;
+    // The selector limits the policy to db: cache stays reachable.
+    let mut cache = mesh.connect(mesh.cache).await;
+    round_trip(&mut cache, b"allowed").await.unwrap();
+    let a = mesh.a.metrics().encode();
+    assert!(
+        a.contains(
+            "istio_tcp_connections_failed_total{reporter=\"source\",source_workload=\"frontend-0\""
+        ),
+        "{a}"
+    );
+    let b = mesh.b.metrics().encode();
+    assert!(
+        b.contains("istio_tcp_connections_failed_total{reporter=\"destination\""),
+        "{b}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_change_closes_live_connections() {
+    let mesh = Mesh::start(MeshOptions::default()).await;
+    let mut stream = mesh.connect(mesh.db).await;
+    round_trip(&mut stream, b"before").await.unwrap();
+    let update = policies(
+        "[{name: no-web, namespace: data, action: DENY, rules: [{from: [{namespaces: [web]}]}]}]",
+    );
+    assert_eq!(mesh.b.update_policies(&update).unwrap(), 1);
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
+        .await
+        .expect("not closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let mut again = mesh.connect(mesh.db).await;
+    expect_closed(&mut again).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_honours_peer_authentication() {
+    let strict = "
+peer_authentication:
+  mode: PERMISSIVE
+  namespaces: { data: STRICT }
+";
+    let mesh = Mesh::start(MeshOptions {
+        node_b_extra: strict,
+        ..MeshOptions::default()
+    })
+    .await;
+    let outsider = "127.0.0.99".parse().unwrap();
+    let mut refused = mesh.net.plaintext_connect(outsider, mesh.db).await.unwrap();
+    expect_closed(&mut refused).await;
+    let permissive = Mesh::start(MeshOptions::default()).await;
+    let mut accepted = permissive
+        .net
+        .plaintext_connect(outsider, permissive.db)
+        .await
+        .unwrap();
+    round_trip(&mut accepted, b"plain").await.unwrap();
+    let metrics = permissive.b.metrics().encode();
+    assert!(
+        metrics.contains("connection_security_policy=\"none\""),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_load_keeps_traffic_flowing() {
+    let mesh = Mesh::start(MeshOptions::default()).await;
+    let db_id: SpiffeId = "spiffe://cluster.local/ns/data/sa/db".parse().unwrap();
+    let before = mesh.b.certificate(&db_id).unwrap().leaf().unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        streams.push(mesh.connect(mesh.db).await);
+    }
+    let load = tokio::spawn(async move {
+        for round in 0..50u32 {
+            for stream in streams.iter_mut() {
+                round_trip(stream, &round.to_be_bytes()).await.unwrap();
+            }
+        }
+        streams
+    });
+    for _ in 0..3 {
+        mesh.b.renew_certificates().await.unwrap();
+        mesh.a.renew_certificates().await.unwrap();
+    }
+    let streams = tokio::time::timeout(WAIT, load).await.unwrap().unwrap();
+    assert_eq!(streams.len(), 8);
+    let after = mesh.b.certificate(&db_id).unwrap().leaf().unwrap();
+    assert_ne!(after, before, "certificate was not rotated");
+    // New connections after rotation work too.
+    let mut fresh = mesh.connect(mesh.db).await;
+    round_trip(&mut fresh, b"after rotation").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_endpoints_and_drain() {
+    let mesh = Mesh::start(MeshOptions::default()).await;
+    let (status, _) = http_get(mesh.b.readiness, "/healthz/ready").await;
+    assert_eq!(status, 200);
+    let mut stream = mesh.connect(mesh.db).await;
+    round_trip(&mut stream, b"x").await.unwrap();
+    let (status, body) = http_get(mesh.b.metrics, "/stats/prometheus").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("istio_tcp_connections_opened_total"),
+        "{body}"
+    );
+    let (status, body) = http_get(mesh.b.admin, "/config_dump").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("spiffe://cluster.local/ns/data/sa/db"),
+        "{body}"
+    );
+    assert_eq!(http_get(mesh.b.admin, "/nope").await.0, 404);
+    // Drain node a while a connection is open: it keeps working until the app closes it.
+    let readiness = mesh.a.readiness;
+    let drain = tokio::spawn(mesh.a.shutdown());
+    assert_eq!(http_get(readiness, "/healthz/ready").await.0, 503);
+    round_trip(&mut stream, b"during drain").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest)).await;
+    drop(stream);
+    let outcome = tokio::time::timeout(Duration::from_secs(15), drain)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, DrainOutcome::Complete);
+}

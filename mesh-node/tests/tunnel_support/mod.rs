@@ -1,0 +1,400 @@
+//! Test support for in-process tunnel tests: a fake "kernel redirect" over loopback, echo pods
+//! on 127.0.0.x addresses, a test CA that can also mint expired certificates, and a two-node mesh.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use mesh_core::identity::{
+    ca::CertificateAuthority, cert::generate_csr, CertificateSource, InProcessSource, SourceError,
+    SpiffeId, WorkloadCert,
+};
+use mesh_node::{
+    app::{self, Bound, Deps},
+    config::Config,
+    socket::SocketFactory,
+};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpSocket, TcpStream},
+};
+
+/// Bound on every wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Listener addresses of one fake node.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeAddrs {
+    pub outbound: SocketAddr,
+    pub plaintext: SocketAddr,
+    pub hbone: SocketAddr,
+}
+
+/// Emulates what iptables/eBPF redirection does: sends a pod's connections to its node's
+/// tunnel and remembers each connection's original destination.
+#[derive(Debug, Default)]
+pub struct FakeNet {
+    original: Mutex<HashMap<SocketAddr, SocketAddr>>,
+    nodes: Mutex<HashMap<String, NodeAddrs>>,
+    pods: Mutex<HashMap<IpAddr, String>>,
+}
+
+impl FakeNet {
+    pub fn add_pod(&self, ip: IpAddr, node: &str) {
+        self.pods.lock().unwrap().insert(ip, node.to_owned());
+    }
+
+    pub fn add_node(&self, node: &str, bound: &Bound) {
+        let addrs = NodeAddrs {
+            outbound: bound.outbound,
+            plaintext: bound.inbound_plaintext,
+            hbone: bound.hbone,
+        };
+        self.nodes.lock().unwrap().insert(node.to_owned(), addrs);
+    }
+
+    fn node_of(&self, ip: IpAddr) -> Option<NodeAddrs> {
+        let node = self.pods.lock().unwrap().get(&ip).cloned()?;
+        self.nodes.lock().unwrap().get(&node).copied()
+    }
+
+    /// Connects from `src` to `via`, recording `original` as the original destination.
+    async fn redirected(
+        &self,
+        src: IpAddr,
+        via: SocketAddr,
+        original: SocketAddr,
+    ) -> io::Result<TcpStream> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(src, 0))?;
+        let local = socket.local_addr()?;
+        self.original.lock().unwrap().insert(local, original);
+        socket.connect(via).await
+    }
+
+    /// A pod at `src` connects to `dst`: captured to its node's outbound listener.
+    pub async fn app_connect(&self, src: IpAddr, dst: SocketAddr) -> io::Result<TcpStream> {
+        let node = self.node_of(src).expect("source pod on a known node");
+        self.redirected(src, node.outbound, dst).await
+    }
+
+    /// A non-mesh client at `src` sends plaintext to pod `dst`: captured to 15006.
+    pub async fn plaintext_connect(&self, src: IpAddr, dst: SocketAddr) -> io::Result<TcpStream> {
+        let node = self
+            .node_of(dst.ip())
+            .expect("destination pod on a known node");
+        self.redirected(src, node.plaintext, dst).await
+    }
+}
+
+/// The socket factory of one node on the fake network.
+#[derive(Debug, Clone)]
+pub struct NodeSockets(pub Arc<FakeNet>);
+
+impl SocketFactory for NodeSockets {
+    fn bind(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        TcpListener::from_std(std_listener)
+    }
+
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<TcpStream>> {
+        let net = self.0.clone();
+        Box::pin(async move {
+            match net.node_of(addr.ip()) {
+                // `<pod ip>:15008` is captured by the destination node's HBONE listener.
+                Some(node) if addr.port() == 15008 => {
+                    net.redirected("127.0.0.1".parse().unwrap(), node.hbone, addr)
+                        .await
+                }
+                _ => {
+                    // Like the real factory: no Nagle delay on proxied connections.
+                    let stream = TcpStream::connect(addr).await?;
+                    stream.set_nodelay(true)?;
+                    Ok(stream)
+                }
+            }
+        })
+    }
+
+    fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
+        let peer = stream.peer_addr()?;
+        match self.0.original.lock().unwrap().get(&peer) {
+            Some(original) => Ok(*original),
+            None => stream.local_addr(),
+        }
+    }
+}
+
+/// An echo "pod" on `ip`; returns its address. Echoes until EOF, then half-closes.
+pub async fn echo_pod(ip: &str) -> SocketAddr {
+    let listener = TcpListener::bind(SocketAddr::new(ip.parse().unwrap(), 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Writes `payload` and expects it echoed back.
+pub async fn round_trip(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
+    stream.write_all(payload).await?;
+    let mut back = vec![0; payload.len()];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "echo timed out"))??;
+    if back != payload {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "echo mismatch"));
+    }
+    Ok(())
+}
+
+/// Expects the tunnel to close the connection without echoing (refused somewhere on the path).
+pub async fn expect_closed(stream: &mut TcpStream) {
+    let _ = stream.write_all(b"ping").await;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
+        .await
+        .expect("connection left open");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "connection was not refused: {read:?}"
+    );
+}
+
+/// A root whose key the test holds, so it can mint certificates the CA would refuse to.
+pub struct TestCa {
+    root_key: KeyPair,
+    root_params: CertificateParams,
+    pub ca: Arc<CertificateAuthority>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut root_params = CertificateParams::default();
+        root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        root_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let root = root_params.self_signed(&root_key).unwrap();
+        let ca = CertificateAuthority::from_pem(&root.pem(), &root_key.serialize_pem()).unwrap();
+        Self {
+            root_key,
+            root_params,
+            ca: Arc::new(ca),
+        }
+    }
+
+    pub fn source(&self) -> Arc<InProcessSource> {
+        Arc::new(InProcessSource::new(
+            self.ca.clone(),
+            Duration::from_secs(24 * 3600),
+        ))
+    }
+
+    /// A certificate for `identity` that expired an hour ago.
+    pub fn expired(&self, identity: &SpiffeId) -> WorkloadCert {
+        let csr = generate_csr(identity).unwrap();
+        let key = KeyPair::from_pem(&csr.key_pem).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into().unwrap())];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(7200);
+        params.not_after = now - Duration::from_secs(3600);
+        let issuer = Issuer::from_params(&self.root_params, &self.root_key);
+        let leaf = params.signed_by(&key, &issuer).unwrap();
+        let chain = vec![leaf.pem()];
+        WorkloadCert::from_pem(&chain, &csr.key_pem, &self.ca.trust_bundle_pem()).unwrap()
+    }
+}
+
+/// Hands out expired certificates only.
+pub struct ExpiredSource(pub Arc<TestCa>);
+
+impl CertificateSource for ExpiredSource {
+    fn fetch(&self, identity: &SpiffeId) -> BoxFuture<'static, Result<WorkloadCert, SourceError>> {
+        let cert = self.0.expired(identity);
+        Box::pin(async move { Ok(cert) })
+    }
+}
+
+/// The two-node mesh used by most tests.
+pub struct Mesh {
+    pub net: Arc<FakeNet>,
+    pub a: Bound,
+    pub b: Bound,
+    /// Client pod on node a (ns web, sa frontend).
+    pub client_ip: IpAddr,
+    /// Echo pod on node b (ns data, sa db, app=db).
+    pub db: SocketAddr,
+    /// Second echo pod on node b (ns data, sa cache, app=cache).
+    pub cache: SocketAddr,
+    /// Service VIP (port 80) in front of `db`.
+    pub vip: SocketAddr,
+    pub ca: Arc<TestCa>,
+}
+
+pub struct MeshOptions {
+    pub node_b_extra: &'static str,
+    /// Appended to node a's config (after the services list).
+    pub node_a_extra: String,
+    pub node_a_trust_domain: &'static str,
+    pub node_a_source: Option<Arc<dyn CertificateSource>>,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            node_b_extra: "",
+            node_a_extra: String::new(),
+            node_a_trust_domain: "cluster.local",
+            node_a_source: None,
+        }
+    }
+}
+
+fn mesh_yaml(
+    node: &str,
+    td: &str,
+    db: SocketAddr,
+    cache: SocketAddr,
+    workloads: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+node_name: {node}
+trust_domain: {td}
+drain_deadline: 5s
+listeners:
+  outbound: 127.0.0.1:0
+  inbound_plaintext: 127.0.0.1:0
+  hbone: 127.0.0.1:0
+  metrics: 127.0.0.1:0
+  readiness: 127.0.0.1:0
+  admin: 127.0.0.1:0
+workloads:
+  - {{ name: frontend-0, namespace: web, service_account: frontend, ip: 127.0.0.10, node: node-a }}
+  - {{ name: db-0, namespace: data, service_account: db, ip: {db_ip}, node: node-b, labels: {{ app: db }} }}
+  - {{ name: cache-0, namespace: data, service_account: cache, ip: {cache_ip}, node: node-b, labels: {{ app: cache }} }}
+{workloads}
+services:
+  - {{ name: db, namespace: data, vip: 10.96.0.1, ports: [{{ port: 80, target_port: {db_port} }}], endpoints: [{db_ip}] }}
+{extra}
+"#,
+        db_ip = db.ip(),
+        cache_ip = cache.ip(),
+        db_port = db.port(),
+    )
+}
+
+impl Mesh {
+    pub async fn start(options: MeshOptions) -> Self {
+        Self::start_with_ca(options, Arc::new(TestCa::new())).await
+    }
+
+    pub async fn start_with_ca(options: MeshOptions, ca: Arc<TestCa>) -> Self {
+        let net = Arc::new(FakeNet::default());
+        let db = echo_pod("127.0.0.20").await;
+        let cache = echo_pod("127.0.0.21").await;
+        let client_ip: IpAddr = "127.0.0.10".parse().unwrap();
+        net.add_pod(client_ip, "node-a");
+        net.add_pod(db.ip(), "node-b");
+        net.add_pod(cache.ip(), "node-b");
+        let sockets = Arc::new(NodeSockets(net.clone()));
+        let b_config = mesh_yaml(
+            "node-b",
+            "cluster.local",
+            db,
+            cache,
+            "",
+            options.node_b_extra,
+        );
+        let b = app::build_with(
+            Config::from_yaml(&b_config).unwrap(),
+            Deps {
+                sockets: sockets.clone(),
+                certs: ca.source(),
+            },
+        )
+        .await
+        .unwrap();
+        net.add_node("node-b", &b);
+        let a_config = mesh_yaml(
+            "node-a",
+            options.node_a_trust_domain,
+            db,
+            cache,
+            "",
+            &options.node_a_extra,
+        );
+        let a_certs = options.node_a_source.unwrap_or_else(|| ca.source());
+        let a = app::build_with(
+            Config::from_yaml(&a_config).unwrap(),
+            Deps {
+                sockets,
+                certs: a_certs,
+            },
+        )
+        .await
+        .unwrap();
+        net.add_node("node-a", &a);
+        Self {
+            net,
+            a,
+            b,
+            client_ip,
+            db,
+            cache,
+            vip: "10.96.0.1:80".parse().unwrap(),
+            ca,
+        }
+    }
+
+    /// The default config of `node` with extra workload lines (`  - {...}`) and extra text.
+    pub fn config(&self, node: &str, workloads: &str, extra: &str) -> Config {
+        let yaml = mesh_yaml(node, "cluster.local", self.db, self.cache, workloads, extra);
+        Config::from_yaml(&yaml).unwrap()
+    }
+
+    /// The client pod connects to `dst`.
+    pub async fn connect(&self, dst: SocketAddr) -> TcpStream {
+        tokio::time::timeout(WAIT, self.net.app_connect(self.client_ip, dst))
+            .await
+            .expect("connect hung")
+            .expect("capture connect failed")
+    }
+}
+
+/// Fetches `path` from an ops listener with a minimal HTTP/1.0 request.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("ops request hung")
+        .unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}

@@ -1,0 +1,63 @@
+//! Updating the mesh view of running tunnels: a new workload becomes reachable over HBONE once
+//! both nodes know it, with a certificate fetched for it before any traffic is routed.
+
+mod tunnel_support;
+
+use mesh_core::identity::SpiffeId;
+use tunnel_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_workload_is_tunnelled_after_update() {
+    let mesh = Mesh::start(MeshOptions::default()).await;
+    let fresh = echo_pod("127.0.0.22").await;
+    mesh.net.add_pod(fresh.ip(), "node-b");
+    let new_id: SpiffeId = "spiffe://cluster.local/ns/data/sa/fresh".parse().unwrap();
+    assert!(mesh.b.certificate(&new_id).is_none());
+    // Unknown to the mesh: node a passes it through untouched, node b never sees it.
+    let mut outside = mesh.connect(fresh).await;
+    round_trip(&mut outside, b"passthrough").await.unwrap();
+    let b_metrics = mesh.b.metrics().encode();
+    assert!(
+        !b_metrics.contains("destination_workload=\"fresh-0\""),
+        "{b_metrics}"
+    );
+
+    let line = "  - { name: fresh-0, namespace: data, service_account: fresh, ip: 127.0.0.22, node: node-b }";
+    assert_eq!(
+        mesh.b
+            .update_mesh(&mesh.config("node-b", line, ""))
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        mesh.b.certificate(&new_id).is_some(),
+        "certificate fetched on update"
+    );
+    mesh.a
+        .update_mesh(&mesh.config("node-a", line, ""))
+        .await
+        .unwrap();
+
+    let mut tunnelled = mesh.connect(fresh).await;
+    round_trip(&mut tunnelled, b"through hbone").await.unwrap();
+    let b_metrics = mesh.b.metrics().encode();
+    assert!(
+        b_metrics.contains("destination_workload=\"fresh-0\""),
+        "{b_metrics}"
+    );
+    let (status, dump) = http_get(mesh.b.admin, "/config_dump").await;
+    assert_eq!(status, 200);
+    assert!(
+        dump.contains("spiffe://cluster.local/ns/data/sa/fresh"),
+        "{dump}"
+    );
+    // A bad update is rejected and leaves the current view in force.
+    let duplicate = format!(
+        "{line}\n  - {{ name: dup, namespace: data, service_account: x, ip: 127.0.0.22, node: node-b }}"
+    );
+    let broken = mesh.config("node-a", &duplicate, "");
+    assert!(mesh.a.update_mesh(&broken).await.is_err());
+    let mut still = mesh.connect(fresh).await;
+    round_trip(&mut still, b"still tunnelled").await.unwrap();
+}

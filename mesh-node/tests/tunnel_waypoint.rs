@@ -1,0 +1,84 @@
+//! A service bound to a waypoint: node a sends its traffic over HBONE to the waypoint (here a
+//! plain `mesh_core::hbone::Server`, as the waypoint engineer will use it) with the service VIP
+//! as `:authority` and the client's identity.
+
+mod tunnel_support;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use mesh_core::{
+    drain,
+    hbone::{Accepted, ConnectRequest, Rejection, Server},
+    identity::SpiffeId,
+    tls::{self, IdentityCert},
+};
+use tokio::net::{TcpListener, TcpStream};
+use tunnel_support::*;
+
+type Seen = Arc<Mutex<Vec<(SocketAddr, SpiffeId)>>>;
+
+/// A waypoint that records each CONNECT and forwards it to `upstream`.
+async fn waypoint(
+    ca: &TestCa,
+    upstream: SocketAddr,
+    seen: Seen,
+) -> (SocketAddr, drain::DrainTrigger) {
+    let id: SpiffeId = "spiffe://cluster.local/ns/data/sa/waypoint"
+        .parse()
+        .unwrap();
+    let cert = IdentityCert::new(&ca.source().issue(&id).unwrap()).unwrap();
+    let handler = move |request: ConnectRequest| {
+        seen.lock()
+            .unwrap()
+            .push((request.authority, request.peer_identity.clone()));
+        async move {
+            match TcpStream::connect(upstream).await {
+                Ok(stream) => Ok(Accepted::proxy(stream)),
+                Err(e) => Err(Rejection::Unavailable(e.to_string())),
+            }
+        }
+    };
+    let server = Server::new(
+        Arc::new(tls::server_config(cert).unwrap()),
+        Arc::new(handler),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (trigger, watch) = drain::channel();
+    tokio::spawn(server.serve(listener, watch));
+    (addr, trigger)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_bound_to_waypoint_goes_through_it_with_the_vip_authority() {
+    let ca = Arc::new(TestCa::new());
+    let behind_waypoint = echo_pod("127.0.0.30").await;
+    let seen = Seen::default();
+    let (wp_addr, _wp_drain) = waypoint(&ca, behind_waypoint, seen.clone()).await;
+    let node_a_extra = format!(
+        "  - {{ name: reviews, namespace: data, vip: 10.96.0.2, ports: [{{ port: 9080 }}], \
+         endpoints: [127.0.0.21], waypoint: wp }}\n\
+         waypoints:\n  - {{ name: wp, namespace: data, service_account: waypoint, address: \"{wp_addr}\" }}\n"
+    );
+    let options = MeshOptions {
+        node_a_extra,
+        ..MeshOptions::default()
+    };
+    let mesh = Mesh::start_with_ca(options, ca).await;
+    let vip: SocketAddr = "10.96.0.2:9080".parse().unwrap();
+    let mut stream = mesh.connect(vip).await;
+    round_trip(&mut stream, b"via waypoint").await.unwrap();
+    let frontend: SpiffeId = "spiffe://cluster.local/ns/web/sa/frontend".parse().unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![(vip, frontend)]);
+    // Traffic to the pod itself (no waypoint on the workload) still goes straight to node b.
+    let mut direct = mesh.connect(mesh.cache).await;
+    round_trip(&mut direct, b"direct").await.unwrap();
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "pod traffic must not hit the waypoint"
+    );
+}
