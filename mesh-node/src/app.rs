@@ -1,16 +1,8 @@
 //! Wiring: builds the node tunnel from a [`Config`], binds every listener and returns
 //! [`Bound`] with the real addresses and the drain handle, so tests run it in-process.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use http::StatusCode;
 use mesh_core::{
     drain::{self, DrainOutcome, DrainTrigger},
     hbone,
@@ -18,6 +10,7 @@ use mesh_core::{
         ca::CertificateAuthority, source::DEFAULT_VALIDITY, CertificateSource, GrpcSource,
         InProcessSource, SpiffeId,
     },
+    ops::{self, OpsRoutes, Page, Readiness},
     tls::{IdentityCert, RenewError},
 };
 
@@ -25,7 +18,6 @@ use crate::{
     certs::{CertManager, CertsError},
     config::{Config, PolicyConfig},
     metrics::Metrics,
-    ops,
     policy::{Authorizer, Policies, PolicyError},
     proxy::{accept_loop, inbound::InboundCerts, Proxy},
     socket::{FactoryDialer, SocketFactory, SystemSockets},
@@ -85,7 +77,7 @@ pub struct Bound {
     pub admin: SocketAddr,
     proxy: Proxy,
     source: Arc<dyn CertificateSource>,
-    draining: Arc<AtomicBool>,
+    ready: Readiness,
     readiness_drain: DrainTrigger,
     root_namespace: String,
     drain: DrainTrigger,
@@ -107,7 +99,7 @@ impl Bound {
     /// Readiness turns to 503 as soon as this is called (before the returned future is polled)
     /// and stays served until the drain ends, so probes see the node leaving.
     pub fn shutdown(self) -> impl std::future::Future<Output = DrainOutcome> + Send {
-        self.draining.store(true, Ordering::SeqCst);
+        self.ready.set(false);
         async move {
             let outcome = self.drain.drain(self.deadline).await;
             self.readiness_drain.drain(READINESS_STOP_DEADLINE).await;
@@ -296,11 +288,13 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
         Arc::new(proxy.clone()),
     );
     tokio::spawn(server.serve(hbone_listener, watch.clone()));
-    let draining = Arc::new(AtomicBool::new(false));
+    let ready = Readiness::default();
+    ready.set(true);
     // Readiness has its own drain, ended after the main one, so it can answer 503 meanwhile.
     let (readiness_drain, readiness_watch) = drain::channel();
     spawn_ops(&proxy, &config, [metrics, admin], &watch);
-    spawn_readiness(readiness, draining.clone(), readiness_watch);
+    let readiness_routes = OpsRoutes::default().readiness(ready.clone());
+    tokio::spawn(ops::serve(readiness, readiness_routes, readiness_watch));
     tracing::info!(addrs = ?bound_addrs, identities = ?certs.identities().iter().map(ToString::to_string).collect::<Vec<_>>(), "node tunnel ready");
     Ok(Bound {
         outbound: bound_addrs[0],
@@ -311,7 +305,7 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
         admin: bound_addrs[5],
         proxy,
         source: deps.certs.clone(),
-        draining,
+        ready,
         readiness_drain,
         root_namespace: config.root_namespace.clone(),
         drain: trigger,
@@ -326,41 +320,19 @@ fn spawn_ops(
     watch: &drain::DrainWatch,
 ) {
     let m = proxy.metrics.clone();
-    let metrics_route: ops::Route = Arc::new(move |path| match path {
-        "/metrics" | "/stats/prometheus" => {
-            Some((StatusCode::OK, "text/plain; version=0.0.4", m.encode()))
-        }
-        _ => None,
-    });
+    let metrics_page: Page = Arc::new(move || (PROMETHEUS_TEXT, m.encode()));
+    let metrics_routes = OpsRoutes::default()
+        .page("/metrics", metrics_page.clone())
+        .page("/stats/prometheus", metrics_page);
     let (dump_proxy, startup) = (proxy.clone(), config.clone());
-    let admin_route: ops::Route = Arc::new(move |path| match path {
-        "/config_dump" => Some((
-            StatusCode::OK,
-            "application/json",
-            config_dump(&dump_proxy, &startup),
-        )),
-        _ => None,
-    });
-    tokio::spawn(ops::serve(metrics, metrics_route, watch.clone()));
-    tokio::spawn(ops::serve(admin, admin_route, watch.clone()));
+    let dump: Page = Arc::new(move || ("application/json", config_dump(&dump_proxy, &startup)));
+    let admin_routes = OpsRoutes::default().page("/config_dump", dump);
+    tokio::spawn(ops::serve(metrics, metrics_routes, watch.clone()));
+    tokio::spawn(ops::serve(admin, admin_routes, watch.clone()));
 }
 
-fn spawn_readiness(
-    listener: tokio::net::TcpListener,
-    draining: Arc<AtomicBool>,
-    watch: drain::DrainWatch,
-) {
-    let route: ops::Route = Arc::new(move |path| match path {
-        "/healthz/ready" if draining.load(Ordering::SeqCst) => Some((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "draining\n".into(),
-        )),
-        "/healthz/ready" => Some((StatusCode::OK, "text/plain", "ready\n".into())),
-        _ => None,
-    });
-    tokio::spawn(ops::serve(listener, route, watch));
-}
+/// Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The admin dump, computed per request: the start-up config plus the current mesh view.
 fn config_dump(proxy: &Proxy, config: &Config) -> String {

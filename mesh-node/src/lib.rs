@@ -6,7 +6,7 @@
 //! - [`proxy`]: outbound (15001), inbound HBONE (15008) and inbound plaintext (15006).
 //! - [`policy`]: L4 AuthorizationPolicy evaluation and re-checks on change.
 //! - [`certs`]: per-identity certificates with rotation; [`socket`]: the socket factory.
-//! - [`metrics`] and [`ops`]: Istio metrics, access log, readiness and admin endpoints.
+//! - [`metrics`]: Istio metrics and the access log (served through `mesh_core::ops`).
 //! - [`feed`]: the subscription to mesh-control's node feed (resume, backoff, last config kept).
 //! - [`enrollment`]: keeps the eBPF enrollment map in step with this node's pods.
 //! - [`pod_netns`]: finds pods' network namespaces (the eBPF enrollment key) by pod IP.
@@ -19,7 +19,6 @@ pub mod config;
 pub mod enrollment;
 pub mod feed;
 pub mod metrics;
-pub mod ops;
 pub mod pod_netns;
 pub mod policy;
 pub mod proxy;
