@@ -32,19 +32,45 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Prometheus text exposition format.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Whether the component is ready to take traffic; shared with the code that decides it.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// A live readiness condition, e.g. "the config has been loaded".
+pub type ReadinessCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Whether the component is ready to take traffic: a flag the component sets (cleared when it
+/// starts draining), and optionally a condition computed on every probe. Both must hold.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    flag: Arc<AtomicBool>,
+    check: Option<ReadinessCheck>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("flag", &self.flag.load(Ordering::Acquire))
+            .field("check", &self.check.is_some())
+            .finish()
+    }
+}
 
 impl Readiness {
+    /// Ready only while `check` holds (and the flag, which starts set, is not cleared).
+    pub fn with_check(check: ReadinessCheck) -> Self {
+        let readiness = Self {
+            flag: Arc::default(),
+            check: Some(check),
+        };
+        readiness.set(true);
+        readiness
+    }
+
     /// Marks the component ready (or not).
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.flag.store(ready, Ordering::Release);
     }
 
     /// Whether it is ready.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.flag.load(Ordering::Acquire) && self.check.as_ref().is_none_or(|check| check())
     }
 }
 
@@ -264,6 +290,21 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[test]
+    fn readiness_needs_both_the_flag_and_the_check() {
+        let loaded = Arc::new(AtomicBool::new(false));
+        let seen = loaded.clone();
+        let readiness = Readiness::with_check(Arc::new(move || seen.load(Ordering::Acquire)));
+        assert!(!readiness.is_ready(), "check not yet true");
+        loaded.store(true, Ordering::Release);
+        assert!(readiness.is_ready());
+        readiness.set(false);
+        assert!(
+            !readiness.is_ready(),
+            "draining clears readiness whatever the check says"
+        );
     }
 
     #[tokio::test]
