@@ -1,27 +1,57 @@
-//! `mesh-control`: the Weft control service.
-//!
-//! Status: command-line surface and lifecycle only; the registry, CA and gRPC feed arrive with
-//! their own modules.
+//! `mesh-control`: the Weft control service. Thin: parse flags, set up logging, build the app
+//! (or write CRDs), wait for a signal, drain.
 
+use std::path::Path;
+
+use anyhow::{bail, Context};
 use clap::Parser;
+use mesh_control::config::{Cli, Command};
+use mesh_control::{app, crd};
 use mesh_core::{signal, telemetry};
 
-/// Weft control service: reads mesh config (from Kubernetes or a local directory), runs the mesh
-/// certificate authority, and streams workloads, services, policy and routes to node tunnels and
-/// waypoints over gRPC.
-#[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
-struct Args {
-    #[command(flatten)]
-    log: telemetry::LogOptions,
+/// Writes (or, with `check`, verifies) the generated CRD files.
+fn crds(out_dir: &Path, check: bool) -> anyhow::Result<()> {
+    let rendered = crd::render_crds().context("rendering crds")?;
+    let mut stale = Vec::new();
+    for (name, yaml) in rendered {
+        let path = out_dir.join(&name);
+        if check {
+            let current = std::fs::read_to_string(&path).unwrap_or_default();
+            if current != yaml {
+                stale.push(path.display().to_string());
+            }
+        } else {
+            std::fs::create_dir_all(out_dir)
+                .with_context(|| format!("creating {}", out_dir.display()))?;
+            std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+    }
+    if !stale.is_empty() {
+        bail!(
+            "crd files are out of date, run `mesh-control crds`: {}",
+            stale.join(", ")
+        );
+    }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    telemetry::init(&args.log)?;
-    tracing::info!(?args, "mesh-control starting");
-    let signal = signal::shutdown_requested().await?;
-    tracing::info!(?signal, "shutdown requested, exiting");
+    let cli = Cli::parse();
+    if let Some(Command::Crds { out_dir, check }) = &cli.command {
+        return crds(out_dir, *check);
+    }
+    // Before any start-up work: an early SIGTERM must drain, not kill.
+    let mut signals = signal::ShutdownSignals::install()?;
+    telemetry::init(&cli.log)?;
+    let config = cli.config;
+    tracing::info!(?config, "mesh-control starting with effective config");
+    let drain_timeout = config.drain_timeout;
+    let bound = app::build(config).await.context("starting mesh-control")?;
+    let signal = signals.recv().await;
+    tracing::info!(?signal, "shutdown requested, draining");
+    let outcome = bound.shutdown(drain_timeout).await;
+    tracing::info!(?outcome, "mesh-control stopped");
     Ok(())
 }

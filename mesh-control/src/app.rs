@@ -1,0 +1,211 @@
+//! Assembles the control service: `build(config) -> Bound`, so tests run the whole service
+//! in-process on port 0 and `main` stays thin.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_core::drain::{self, DrainOutcome, DrainTrigger};
+use mesh_core::proto::control::v1 as pb;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::auth::{TokenAuthenticator, TokenFileError};
+use crate::ca::{load_ca, CaService, CaSettings, CaSetupError};
+use crate::config::{Config, ConfigError};
+use crate::feed::hub::{Hub, DEFAULT_MAX_LOG_KEYS};
+use crate::feed::node::{NodeFeedService, StreamSettings};
+use crate::feed::waypoint::WaypointFeedService;
+use crate::http::{self, Metrics};
+use crate::registry::Registry;
+use crate::source::kube::{spawn_all, ALL_KINDS};
+use crate::source::local::{LocalError, LocalSource};
+use crate::store::Store;
+
+/// Errors starting the service; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The bootstrap token file.
+    #[error(transparent)]
+    Tokens(#[from] TokenFileError),
+    /// The CA.
+    #[error(transparent)]
+    Ca(#[from] CaSetupError),
+    /// The config directory.
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    /// No Kubernetes client.
+    #[error("cannot create kubernetes client: {0} (in a pod: is the service account token mounted? outside: is KUBECONFIG set?)")]
+    Kube(#[from] kube::Error),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} for {what}: {source} (is another process using the port?)")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running control service.
+#[derive(Debug)]
+pub struct Bound {
+    /// Bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Bound HTTP (health, metrics) address.
+    pub http_addr: SocketAddr,
+    /// The store (for tests and introspection).
+    pub store: Arc<Store>,
+    drain: DrainTrigger,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Bound {
+    /// Drains every listener, stream and task; waits up to `deadline`.
+    pub async fn shutdown(self, deadline: Duration) -> DrainOutcome {
+        let outcome = self.drain.drain(deadline).await;
+        for task in self.tasks {
+            task.abort();
+        }
+        outcome
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { what, addr, source })
+}
+
+/// Starts the configured source; returns its tasks.
+async fn start_source(
+    config: &Config,
+    kube_client: Option<kube::Client>,
+    store: &Arc<Store>,
+    drain: &DrainTrigger,
+) -> Result<Vec<JoinHandle<()>>, AppError> {
+    if config.kubernetes {
+        let client = match kube_client {
+            Some(client) => client,
+            None => kube::Client::try_default().await?,
+        };
+        return Ok(spawn_all(&client, &ALL_KINDS, store, &drain.watch()));
+    }
+    let source = LocalSource {
+        dir: config.config_dir.clone(),
+        poll_interval: config.poll_interval,
+        debounce: config.debounce,
+    };
+    let fingerprint = source.load_into(store)?;
+    store.publish_now();
+    let task = source.run(Arc::clone(store), fingerprint, drain.watch());
+    Ok(vec![tokio::spawn(task)])
+}
+
+/// Builds and starts everything; returns once listeners are bound and the first config is
+/// loaded (local mode) or the watchers are started (Kubernetes mode).
+pub async fn build(config: Config) -> Result<Bound, AppError> {
+    build_with_client(config, None).await
+}
+
+/// [`build`] with a given Kubernetes client (tests use a mock API server); `None` infers one
+/// (in-cluster or KUBECONFIG) when `--kubernetes` is set.
+pub async fn build_with_client(
+    config: Config,
+    kube_client: Option<kube::Client>,
+) -> Result<Bound, AppError> {
+    config.validate()?;
+    let auth = Arc::new(TokenAuthenticator::load(&config.bootstrap_tokens)?);
+    if auth.is_empty() {
+        tracing::warn!(file = %config.bootstrap_tokens.display(), "no bootstrap tokens: every node will be refused");
+    }
+    let ca = Arc::new(load_ca(&config.ca_source(), &config.trust_domain)?);
+    let hub = Arc::new(Hub::new(DEFAULT_MAX_LOG_KEYS));
+    let registry = Registry::new(config.registry());
+    let store = if config.kubernetes {
+        Store::new_gated(registry, Arc::clone(&hub))
+    } else {
+        Store::new(registry, Arc::clone(&hub))
+    };
+    let grpc = bind("grpc", config.grpc_listen).await?;
+    let http_listener = bind("http", config.http_listen).await?;
+    let (grpc_addr, http_addr) = (
+        local_addr(&grpc, "grpc")?,
+        local_addr(&http_listener, "http")?,
+    );
+    let (drain, watch) = drain::channel();
+    let mut tasks = start_source(&config, kube_client, &store, &drain).await?;
+    tasks.push(tokio::spawn(
+        Arc::clone(&store).run_publisher(config.debounce, watch.clone()),
+    ));
+    let settings = StreamSettings::default();
+    let ca_settings = CaSettings {
+        trust_domain: config.trust_domain.clone(),
+        default_validity: config.cert_ttl,
+        max_validity: config.cert_ttl,
+    };
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // A full node state is megabytes: use ztunnel's HTTP/2 windows, not 64 KiB.
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(16 << 20)
+        .add_service(pb::node_feed_server::NodeFeedServer::new(
+            NodeFeedService::new(
+                Arc::clone(&hub),
+                auth.clone(),
+                settings.clone(),
+                watch.clone(),
+            ),
+        ))
+        .add_service(pb::waypoint_feed_server::WaypointFeedServer::new(
+            WaypointFeedService::new(Arc::clone(&hub), auth.clone(), settings, watch.clone()),
+        ))
+        .add_service(
+            pb::certificate_service_server::CertificateServiceServer::new(CaService::new(
+                ca,
+                auth,
+                Arc::clone(&hub),
+                ca_settings,
+            )),
+        );
+    let mut grpc_drain = watch.clone();
+    tasks.push(tokio::spawn(async move {
+        let shutdown = async move { grpc_drain.signaled().await };
+        if let Err(err) = router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
+            .await
+        {
+            tracing::error!(error = %err, "grpc server failed");
+        }
+    }));
+    tasks.push(tokio::spawn(http::serve(
+        http_listener,
+        hub,
+        Arc::new(Metrics::default()),
+        watch,
+    )));
+    tracing::info!(%grpc_addr, %http_addr, kubernetes = config.kubernetes, "mesh-control listening");
+    Ok(Bound {
+        grpc_addr,
+        http_addr,
+        store,
+        drain,
+        tasks,
+    })
+}
+
+fn local_addr(listener: &TcpListener, what: &'static str) -> Result<SocketAddr, AppError> {
+    listener.local_addr().map_err(|source| AppError::Bind {
+        what,
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })
+}

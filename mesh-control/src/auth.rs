@@ -1,0 +1,210 @@
+//! Node authentication for the gRPC services: bootstrap tokens in local mode.
+//!
+//! The token file has one `<node-name> <token>` pair per line (`#` starts a comment). A client
+//! sends `authorization: Bearer <token>`; the token decides which node it is, so a node cannot
+//! claim another node's name. Tokens are compared by SHA-256 digest, so lookups do not leak
+//! token prefixes through timing.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tonic::metadata::MetadataMap;
+
+/// Errors authenticating a request.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `authorization` header.
+    #[error("missing authorization metadata, expected `authorization: Bearer <token>`")]
+    Missing,
+    /// The header is not `Bearer <token>`.
+    #[error("malformed authorization metadata, expected `Bearer <token>`")]
+    Malformed,
+    /// The token is unknown.
+    #[error("unknown bootstrap token")]
+    UnknownToken,
+}
+
+/// Errors loading the token file.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// The file cannot be read.
+    #[error("cannot read bootstrap token file {path}: {source}")]
+    Read {
+        /// File path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line is not `<node-name> <token>`.
+    #[error("bootstrap token file {path} line {line}: expected `<node-name> <token>`")]
+    BadLine {
+        /// File path.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A token shorter than 16 characters (guessable).
+    #[error("bootstrap token file {path} line {line}: token for node {node:?} is shorter than 16 characters")]
+    WeakToken {
+        /// File path.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// Node name.
+        node: String,
+    },
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// Node name the token belongs to.
+    pub node: String,
+}
+
+/// Decides who a request comes from.
+pub trait Authenticator: Send + Sync + 'static {
+    /// Authenticates a request from its metadata.
+    fn authenticate(&self, metadata: &MetadataMap) -> Result<NodeIdentity, AuthError>;
+}
+
+/// Bootstrap-token authenticator.
+#[derive(Debug, Default, Clone)]
+pub struct TokenAuthenticator {
+    by_digest: HashMap<[u8; 32], String>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+impl TokenAuthenticator {
+    /// From `(node, token)` pairs.
+    pub fn new<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let by_digest = pairs
+            .into_iter()
+            .map(|(node, token)| (digest(token), node.to_string()))
+            .collect();
+        Self { by_digest }
+    }
+
+    /// Parses the token file text (`path` only names it in errors).
+    pub fn parse(path: &str, text: &str) -> Result<Self, TokenFileError> {
+        let mut pairs = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line_no = index + 1;
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [node, token] = fields[..] else {
+                return Err(TokenFileError::BadLine {
+                    path: path.into(),
+                    line: line_no,
+                });
+            };
+            if token.len() < 16 {
+                let node = node.to_string();
+                return Err(TokenFileError::WeakToken {
+                    path: path.into(),
+                    line: line_no,
+                    node,
+                });
+            }
+            pairs.push((node, token));
+        }
+        Ok(Self::new(pairs))
+    }
+
+    /// Loads the token file.
+    pub fn load(path: &Path) -> Result<Self, TokenFileError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        Self::parse(&name, &text)
+    }
+
+    /// How many tokens are known.
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    /// Whether no tokens are known (every request is refused).
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+}
+
+impl Authenticator for TokenAuthenticator {
+    fn authenticate(&self, metadata: &MetadataMap) -> Result<NodeIdentity, AuthError> {
+        let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
+        let text = value.to_str().map_err(|_| AuthError::Malformed)?;
+        let token = text
+            .strip_prefix("Bearer ")
+            .ok_or(AuthError::Malformed)?
+            .trim();
+        let node = self
+            .by_digest
+            .get(&digest(token))
+            .ok_or(AuthError::UnknownToken)?;
+        Ok(NodeIdentity { node: node.clone() })
+    }
+}
+
+/// Maps an authentication error to a gRPC status (the one place this happens).
+pub fn to_status(err: AuthError) -> tonic::Status {
+    tonic::Status::unauthenticated(err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(value: &str) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        m.insert("authorization", value.parse().expect("ascii"));
+        m
+    }
+
+    #[test]
+    fn token_identifies_its_node_only() {
+        let text = "# nodes\nnode-a aaaaaaaaaaaaaaaaaaaa\nnode-b bbbbbbbbbbbbbbbbbbbb # comment\n";
+        let auth = TokenAuthenticator::parse("tokens", text).expect("parse");
+        assert_eq!(auth.len(), 2);
+        let who = auth
+            .authenticate(&metadata("Bearer bbbbbbbbbbbbbbbbbbbb"))
+            .expect("known");
+        assert_eq!(who.node, "node-b");
+        assert_eq!(
+            auth.authenticate(&metadata("Bearer nope")),
+            Err(AuthError::UnknownToken)
+        );
+        assert_eq!(
+            auth.authenticate(&metadata("Basic x")),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            auth.authenticate(&MetadataMap::new()),
+            Err(AuthError::Missing)
+        );
+    }
+
+    #[test]
+    fn bad_token_files_name_the_line() {
+        let err = TokenAuthenticator::parse("t", "a b c")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1"), "{err}");
+        let weak = TokenAuthenticator::parse("t", "\nnode-a short")
+            .unwrap_err()
+            .to_string();
+        assert!(weak.contains("line 2") && weak.contains("node-a"), "{weak}");
+    }
+}

@@ -1,0 +1,216 @@
+//! The `mesh-control` configuration: command-line flags, parsed once and validated; errors
+//! name the flag and value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use mesh_core::telemetry::LogOptions;
+
+use crate::ca::CaSource;
+use crate::registry::RegistryConfig;
+
+/// Weft control service: reads mesh config (from a local directory or Kubernetes), runs the
+/// mesh certificate authority, and streams workloads, services, policy and routes to node
+/// tunnels and waypoints over gRPC.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mesh-control", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Service settings (for `serve`).
+    #[command(flatten)]
+    pub config: Config,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogOptions,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the control service (the default).
+    Serve,
+    /// Write the CustomResourceDefinitions generated from the Rust types.
+    Crds {
+        /// Directory to write `<plural>.<group>.yaml` files into.
+        #[arg(long, default_value = "deploy/crds")]
+        out_dir: PathBuf,
+        /// Do not write; fail if the files differ from what would be written.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+/// Settings of the control service.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Local mode (default): directory of Kubernetes manifests (multi-document YAML), reloaded
+    /// on change.
+    #[arg(
+        long,
+        default_value = "/etc/weft/config",
+        conflicts_with = "kubernetes"
+    )]
+    pub config_dir: PathBuf,
+    /// Read config from the Kubernetes API (in-cluster or KUBECONFIG) instead of a directory.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// gRPC listen address (node feed, waypoint feed, CA).
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    pub grpc_listen: SocketAddr,
+    /// HTTP listen address for `/healthz/ready` and `/metrics`.
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    pub http_listen: SocketAddr,
+    /// File of `<node-name> <token>` lines: the bootstrap tokens nodes authenticate with.
+    #[arg(long, default_value = "/etc/weft/bootstrap-tokens")]
+    pub bootstrap_tokens: PathBuf,
+    /// SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Namespace whose unselected policies apply mesh-wide.
+    #[arg(long, default_value = "istio-system")]
+    pub root_namespace: String,
+    /// DNS suffix of services.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// PEM CA chain (signing certificate first, root last); a self-signed root is generated
+    /// when absent. Requires `--ca-key`.
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM private key of the signing certificate. Requires `--ca-cert`.
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Longest (and default) workload certificate lifetime, e.g. `24h`.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub cert_ttl: Duration,
+    /// How often the config directory is checked for changes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// Quiet period before a change is applied (batches bursts of edits or watch events).
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub debounce: Duration,
+    /// How long shutdown waits for streams and tasks to finish.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// Errors in the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A trust domain that cannot form SPIFFE IDs.
+    #[error("invalid --trust-domain {0:?}: use lowercase letters, digits, '.', '-', '_'")]
+    TrustDomain(String),
+    /// A zero duration where it would spin.
+    #[error("invalid {flag} {value:?}: must be greater than zero")]
+    ZeroDuration {
+        /// Flag name.
+        flag: &'static str,
+        /// Value.
+        value: Duration,
+    },
+}
+
+impl Config {
+    /// Checks values clap cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let td = &self.trust_domain;
+        let td_ok = !td.is_empty()
+            && td
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if !td_ok {
+            return Err(ConfigError::TrustDomain(td.clone()));
+        }
+        for (flag, value) in [
+            ("--cert-ttl", self.cert_ttl),
+            ("--poll-interval", self.poll_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration { flag, value });
+            }
+        }
+        Ok(())
+    }
+
+    /// Registry translation settings.
+    pub fn registry(&self) -> RegistryConfig {
+        RegistryConfig {
+            trust_domain: self.trust_domain.clone(),
+            root_namespace: self.root_namespace.clone(),
+            cluster_domain: self.cluster_domain.clone(),
+        }
+    }
+
+    /// Where the CA comes from.
+    pub fn ca_source(&self) -> CaSource {
+        match (&self.ca_cert, &self.ca_key) {
+            (Some(cert_chain), Some(key)) => CaSource::Files {
+                cert_chain: cert_chain.clone(),
+                key: key.clone(),
+            },
+            _ => CaSource::SelfSigned,
+        }
+    }
+
+    /// Defaults for tests: loopback on port 0.
+    pub fn for_tests(config_dir: PathBuf, bootstrap_tokens: PathBuf) -> Self {
+        let mut config = Cli::parse_from(["mesh-control"]).config;
+        config.config_dir = config_dir;
+        config.bootstrap_tokens = bootstrap_tokens;
+        config.grpc_listen = ([127, 0, 0, 1], 0).into();
+        config.http_listen = ([127, 0, 0, 1], 0).into();
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mesh-control").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_local_mode_with_self_signed_ca() {
+        let cli = parse(&[]).expect("defaults");
+        assert!(cli.command.is_none());
+        assert!(!cli.config.kubernetes);
+        assert_eq!(cli.config.config_dir, PathBuf::from("/etc/weft/config"));
+        assert_eq!(cli.config.ca_source(), CaSource::SelfSigned);
+        assert_eq!(cli.config.cert_ttl, Duration::from_secs(24 * 3600));
+        cli.config.validate().expect("valid");
+    }
+
+    #[test]
+    fn flag_errors_are_reported() {
+        assert!(
+            parse(&["--kubernetes", "--config-dir", "/x"]).is_err(),
+            "modes conflict"
+        );
+        assert!(parse(&["--ca-cert", "/ca.pem"]).is_err(), "cert needs key");
+        let err = parse(&["--grpc-listen", "nope"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--grpc-listen") && err.contains("nope"),
+            "{err}"
+        );
+        let cli = parse(&["--trust-domain", "Bad Domain"]).expect("parses");
+        let err = cli.config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--trust-domain") && err.contains("Bad Domain"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn crds_subcommand() {
+        let cli = parse(&["crds", "--out-dir", "/tmp/x", "--check"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Crds { check: true, .. })
+        ));
+    }
+}

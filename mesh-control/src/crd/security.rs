@@ -1,0 +1,198 @@
+//! `security.istio.io/v1`: AuthorizationPolicy and PeerAuthentication.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{PolicyTargetReference, WorkloadSelector};
+
+/// Allows or denies traffic to the selected workloads (Istio `AuthorizationPolicy`).
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "AuthorizationPolicy",
+    plural = "authorizationpolicies",
+    namespaced,
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationPolicySpec {
+    /// Pods the policy applies to; absent means every workload in the namespace (or the mesh,
+    /// in the root namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
+    /// Resources (Service, waypoint Gateway) the policy applies to; enforced by the waypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<PolicyTargetReference>,
+    /// What to do on a match; `ALLOW` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<AuthorizationAction>,
+    /// Rules; a request matching any rule matches the policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+}
+
+/// Action of an authorization policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuthorizationAction {
+    /// Allow matching requests; once any ALLOW policy applies, others are denied.
+    #[default]
+    Allow,
+    /// Deny matching requests.
+    Deny,
+    /// Log matching requests only.
+    Audit,
+    /// Delegate to an external authorizer (not supported by Weft: rejected).
+    Custom,
+}
+
+/// One rule: every present part (`from`, `to`, `when`) must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// Sources; any may match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<RuleFrom>,
+    /// Operations; any may match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<RuleTo>,
+    /// Extra conditions; all must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<Condition>,
+}
+
+/// Wrapper matching Istio's `from: [{source: ...}]` shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RuleFrom {
+    /// The source to match.
+    pub source: Source,
+}
+
+/// Wrapper matching Istio's `to: [{operation: ...}]` shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RuleTo {
+    /// The operation to match.
+    pub operation: Operation,
+}
+
+/// Who sent the traffic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// Peer identities (`<trust-domain>/ns/<ns>/sa/<sa>`, `*` wildcards at either end).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub principals: Vec<String>,
+    /// Peer identities that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_principals: Vec<String>,
+    /// Peer namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Peer namespaces that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_namespaces: Vec<String>,
+    /// Peer IPs or CIDRs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_blocks: Vec<String>,
+    /// Peer IPs or CIDRs that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ip_blocks: Vec<String>,
+    /// JWT principals (L7 only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_principals: Vec<String>,
+}
+
+/// What the traffic does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// Destination ports (strings, as in Istio).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// Destination ports that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ports: Vec<String>,
+    /// HTTP hosts (L7 only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// HTTP hosts that must not match (L7 only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_hosts: Vec<String>,
+    /// HTTP methods (L7 only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// HTTP methods that must not match (L7 only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_methods: Vec<String>,
+    /// HTTP paths, `*` wildcards at either end (L7 only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// HTTP paths that must not match (L7 only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_paths: Vec<String>,
+}
+
+/// A `when` condition on a request attribute (e.g. `request.headers[x-id]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Attribute name.
+    pub key: String,
+    /// Accepted values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// Rejected values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_values: Vec<String>,
+}
+
+/// Sets the mutual-TLS mode for the selected workloads (Istio `PeerAuthentication`).
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "PeerAuthentication",
+    plural = "peerauthentications",
+    namespaced,
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerAuthenticationSpec {
+    /// Pods the setting applies to; absent means the whole namespace (or mesh, in the root
+    /// namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
+    /// Mode for all ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MutualTls>,
+    /// Per-port overrides, keyed by port number (a string, as in Istio's JSON).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_level_mtls: BTreeMap<String, MutualTls>,
+}
+
+/// Mutual-TLS settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct MutualTls {
+    /// The mode; `UNSET` inherits from the parent scope.
+    #[serde(default)]
+    pub mode: MtlsMode,
+}
+
+/// Mutual-TLS mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Inherit from the parent scope.
+    #[default]
+    Unset,
+    /// Accept both mTLS and plaintext.
+    Permissive,
+    /// Require mTLS.
+    Strict,
+    /// Plaintext only.
+    Disable,
+}

@@ -1,0 +1,263 @@
+//! Model to protobuf, at the wire boundary of the feeds.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use mesh_core::proto::control::v1 as pb;
+
+use crate::model;
+
+/// HBONE port of waypoints and node tunnels.
+pub const HBONE_PORT: u32 = 15008;
+
+/// Raw address bytes: 4 for IPv4, 16 for IPv6.
+pub fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn millis(d: Option<Duration>) -> u64 {
+    d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn waypoint(w: &Option<model::WaypointRef>) -> Option<pb::WaypointRef> {
+    w.as_ref().map(|w| pb::WaypointRef {
+        namespace: w.name.namespace.clone(),
+        name: w.name.name.clone(),
+        address: w.address.as_ref().map(ip_bytes).unwrap_or_default(),
+        hbone_port: HBONE_PORT,
+    })
+}
+
+fn mtls(m: model::MtlsMode) -> pb::MtlsMode {
+    match m {
+        model::MtlsMode::Permissive => pb::MtlsMode::Permissive,
+        model::MtlsMode::Strict => pb::MtlsMode::Strict,
+        model::MtlsMode::Disable => pb::MtlsMode::Disable,
+    }
+}
+
+/// A workload on the wire.
+pub fn workload(w: &model::Workload) -> pb::Workload {
+    let tunnel = if w.enrolled {
+        pb::TunnelProtocol::Hbone
+    } else {
+        pb::TunnelProtocol::None
+    };
+    pb::Workload {
+        uid: w.uid.clone(),
+        name: w.name.clone(),
+        namespace: w.namespace.clone(),
+        addresses: w.ips.iter().map(ip_bytes).collect(),
+        node: w.node.clone(),
+        service_account: w.service_account.clone(),
+        identity: w.identity.clone(),
+        tunnel: tunnel.into(),
+        waypoint: waypoint(&w.waypoint),
+        labels: w.labels.clone().into_iter().collect(),
+        authorization_policies: w.policies.clone(),
+        mtls: mtls(w.mtls).into(),
+        port_mtls: w
+            .port_mtls
+            .iter()
+            .map(|(port, mode)| (u32::from(*port), mtls(*mode).into()))
+            .collect(),
+    }
+}
+
+/// A service on the wire.
+pub fn service(s: &model::Service) -> pb::Service {
+    pb::Service {
+        key: s.key.clone(),
+        name: s.name.clone(),
+        namespace: s.namespace.clone(),
+        hostname: s.hostname.clone(),
+        vips: s.vips.iter().map(ip_bytes).collect(),
+        ports: s
+            .ports
+            .iter()
+            .map(|p| pb::ServicePort {
+                port: p.port.into(),
+                target_port: p.target_port.into(),
+                protocol: p.protocol.clone(),
+            })
+            .collect(),
+        endpoints: s
+            .endpoints
+            .iter()
+            .map(|e| pb::Endpoint {
+                workload_uid: e.workload_uid.clone(),
+                ports: e
+                    .ports
+                    .iter()
+                    .map(|(k, v)| (u32::from(*k), u32::from(*v)))
+                    .collect(),
+            })
+            .collect(),
+        waypoint: waypoint(&s.waypoint),
+    }
+}
+
+fn cidr(net: &ipnet::IpNet) -> pb::Cidr {
+    pb::Cidr {
+        address: ip_bytes(&net.addr()),
+        prefix_len: net.prefix_len().into(),
+    }
+}
+
+fn rule(r: &model::AuthRule) -> pb::Rule {
+    pb::Rule {
+        from: r
+            .from
+            .iter()
+            .map(|s| pb::SourceMatch {
+                principals: s.principals.clone(),
+                not_principals: s.not_principals.clone(),
+                namespaces: s.namespaces.clone(),
+                not_namespaces: s.not_namespaces.clone(),
+                ip_blocks: s.ip_blocks.iter().map(cidr).collect(),
+                not_ip_blocks: s.not_ip_blocks.iter().map(cidr).collect(),
+            })
+            .collect(),
+        to: r
+            .to
+            .iter()
+            .map(|d| pb::DestinationMatch {
+                ports: d.ports.iter().map(|p| u32::from(*p)).collect(),
+                not_ports: d.not_ports.iter().map(|p| u32::from(*p)).collect(),
+                hosts: d.hosts.clone(),
+                not_hosts: d.not_hosts.clone(),
+                methods: d.methods.clone(),
+                not_methods: d.not_methods.clone(),
+                paths: d.paths.clone(),
+                not_paths: d.not_paths.clone(),
+            })
+            .collect(),
+        when: r
+            .when
+            .iter()
+            .map(|c| pb::Condition {
+                key: c.key.clone(),
+                values: c.values.clone(),
+                not_values: c.not_values.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// An authorization policy on the wire.
+pub fn authorization(a: &model::Authorization) -> pb::Authorization {
+    let (scope, targets) = match &a.scope {
+        model::PolicyScope::Global => (pb::PolicyScope::Global, Vec::new()),
+        model::PolicyScope::Namespace => (pb::PolicyScope::Namespace, Vec::new()),
+        model::PolicyScope::WorkloadSelector => (pb::PolicyScope::WorkloadSelector, Vec::new()),
+        model::PolicyScope::Targeted(targets) => (
+            pb::PolicyScope::Targeted,
+            targets
+                .iter()
+                .map(|t| pb::PolicyTarget {
+                    kind: t.kind.clone(),
+                    namespace: t.namespace.clone(),
+                    name: t.name.clone(),
+                })
+                .collect(),
+        ),
+    };
+    let action = match a.action {
+        model::PolicyAction::Allow => pb::PolicyAction::Allow,
+        model::PolicyAction::Deny => pb::PolicyAction::Deny,
+        model::PolicyAction::Audit => pb::PolicyAction::Audit,
+    };
+    pb::Authorization {
+        key: a.key.clone(),
+        name: a.name.clone(),
+        namespace: a.namespace.clone(),
+        scope: scope.into(),
+        targets,
+        action: action.into(),
+        rules: a.rules.iter().map(rule).collect(),
+    }
+}
+
+fn string_match(m: &model::StringMatch) -> pb::StringMatch {
+    use pb::string_match::Kind;
+    let kind = match m {
+        model::StringMatch::Exact(v) => Kind::Exact(v.clone()),
+        model::StringMatch::Prefix(v) => Kind::Prefix(v.clone()),
+        model::StringMatch::Regex(v) => Kind::Regex(v.clone()),
+    };
+    pb::StringMatch { kind: Some(kind) }
+}
+
+fn route_rule(r: &model::RouteRule) -> pb::RouteRule {
+    pb::RouteRule {
+        matches: r
+            .matches
+            .iter()
+            .map(|m| pb::RouteMatch {
+                path: m.path.as_ref().map(string_match),
+                method: m.method.clone().unwrap_or_default(),
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|(name, v)| pb::HeaderMatch {
+                        name: name.clone(),
+                        value: Some(string_match(v)),
+                    })
+                    .collect(),
+                port: m.port.map_or(0, u32::from),
+            })
+            .collect(),
+        backends: r
+            .backends
+            .iter()
+            .map(|b| pb::Backend {
+                host: b.host.clone(),
+                port: b.port.map_or(0, u32::from),
+                weight: b.weight,
+                subset: b.subset.clone().unwrap_or_default(),
+            })
+            .collect(),
+        timeout_ms: millis(r.timeout),
+        retry: r.retry.as_ref().map(|retry| pb::Retry {
+            attempts: retry.attempts,
+            per_try_timeout_ms: millis(retry.per_try_timeout),
+            retry_on: retry.retry_on.clone(),
+        }),
+    }
+}
+
+/// A route on the wire.
+pub fn route(r: &model::Route) -> pb::Route {
+    pb::Route {
+        key: r.key.clone(),
+        hosts: r.hosts.clone(),
+        port: r.port.map_or(0, u32::from),
+        rules: r.rules.iter().map(route_rule).collect(),
+    }
+}
+
+/// A traffic policy on the wire.
+pub fn traffic_policy(t: &model::TrafficPolicy) -> pb::TrafficPolicy {
+    pb::TrafficPolicy {
+        key: t.key.clone(),
+        host: t.host.clone(),
+        load_balancer: t.load_balancer.clone().unwrap_or_default(),
+        outlier: t.outlier.as_ref().map(|o| pb::OutlierDetection {
+            consecutive_5xx: o.consecutive_5xx,
+            interval_ms: millis(Some(o.interval)),
+            base_ejection_time_ms: millis(Some(o.base_ejection_time)),
+            max_ejection_percent: o.max_ejection_percent,
+        }),
+        subsets: t
+            .subsets
+            .iter()
+            .map(|(name, labels)| {
+                let labels = labels.clone().into_iter().collect();
+                (name.clone(), pb::Labels { labels })
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,217 @@
+//! `WaypointFeed.Subscribe`: each waypoint's routes, policies, services and endpoints.
+//!
+//! Every message is the waypoint's complete config; its version is a hash of the encoded
+//! config, so an unchanged config is never resent and a reconnecting waypoint that already has
+//! it (same feed id and version) gets nothing until it changes.
+
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use mesh_core::drain::DrainWatch;
+use mesh_core::proto::control::v1 as pb;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::hub::Hub;
+use super::node::{not_synced, StreamSettings};
+use crate::auth::{to_status, Authenticator};
+use crate::model::{PolicyScope, Snapshot};
+
+fn is_target(kind: &str, namespace: &str, name: &str, t: &crate::model::PolicyTarget) -> bool {
+    t.kind == kind && t.namespace == namespace && t.name == name
+}
+
+/// The config of waypoint `namespace/name` in `snapshot` (version and feed id unset).
+pub fn config_for(snapshot: &Snapshot, namespace: &str, name: &str) -> pb::WaypointConfig {
+    let bound = |w: &Option<crate::model::WaypointRef>| {
+        w.as_ref()
+            .is_some_and(|w| w.name.namespace == namespace && w.name.name == name)
+    };
+    let services: Vec<_> = snapshot
+        .services
+        .values()
+        .filter(|s| bound(&s.waypoint))
+        .collect();
+    let hosts: BTreeSet<&str> = services.iter().map(|s| s.hostname.as_str()).collect();
+    let mut uids: BTreeSet<&str> = services
+        .iter()
+        .flat_map(|s| s.endpoints.iter().map(|e| e.workload_uid.as_str()))
+        .collect();
+    uids.extend(
+        snapshot
+            .workloads
+            .values()
+            .filter(|w| bound(&w.waypoint))
+            .map(|w| w.uid.as_str()),
+    );
+    let targeted = |scope: &PolicyScope| match scope {
+        PolicyScope::Targeted(targets) => targets.iter().any(|t| {
+            is_target("Gateway", namespace, name, t)
+                || services.iter().any(|s| {
+                    is_target("Service", &s.namespace, &s.name, t)
+                        || is_target("ServiceEntry", &s.namespace, &s.name, t)
+                })
+        }),
+        _ => false,
+    };
+    pb::WaypointConfig {
+        feed_id: String::new(),
+        version: 0,
+        services: services.iter().map(|s| convert::service(s)).collect(),
+        workloads: uids
+            .iter()
+            .filter_map(|uid| snapshot.workloads.get(*uid))
+            .map(convert::workload)
+            .collect(),
+        routes: snapshot
+            .routes
+            .values()
+            .filter(|r| r.hosts.iter().any(|h| hosts.contains(h.as_str())))
+            .map(convert::route)
+            .collect(),
+        policies: snapshot
+            .policies
+            .values()
+            .filter(|p| targeted(&p.scope))
+            .map(convert::authorization)
+            .collect(),
+        traffic_policies: snapshot
+            .traffic_policies
+            .values()
+            .filter(|t| hosts.contains(t.host.as_str()))
+            .map(convert::traffic_policy)
+            .collect(),
+    }
+}
+
+/// A node may read a waypoint's config only if it runs one of the waypoint's pods (an
+/// endpoint of the waypoint's Service): the config names every workload behind it.
+fn authorise(snapshot: &Snapshot, node: &str, namespace: &str, name: &str) -> Result<(), Status> {
+    let hosts_waypoint_pod = snapshot
+        .services
+        .values()
+        .filter(|s| s.namespace == namespace && s.name == name)
+        .flat_map(|s| s.endpoints.iter())
+        .filter_map(|e| snapshot.workloads.get(&e.workload_uid))
+        .any(|w| w.node == node);
+    if hosts_waypoint_pod {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "node {node:?} runs no pod of waypoint {namespace}/{name}"
+        )))
+    }
+}
+
+/// A content version: a hash of the encoded config (deterministic: maps are ordered).
+pub fn content_version(config: &pb::WaypointConfig) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    config.encode_to_vec().hash(&mut hasher);
+    // 0 means "nothing" to clients.
+    hasher.finish().max(1)
+}
+
+/// The waypoint feed gRPC service.
+#[derive(Clone)]
+pub struct WaypointFeedService {
+    hub: Arc<Hub>,
+    auth: Arc<dyn Authenticator>,
+    settings: StreamSettings,
+    drain: DrainWatch,
+}
+
+impl WaypointFeedService {
+    /// A service over `hub`; streams end when `drain` starts.
+    pub fn new(
+        hub: Arc<Hub>,
+        auth: Arc<dyn Authenticator>,
+        settings: StreamSettings,
+        drain: DrainWatch,
+    ) -> Self {
+        Self {
+            hub,
+            auth,
+            settings,
+            drain,
+        }
+    }
+}
+
+type Tx = mpsc::Sender<Result<pb::WaypointConfig, Status>>;
+
+async fn run_stream(
+    hub: Arc<Hub>,
+    request: pb::WaypointSubscribeRequest,
+    settings: StreamSettings,
+    tx: Tx,
+    mut drain: DrainWatch,
+) {
+    let mut snapshots = hub.subscribe_snapshots();
+    let feed_id = hub.feed_id();
+    let mut sent = (request.feed_id == feed_id).then_some(request.resume_version);
+    loop {
+        let snapshot = Arc::clone(&snapshots.borrow_and_update().snapshot);
+        let mut config = config_for(&snapshot, &request.namespace, &request.name);
+        let version = content_version(&config);
+        if sent != Some(version) {
+            config.version = version;
+            config.feed_id.clone_from(&feed_id);
+            match tokio::time::timeout(settings.send_timeout, tx.send(Ok(config))).await {
+                Ok(Ok(())) => sent = Some(version),
+                _ => return,
+            }
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return },
+            () = drain.signaled() => return,
+            () = tx.closed() => return,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::waypoint_feed_server::WaypointFeed for WaypointFeedService {
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::WaypointConfig, Status>> + Send>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::WaypointSubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let who = self
+            .auth
+            .authenticate(request.metadata())
+            .map_err(to_status)?;
+        if !self.hub.is_ready() {
+            return Err(not_synced());
+        }
+        let request = request.into_inner();
+        if request.namespace.is_empty() || request.name.is_empty() {
+            return Err(Status::invalid_argument(
+                "waypoint namespace and name are required",
+            ));
+        }
+        authorise(
+            &self.hub.latest(),
+            &who.node,
+            &request.namespace,
+            &request.name,
+        )?;
+        tracing::info!(node = %who.node, waypoint = %format!("{}/{}", request.namespace, request.name), "waypoint subscribed");
+        let (tx, rx) = mpsc::channel(self.settings.buffer.max(1));
+        let task = run_stream(
+            Arc::clone(&self.hub),
+            request,
+            self.settings.clone(),
+            tx,
+            self.drain.clone(),
+        );
+        tokio::spawn(task);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,380 @@
+//! The mesh's own model of the world: what nodes and waypoints act on.
+//!
+//! The registry builds a [`Snapshot`] from Kubernetes-shaped objects; the feed converts snapshot
+//! items to protobuf at the wire boundary. Everything here is plain data, ordered and comparable
+//! so that two snapshots can be diffed item by item.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::enrollment::WaypointName;
+
+/// A waypoint binding, resolved to the waypoint service's address when it exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaypointRef {
+    /// Which waypoint the labels named.
+    pub name: WaypointName,
+    /// The waypoint Service's cluster IP; `None` when that Service does not exist (yet). Nodes
+    /// must fail closed for traffic that should go through an unresolved waypoint.
+    pub address: Option<IpAddr>,
+}
+
+/// Mutual-TLS mode a workload accepts inbound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MtlsMode {
+    /// Accept mTLS (HBONE) and plaintext.
+    #[default]
+    Permissive,
+    /// Accept only mTLS (HBONE).
+    Strict,
+    /// Plaintext only.
+    Disable,
+}
+
+/// A pod (or ServiceEntry endpoint) the mesh knows about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Stable key: `<namespace>/<pod name>`.
+    pub uid: String,
+    /// Pod name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Pod IPs.
+    pub ips: Vec<IpAddr>,
+    /// Node the pod runs on (empty until scheduled).
+    pub node: String,
+    /// Service account.
+    pub service_account: String,
+    /// SPIFFE identity: `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
+    pub identity: String,
+    /// Whether traffic is captured and tunnelled (HBONE); `false` means plain TCP.
+    pub enrolled: bool,
+    /// Waypoint for traffic addressed to this workload directly.
+    pub waypoint: Option<WaypointRef>,
+    /// Labels, used by selectors on the node side (e.g. telemetry).
+    pub labels: BTreeMap<String, String>,
+    /// Keys of the selector-scoped authorization policies that apply (namespace- and
+    /// mesh-scoped policies apply implicitly).
+    pub policies: Vec<String>,
+    /// Inbound mTLS mode, with per-port overrides.
+    pub mtls: MtlsMode,
+    /// Per-port mTLS overrides.
+    pub port_mtls: BTreeMap<u16, MtlsMode>,
+}
+
+/// A port of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Port on the VIP.
+    pub port: u16,
+    /// Default port on the endpoints (0 when it is a name resolved per endpoint).
+    pub target_port: u16,
+    /// Application protocol (`http`, `grpc`, `tcp`, ...), from `appProtocol` or the port name.
+    pub protocol: String,
+}
+
+/// One endpoint of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Workload uid.
+    pub workload_uid: String,
+    /// Service port -> endpoint port.
+    pub ports: BTreeMap<u16, u16>,
+}
+
+/// A service: Kubernetes Service or ServiceEntry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Stable key: `<namespace>/<hostname>`.
+    pub key: String,
+    /// Name of the object.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// FQDN, e.g. `reviews.bookinfo.svc.cluster.local`.
+    pub hostname: String,
+    /// Virtual IPs.
+    pub vips: Vec<IpAddr>,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// Endpoints, sorted by workload uid.
+    pub endpoints: Vec<Endpoint>,
+    /// Waypoint for traffic addressed to the service.
+    pub waypoint: Option<WaypointRef>,
+}
+
+/// Where an authorization policy applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyScope {
+    /// Every workload in the mesh (policy in the root namespace, no selector).
+    Global,
+    /// Every workload in the namespace.
+    Namespace,
+    /// Workloads listing the policy in [`Workload::policies`].
+    WorkloadSelector,
+    /// Enforced by a waypoint: attached with `targetRefs`.
+    Targeted(Vec<PolicyTarget>),
+}
+
+/// A policy target (Service, ServiceEntry or waypoint Gateway).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PolicyTarget {
+    /// `Service`, `ServiceEntry` or `Gateway`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// Policy action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyAction {
+    /// Allow matching traffic.
+    Allow,
+    /// Deny matching traffic.
+    Deny,
+    /// Log matching traffic.
+    Audit,
+}
+
+/// An authorization policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    /// Stable key: `<namespace>/<name>`.
+    pub key: String,
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Where it applies.
+    pub scope: PolicyScope,
+    /// What to do on a match.
+    pub action: PolicyAction,
+    /// Rules (any may match). An ALLOW policy with no rules matches nothing; a DENY policy with
+    /// one empty rule denies everything.
+    pub rules: Vec<AuthRule>,
+    /// Whether the policy carries L7 conditions (only waypoints can enforce them).
+    pub has_l7: bool,
+}
+
+/// One rule: every non-empty part must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthRule {
+    /// Sources; any may match (empty: any source).
+    pub from: Vec<SourceMatch>,
+    /// Destinations; any may match (empty: any destination).
+    pub to: Vec<DestinationMatch>,
+    /// Conditions; all must match.
+    pub when: Vec<AuthCondition>,
+}
+
+/// A source match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceMatch {
+    /// Principals (`<td>/ns/<ns>/sa/<sa>`, `*` at either end).
+    pub principals: Vec<String>,
+    /// Excluded principals.
+    pub not_principals: Vec<String>,
+    /// Namespaces.
+    pub namespaces: Vec<String>,
+    /// Excluded namespaces.
+    pub not_namespaces: Vec<String>,
+    /// Source networks.
+    pub ip_blocks: Vec<IpNet>,
+    /// Excluded source networks.
+    pub not_ip_blocks: Vec<IpNet>,
+}
+
+/// A destination match (ports at L4; hosts, methods, paths at L7).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestinationMatch {
+    /// Ports.
+    pub ports: Vec<u16>,
+    /// Excluded ports.
+    pub not_ports: Vec<u16>,
+    /// Hosts (L7).
+    pub hosts: Vec<String>,
+    /// Excluded hosts (L7).
+    pub not_hosts: Vec<String>,
+    /// Methods (L7).
+    pub methods: Vec<String>,
+    /// Excluded methods (L7).
+    pub not_methods: Vec<String>,
+    /// Paths (L7).
+    pub paths: Vec<String>,
+    /// Excluded paths (L7).
+    pub not_paths: Vec<String>,
+}
+
+/// A `when` condition (key as in Istio, e.g. `request.headers[x-user]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthCondition {
+    /// Attribute.
+    pub key: String,
+    /// Accepted values.
+    pub values: Vec<String>,
+    /// Rejected values.
+    pub not_values: Vec<String>,
+}
+
+/// A string match in a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StringMatch {
+    /// Equal.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Regular expression (validated at translation time).
+    Regex(String),
+}
+
+/// Match conditions of a route rule; all present must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteMatch {
+    /// Path.
+    pub path: Option<StringMatch>,
+    /// Method.
+    pub method: Option<String>,
+    /// Headers (lowercase names).
+    pub headers: Vec<(String, StringMatch)>,
+    /// Destination port.
+    pub port: Option<u16>,
+}
+
+/// A weighted backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Service FQDN.
+    pub host: String,
+    /// Service port; the request's port when absent.
+    pub port: Option<u16>,
+    /// Relative weight.
+    pub weight: u32,
+    /// DestinationRule subset.
+    pub subset: Option<String>,
+}
+
+/// Retry policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Maximum retries.
+    pub attempts: u32,
+    /// Per-attempt timeout.
+    pub per_try_timeout: Option<Duration>,
+    /// Retry conditions.
+    pub retry_on: Vec<String>,
+}
+
+/// One route rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRule {
+    /// Matches; any may match (empty: everything).
+    pub matches: Vec<RouteMatch>,
+    /// Backends (empty: the original destination).
+    pub backends: Vec<Backend>,
+    /// Whole-request timeout.
+    pub timeout: Option<Duration>,
+    /// Retries.
+    pub retry: Option<Retry>,
+}
+
+/// HTTP routing for some service hostnames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Stable key: `<Kind>/<namespace>/<name>`.
+    pub key: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service FQDNs the route applies to.
+    pub hosts: Vec<String>,
+    /// Service port it applies to (all when absent).
+    pub port: Option<u16>,
+    /// Ordered rules.
+    pub rules: Vec<RouteRule>,
+}
+
+/// Outlier detection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx before ejection.
+    pub consecutive_5xx: u32,
+    /// Scan interval.
+    pub interval: Duration,
+    /// Base ejection time.
+    pub base_ejection_time: Duration,
+    /// Maximum ejected percentage.
+    pub max_ejection_percent: u32,
+}
+
+/// Traffic policy for a service (DestinationRule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrafficPolicy {
+    /// Stable key: `<namespace>/<name>`.
+    pub key: String,
+    /// Service FQDN.
+    pub host: String,
+    /// Load balancer (`ROUND_ROBIN`, `LEAST_REQUEST`, `RANDOM`, `PASSTHROUGH`).
+    pub load_balancer: Option<String>,
+    /// Outlier detection.
+    pub outlier: Option<OutlierDetection>,
+    /// Subsets: name -> endpoint labels.
+    pub subsets: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// An Istio Gateway listener set (kept for validation and future ingress use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateway {
+    /// Stable key: `<namespace>/<name>`.
+    pub key: String,
+    /// Pods serving it.
+    pub selector: BTreeMap<String, String>,
+    /// Listeners: (port, protocol, hosts).
+    pub listeners: Vec<(u16, String, Vec<String>)>,
+}
+
+/// A resource that was rejected, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Where it came from (file and document number, or `kubernetes`).
+    pub origin: String,
+    /// `Kind namespace/name`.
+    pub object: String,
+    /// Field path, e.g. `spec.rules[0].from[0].source.ipBlocks[1]`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}: field {}: {}",
+            self.origin, self.object, self.field, self.message
+        )
+    }
+}
+
+/// Everything the mesh knows at one point in time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Workloads by uid.
+    pub workloads: BTreeMap<String, Workload>,
+    /// Services by key.
+    pub services: BTreeMap<String, Service>,
+    /// Authorization policies by key.
+    pub policies: BTreeMap<String, Authorization>,
+    /// Routes by key.
+    pub routes: BTreeMap<String, Route>,
+    /// Traffic policies by key.
+    pub traffic_policies: BTreeMap<String, TrafficPolicy>,
+    /// Istio Gateways by key.
+    pub gateways: BTreeMap<String, Gateway>,
+    /// Rejected resources.
+    pub diagnostics: Vec<Diagnostic>,
+}

@@ -1,0 +1,349 @@
+//! Parsing Kubernetes-shaped objects (YAML documents or watcher items) into [`Resource`]s.
+//!
+//! Each document is parsed on its own, so one bad document never hides the others. A document
+//! whose kind is not one the mesh reads is skipped; one that fails to parse is reported with
+//! its origin and the path of the offending field.
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use serde::de::DeserializeOwned;
+
+use crate::crd::gateway::HttpRoute;
+use crate::crd::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
+use crate::crd::security::{AuthorizationPolicy, PeerAuthentication};
+use crate::model::Diagnostic;
+
+/// Kinds the mesh reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// core/v1 Namespace.
+    Namespace,
+    /// core/v1 Pod.
+    Pod,
+    /// core/v1 Service.
+    Service,
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice,
+    /// core/v1 ServiceAccount.
+    ServiceAccount,
+    /// security.istio.io AuthorizationPolicy.
+    AuthorizationPolicy,
+    /// security.istio.io PeerAuthentication.
+    PeerAuthentication,
+    /// networking.istio.io VirtualService.
+    VirtualService,
+    /// networking.istio.io DestinationRule.
+    DestinationRule,
+    /// networking.istio.io ServiceEntry.
+    ServiceEntry,
+    /// networking.istio.io Gateway.
+    Gateway,
+    /// gateway.networking.k8s.io HTTPRoute.
+    HttpRoute,
+}
+
+impl Kind {
+    /// The Kubernetes `kind` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::ServiceAccount => "ServiceAccount",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+        }
+    }
+
+    /// The kind for an `apiVersion` group and `kind`, if the mesh reads it.
+    pub fn from_type(api_version: &str, kind: &str) -> Option<Kind> {
+        let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+        let found = match (group, kind) {
+            ("", "Namespace") => Kind::Namespace,
+            ("", "Pod") => Kind::Pod,
+            ("", "Service") => Kind::Service,
+            ("", "ServiceAccount") => Kind::ServiceAccount,
+            ("discovery.k8s.io", "EndpointSlice") => Kind::EndpointSlice,
+            ("security.istio.io", "AuthorizationPolicy") => Kind::AuthorizationPolicy,
+            ("security.istio.io", "PeerAuthentication") => Kind::PeerAuthentication,
+            ("networking.istio.io", "VirtualService") => Kind::VirtualService,
+            ("networking.istio.io", "DestinationRule") => Kind::DestinationRule,
+            ("networking.istio.io", "ServiceEntry") => Kind::ServiceEntry,
+            ("networking.istio.io", "Gateway") => Kind::Gateway,
+            ("gateway.networking.k8s.io", "HTTPRoute") => Kind::HttpRoute,
+            _ => return None,
+        };
+        Some(found)
+    }
+}
+
+/// Identifies one object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// Kind.
+    pub kind: Kind,
+    /// Namespace (empty for cluster-scoped kinds).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind.as_str(), self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+        }
+    }
+}
+
+/// One parsed object.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // Pods dominate; boxing every variant buys nothing.
+pub enum Resource {
+    /// A Namespace.
+    Namespace(Namespace),
+    /// A Pod.
+    Pod(Pod),
+    /// A Service.
+    Service(Service),
+    /// An EndpointSlice.
+    EndpointSlice(EndpointSlice),
+    /// A ServiceAccount.
+    ServiceAccount(ServiceAccount),
+    /// An AuthorizationPolicy.
+    AuthorizationPolicy(AuthorizationPolicy),
+    /// An AuthorizationPolicy that failed to parse: kept so the registry can fail closed (deny
+    /// everything in its namespace) instead of silently dropping a DENY rule.
+    BrokenAuthorizationPolicy {
+        /// Why it failed.
+        error: String,
+    },
+    /// A PeerAuthentication.
+    PeerAuthentication(PeerAuthentication),
+    /// A VirtualService.
+    VirtualService(VirtualService),
+    /// A DestinationRule.
+    DestinationRule(DestinationRule),
+    /// A ServiceEntry.
+    ServiceEntry(ServiceEntry),
+    /// A Gateway.
+    Gateway(Gateway),
+    /// An HTTPRoute.
+    HttpRoute(HttpRoute),
+}
+
+/// Objects parsed from one source, plus what could not be parsed.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// Objects with their origin (e.g. `dir/app.yaml#2`).
+    pub objects: Vec<(ObjectKey, String, Resource)>,
+    /// Rejected documents.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+fn typed<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let field = err.path().to_string();
+        (field, err.into_inner().to_string())
+    })
+}
+
+fn str_at<'a>(value: &'a serde_yaml::Value, keys: &[&str]) -> &'a str {
+    let mut current = value;
+    for key in keys {
+        match current.get(*key) {
+            Some(next) => current = next,
+            None => return "",
+        }
+    }
+    current.as_str().unwrap_or("")
+}
+
+fn parse_kind(kind: Kind, value: serde_yaml::Value) -> Result<Resource, (String, String)> {
+    Ok(match kind {
+        Kind::Namespace => Resource::Namespace(typed(value)?),
+        Kind::Pod => Resource::Pod(typed(value)?),
+        Kind::Service => Resource::Service(typed(value)?),
+        Kind::EndpointSlice => Resource::EndpointSlice(typed(value)?),
+        Kind::ServiceAccount => Resource::ServiceAccount(typed(value)?),
+        Kind::AuthorizationPolicy => Resource::AuthorizationPolicy(typed(value)?),
+        Kind::PeerAuthentication => Resource::PeerAuthentication(typed(value)?),
+        Kind::VirtualService => Resource::VirtualService(typed(value)?),
+        Kind::DestinationRule => Resource::DestinationRule(typed(value)?),
+        Kind::ServiceEntry => Resource::ServiceEntry(typed(value)?),
+        Kind::Gateway => Resource::Gateway(typed(value)?),
+        Kind::HttpRoute => Resource::HttpRoute(typed(value)?),
+    })
+}
+
+fn is_cluster_scoped(kind: Kind) -> bool {
+    kind == Kind::Namespace
+}
+
+/// Parses one document or API object. `Ok(None)` means a kind the mesh does not read.
+pub fn parse_document(
+    origin: &str,
+    value: serde_yaml::Value,
+) -> Result<Option<(ObjectKey, Resource)>, Diagnostic> {
+    let api_version = str_at(&value, &["apiVersion"]).to_string();
+    let kind_name = str_at(&value, &["kind"]).to_string();
+    let Some(kind) = Kind::from_type(&api_version, &kind_name) else {
+        return Ok(None);
+    };
+    let name = str_at(&value, &["metadata", "name"]).to_string();
+    let mut namespace = str_at(&value, &["metadata", "namespace"]).to_string();
+    if namespace.is_empty() && !is_cluster_scoped(kind) {
+        namespace = "default".to_string();
+    }
+    let key = ObjectKey {
+        kind,
+        namespace,
+        name,
+    };
+    let diagnostic = |field: &str, message: String| Diagnostic {
+        origin: origin.to_string(),
+        object: key.to_string(),
+        field: field.to_string(),
+        message,
+    };
+    if key.name.is_empty() {
+        return Err(diagnostic("metadata.name", "missing".to_string()));
+    }
+    match parse_kind(kind, value) {
+        Ok(resource) => Ok(Some((key, resource))),
+        Err((field, message)) => {
+            if kind == Kind::AuthorizationPolicy {
+                // Fail closed: the broken policy still occupies its key and denies.
+                let error = format!("field {field}: {message}");
+                let resource = Resource::BrokenAuthorizationPolicy { error };
+                return Ok(Some((key, resource)));
+            }
+            Err(diagnostic(&field, message))
+        }
+    }
+}
+
+/// Parses a multi-document YAML text from `origin` (a file path).
+pub fn parse_yaml(origin: &str, text: &str, out: &mut Parsed) {
+    use serde::Deserialize;
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let doc_origin = format!("{origin}#{index}");
+        let value = match serde_yaml::Value::deserialize(document) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(value) => value,
+            Err(err) => {
+                out.diagnostics.push(Diagnostic {
+                    origin: doc_origin,
+                    object: "document".to_string(),
+                    field: "-".to_string(),
+                    message: format!("invalid yaml: {err}"),
+                });
+                // The YAML stream cannot be resynchronised after a syntax error.
+                break;
+            }
+        };
+        match parse_document(&doc_origin, value) {
+            Ok(Some((key, resource))) => out.objects.push((key, doc_origin, resource)),
+            Ok(None) => {}
+            Err(diagnostic) => out.diagnostics.push(diagnostic),
+        }
+    }
+}
+
+/// The key of a typed Kubernetes object (used by the watchers).
+pub fn key_of<K: kube::Resource>(kind: Kind, object: &K) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: object.namespace().unwrap_or_default(),
+        name: object.name_any(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_kinds_and_skips_others() {
+        let text = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: app, labels: {weft.dev/dataplane-mode: ambient}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: app}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-web, namespace: app}
+spec:
+  action: ALLOW
+  rules: [{from: [{source: {namespaces: [app]}}]}]
+"#;
+        let mut parsed = Parsed::default();
+        parse_yaml("dir/app.yaml", text, &mut parsed);
+        assert!(parsed.diagnostics.is_empty(), "{:?}", parsed.diagnostics);
+        let keys: Vec<String> = parsed.objects.iter().map(|o| o.0.to_string()).collect();
+        assert_eq!(keys, ["Namespace app", "AuthorizationPolicy app/allow-web"]);
+        assert_eq!(parsed.objects[1].1, "dir/app.yaml#2");
+    }
+
+    #[test]
+    fn bad_document_names_origin_object_and_field_and_keeps_the_rest() {
+        let text = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: app}
+spec:
+  host: reviews
+  trafficPolicy: {outlierDetection: {consecutive5xxErrors: many}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: app}
+"#;
+        let mut parsed = Parsed::default();
+        parse_yaml("cfg/dr.yaml", text, &mut parsed);
+        assert_eq!(parsed.objects.len(), 1);
+        let diag = &parsed.diagnostics[0];
+        assert_eq!(diag.origin, "cfg/dr.yaml#0");
+        assert_eq!(diag.object, "DestinationRule app/reviews");
+        assert_eq!(
+            diag.field,
+            "spec.trafficPolicy.outlierDetection.consecutive5xxErrors"
+        );
+    }
+
+    #[test]
+    fn unparseable_authorization_policy_is_kept_as_broken() {
+        let text = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-bad, namespace: app}
+spec: {action: DENNY}
+"#;
+        let mut parsed = Parsed::default();
+        parse_yaml("p.yaml", text, &mut parsed);
+        assert!(matches!(
+            &parsed.objects[0].2,
+            Resource::BrokenAuthorizationPolicy { error } if error.contains("spec.action")
+        ));
+    }
+
+    #[test]
+    fn yaml_syntax_error_is_reported() {
+        let mut parsed = Parsed::default();
+        parse_yaml("x.yaml", "kind: [unclosed", &mut parsed);
+        assert!(parsed.diagnostics[0].message.starts_with("invalid yaml"));
+    }
+}

@@ -1,0 +1,149 @@
+//! Pods into [`Workload`]s: addresses, identity, node, enrolment, waypoint, policies, mTLS.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::policy::{effective_mtls, selects, PeerAuthn, SelectorPolicy};
+use super::{Ctx, Diagnostics, Kind, ObjectKey, Resource};
+use crate::enrollment::{is_enrolled, waypoint_for, WaypointName};
+use crate::model::{WaypointRef, Workload};
+
+/// What workload translation needs from earlier steps.
+pub struct Inputs<'a> {
+    /// Selector-scoped authorization policies.
+    pub selectors: &'a [SelectorPolicy],
+    /// PeerAuthentications.
+    pub peers: &'a [PeerAuthn],
+    /// Waypoint name -> address.
+    pub waypoints: &'a BTreeMap<WaypointName, IpAddr>,
+}
+
+/// Resolves a waypoint name to a reference with its address (if its Service exists).
+pub fn resolve_waypoint(
+    waypoints: &BTreeMap<WaypointName, IpAddr>,
+    name: Option<WaypointName>,
+) -> Option<WaypointRef> {
+    name.map(|name| WaypointRef {
+        address: waypoints.get(&name).copied(),
+        name,
+    })
+}
+
+/// The SPIFFE identity of a service account.
+pub fn spiffe_identity(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
+fn pod_ips(pod: &Pod) -> Result<Vec<IpAddr>, String> {
+    let Some(status) = &pod.status else {
+        return Ok(Vec::new());
+    };
+    let mut texts: Vec<&str> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|ip| ip.ip.as_str())
+        .collect();
+    if texts.is_empty() {
+        texts.extend(status.pod_ip.as_deref());
+    }
+    texts
+        .iter()
+        .map(|text| text.parse().map_err(|_| format!("invalid pod ip {text:?}")))
+        .collect()
+}
+
+fn is_finished(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+fn translate_pod(
+    ctx: &Ctx<'_>,
+    inputs: &Inputs<'_>,
+    key: &ObjectKey,
+    pod: &Pod,
+    diags: &mut Diagnostics<'_>,
+) -> Option<Workload> {
+    if is_finished(pod) {
+        return None;
+    }
+    let ips = match pod_ips(pod) {
+        Ok(ips) if ips.is_empty() => return None,
+        Ok(ips) => ips,
+        Err(message) => {
+            diags.push(key, "status.podIPs", &message);
+            return None;
+        }
+    };
+    let spec = pod.spec.as_ref();
+    let namespace = key.namespace.as_str();
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let ns_labels = ctx.namespace_labels(namespace);
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    let service_account = spec
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|sa| !sa.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    let waypoint = waypoint_for(namespace, &[&labels, ns_labels]);
+    let root = ctx.config.root_namespace.as_str();
+    let policies = inputs
+        .selectors
+        .iter()
+        .filter(|p| {
+            (p.namespace == namespace || p.namespace == root) && selects(&p.match_labels, &labels)
+        })
+        .map(|p| p.key.clone())
+        .collect();
+    let (mtls, port_mtls) = effective_mtls(inputs.peers, root, namespace, &labels);
+    Some(Workload {
+        uid: format!("{namespace}/{}", key.name),
+        name: key.name.clone(),
+        namespace: namespace.to_string(),
+        ips,
+        node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        identity: spiffe_identity(&ctx.config.trust_domain, namespace, &service_account),
+        service_account,
+        // Host-network pods share the node's network namespace and cannot be captured.
+        enrolled: !host_network && is_enrolled(ns_labels, &labels),
+        waypoint: resolve_waypoint(inputs.waypoints, waypoint),
+        labels,
+        policies,
+        mtls,
+        port_mtls,
+    })
+}
+
+/// Translates every pod that has an address and is not finished.
+pub fn translate(
+    ctx: &Ctx<'_>,
+    inputs: &Inputs<'_>,
+    diags: &mut Diagnostics<'_>,
+) -> BTreeMap<String, Workload> {
+    let mut out = BTreeMap::new();
+    for (key, stored) in ctx.of_kind(Kind::Pod) {
+        let Resource::Pod(pod) = &stored.resource else {
+            continue;
+        };
+        diags.set_origin(&stored.origin);
+        if let Some(workload) = translate_pod(ctx, inputs, key, pod, diags) {
+            out.insert(workload.uid.clone(), workload);
+        }
+    }
+    out
+}
+
+/// Container port numbers by port name, for resolving named target ports.
+pub fn named_ports(pod: &Pod) -> BTreeMap<String, u16> {
+    let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
+    containers
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let name = p.name.clone()?;
+            let port = u16::try_from(p.container_port).ok()?;
+            Some((name, port))
+        })
+        .collect()
+}
