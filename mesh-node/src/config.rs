@@ -235,6 +235,10 @@ pub struct PolicyConfig {
     /// Workloads it applies to by labels; absent = the whole namespace.
     #[serde(default)]
     pub selector: Option<BTreeMap<String, String>>,
+    /// Workloads (`namespace/name`) the control plane resolved the policy's selector to; when
+    /// non-empty it decides instead of `selector`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<String>,
     /// ALLOW (default) or DENY.
     #[serde(default = "default_action")]
     pub action: PolicyAction,

@@ -6,18 +6,25 @@
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
+    sync::Arc,
+    time::Duration,
 };
 
 use anyhow::Context;
 use clap::Parser;
-use mesh_core::{signal, telemetry};
+use mesh_core::{
+    drain::{self, DrainTrigger},
+    signal, telemetry,
+};
 use mesh_node::{
     app,
     config::Config,
     enrollment::{self, EnrollmentHandle},
+    feed::{self, FeedClientConfig, FeedStatus, MeshSnapshot},
     pod_netns::ScanConfig,
     redirect,
 };
+use tokio::sync::watch;
 
 /// Weft node tunnel: the per-node zero-trust proxy. Captures traffic of enrolled pods with eBPF,
 /// carries it over mutually authenticated HBONE tunnels with SPIFFE identities, and enforces
@@ -41,6 +48,11 @@ struct Args {
     /// namespace); /run/netns is always scanned.
     #[arg(long)]
     scan_proc: bool,
+    /// Follow mesh-control's node feed at this address (e.g. `http://10.0.0.1:15012`): workloads,
+    /// services and policies then come from the control plane, and the config file only needs
+    /// this node's own settings. Authenticates with the token in `ca.token_file`.
+    #[arg(long, env = "WEFT_CONTROL_ADDRESS")]
+    control_address: Option<String>,
     #[command(flatten)]
     log: telemetry::LogOptions,
 }
@@ -54,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_file(&args.config)?;
     tracing::info!(config = ?config, "mesh-node starting");
     let wanted = enrollment::wanted_from_config(&config);
+    let base = config.clone();
     let bound = app::build(config)
         .await
         .context("starting the node tunnel")?;
@@ -73,8 +86,22 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let signal = signals.recv().await;
+    let mut feed = match &args.control_address {
+        Some(address) => Some(ControlFeed::start(address, &base)?),
+        None => None,
+    };
+    let signal = loop {
+        tokio::select! {
+            signal = signals.recv() => break signal,
+            Some(snapshot) = next_snapshot(&mut feed) => {
+                apply_snapshot(&bound, enrollment.as_ref(), &base, &snapshot).await;
+            }
+        }
+    };
     tracing::info!(?signal, "shutdown requested, draining");
+    if let Some(feed) = feed {
+        feed.stop().await;
+    }
     let outcome = bound.shutdown().await;
     // Detach only after the listeners are gone: pods' new connections then fail rather than
     // bypass the tunnel while it drains.
@@ -83,4 +110,81 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(?outcome, "drained, exiting");
     Ok(())
+}
+
+/// The subscription to mesh-control, running in the background.
+struct ControlFeed {
+    snapshots: watch::Receiver<Arc<MeshSnapshot>>,
+    drain: DrainTrigger,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControlFeed {
+    fn start(address: &str, config: &Config) -> anyhow::Result<Self> {
+        let mut client = FeedClientConfig::new(address, &config.node_name);
+        if let Some(file) = &config.ca.token_file {
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the control token from {}", file.display()))?;
+            client.token = Some(token.trim().to_string());
+        }
+        let (snapshots_tx, snapshots) = watch::channel(Arc::new(MeshSnapshot::default()));
+        let (status, _) = watch::channel(FeedStatus::default());
+        let (drain, watch) = drain::channel();
+        let task = tokio::spawn(feed::run(client, snapshots_tx, status, watch));
+        Ok(Self {
+            snapshots,
+            drain,
+            task,
+        })
+    }
+
+    async fn stop(self) {
+        self.drain.drain(Duration::from_secs(5)).await;
+        let _ = self.task.await;
+    }
+}
+
+/// The next complete snapshot; never resolves without a feed.
+async fn next_snapshot(feed: &mut Option<ControlFeed>) -> Option<Arc<MeshSnapshot>> {
+    match feed {
+        Some(feed) => {
+            feed.snapshots.changed().await.ok()?;
+            Some(feed.snapshots.borrow_and_update().clone())
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Makes `snapshot` the node's mesh; a version the node cannot use leaves the previous one in
+/// force.
+async fn apply_snapshot(
+    bound: &app::Bound,
+    enrollment: Option<&EnrollmentHandle>,
+    base: &Config,
+    snapshot: &MeshSnapshot,
+) {
+    let (mesh, warnings) = feed::convert::mesh_config(base, snapshot);
+    for warning in warnings {
+        tracing::warn!(version = snapshot.version, %warning, "control feed");
+    }
+    match bound.update_mesh(&mesh).await {
+        Ok(closed) => {
+            tracing::info!(
+                version = snapshot.version,
+                workloads = mesh.workloads.len(),
+                services = mesh.services.len(),
+                policies = mesh.authorization_policies.len(),
+                closed,
+                "mesh updated from mesh-control"
+            );
+            if let Some(enrollment) = enrollment {
+                enrollment.set_wanted(enrollment::wanted_from_config(&mesh));
+            }
+        }
+        Err(error) => tracing::warn!(
+            version = snapshot.version,
+            %error,
+            "control feed version rejected; keeping the previous mesh"
+        ),
+    }
 }

@@ -3,10 +3,10 @@
 //!
 //! Shared by `cargo xtask demo` (which narrates it) and the end-to-end tests (which assert on it).
 //!
-//! Stand-ins, each said plainly where it is used:
-//! - The nodes run from static configs written here that mirror the example (mesh-node does not
-//!   yet build its state from mesh-control's feed); mesh-control is their CA.
-//! - `<pod IP>:15008` is DNATed to the node's HBONE listener, where Istio would have a listener in
+//! The nodes' config files hold only their own settings (name, CA address, token); workloads,
+//! services and policies reach them through mesh-control's node feed.
+//!
+//! Stand-in, said plainly where it is used: `<pod IP>:15008` is DNATed to the node's HBONE listener, where Istio would have a listener in
 //!   each pod's namespace ([`Lab::steer_pod_port_to_node`]).
 
 use std::{
@@ -38,79 +38,38 @@ const READY_PORT: u16 = 15021;
 /// How long components get to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A sample pod: name, node, namespace, service account, labels, and whether it is in the mesh.
+/// A sample pod: its name and node, and what the app in it serves (namespaces, service accounts
+/// and enrollment are in the example's YAML, which mesh-control reads).
 struct SamplePod {
     name: &'static str,
     node: &'static str,
-    namespace: &'static str,
-    service_account: &'static str,
     app: &'static str,
+    /// Version it serves; `None` for pods that only make requests.
     version: Option<&'static str>,
-    enrolled: bool,
 }
 
 /// Lab order fixes the addresses: pod k on node i is 10.211.i.(k+10); see the example's README.
 const PODS: &[SamplePod] = &[
-    pod("client", "n1", "demo", "client", "client", None, true),
-    pod(
-        "website-v1",
-        "n1",
-        "demo",
-        "website",
-        "website",
-        Some("v1"),
-        true,
-    ),
-    pod(
-        "website-v2",
-        "n2",
-        "demo",
-        "website",
-        "website",
-        Some("v2"),
-        true,
-    ),
-    pod(
-        "website-v3",
-        "n2",
-        "demo",
-        "website",
-        "website",
-        Some("v3"),
-        true,
-    ),
-    pod(
-        "backend",
-        "n2",
-        "demo",
-        "backend",
-        "backend",
-        Some("v1"),
-        true,
-    ),
-    pod(
-        "intruder", "n1", "outside", "intruder", "intruder", None, false,
-    ),
-    pod("guest", "n1", "demo", "guest", "guest", None, true),
+    pod("client", "n1", "client", None),
+    pod("website-v1", "n1", "website", Some("v1")),
+    pod("website-v2", "n2", "website", Some("v2")),
+    pod("website-v3", "n2", "website", Some("v3")),
+    pod("backend", "n2", "backend", Some("v1")),
+    pod("intruder", "n1", "intruder", None),
+    pod("guest", "n1", "guest", None),
 ];
 
 const fn pod(
     name: &'static str,
     node: &'static str,
-    namespace: &'static str,
-    service_account: &'static str,
     app: &'static str,
     version: Option<&'static str>,
-    enrolled: bool,
 ) -> SamplePod {
     SamplePod {
         name,
         node,
-        namespace,
-        service_account,
         app,
         version,
-        enrolled,
     }
 }
 
@@ -205,7 +164,13 @@ impl MeshLab {
         run_quiet(&mut req, "openssl req (demo root certificate)")
     }
 
-    fn start_control(&mut self) -> anyhow::Result<()> {
+    /// Stops mesh-control (SIGTERM); nodes keep serving with the config they have.
+    pub fn stop_control(&mut self) -> anyhow::Result<()> {
+        self.lab.stop("mesh-control", Duration::from_secs(10))
+    }
+
+    /// Starts mesh-control (again) and waits until it is ready.
+    pub fn start_control(&mut self) -> anyhow::Result<()> {
         let mut tokens = String::new();
         for node in ["n1", "n2"] {
             let token = format!("lab-bootstrap-token-{node}-{}", std::process::id());
@@ -242,9 +207,12 @@ impl MeshLab {
         let node_ip = self.lab.node(node)?.ip.to_string();
         let cgroup = format!("weft-lab/{}/{node}", self.options.prefix);
         let config_arg = config.display().to_string();
+        let control = format!("http://{CONTROL_IP}:{CONTROL_GRPC_PORT}");
         let args = [
             "--config",
             &config_arg,
+            "--control-address",
+            &control,
             "--redirect-cgroup",
             &cgroup,
             "--node-ip",
@@ -266,53 +234,14 @@ impl MeshLab {
         self.wait_for_mesh_path()
     }
 
-    /// The static node config mirroring deploy/examples/website (see the module docs).
+    /// The node's own settings; workloads, services and policies come from mesh-control's feed.
     fn node_config(&self, node: &str) -> String {
         let work = self.options.work_dir.display();
-        let mut yaml = format!(
+        format!(
             "node_name: {node}\n\
              ca:\n  address: http://{CONTROL_IP}:{CONTROL_GRPC_PORT}\n  \
-             token_file: {work}/{node}.token\n  trust_bundle_file: {work}/ca-cert.pem\n\
-             peer_authentication:\n  mode: PERMISSIVE\n  namespaces: {{demo: STRICT}}\n\
-             workloads:\n"
-        );
-        for (index, pod) in PODS.iter().enumerate().filter(|(_, p)| p.enrolled) {
-            let ip = pod_ip(pod, index);
-            let version = pod
-                .version
-                .map(|v| format!(", version: {v}"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                yaml,
-                "  - {{name: {}, namespace: {}, service_account: {}, ip: {ip}, node: {}, \
-                 labels: {{app: {}{version}}}}}",
-                pod.name, pod.namespace, pod.service_account, pod.node, pod.app
-            );
-        }
-        let endpoints = |app: &str| {
-            PODS.iter()
-                .enumerate()
-                .filter(|(_, p)| p.app == app)
-                .map(|(index, p)| pod_ip(p, index).to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let _ = write!(
-            yaml,
-            "services:\n  \
-             - {{name: website, namespace: demo, vip: 10.96.0.10, ports: [{{port: {APP_PORT}}}], \
-             endpoints: [{}]}}\n  \
-             - {{name: backend, namespace: demo, vip: 10.96.0.20, ports: [{{port: {APP_PORT}}}], \
-             endpoints: [{}]}}\n\
-             authorization_policies:\n  \
-             - name: backend-callers\n    namespace: demo\n    selector: {{app: backend}}\n    \
-             action: ALLOW\n    rules:\n      \
-             - from: [{{principals: [cluster.local/ns/demo/sa/client, cluster.local/ns/demo/sa/website]}}]\n        \
-             to: [{{ports: [{APP_PORT}]}}]\n",
-            endpoints("website"),
-            endpoints("backend")
-        );
-        yaml
+             token_file: {work}/{node}.token\n  trust_bundle_file: {work}/ca-cert.pem\n"
+        )
     }
 
     fn start_apps(&mut self) -> anyhow::Result<()> {

@@ -6,10 +6,10 @@
 //!   complete version after a disconnect, backs off with jitter, and keeps the last snapshot in
 //!   force while mesh-control is unreachable.
 //!
-//! Snapshots still hold wire types; the proxy converts them into its own state where it takes
-//! them in.
+//! Snapshots still hold wire types; [`convert`] turns one into the node's mesh description.
 
 pub mod client;
+pub mod convert;
 pub mod store;
 
 pub use client::{run, FeedClientConfig, FeedStatus};

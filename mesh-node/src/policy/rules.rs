@@ -2,7 +2,10 @@
 //! destination workload. The decision itself is the shared evaluator in
 //! [`mesh_core::authz`], so node and waypoint agree on Istio semantics.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use ipnet::IpNet;
 use mesh_core::authz::{self, Action, ConnectionAttributes, Decision, OperationMatch, SourceMatch};
@@ -23,6 +26,8 @@ pub enum PolicyError {
 struct Scoped {
     namespace: String,
     selector: Option<BTreeMap<String, String>>,
+    /// `namespace/name` of the workloads it applies to, when the control plane resolved them.
+    workloads: Option<BTreeSet<String>>,
     policy: authz::Policy,
 }
 
@@ -76,6 +81,9 @@ impl Policies {
     }
 
     fn applies(&self, scoped: &Scoped, conn: &ConnectionInfo) -> bool {
+        if let Some(workloads) = &scoped.workloads {
+            return workloads.contains(&format!("{}/{}", conn.dest_namespace, conn.dest_workload));
+        }
         let namespace_ok =
             scoped.namespace == conn.dest_namespace || scoped.namespace == self.root_namespace;
         let selector_ok = scoped.selector.as_ref().is_none_or(|selector| {
@@ -94,9 +102,12 @@ fn compile_policy(config: &PolicyConfig) -> Result<Scoped, PolicyError> {
         .iter()
         .map(|r| compile_rule(&key, r))
         .collect::<Result<_, _>>()?;
+    let workloads = (!config.workloads.is_empty())
+        .then(|| config.workloads.iter().cloned().collect::<BTreeSet<_>>());
     Ok(Scoped {
         namespace: config.namespace.clone(),
         selector: config.selector.clone(),
+        workloads,
         policy: authz::Policy {
             action: match config.action {
                 PolicyAction::Allow => Action::Allow,

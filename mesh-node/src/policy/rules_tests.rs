@@ -189,3 +189,16 @@ fn invalid_ip_block_rejects_the_policy() {
     let err = Policies::compile("istio-system", &configs).unwrap_err();
     assert!(err.to_string().contains("not-an-ip"), "{err}");
 }
+
+#[test]
+fn resolved_workload_lists_scope_instead_of_labels() {
+    // An allow-nothing policy bound by the control plane to data/db-0 only.
+    let bound = policies("[{name: p, namespace: data, workloads: [data/db-0]}]");
+    let db = conn(Some(FRONTEND), "10.0.0.9", "data", "db", 5432);
+    let cache = conn(Some(FRONTEND), "10.0.0.9", "data", "cache", 6379);
+    assert!(!bound.evaluate(&db).is_allowed(), "db-0 is in the list");
+    assert!(
+        bound.evaluate(&cache).is_allowed(),
+        "cache-0 is not, whatever its namespace"
+    );
+}

@@ -1,0 +1,388 @@
+//! From a control-plane [`MeshSnapshot`] to the node's mesh description ([`Config`]), so the feed
+//! and a static file go through the same validation ([`crate::state::State::from_config`]).
+//!
+//! Fail closed wherever the snapshot asks for something the node cannot do:
+//! - a service bound to a waypoint that does not resolve is left out (its VIP then leads
+//!   nowhere), and so is a remote workload in that case; a local one keeps its certificate and
+//!   capture but loses the binding, with a warning;
+//! - a policy rule needing attributes the node cannot see (`when`, hosts, methods, paths) is
+//!   dropped from an ALLOW policy and loses those parts in a DENY policy;
+//! - a policy that does not convert becomes deny-all in its scope.
+//!
+//! Workloads outside the mesh (`TUNNEL_PROTOCOL_NONE`) are not part of the node's mesh: traffic
+//! to them passes through as plain TCP.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use mesh_core::proto::control::v1 as pb;
+
+use super::MeshSnapshot;
+use crate::config::{
+    Config, MtlsMode, OperationConfig, PeerAuthentication, PolicyAction, PolicyConfig, RuleConfig,
+    ServiceConfig, ServicePortConfig, SourceConfig, WaypointConfig, WorkloadConfig,
+};
+
+/// `base` (this node's own settings: name, listeners, CA) with the mesh from `snapshot`, and the
+/// warnings about what was left out.
+pub fn mesh_config(base: &Config, snapshot: &MeshSnapshot) -> (Config, Vec<String>) {
+    let mut warnings = Vec::new();
+    let in_mesh: BTreeMap<&str, &pb::Workload> = snapshot
+        .workloads
+        .iter()
+        .filter(|(_, w)| w.tunnel == pb::TunnelProtocol::Hbone as i32)
+        .map(|(uid, w)| (uid.as_str(), w))
+        .collect();
+    let waypoints = resolve_waypoints(snapshot, &in_mesh, &mut warnings);
+    let mut config = base.clone();
+    config.workloads = workloads(base, &in_mesh, &waypoints, &mut warnings);
+    config.services = services(snapshot, &in_mesh, &waypoints, &mut warnings);
+    // Endpoints must be workloads the node kept.
+    let kept: BTreeSet<IpAddr> = config.workloads.iter().map(|w| w.ip).collect();
+    for service in &mut config.services {
+        service.endpoints.retain(|ip| kept.contains(ip));
+    }
+    config.waypoints = waypoints.into_values().collect();
+    config.peer_authentication = peer_authentication(&in_mesh);
+    config.authorization_policies = snapshot
+        .authorizations
+        .values()
+        .filter_map(|policy| authorization(base, snapshot, policy, &mut warnings))
+        .collect();
+    (config, warnings)
+}
+
+fn address(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes)
+            .ok()
+            .map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+        16 => <[u8; 16]>::try_from(bytes)
+            .ok()
+            .map(|b| IpAddr::V6(Ipv6Addr::from(b))),
+        _ => None,
+    }
+}
+
+/// Waypoints that can be reached and whose identity is known, by `namespace/name`.
+fn resolve_waypoints(
+    snapshot: &MeshSnapshot,
+    in_mesh: &BTreeMap<&str, &pb::Workload>,
+    warnings: &mut Vec<String>,
+) -> BTreeMap<String, WaypointConfig> {
+    let refs = in_mesh.values().filter_map(|w| w.waypoint.as_ref()).chain(
+        snapshot
+            .services
+            .values()
+            .filter_map(|s| s.waypoint.as_ref()),
+    );
+    let mut resolved = BTreeMap::new();
+    for waypoint in refs {
+        let key = format!("{}/{}", waypoint.namespace, waypoint.name);
+        if resolved.contains_key(&key) {
+            continue;
+        }
+        match resolve_waypoint(snapshot, waypoint) {
+            Some(config) => {
+                resolved.insert(key, config);
+            }
+            None => warnings.push(format!(
+                "waypoint {key} does not resolve; traffic bound to it is refused"
+            )),
+        }
+    }
+    resolved
+}
+
+fn resolve_waypoint(snapshot: &MeshSnapshot, waypoint: &pb::WaypointRef) -> Option<WaypointConfig> {
+    let ip = address(&waypoint.address)?;
+    let port = u16::try_from(waypoint.hbone_port)
+        .ok()
+        .filter(|p| *p != 0)?;
+    // Its identity: the service account of a pod behind the waypoint's service.
+    let service = snapshot
+        .services
+        .values()
+        .find(|s| s.name == waypoint.name && s.namespace == waypoint.namespace)?;
+    let pod = service
+        .endpoints
+        .iter()
+        .find_map(|e| snapshot.workloads.get(&e.workload_uid))?;
+    Some(WaypointConfig {
+        name: waypoint.name.clone(),
+        namespace: waypoint.namespace.clone(),
+        service_account: pod.service_account.clone(),
+        address: SocketAddr::new(ip, port),
+    })
+}
+
+/// The waypoint name to bind, or `Err` when the binding cannot be honoured.
+fn binding(
+    waypoint: Option<&pb::WaypointRef>,
+    owner_namespace: &str,
+    waypoints: &BTreeMap<String, WaypointConfig>,
+) -> Result<Option<String>, ()> {
+    let Some(waypoint) = waypoint else {
+        return Ok(None);
+    };
+    let key = format!("{}/{}", waypoint.namespace, waypoint.name);
+    // The node config binds waypoints by name in the owner's namespace.
+    match waypoints.get(&key) {
+        Some(_) if waypoint.namespace == owner_namespace => Ok(Some(waypoint.name.clone())),
+        _ => Err(()),
+    }
+}
+
+fn workloads(
+    base: &Config,
+    in_mesh: &BTreeMap<&str, &pb::Workload>,
+    waypoints: &BTreeMap<String, WaypointConfig>,
+    warnings: &mut Vec<String>,
+) -> Vec<WorkloadConfig> {
+    let mut out = Vec::new();
+    for (uid, w) in in_mesh {
+        let Some(ip) = w.addresses.first().and_then(|a| address(a)) else {
+            warnings.push(format!("workload {uid} has no usable address; left out"));
+            continue;
+        };
+        let local = w.node == base.node_name;
+        let waypoint = match binding(w.waypoint.as_ref(), &w.namespace, waypoints) {
+            Ok(waypoint) => waypoint,
+            Err(()) if local => {
+                warnings.push(format!(
+                    "workload {uid}: waypoint unresolved; bound to none"
+                ));
+                None
+            }
+            Err(()) => {
+                warnings.push(format!("workload {uid}: waypoint unresolved; left out"));
+                continue;
+            }
+        };
+        out.push(WorkloadConfig {
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            service_account: w.service_account.clone(),
+            ip,
+            node: w.node.clone(),
+            labels: w.labels.clone().into_iter().collect(),
+            waypoint,
+        });
+    }
+    out
+}
+
+fn services(
+    snapshot: &MeshSnapshot,
+    in_mesh: &BTreeMap<&str, &pb::Workload>,
+    waypoints: &BTreeMap<String, WaypointConfig>,
+    warnings: &mut Vec<String>,
+) -> Vec<ServiceConfig> {
+    let mut out = Vec::new();
+    for (key, s) in &snapshot.services {
+        let Some(vip) = s.vips.first().and_then(|a| address(a)) else {
+            continue; // Headless or external: nothing to capture by address.
+        };
+        let Ok(waypoint) = binding(s.waypoint.as_ref(), &s.namespace, waypoints) else {
+            warnings.push(format!("service {key}: waypoint unresolved; left out"));
+            continue;
+        };
+        let ports = s
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let port = u16::try_from(p.port).ok().filter(|p| *p != 0)?;
+                let target = u16::try_from(p.target_port).ok().filter(|p| *p != 0);
+                Some(ServicePortConfig {
+                    port,
+                    target_port: target,
+                })
+            })
+            .collect();
+        let endpoints = s
+            .endpoints
+            .iter()
+            .filter_map(|e| in_mesh.get(e.workload_uid.as_str()))
+            .filter_map(|w| w.addresses.first().and_then(|a| address(a)))
+            .collect();
+        out.push(ServiceConfig {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            vip,
+            ports,
+            endpoints,
+            waypoint,
+        });
+    }
+    out
+}
+
+/// Per-namespace mode: STRICT when any workload of the namespace is (the node config has no
+/// per-workload or per-port modes yet, so the stricter one wins).
+fn peer_authentication(in_mesh: &BTreeMap<&str, &pb::Workload>) -> PeerAuthentication {
+    let mut namespaces = BTreeMap::new();
+    for w in in_mesh.values() {
+        let strict = w.mtls == pb::MtlsMode::Strict as i32;
+        let mode = namespaces
+            .entry(w.namespace.clone())
+            .or_insert(MtlsMode::Permissive);
+        if strict {
+            *mode = MtlsMode::Strict;
+        }
+    }
+    PeerAuthentication {
+        mode: MtlsMode::Permissive,
+        namespaces,
+    }
+}
+
+fn authorization(
+    base: &Config,
+    snapshot: &MeshSnapshot,
+    policy: &pb::Authorization,
+    warnings: &mut Vec<String>,
+) -> Option<PolicyConfig> {
+    let (namespace, workloads) = match pb::PolicyScope::try_from(policy.scope) {
+        Ok(pb::PolicyScope::Global) => (base.root_namespace.clone(), Vec::new()),
+        Ok(pb::PolicyScope::Namespace) => (policy.namespace.clone(), Vec::new()),
+        Ok(pb::PolicyScope::WorkloadSelector) => {
+            (policy.namespace.clone(), selected(snapshot, &policy.key))
+        }
+        // Enforced by waypoints; unknown scopes are for a newer node.
+        Ok(pb::PolicyScope::Targeted) | Err(_) => return None,
+    };
+    if policy.scope == pb::PolicyScope::WorkloadSelector as i32 && workloads.is_empty() {
+        return None; // Selects no workload.
+    }
+    let action = match pb::PolicyAction::try_from(policy.action) {
+        Ok(pb::PolicyAction::Allow) => PolicyAction::Allow,
+        Ok(pb::PolicyAction::Deny) => PolicyAction::Deny,
+        Ok(pb::PolicyAction::Audit) => return None,
+        Err(_) => {
+            warnings.push(format!(
+                "policy {}: unknown action; denying its scope",
+                policy.key
+            ));
+            return Some(deny_all(policy, namespace, workloads));
+        }
+    };
+    let mut rules = Vec::new();
+    for rule in &policy.rules {
+        match convert_rule(rule, action) {
+            Ok(Some(rule)) => rules.push(rule),
+            Ok(None) => {}
+            Err(reason) => {
+                warnings.push(format!(
+                    "policy {}: {reason}; denying its scope",
+                    policy.key
+                ));
+                return Some(deny_all(policy, namespace, workloads));
+            }
+        }
+    }
+    Some(PolicyConfig {
+        name: policy.name.clone(),
+        namespace,
+        selector: None,
+        workloads,
+        action,
+        rules,
+    })
+}
+
+/// `namespace/name` of the workloads that list `key` among their policies.
+fn selected(snapshot: &MeshSnapshot, key: &str) -> Vec<String> {
+    snapshot
+        .workloads
+        .values()
+        .filter(|w| w.authorization_policies.iter().any(|p| p == key))
+        .map(|w| format!("{}/{}", w.namespace, w.name))
+        .collect()
+}
+
+fn deny_all(policy: &pb::Authorization, namespace: String, workloads: Vec<String>) -> PolicyConfig {
+    PolicyConfig {
+        name: policy.name.clone(),
+        namespace,
+        selector: None,
+        workloads,
+        action: PolicyAction::Deny,
+        rules: vec![RuleConfig::default()],
+    }
+}
+
+/// `Ok(None)`: an ALLOW rule the node cannot evaluate (dropped).
+fn convert_rule(rule: &pb::Rule, action: PolicyAction) -> Result<Option<RuleConfig>, String> {
+    let needs_l7 = !rule.when.is_empty()
+        || rule.to.iter().any(|t| {
+            [
+                &t.hosts,
+                &t.not_hosts,
+                &t.methods,
+                &t.not_methods,
+                &t.paths,
+                &t.not_paths,
+            ]
+            .iter()
+            .any(|list| !list.is_empty())
+        });
+    if needs_l7 && action == PolicyAction::Allow {
+        return Ok(None);
+    }
+    let from = rule
+        .from
+        .iter()
+        .map(|s| {
+            Ok(SourceConfig {
+                principals: s.principals.clone(),
+                not_principals: s.not_principals.clone(),
+                namespaces: s.namespaces.clone(),
+                not_namespaces: s.not_namespaces.clone(),
+                ip_blocks: cidrs(&s.ip_blocks)?,
+                not_ip_blocks: cidrs(&s.not_ip_blocks)?,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let to = rule
+        .to
+        .iter()
+        .map(|t| {
+            Ok(OperationConfig {
+                ports: ports(&t.ports)?,
+                not_ports: ports(&t.not_ports)?,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Some(RuleConfig { from, to }))
+}
+
+fn cidrs(wire: &[pb::Cidr]) -> Result<Vec<String>, String> {
+    wire.iter()
+        .map(|c| {
+            let ip = address(&c.address)
+                .ok_or_else(|| format!("bad cidr address of {} bytes", c.address.len()))?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            if c.prefix_len > max {
+                return Err(format!("bad cidr prefix /{}", c.prefix_len));
+            }
+            Ok(format!("{ip}/{}", c.prefix_len))
+        })
+        .collect()
+}
+
+fn ports(wire: &[u32]) -> Result<Vec<u16>, String> {
+    wire.iter()
+        .map(|p| {
+            u16::try_from(*p)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("bad port {p}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "convert_tests.rs"]
+mod tests;

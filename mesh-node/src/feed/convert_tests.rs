@@ -1,0 +1,245 @@
+//! Snapshot to node config: what is kept, what is left out, and that the result validates.
+
+use super::*;
+use crate::state::State;
+
+fn workload(name: &str, node: &str, ip: [u8; 4], in_mesh: bool) -> pb::Workload {
+    pb::Workload {
+        uid: format!("demo/{name}"),
+        name: name.into(),
+        namespace: "demo".into(),
+        addresses: vec![ip.to_vec()],
+        node: node.into(),
+        service_account: name.into(),
+        tunnel: if in_mesh {
+            pb::TunnelProtocol::Hbone
+        } else {
+            pb::TunnelProtocol::None
+        } as i32,
+        mtls: pb::MtlsMode::Strict as i32,
+        labels: [("app".to_string(), name.to_string())].into(),
+        ..Default::default()
+    }
+}
+
+fn service(
+    name: &str,
+    vip: [u8; 4],
+    endpoints: &[&str],
+    waypoint: Option<pb::WaypointRef>,
+) -> pb::Service {
+    pb::Service {
+        key: format!("demo/{name}.demo.svc.cluster.local"),
+        name: name.into(),
+        namespace: "demo".into(),
+        hostname: format!("{name}.demo.svc.cluster.local"),
+        vips: vec![vip.to_vec()],
+        ports: vec![pb::ServicePort {
+            port: 80,
+            target_port: 8080,
+            protocol: "http".into(),
+        }],
+        endpoints: endpoints
+            .iter()
+            .map(|uid| pb::Endpoint {
+                workload_uid: uid.to_string(),
+                ports: Default::default(),
+            })
+            .collect(),
+        waypoint,
+    }
+}
+
+fn policy(
+    key: &str,
+    scope: pb::PolicyScope,
+    action: pb::PolicyAction,
+    rules: Vec<pb::Rule>,
+) -> pb::Authorization {
+    let (namespace, name) = key.split_once('/').unwrap();
+    pb::Authorization {
+        key: key.into(),
+        name: name.into(),
+        namespace: namespace.into(),
+        scope: scope as i32,
+        action: action as i32,
+        rules,
+        ..Default::default()
+    }
+}
+
+fn base() -> Config {
+    Config::from_yaml("node_name: n1\n").unwrap()
+}
+
+fn snapshot() -> MeshSnapshot {
+    let mut backend = workload("backend", "n2", [10, 0, 2, 1], true);
+    backend.authorization_policies = vec!["demo/backend-callers".into()];
+    let workloads = [
+        workload("client", "n1", [10, 0, 1, 1], true),
+        backend,
+        workload("outsider", "n1", [10, 0, 1, 9], false),
+    ];
+    let unresolved = pb::WaypointRef {
+        namespace: "demo".into(),
+        name: "ghost".into(),
+        address: vec![],
+        hbone_port: 15008,
+    };
+    let services = [
+        service(
+            "backend",
+            [10, 96, 0, 20],
+            &["demo/backend", "demo/outsider"],
+            None,
+        ),
+        service(
+            "website",
+            [10, 96, 0, 10],
+            &["demo/client"],
+            Some(unresolved),
+        ),
+    ];
+    let allow_client = pb::Rule {
+        from: vec![pb::SourceMatch {
+            principals: vec!["cluster.local/ns/demo/sa/client".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let allow_get_only = pb::Rule {
+        to: vec![pb::DestinationMatch {
+            methods: vec!["GET".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let policies = [
+        policy(
+            "demo/backend-callers",
+            pb::PolicyScope::WorkloadSelector,
+            pb::PolicyAction::Allow,
+            vec![allow_client, allow_get_only],
+        ),
+        policy(
+            "demo/waypoint-only",
+            pb::PolicyScope::Targeted,
+            pb::PolicyAction::Deny,
+            vec![pb::Rule::default()],
+        ),
+    ];
+    MeshSnapshot {
+        feed_id: "f".into(),
+        version: 1,
+        workloads: workloads.into_iter().map(|w| (w.uid.clone(), w)).collect(),
+        services: services.into_iter().map(|s| (s.key.clone(), s)).collect(),
+        authorizations: policies.into_iter().map(|p| (p.key.clone(), p)).collect(),
+    }
+}
+
+#[test]
+fn snapshot_becomes_a_valid_node_config() {
+    let (config, warnings) = mesh_config(&base(), &snapshot());
+    let names: Vec<&str> = config.workloads.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["backend", "client"],
+        "the workload outside the mesh is not in the mesh"
+    );
+    let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        services,
+        ["backend"],
+        "a service behind an unresolved waypoint is left out"
+    );
+    assert_eq!(
+        config.services[0].endpoints,
+        ["10.0.2.1".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(config.services[0].ports[0].target_port, Some(8080));
+    assert_eq!(
+        config.peer_authentication.namespaces.get("demo"),
+        Some(&MtlsMode::Strict)
+    );
+    assert!(warnings.iter().any(|w| w.contains("ghost")), "{warnings:?}");
+
+    assert_eq!(
+        config.authorization_policies.len(),
+        1,
+        "waypoint-targeted policies are not the node's"
+    );
+    let policy = &config.authorization_policies[0];
+    assert_eq!(policy.workloads, ["demo/backend"]);
+    assert_eq!(
+        policy.rules.len(),
+        1,
+        "the L7 ALLOW rule is dropped at the node"
+    );
+
+    State::from_config(&config).expect("the converted config validates");
+}
+
+#[test]
+fn malformed_policy_denies_its_scope() {
+    let mut snapshot = snapshot();
+    let bad = pb::Rule {
+        from: vec![pb::SourceMatch {
+            ip_blocks: vec![pb::Cidr {
+                address: vec![10, 0, 0],
+                prefix_len: 8,
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let broken = policy(
+        "demo/broken",
+        pb::PolicyScope::Namespace,
+        pb::PolicyAction::Allow,
+        vec![bad],
+    );
+    snapshot.authorizations.insert(broken.key.clone(), broken);
+    let (config, warnings) = mesh_config(&base(), &snapshot);
+    let denied = config
+        .authorization_policies
+        .iter()
+        .find(|p| p.name == "broken")
+        .unwrap();
+    assert_eq!(denied.action, PolicyAction::Deny);
+    assert_eq!(denied.rules.len(), 1);
+    assert!(
+        warnings.iter().any(|w| w.contains("demo/broken")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn l7_parts_of_deny_rules_are_dropped_so_they_deny_more() {
+    let mut snapshot = snapshot();
+    let deny_admin = pb::Rule {
+        to: vec![pb::DestinationMatch {
+            ports: vec![8080],
+            paths: vec!["/admin".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let deny = policy(
+        "demo/no-admin",
+        pb::PolicyScope::Namespace,
+        pb::PolicyAction::Deny,
+        vec![deny_admin],
+    );
+    snapshot.authorizations.insert(deny.key.clone(), deny);
+    let (config, _) = mesh_config(&base(), &snapshot);
+    let deny = config
+        .authorization_policies
+        .iter()
+        .find(|p| p.name == "no-admin")
+        .unwrap();
+    assert_eq!(
+        deny.rules[0].to[0].ports,
+        [8080],
+        "the port part stays: the whole port is denied"
+    );
+}
