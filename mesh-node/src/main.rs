@@ -48,6 +48,10 @@ struct Args {
     /// namespace); /run/netns is always scanned.
     #[arg(long)]
     scan_proc: bool,
+    /// This node's name, overriding `node_name` in the config file (a DaemonSet sets it from
+    /// `spec.nodeName`).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
     /// Follow mesh-control's node feed at this address (e.g. `http://10.0.0.1:15012`): workloads,
     /// services and policies then come from the control plane, and the config file only needs
     /// this node's own settings. Authenticates with the token in `ca.token_file`.
@@ -63,7 +67,10 @@ async fn main() -> anyhow::Result<()> {
     // Before any start-up work: an early SIGTERM must drain, not kill.
     let mut signals = signal::ShutdownSignals::install()?;
     telemetry::init(&args.log)?;
-    let config = Config::from_file(&args.config)?;
+    let mut config = Config::from_file(&args.config)?;
+    if let Some(name) = &args.node_name {
+        config.node_name = name.clone();
+    }
     tracing::info!(config = ?config, "mesh-node starting");
     let wanted = enrollment::wanted_from_config(&config);
     let base = config.clone();

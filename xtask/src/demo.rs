@@ -54,7 +54,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         example_dir: workspace::root().join("deploy/examples/website"),
     };
     let mesh = show.step(
-        "start two nodes, seven pods, mesh-control (CA + config) and a mesh-node per node",
+        "start two nodes, seven pods, mesh-control (config + CA) and a mesh-node per node",
         || MeshLab::start(options),
     )?;
     describe(&mesh);
@@ -111,7 +111,7 @@ fn walk_through(show: &mut Walkthrough, mesh: &MeshLab) -> anyhow::Result<()> {
         },
     )?;
     show.step(
-        "guest (enrolled, not allowed by AuthorizationPolicy) calls backend",
+        "guest (enrolled, not allowed by 20-policy.yaml's AuthorizationPolicy) calls backend",
         || {
             print_indented(&mesh.get("guest", BACKEND_VIP, &["--timeout-ms", "3000"])?);
             for line in wait_for_access_lines(mesh, "mesh-node-n1", "src.workload=guest", 1) {
