@@ -8,8 +8,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ipnet::IpNet;
-
 use crate::enrollment::WaypointName;
 
 /// A waypoint binding, resolved to the waypoint service's address when it exists.
@@ -162,65 +160,11 @@ pub struct Authorization {
     pub has_l7: bool,
 }
 
-/// One rule: every non-empty part must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuthRule {
-    /// Sources; any may match (empty: any source).
-    pub from: Vec<SourceMatch>,
-    /// Destinations; any may match (empty: any destination).
-    pub to: Vec<DestinationMatch>,
-    /// Conditions; all must match.
-    pub when: Vec<AuthCondition>,
-}
-
-/// A source match.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SourceMatch {
-    /// Principals (`<td>/ns/<ns>/sa/<sa>`, `*` at either end).
-    pub principals: Vec<String>,
-    /// Excluded principals.
-    pub not_principals: Vec<String>,
-    /// Namespaces.
-    pub namespaces: Vec<String>,
-    /// Excluded namespaces.
-    pub not_namespaces: Vec<String>,
-    /// Source networks.
-    pub ip_blocks: Vec<IpNet>,
-    /// Excluded source networks.
-    pub not_ip_blocks: Vec<IpNet>,
-}
-
-/// A destination match (ports at L4; hosts, methods, paths at L7).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DestinationMatch {
-    /// Ports.
-    pub ports: Vec<u16>,
-    /// Excluded ports.
-    pub not_ports: Vec<u16>,
-    /// Hosts (L7).
-    pub hosts: Vec<String>,
-    /// Excluded hosts (L7).
-    pub not_hosts: Vec<String>,
-    /// Methods (L7).
-    pub methods: Vec<String>,
-    /// Excluded methods (L7).
-    pub not_methods: Vec<String>,
-    /// Paths (L7).
-    pub paths: Vec<String>,
-    /// Excluded paths (L7).
-    pub not_paths: Vec<String>,
-}
-
-/// A `when` condition (key as in Istio, e.g. `request.headers[x-user]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuthCondition {
-    /// Attribute.
-    pub key: String,
-    /// Accepted values.
-    pub values: Vec<String>,
-    /// Rejected values.
-    pub not_values: Vec<String>,
-}
+// The rule parts of a policy are the shared evaluator's types, so what mesh-control translates is
+// exactly what nodes and waypoints evaluate.
+pub use mesh_core::authz::{
+    Condition as AuthCondition, OperationMatch as DestinationMatch, Rule as AuthRule, SourceMatch,
+};
 
 /// A string match in a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
