@@ -1,16 +1,10 @@
 //! The HTTP endpoint: `/healthz/ready` (200 once config is synced, else 503) and `/metrics`
-//! (Prometheus text), served under the drain primitive with a header-read timeout.
+//! (Prometheus text), served by the shared `mesh_core::ops` endpoint.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use mesh_core::drain::DrainWatch;
+use mesh_core::ops::{self, OpsRoutes, Page, Readiness};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -102,59 +96,17 @@ impl Metrics {
     }
 }
 
-fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-}
+/// Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-fn handle(hub: &Hub, metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    match request.uri().path() {
-        "/healthz/ready" if hub.is_ready() => reply(StatusCode::OK, "ready\n".into()),
-        "/healthz/ready" => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "config not synced yet\n".into(),
-        ),
-        "/metrics" => reply(StatusCode::OK, metrics.render(hub)),
-        _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
-    }
-}
-
-/// Serves until drain.
-pub async fn serve(
-    listener: TcpListener,
-    hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
-    mut drain: DrainWatch,
-) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "http accept failed");
-                    continue;
-                }
-            },
-            () = drain.signaled() => return,
-        };
-        let (hub, metrics, mut conn_drain) =
-            (Arc::clone(&hub), Arc::clone(&metrics), drain.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let response = handle(&hub, &metrics, &request);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = connection => if let Err(err) = result {
-                    tracing::debug!(%peer, error = %err, "http connection ended with error");
-                },
-                () = conn_drain.signaled() => {}
-            }
-        });
-    }
+/// Serves `/healthz/ready` (200 once the config is synced, else 503) and `/metrics` until the
+/// drain starts, on the shared ops endpoint.
+pub async fn serve(listener: TcpListener, hub: Arc<Hub>, metrics: Arc<Metrics>, drain: DrainWatch) {
+    let synced = Arc::clone(&hub);
+    let readiness = Readiness::with_check(Arc::new(move || synced.is_ready()));
+    let page: Page = Arc::new(move || (PROMETHEUS_TEXT, metrics.render(&hub)));
+    let routes = OpsRoutes::default()
+        .readiness(readiness)
+        .page("/metrics", page);
+    ops::serve(listener, routes, drain).await;
 }
