@@ -109,6 +109,7 @@ impl MeshLab {
                 .collect(),
         };
         let lab = Lab::create(&spec, &options.work_dir.join("logs"))?;
+        copy_dir(&options.example_dir, &options.work_dir.join("config"))?;
         lab.steer_pod_port_to_node(HBONE_PORT)?;
         let mut mesh = Self { lab, options };
         mesh.write_ca()?;
@@ -164,6 +165,11 @@ impl MeshLab {
         run_quiet(&mut req, "openssl req (demo root certificate)")
     }
 
+    /// The directory mesh-control reads: a copy of the example, so tests may change it.
+    pub fn config_dir(&self) -> PathBuf {
+        self.file("config")
+    }
+
     /// Stops mesh-control (SIGTERM); nodes keep serving with the config they have.
     pub fn stop_control(&mut self) -> anyhow::Result<()> {
         self.lab.stop("mesh-control", Duration::from_secs(10))
@@ -182,7 +188,7 @@ impl MeshLab {
         let http = format!("0.0.0.0:{CONTROL_HTTP_PORT}");
         let args = [
             "--config-dir".to_string(),
-            self.options.example_dir.display().to_string(),
+            self.config_dir().display().to_string(),
             "--grpc-listen".into(),
             grpc,
             "--http-listen".into(),
@@ -354,6 +360,19 @@ impl MeshLab {
 fn pod_ip(pod: &SamplePod, index: usize) -> Ipv4Addr {
     let node: u8 = if pod.node == "n1" { 1 } else { 2 };
     Ipv4Addr::new(10, 211, node, (index + 11) as u8)
+}
+
+/// Copies the YAML files of `from` into `to` (created).
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("read {}", from.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let name = path.file_name().context("file name")?;
+            std::fs::copy(&path, to.join(name))?;
+        }
+    }
+    Ok(())
 }
 
 fn openssl(args: &[&str], out: &Path) -> anyhow::Result<()> {

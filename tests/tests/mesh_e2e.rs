@@ -14,6 +14,24 @@ use weft_tests::{
     mesh::{MeshLab, MeshLabOptions, BACKEND_VIP},
 };
 
+/// A file that is not valid YAML, and a Service whose cluster IP is not an address.
+const BROKEN_CONFIG: &str = "apiVersion: v1
+kind: Service
+metadata: {name: nonsense, namespace: demo}
+spec: {clusterIP: not-an-ip, ports: [{port: 80}]}
+---
+this: is: not: yaml: [
+";
+
+/// A policy with an action Istio does not have.
+const BROKEN_POLICY: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: broken, namespace: demo}
+spec:
+  action: MAYBE
+  rules: [{}]
+";
+
 /// Polls `done` every 100 ms until it holds or `limit` passes.
 fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -54,6 +72,14 @@ fn sample_mesh_carries_policy_checked_mtls_traffic() {
         "client -> backend: {answers}"
     );
 
+    // Same node: client and website-v1 both run on n1 (the website calls backend on n2).
+    let website_v1 = format!("{}:8080", mesh.pod_ip("website-v1").unwrap());
+    let same_node = mesh.get("client", &website_v1, &[]).unwrap();
+    assert!(
+        same_node.starts_with("200 website v1 -> 200 backend v1"),
+        "same node: {same_node}"
+    );
+
     // The destination tunnel saw the client's SPIFFE identity over mTLS.
     let n2_log = mesh.log("mesh-node-n2");
     assert!(
@@ -82,6 +108,56 @@ fn sample_mesh_carries_policy_checked_mtls_traffic() {
     assert!(
         metrics.contains("istio_tcp_connections_opened_total"),
         "{metrics}"
+    );
+
+    // Broken config is rejected with a message naming the file; the rest of the config and the
+    // traffic are untouched.
+    let broken = mesh.config_dir().join("98-broken.yaml");
+    std::fs::write(&broken, BROKEN_CONFIG).unwrap();
+    let rejected = wait_until(Duration::from_secs(15), || {
+        mesh.log("mesh-control").contains("98-broken.yaml")
+    });
+    assert!(
+        rejected,
+        "mesh-control did not report the broken file:\n{}",
+        mesh.log("mesh-control")
+    );
+    let still = mesh
+        .get("client", BACKEND_VIP, &["--count", "3", "--summary"])
+        .unwrap();
+    assert!(
+        still.contains("3 x 200 backend v1"),
+        "after bad config: {still}"
+    );
+    let guest = mesh
+        .get("guest", BACKEND_VIP, &["--timeout-ms", "3000"])
+        .unwrap();
+    assert!(
+        !guest.starts_with("200"),
+        "policy lost after bad config: {guest}"
+    );
+    std::fs::remove_file(&broken).unwrap();
+
+    // A broken AuthorizationPolicy fails closed: its namespace is denied until it is fixed.
+    let broken_policy = mesh.config_dir().join("99-broken-policy.yaml");
+    std::fs::write(&broken_policy, BROKEN_POLICY).unwrap();
+    let denied = wait_until(Duration::from_secs(15), || {
+        let out = mesh
+            .get("client", BACKEND_VIP, &["--timeout-ms", "2000"])
+            .unwrap_or_default();
+        out.starts_with("error")
+    });
+    assert!(denied, "a broken policy did not deny its namespace");
+    std::fs::remove_file(&broken_policy).unwrap();
+    let recovered = wait_until(Duration::from_secs(15), || {
+        let out = mesh
+            .get("client", BACKEND_VIP, &["--timeout-ms", "2000"])
+            .unwrap_or_default();
+        out.starts_with("200 backend v1")
+    });
+    assert!(
+        recovered,
+        "traffic did not recover once the broken policy was removed"
     );
 
     // The control plane goes away: nodes keep their last config and traffic keeps flowing;
