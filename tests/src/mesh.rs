@@ -14,12 +14,15 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context};
 
-use crate::lab::{Lab, LabSpec, PodSpec};
+use crate::{
+    lab::{Lab, LabSpec, PodSpec},
+    wait::retry_until_200,
+};
 
 /// Port every sample app listens on.
 pub const APP_PORT: u16 = 8080;
@@ -274,23 +277,14 @@ impl MeshLab {
 
     /// The client reaches `backend` by its service IP, which only the mesh can route.
     fn wait_for_mesh_path(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let answer = self.get("client", BACKEND_VIP, &["--timeout-ms", "2000"]);
-            match answer {
-                Ok(out) if out.starts_with("200") => return Ok(()),
-                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-                Ok(out) => bail!(
-                    "client -> backend through the mesh answered {out:?}; logs in {}",
-                    self.lab.log_dir().display()
-                ),
-                Err(error) => {
-                    return Err(error.context(format!(
-                        "client -> backend; logs in {}",
-                        self.lab.log_dir().display()
-                    )))
-                }
-            }
+        let logs = self.lab.log_dir().display();
+        let answer = retry_until_200(READY_TIMEOUT, || {
+            self.get("client", BACKEND_VIP, &["--timeout-ms", "2000"])
+        });
+        match answer {
+            Ok(out) if out.starts_with("200") => Ok(()),
+            Ok(out) => bail!("client -> backend through the mesh answered {out:?}; logs in {logs}"),
+            Err(error) => Err(error.context(format!("client -> backend; logs in {logs}"))),
         }
     }
 
@@ -332,22 +326,17 @@ impl MeshLab {
     }
 
     fn wait_http_ok(&self, node: &str, target: &str, path: &str, what: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            match self.node_get(node, target, path) {
-                Ok(out) if out.starts_with("200") => return Ok(()),
-                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-                result => {
-                    let log = self.log(what);
-                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                    let tail: Vec<&str> = tail.into_iter().rev().collect();
-                    bail!(
-                        "{what} not ready at {target}{path} ({result:?}); last log lines:\n{}",
-                        tail.join("\n")
-                    )
-                }
-            }
+        let result = retry_until_200(READY_TIMEOUT, || self.node_get(node, target, path));
+        if matches!(&result, Ok(out) if out.starts_with("200")) {
+            return Ok(());
         }
+        let log = self.log(what);
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "{what} not ready at {target}{path} ({result:?}); last log lines:\n{}",
+            tail.join("\n")
+        )
     }
 
     /// Where process logs are.

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use weft_tests::bins;
+use weft_tests::{bins, wait::wait_until};
 
 /// Binaries and a phrase their `--help` must contain.
 const BINARIES: &[(&str, &str)] = &[
@@ -130,13 +130,13 @@ fn wait_with_deadline(
     child: &mut std::process::Child,
     deadline: Duration,
 ) -> Option<std::process::ExitStatus> {
-    let started = std::time::Instant::now();
-    while started.elapsed() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let mut status = None;
+    wait_until(deadline, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
     }
-    let _ = child.kill();
-    None
+    status
 }

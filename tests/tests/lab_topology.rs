@@ -1,9 +1,15 @@
 //! The lab harness itself, on the real kernel (root): pods on different nodes reach each other
 //! through the fabric, and teardown leaves no namespace or cgroup behind.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use weft_tests::lab::{cgroup::cgroup2_mount, netns::list_with_prefix, Lab, LabSpec, PodSpec};
+use weft_tests::{
+    lab::{cgroup::cgroup2_mount, netns::list_with_prefix, Lab, LabSpec, PodSpec},
+    wait::retry_until_200,
+};
 
 fn app() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft-lab-app"))
@@ -92,14 +98,8 @@ fn pods_on_two_nodes_talk_and_teardown_is_complete() {
 
 /// The server needs a moment to bind: retry for up to five seconds.
 fn retry_get(lab: &Lab, from: &str, target: &str) -> String {
-    let mut last = String::new();
-    for _ in 0..50 {
-        match lab.run_in_pod(from, &app(), &["get", target]) {
-            Ok(out) if out.starts_with("200") => return out,
-            Ok(out) => last = out,
-            Err(error) => last = format!("{error:#}"),
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    last
+    let answer = retry_until_200(Duration::from_secs(5), || {
+        lab.run_in_pod(from, &app(), &["get", target])
+    });
+    answer.unwrap_or_else(|error| format!("{error:#}"))
 }

@@ -3,15 +3,13 @@
 //! through the mesh with mTLS identities; policy from the example's AuthorizationPolicy and
 //! STRICT mode are enforced; the mesh survives a control-plane restart and a node restart.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, time::Duration};
 
 use weft_tests::{
     bins,
     lab::{cgroup::cgroup2_mount, netns::list_with_prefix},
     mesh::{MeshLab, MeshLabOptions, BACKEND_VIP},
+    wait::wait_until,
 };
 
 /// A file that is not valid YAML, and a Service whose cluster IP is not an address.
@@ -31,18 +29,6 @@ spec:
   action: MAYBE
   rules: [{}]
 ";
-
-/// Polls `done` every 100 ms until it holds or `limit` passes.
-fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    done()
-}
 
 fn options(prefix: &str) -> MeshLabOptions {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -16,7 +16,10 @@ use std::{
 
 use anyhow::{bail, Context};
 use clap::Args;
-use weft_tests::mesh::{MeshLab, MeshLabOptions, BACKEND_VIP, WEBSITE_VIP};
+use weft_tests::{
+    mesh::{MeshLab, MeshLabOptions, BACKEND_VIP, WEBSITE_VIP},
+    wait::wait_until,
+};
 
 use crate::{ebpf, setup, workspace};
 
@@ -161,14 +164,12 @@ fn walk_through(show: &mut Walkthrough, mesh: &MeshLab) -> anyhow::Result<()> {
 /// Up to `count` access-log events of process `label` matching `needle`; waits up to two
 /// seconds for them, since a tunnel logs a connection only once it has closed.
 fn wait_for_access_lines(mesh: &MeshLab, label: &str, needle: &str, count: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let lines = access_lines(&mesh.log(label), needle);
-        if lines.len() >= count || Instant::now() >= deadline {
-            return lines.into_iter().take(count).collect();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut lines = Vec::new();
+    wait_until(Duration::from_secs(2), || {
+        lines = access_lines(&mesh.log(label), needle);
+        lines.len() >= count
+    });
+    lines.into_iter().take(count).collect()
 }
 
 /// Access-log events matching `needle`, reduced to their key=value fields.
@@ -176,30 +177,12 @@ fn access_lines(log: &str, needle: &str) -> Vec<String> {
     log.lines()
         .filter(|line| line.contains("connection complete") && line.contains(needle))
         .map(|line| {
-            let plain = strip_ansi(line);
-            let fields = plain
+            let fields = line
                 .split_once("connection complete")
                 .map_or("", |(_, rest)| rest);
             shorten(fields.trim(), 240)
         })
         .collect()
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn shorten(text: &str, max: usize) -> String {

@@ -22,6 +22,7 @@ use std::{
 use anyhow::{bail, Context};
 
 use super::{
+    super::wait::wait_until,
     cgroup::{remove_tree, Cgroup},
     netns::{ip_in, list_with_prefix, sysctl_in, veth, NetNs},
 };
@@ -291,13 +292,7 @@ impl Lab {
         let log_path = self.log_dir.join(format!("{label}.log"));
         let log = fs::File::create(&log_path)
             .with_context(|| format!("create {}", log_path.display()))?;
-        let child = Command::new("sh")
-            .args(["-c", ENTER_POD, "sh"])
-            .arg(procs)
-            .arg(ns)
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null())
+        let child = entered(procs, ns, program, args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -360,15 +355,23 @@ impl Drop for Lab {
     }
 }
 
-/// Runs `program` to completion after joining a cgroup and entering a netns; returns stdout.
-fn run_entered(procs: &Path, ns: &str, program: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new("sh")
+/// `program args` to run after joining the cgroup whose `cgroup.procs` is `procs` and entering
+/// netns `ns`; stdin is closed.
+fn entered(procs: &Path, ns: &str, program: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new("sh");
+    command
         .args(["-c", ENTER_POD, "sh"])
         .arg(procs)
         .arg(ns)
         .arg(program)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs `program` to completion after joining a cgroup and entering a netns; returns stdout.
+fn run_entered(procs: &Path, ns: &str, program: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = entered(procs, ns, program, args)
         .output()
         .with_context(|| format!("run {} in {ns}", program.display()))?;
     if !output.status.success() {
@@ -384,19 +387,14 @@ fn run_entered(procs: &Path, ns: &str, program: &Path, args: &[&str]) -> anyhow:
 
 /// SIGTERM, wait up to `grace`, then SIGKILL.
 fn terminate(child: &mut Child, grace: std::time::Duration) {
-    let deadline = std::time::Instant::now() + grace;
     // The pid is ours (a child we have not reaped), so signalling it is safe.
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    while std::time::Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    if !wait_until(grace, || matches!(child.try_wait(), Ok(Some(_)))) {
+        let _ = child.kill();
+        let _ = child.wait();
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Loads an nftables ruleset into namespace `ns`.
