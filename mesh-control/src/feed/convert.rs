@@ -205,9 +205,11 @@ fn route_rule(r: &model::RouteRule) -> pb::RouteRule {
                     .map(|(name, v)| pb::HeaderMatch {
                         name: name.clone(),
                         value: Some(string_match(v)),
+                        invert: false,
                     })
                     .collect(),
                 port: m.port.map_or(0, u32::from),
+                query_params: Vec::new(),
             })
             .collect(),
         backends: r
@@ -226,6 +228,7 @@ fn route_rule(r: &model::RouteRule) -> pb::RouteRule {
             per_try_timeout_ms: millis(retry.per_try_timeout),
             retry_on: retry.retry_on.clone(),
         }),
+        ..pb::RouteRule::default()
     }
 }
 
@@ -259,5 +262,6 @@ pub fn traffic_policy(t: &model::TrafficPolicy) -> pb::TrafficPolicy {
                 (name.clone(), pb::Labels { labels })
             })
             .collect(),
+        ..pb::TrafficPolicy::default()
     }
 }
