@@ -35,7 +35,7 @@ pub fn mesh_config(base: &Config, snapshot: &MeshSnapshot) -> (Config, Vec<Strin
         .filter(|(_, w)| w.tunnel == pb::TunnelProtocol::Hbone as i32)
         .map(|(uid, w)| (uid.as_str(), w))
         .collect();
-    let waypoints = resolve_waypoints(snapshot, &in_mesh, &mut warnings);
+    let waypoints = resolve_waypoints(snapshot, &in_mesh, &base.node_name, &mut warnings);
     let mut config = base.clone();
     config.workloads = workloads(base, &in_mesh, &waypoints, &mut warnings);
     config.services = services(snapshot, &in_mesh, &waypoints, &mut warnings);
@@ -70,6 +70,7 @@ fn address(bytes: &[u8]) -> Option<IpAddr> {
 fn resolve_waypoints(
     snapshot: &MeshSnapshot,
     in_mesh: &BTreeMap<&str, &pb::Workload>,
+    node_name: &str,
     warnings: &mut Vec<String>,
 ) -> BTreeMap<String, WaypointConfig> {
     let refs = in_mesh.values().filter_map(|w| w.waypoint.as_ref()).chain(
@@ -84,7 +85,7 @@ fn resolve_waypoints(
         if resolved.contains_key(&key) {
             continue;
         }
-        match resolve_waypoint(snapshot, waypoint) {
+        match resolve_waypoint(snapshot, waypoint, node_name) {
             Some(config) => {
                 resolved.insert(key, config);
             }
@@ -96,26 +97,45 @@ fn resolve_waypoints(
     resolved
 }
 
-fn resolve_waypoint(snapshot: &MeshSnapshot, waypoint: &pb::WaypointRef) -> Option<WaypointConfig> {
-    let ip = address(&waypoint.address)?;
+/// A waypoint's identity and the pod the node sends its traffic to. Like ztunnel, the node does
+/// not rely on the waypoint Service's VIP being routable: it picks one of the Service's pods,
+/// spreading nodes over replicas by rendezvous hashing on the node name.
+fn resolve_waypoint(
+    snapshot: &MeshSnapshot,
+    waypoint: &pb::WaypointRef,
+    node_name: &str,
+) -> Option<WaypointConfig> {
+    // An empty address means control knows no such waypoint: fail closed.
+    address(&waypoint.address)?;
     let port = u16::try_from(waypoint.hbone_port)
         .ok()
         .filter(|p| *p != 0)?;
-    // Its identity: the service account of a pod behind the waypoint's service.
     let service = snapshot
         .services
         .values()
         .find(|s| s.name == waypoint.name && s.namespace == waypoint.namespace)?;
-    let pod = service
+    let (pod, ip) = service
         .endpoints
         .iter()
-        .find_map(|e| snapshot.workloads.get(&e.workload_uid))?;
+        .filter_map(|e| snapshot.workloads.get(&e.workload_uid))
+        .filter_map(|w| Some((w, address(w.addresses.first()?)?)))
+        .max_by_key(|(w, _)| rendezvous(node_name, &w.uid))?;
     Some(WaypointConfig {
         name: waypoint.name.clone(),
         namespace: waypoint.namespace.clone(),
         service_account: pod.service_account.clone(),
         address: SocketAddr::new(ip, port),
     })
+}
+
+/// Rendezvous weight of `replica` for `node`: stable across runs and builds (FNV-1a).
+fn rendezvous(node: &str, replica: &str) -> u64 {
+    node.bytes()
+        .chain([0])
+        .chain(replica.bytes())
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 /// The waypoint name to bind, or `Err` when the binding cannot be honoured.

@@ -243,3 +243,62 @@ fn l7_parts_of_deny_rules_are_dropped_so_they_deny_more() {
         "the port part stays: the whole port is denied"
     );
 }
+
+#[test]
+fn waypoint_resolves_to_one_of_its_pods_not_its_vip() {
+    let mut snapshot = snapshot();
+    let waypoint_ref = pb::WaypointRef {
+        namespace: "demo".into(),
+        name: "waypoint".into(),
+        address: vec![10, 96, 0, 30],
+        hbone_port: 15008,
+    };
+    for (name, ip) in [("waypoint-a", [10, 0, 2, 8]), ("waypoint-b", [10, 0, 2, 9])] {
+        let mut pod = workload(name, "n2", ip, false);
+        pod.service_account = "waypoint".into();
+        snapshot.workloads.insert(pod.uid.clone(), pod);
+    }
+    let fronting = service(
+        "waypoint",
+        [10, 96, 0, 30],
+        &["demo/waypoint-a", "demo/waypoint-b"],
+        None,
+    );
+    let bound = service("web", [10, 96, 0, 40], &["demo/client"], Some(waypoint_ref));
+    for s in [fronting, bound] {
+        snapshot.services.insert(s.key.clone(), s);
+    }
+    let replicas: [SocketAddr; 2] = [
+        "10.0.2.8:15008".parse().unwrap(),
+        "10.0.2.9:15008".parse().unwrap(),
+    ];
+    let mut chosen = BTreeSet::new();
+    for node in ["n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8"] {
+        let base = Config::from_yaml(&format!("node_name: {node}\n")).unwrap();
+        let (config, _) = mesh_config(&base, &snapshot);
+        let waypoint = config
+            .waypoints
+            .iter()
+            .find(|w| w.name == "waypoint")
+            .expect("the waypoint resolves");
+        assert!(replicas.contains(&waypoint.address), "{node}: {waypoint:?}");
+        assert_eq!(waypoint.service_account, "waypoint");
+        let (again, _) = mesh_config(&base, &snapshot);
+        let addresses = |c: &Config| c.waypoints.iter().map(|w| w.address).collect::<Vec<_>>();
+        assert_eq!(
+            addresses(&again),
+            addresses(&config),
+            "{node}: choice is stable"
+        );
+        assert!(
+            config.services.iter().any(|s| s.name == "web"),
+            "{node}: web kept"
+        );
+        chosen.insert(waypoint.address);
+    }
+    assert_eq!(
+        chosen.len(),
+        2,
+        "eight nodes spread over both replicas: {chosen:?}"
+    );
+}
