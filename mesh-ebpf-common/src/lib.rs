@@ -30,6 +30,20 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// `SockHash<TupleKey>`: established same-node sockets, keyed by their own 4-tuple.
     pub const SPLICE: &str = "SPLICE";
+    /// `HashMap<TupleKey, u32>`: splice state of each socket in `SPLICE`.
+    pub const SPLICE_STATE: &str = "SPLICE_STATE";
+}
+
+/// Sizes (`max_entries`) of the maps, shared so the loader can check maps it adopts from bpffs.
+pub mod capacity {
+    /// `ENROLLED`: enrolled pods per node.
+    pub const ENROLLED: u32 = 4_096;
+    /// `EXCLUDED_PORTS`.
+    pub const EXCLUDED_PORTS: u32 = 256;
+    /// `EXCLUDED_V4` and `EXCLUDED_V6`, each.
+    pub const EXCLUDED_CIDRS: u32 = 1_024;
+    /// `ORIG_BY_COOKIE`, `ORIG_BY_TUPLE`, `SPLICE` and `SPLICE_STATE`: tracked connections.
+    pub const CONNECTIONS: u32 = 65_536;
 }
 
 /// Names of the programs in the eBPF object.
@@ -78,8 +92,11 @@ pub mod counter {
     pub const SPLICE_ADDED: u32 = 10;
     /// `sk_msg`: messages spliced straight to the peer socket.
     pub const SPLICE_REDIRECTED: u32 = 11;
+    /// `cgroup_skb/ingress`: connection attempts into strict pods let through (HBONE port, node
+    /// or probe source, loopback).
+    pub const STRICT_ALLOWED: u32 = 12;
     /// Number of counters; the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// `EnrollMode` values stored in the `ENROLLED` map.
@@ -126,6 +143,15 @@ pub struct RedirectConfig {
     pub probe_ip4: u32,
     /// Tunnel node address (IPv4, network order) whose TCP is allowed into strict pods. 0: none.
     pub tunnel_src_ip4: u32,
+    /// HBONE port (network order): connection attempts to it are allowed into strict pods from
+    /// anywhere, because HBONE is mTLS that the tunnel authenticates and authorises. 0: none.
+    pub hbone_port: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+    /// Tunnel node address (IPv6, network order words) allowed into strict pods. All zero: none.
+    pub tunnel_src_ip6: [u32; 4],
+    /// Kubelet probe address (IPv6, network order words) allowed into strict pods. All zero: none.
+    pub probe_ip6: [u32; 4],
 }
 
 /// The destination a socket asked for before it was redirected.
@@ -177,7 +203,10 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<RedirectConfig>(), 4 + 16 + 2 + 2 + 4 + 4 + 4);
+        assert_eq!(
+            size_of::<RedirectConfig>(),
+            4 + 16 + 2 + 2 + 4 + 4 + 4 + 2 + 2 + 16 + 16
+        );
         assert_eq!(size_of::<OrigDst>(), 16 + 2 + 2);
         assert_eq!(size_of::<TupleKey>(), 16 + 16 + 2 + 2 + 2 + 2);
     }
@@ -197,6 +226,7 @@ mod tests {
             counter::STRICT_DROPPED,
             counter::SPLICE_ADDED,
             counter::SPLICE_REDIRECTED,
+            counter::STRICT_ALLOWED,
         ];
         for (expected, index) in all.iter().enumerate() {
             assert_eq!(*index as usize, expected);

@@ -8,10 +8,10 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
-use mesh_ebpf_common::{counter, OrigDst, RedirectConfig, TupleKey};
+use mesh_ebpf_common::{capacity, counter, OrigDst, RedirectConfig, TupleKey};
 
 /// Enrolled pods: tracked connections per node are bounded by this.
-const MAX_CONNECTIONS: u32 = 65_536;
+const MAX_CONNECTIONS: u32 = capacity::CONNECTIONS;
 
 /// `CONFIG[0]`: where to redirect, written by the loader before attaching.
 #[map(name = "CONFIG")]
@@ -19,19 +19,22 @@ pub static CONFIG: Array<RedirectConfig> = Array::with_max_entries(1, 0);
 
 /// Enrolled network namespaces: cookie -> `enroll_mode`.
 #[map(name = "ENROLLED")]
-pub static ENROLLED: HashMap<u64, u32> = HashMap::with_max_entries(4_096, 0);
+pub static ENROLLED: HashMap<u64, u32> = HashMap::with_max_entries(capacity::ENROLLED, 0);
 
 /// Destination ports (network order) never redirected.
 #[map(name = "EXCLUDED_PORTS")]
-pub static EXCLUDED_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(256, 0);
+pub static EXCLUDED_PORTS: HashMap<u16, u8> =
+    HashMap::with_max_entries(capacity::EXCLUDED_PORTS, 0);
 
 /// IPv4 destination CIDRs never redirected.
 #[map(name = "EXCLUDED_V4")]
-pub static EXCLUDED_V4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(1_024, 0);
+pub static EXCLUDED_V4: LpmTrie<[u8; 4], u8> =
+    LpmTrie::with_max_entries(capacity::EXCLUDED_CIDRS, 0);
 
 /// IPv6 destination CIDRs never redirected.
 #[map(name = "EXCLUDED_V6")]
-pub static EXCLUDED_V6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(1_024, 0);
+pub static EXCLUDED_V6: LpmTrie<[u8; 16], u8> =
+    LpmTrie::with_max_entries(capacity::EXCLUDED_CIDRS, 0);
 
 /// Original destination of redirected sockets, by socket cookie.
 #[map(name = "ORIG_BY_COOKIE")]

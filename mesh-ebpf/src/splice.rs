@@ -14,7 +14,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::{SkMsgContext, SockOpsContext},
 };
-use mesh_ebpf_common::{config_flags, counter, TupleKey};
+use mesh_ebpf_common::{capacity, config_flags, counter, TupleKey};
 
 use crate::{
     maps::{bump, config, ORIG_BY_TUPLE, SPLICE},
@@ -26,7 +26,7 @@ const AF_INET6: u32 = 10;
 
 /// Splice state per socket key: `READY` while in `SPLICE`, `FALLBACK` once a message took TCP.
 #[map(name = "SPLICE_STATE")]
-static SPLICE_STATE: HashMap<TupleKey, u32> = HashMap::with_max_entries(65_536, 0);
+static SPLICE_STATE: HashMap<TupleKey, u32> = HashMap::with_max_entries(capacity::CONNECTIONS, 0);
 const READY: u32 = 1;
 const FALLBACK: u32 = 2;
 

@@ -1,14 +1,23 @@
 //! `cgroup_skb/ingress`: strict inbound for enrolled pods in `STRICT` mode.
 //!
-//! Only connection attempts are judged (TCP SYN without ACK): a SYN into a strict pod passes when
-//! it arrives on loopback, or from the tunnel's node address, or from the kubelet probe address;
-//! every other SYN is dropped, so plaintext that bypassed the tunnel never gets a connection.
-//! Packets of established connections and non-TCP traffic pass. IPv6 has no allowed node source
-//! in the config yet, so IPv6 SYNs into strict pods are dropped unless they arrive on loopback
-//! (fail closed).
+//! Connection attempts are recognised by the socket that receives them, not by parsing TCP flags:
+//! a packet delivered to a TCP socket in `LISTEN` state is a handshake packet (a SYN, or the ACK
+//! that completes a handshake). So no walk through IPv6 extension headers is needed (an attacker
+//! could chain them to hide the TCP header from a bounded parser), and the destination port is the
+//! listener's own port.
+//!
+//! Into a strict pod's listeners, a connection attempt passes when it arrives on loopback, or is
+//! aimed at the HBONE port (mutual TLS that the tunnel authenticates and authorises), or comes
+//! from the tunnel's node address or the kubelet probe address (IPv4 or IPv6); every other one is
+//! dropped, so plaintext that bypassed the tunnel never gets a connection. Packets of established
+//! connections and of non-TCP sockets pass. An unknown network protocol is dropped (fail closed).
 
 use aya_ebpf::{
-    helpers::bpf_get_netns_cookie, macros::cgroup_skb, programs::SkBuffContext, EbpfContext,
+    bindings::BPF_TCP_LISTEN,
+    helpers::{bpf_get_netns_cookie, bpf_sk_fullsock},
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+    EbpfContext,
 };
 use mesh_ebpf_common::{counter, enroll_mode, RedirectConfig};
 
@@ -18,71 +27,78 @@ const PASS: i32 = 1;
 const DROP: i32 = 0;
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86dd;
-const IPPROTO_TCP: u8 = 6;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
+const IPPROTO_TCP: u32 = 6;
 const LOOPBACK_IFINDEX: u32 = 1;
-const IPV6_HEADER_LEN: usize = 40;
+/// Offset of the source address in the IPv4 header (options come after it).
+const IPV4_SRC: usize = 12;
+/// Offset of the source address in the fixed IPv6 header.
+const IPV6_SRC: usize = 8;
 
 /// Judges packets delivered to sockets in the attached cgroup.
 #[cgroup_skb(ingress)]
 pub fn weft_ingress(ctx: SkBuffContext) -> i32 {
-    match allowed(&ctx) {
+    match verdict(&ctx) {
         Some(false) => {
             bump(counter::STRICT_DROPPED);
             DROP
         }
-        _ => PASS,
+        Some(true) => {
+            bump(counter::STRICT_ALLOWED);
+            PASS
+        }
+        None => PASS,
     }
 }
 
-/// `Some(false)` drops; `None` (not a strict pod, unparsable) and `Some(true)` pass.
-fn allowed(ctx: &SkBuffContext) -> Option<bool> {
+/// `None`: not a connection attempt into a strict pod. `Some(allowed)` otherwise.
+fn verdict(ctx: &SkBuffContext) -> Option<bool> {
     let cfg = config()?;
     // SAFETY: helper valid for cgroup_skb programs on this kernel (checked at load).
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     if mode_of(netns)? != enroll_mode::STRICT {
         return None;
     }
+    let listen_port = tcp_listener_port(ctx)?;
     // SAFETY: kernel context pointer.
     let (protocol, ifindex) = unsafe { ((*ctx.skb.skb).protocol, (*ctx.skb.skb).ingress_ifindex) };
-    if ifindex == LOOPBACK_IFINDEX {
+    if ifindex == LOOPBACK_IFINDEX || (cfg.hbone_port != 0 && listen_port == cfg.hbone_port) {
         return Some(true);
     }
-    match u32::from_be(protocol) >> 16 {
-        ETH_P_IP => ipv4_allowed(ctx, cfg),
-        ETH_P_IPV6 => ipv6_allowed(ctx),
-        _ => None,
-    }
+    Some(match u32::from_be(protocol) >> 16 {
+        ETH_P_IP => ipv4_source_allowed(ctx, cfg),
+        ETH_P_IPV6 => ipv6_source_allowed(ctx, cfg),
+        _ => false,
+    })
 }
 
-fn ipv4_allowed(ctx: &SkBuffContext, cfg: &RedirectConfig) -> Option<bool> {
-    let version_ihl: u8 = ctx.load(0).ok()?;
-    let proto: u8 = ctx.load(9).ok()?;
-    if proto != IPPROTO_TCP {
+/// The local port (network order) of the receiving socket when it is a listening TCP socket.
+fn tcp_listener_port(ctx: &SkBuffContext) -> Option<u16> {
+    // SAFETY: kernel context pointer; `sk` may be null and is checked before use.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
         return None;
     }
-    let src: u32 = ctx.load(12).ok()?;
-    let header_len = usize::from(version_ihl & 0x0f) * 4;
-    let flags: u8 = ctx.load(header_len + 13).ok()?;
-    if !is_connect_attempt(flags) {
+    // SAFETY: helper valid for cgroup_skb programs; returns null for non-full sockets.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
         return None;
     }
-    let from_node = src == cfg.tunnel_src_ip4 && src != 0;
-    let from_probe = src == cfg.probe_ip4 && src != 0;
-    Some(from_node || from_probe)
+    // SAFETY: non-null full socket returned by the kernel for this program run.
+    let (protocol, state, port) = unsafe { ((*full).protocol, (*full).state, (*full).src_port) };
+    (protocol == IPPROTO_TCP && state == BPF_TCP_LISTEN).then_some((port as u16).to_be())
 }
 
-fn ipv6_allowed(ctx: &SkBuffContext) -> Option<bool> {
-    let next_header: u8 = ctx.load(6).ok()?;
-    if next_header != IPPROTO_TCP {
-        return None;
-    }
-    let flags: u8 = ctx.load(IPV6_HEADER_LEN + 13).ok()?;
-    is_connect_attempt(flags).then_some(false)
+fn ipv4_source_allowed(ctx: &SkBuffContext, cfg: &RedirectConfig) -> bool {
+    let Ok(src) = ctx.load::<u32>(IPV4_SRC) else {
+        return false;
+    };
+    src != 0 && (src == cfg.tunnel_src_ip4 || src == cfg.probe_ip4)
 }
 
-#[inline(always)]
-fn is_connect_attempt(flags: u8) -> bool {
-    flags & TCP_SYN != 0 && flags & TCP_ACK == 0
+fn ipv6_source_allowed(ctx: &SkBuffContext, cfg: &RedirectConfig) -> bool {
+    let Ok(src) = ctx.load::<[u32; 4]>(IPV6_SRC) else {
+        return false;
+    };
+    let unset = src == [0; 4];
+    !unset && (src == cfg.tunnel_src_ip6 || src == cfg.probe_ip6)
 }

@@ -1,5 +1,5 @@
 //! Loader lifecycle with real eBPF (needs root; fails loudly otherwise): eBPF log records reach
-//! `tracing`, IPv4-mapped IPv6 connects are redirected like IPv4, and dropping the loader
+//! `tracing` (also after adopting pinned programs), IPv4-mapped IPv6 connects are redirected like IPv4, and dropping the loader
 //! detaches the programs.
 
 #[path = "redirect_support/mod.rs"]
@@ -11,8 +11,8 @@ use std::{
     time::Duration,
 };
 
-use mesh_node::redirect::{Config, EnrollMode, Redirect};
-use support::*;
+use mesh_node::redirect::{pin, Config, EnrollMode, Redirect};
+use support::{bpffs::Bpffs, *};
 use tokio::sync::mpsc;
 use tracing_subscriber::{layer::SubscriberExt, Layer};
 
@@ -33,10 +33,10 @@ impl<S: tracing::Subscriber> Layer<S> for Capture {
     }
 }
 
-#[test]
-fn ebpf_log_records_are_forwarded_to_tracing() {
-    let _serial = serial();
-    let pod = Pod::new(51).expect("pod");
+/// Loads the programs (twice with `pinned`: the second load adopts the first one's pins), makes
+/// an enrolled pod connect, and waits for the connect4 debug record to reach `tracing`.
+fn assert_log_records_forwarded(subnet: u8, cgroup: &str, pinned: Option<&Bpffs>) {
+    let pod = Pod::new(subnet).expect("pod");
     let (tx, mut rx) = mpsc::channel(1_024);
     let _subscriber =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(Capture(tx)));
@@ -46,10 +46,14 @@ fn ebpf_log_records_are_forwarded_to_tracing() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let cg = TestCgroup::join("wfte-lifecycle-log").expect("cgroup");
+        let cg = TestCgroup::join(cgroup).expect("cgroup");
         let tunnel = listen_on(pod.host_ip);
         let mut config = Config::new(&cg.relative, v4(&tunnel));
         config.log_level = tracing::Level::DEBUG;
+        config.pin_path = pinned.map(Bpffs::pins);
+        if pinned.is_some() {
+            drop(Redirect::load(&config).expect("first pinned load"));
+        }
         let mut redirect =
             Redirect::load(&config).unwrap_or_else(|e| panic!("eBPF programs must load: {e}"));
         redirect
@@ -73,8 +77,24 @@ fn ebpf_log_records_are_forwarded_to_tracing() {
             .expect("eBPF debug record forwarded within 5s");
         assert!(line.contains("program="), "{line}");
         drop(redirect);
+        if let Some(bpffs) = pinned {
+            pin::remove_all(&bpffs.pins()).expect("cleanup");
+        }
         drop(cg);
     });
+}
+
+#[test]
+fn ebpf_log_records_are_forwarded_to_tracing() {
+    let _serial = serial();
+    assert_log_records_forwarded(51, "wfte-lifecycle-log", None);
+}
+
+#[test]
+fn ebpf_log_records_are_forwarded_after_adopting_pinned_programs() {
+    let _serial = serial();
+    let bpffs = Bpffs::mount("wfte-bpffs-log");
+    assert_log_records_forwarded(54, "wfte-lifecycle-log-pinned", Some(&bpffs));
 }
 
 #[test]

@@ -11,81 +11,12 @@ use std::{
 };
 
 use mesh_node::redirect::{Config, EnrollMode, Redirect};
-use support::*;
-
-/// How long a dropped SYN is given to (not) connect: the drop is silent, so only a timeout shows it.
-const DROPPED_WAIT: Duration = Duration::from_millis(700);
-
-/// Two pods: `server` with a veth to the host, and `outsider` wired straight to `server`.
-struct Topology {
-    server: Pod,
-    outsider: Pod,
-}
-
-impl Topology {
-    fn new(server_subnet: u8, outsider_subnet: u8) -> Self {
-        let server = Pod::new(server_subnet).expect("server pod");
-        let outsider = Pod::new(outsider_subnet).expect("outsider pod");
-        // Re-home the outsider's veth end into the server pod, giving a direct link.
-        let far = Ipv4Addr::new(10, 201, outsider_subnet, 1);
-        run(
-            "ip",
-            &[
-                "addr",
-                "del",
-                &format!("{far}/24"),
-                "dev",
-                &outsider.host_if,
-            ],
-        )
-        .expect("free address");
-        run(
-            "ip",
-            &["link", "set", &outsider.host_if, "netns", &server.name],
-        )
-        .expect("move link");
-        run(
-            "ip",
-            &[
-                "-n",
-                &server.name,
-                "addr",
-                "add",
-                &format!("{far}/24"),
-                "dev",
-                &outsider.host_if,
-            ],
-        )
-        .expect("addr");
-        run(
-            "ip",
-            &["-n", &server.name, "link", "set", &outsider.host_if, "up"],
-        )
-        .expect("up");
-        Self { server, outsider }
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        // The moved link dies with the server namespace; make the outsider's guard cleanup quiet.
-        let _ = run(
-            "ip",
-            &[
-                "-n",
-                &self.server.name,
-                "link",
-                "del",
-                &self.outsider.host_if,
-            ],
-        );
-    }
-}
+use support::{topology::DirectPair, *};
 
 #[test]
 fn strict_pod_rejects_plaintext_that_bypassed_the_tunnel() {
     let _serial = serial();
-    let topo = Topology::new(21, 22);
+    let topo = DirectPair::new(21, 22).expect("pods");
     let probe_ip = Ipv4Addr::new(10, 201, 21, 3);
     let other_host_ip = Ipv4Addr::new(10, 201, 21, 4);
     topo.server
@@ -126,15 +57,9 @@ fn strict_pod_rejects_plaintext_that_bypassed_the_tunnel() {
     let outsider = topo
         .outsider
         .run_in(|| connect_from(Ipv4Addr::new(10, 201, 22, 2), via_outsider, DROPPED_WAIT));
-    let err = outsider.expect_err("direct plaintext from another pod must not connect");
-    assert_eq!(
-        err.kind(),
-        std::io::ErrorKind::TimedOut,
-        "dropped, not refused: {err}"
-    );
-    let other = connect_from(other_host_ip, app_addr, DROPPED_WAIT)
-        .expect_err("other node address must not connect");
-    assert_eq!(other.kind(), std::io::ErrorKind::TimedOut, "{other}");
+    assert_dropped(outsider, "direct plaintext from another pod");
+    let other = connect_from(other_host_ip, app_addr, DROPPED_WAIT);
+    assert_dropped(other, "another node address");
     assert!(accept_within(&app, Duration::ZERO).expect("poll").is_none());
     let dropped = redirect.counters().expect("counters").strict_dropped;
     assert!(dropped >= 2, "strict drops counted: {dropped}");
@@ -151,6 +76,62 @@ fn strict_pod_rejects_plaintext_that_bypassed_the_tunnel() {
         .expect("poll")
         .expect("accepted in capture mode");
     assert_carries(&mut client, &mut accepted, b"capture");
+    drop(redirect);
+    drop(cg);
+}
+
+#[test]
+fn strict_pod_accepts_hbone_from_anywhere_and_nothing_else_in_plaintext() {
+    let _serial = serial();
+    let topo = DirectPair::new(23, 24).expect("pods");
+    let cg = TestCgroup::join("wfte-strict-hbone").expect("cgroup");
+    let tunnel = listen_on(topo.server.host_ip);
+    let mut config = Config::new(&cg.relative, v4(&tunnel));
+    config.tunnel_source_v4 = Some(topo.server.host_ip);
+    assert_eq!(config.hbone_port, 15008, "HBONE port defaults to 15008");
+    let mut redirect =
+        Redirect::load(&config).unwrap_or_else(|e| panic!("eBPF programs must load: {e}"));
+    redirect
+        .enroll(topo.server.cookie(), EnrollMode::Strict)
+        .expect("enroll strict");
+    // The tunnel's in-pod HBONE listener: a socket of this (cgroup-attached) process that lives
+    // in the strict pod's network namespace, as mesh-node creates it.
+    let hbone = topo.server.listen(15008).expect("in-pod HBONE listener");
+    let app = topo.server.listen(8080).expect("app listener");
+    let outsider_ip = Ipv4Addr::new(10, 201, 24, 2);
+    let via_outsider =
+        |port| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 201, 24, 1), port));
+
+    let mut client = topo
+        .outsider
+        .run_in(|| connect_from(outsider_ip, via_outsider(15008), WAIT))
+        .expect("another pod reaches the strict pod's HBONE port");
+    let mut accepted = accept_within(&hbone, WAIT)
+        .expect("poll")
+        .expect("HBONE listener accepts");
+    assert_carries(&mut client, &mut accepted, b"hbone");
+    assert_carries(&mut accepted, &mut client, b"established both ways");
+
+    let attempt = topo
+        .outsider
+        .run_in(|| connect_from(outsider_ip, via_outsider(8080), DROPPED_WAIT));
+    assert_dropped(attempt, "plaintext to the app port");
+    assert!(accept_within(&app, Duration::ZERO).expect("poll").is_none());
+    let c = redirect.counters().expect("counters");
+    assert!(c.strict_allowed >= 1, "{c:?}");
+    assert!(c.strict_dropped >= 1, "{c:?}");
+
+    // HBONE port 0 turns the exception off: the same connect is dropped.
+    drop(redirect);
+    config.hbone_port = 0;
+    let mut redirect = Redirect::load(&config).expect("reload");
+    redirect
+        .enroll(topo.server.cookie(), EnrollMode::Strict)
+        .expect("enroll strict");
+    let attempt = topo
+        .outsider
+        .run_in(|| connect_from(outsider_ip, via_outsider(15008), DROPPED_WAIT));
+    assert_dropped(attempt, "HBONE port without the exception");
     drop(redirect);
     drop(cg);
 }

@@ -1,7 +1,7 @@
 //! Typed configuration of the redirect programs and its encoding into the `CONFIG` map ABI.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddrV4, SocketAddrV6},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     path::PathBuf,
 };
 
@@ -15,6 +15,9 @@ pub struct Cidr {
     /// Prefix length in bits: at most 32 for IPv4, 128 for IPv6.
     pub prefix_len: u8,
 }
+
+/// The HBONE port strict pods accept connection attempts on by default (Istio ambient's).
+pub const DEFAULT_HBONE_PORT: u16 = 15008;
 
 /// Everything the loader needs to attach and configure the programs.
 #[derive(Clone, Debug)]
@@ -31,6 +34,16 @@ pub struct Config {
     pub tunnel_source_v4: Option<Ipv4Addr>,
     /// Address kubelet probes come from; allowed into strict pods.
     pub probe_source_v4: Option<Ipv4Addr>,
+    /// Node IPv6 address the tunnel uses to reach local pods; allowed into strict pods.
+    pub tunnel_source_v6: Option<Ipv6Addr>,
+    /// IPv6 address kubelet probes come from; allowed into strict pods.
+    pub probe_source_v6: Option<Ipv6Addr>,
+    /// Port of the tunnel's in-pod HBONE listeners: connection attempts to it are allowed into
+    /// strict pods from any source (HBONE is mTLS, authorised by the tunnel). 0 allows none.
+    pub hbone_port: u16,
+    /// bpffs directory to pin links and maps in (e.g. `/sys/fs/bpf/weft`): programs then stay
+    /// attached when the loader exits, and the next load adopts them. `None`: detach on drop.
+    pub pin_path: Option<PathBuf>,
     /// Destination ports never redirected.
     pub excluded_ports: Vec<u16>,
     /// Destination networks never redirected.
@@ -51,6 +64,10 @@ impl Config {
             tunnel_mark: 0,
             tunnel_source_v4: None,
             probe_source_v4: None,
+            tunnel_source_v6: None,
+            probe_source_v6: None,
+            hbone_port: DEFAULT_HBONE_PORT,
+            pin_path: None,
             excluded_ports: Vec::new(),
             excluded_cidrs: Vec::new(),
             splice: false,
@@ -64,6 +81,13 @@ impl Config {
             tunnel_mark: self.tunnel_mark,
             probe_ip4: self.probe_source_v4.map_or(0, ip4_abi),
             tunnel_src_ip4: self.tunnel_source_v4.map_or(0, ip4_abi),
+            hbone_port: self.hbone_port.to_be(),
+            tunnel_src_ip6: self
+                .tunnel_source_v6
+                .map_or([0; 4], |ip| ip6_abi(ip.octets())),
+            probe_ip6: self
+                .probe_source_v6
+                .map_or([0; 4], |ip| ip6_abi(ip.octets())),
             ..RedirectConfig::default()
         };
         // Both families share one listener port in the ABI: the v4 port wins when both are set.
@@ -122,6 +146,26 @@ mod tests {
         assert_eq!(abi.tunnel_ip4.to_ne_bytes(), [10, 201, 0, 1]);
         assert_eq!(abi.tunnel_port.to_ne_bytes(), [0x3a, 0x99]);
         assert_eq!(abi.flags, config_flags::IPV4);
+        assert_eq!(
+            abi.hbone_port.to_ne_bytes(),
+            [0x3a, 0xa0],
+            "15008 by default"
+        );
+        assert_eq!(
+            abi.tunnel_src_ip6, [0; 4],
+            "no IPv6 source unless configured"
+        );
+    }
+
+    #[test]
+    fn ipv6_strict_sources_are_network_order_words() {
+        let mut config = Config::new("", SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1));
+        config.tunnel_source_v6 = Some("fd00:201::1".parse().expect("v6"));
+        config.probe_source_v6 = Some("fd00:201::3".parse().expect("v6"));
+        let abi = config.to_abi();
+        assert_eq!(abi.tunnel_src_ip6[0].to_ne_bytes(), [0xfd, 0, 0x02, 0x01]);
+        assert_eq!(abi.tunnel_src_ip6[3].to_ne_bytes(), [0, 0, 0, 1]);
+        assert_eq!(abi.probe_ip6[3].to_ne_bytes(), [0, 0, 0, 3]);
     }
 
     #[test]

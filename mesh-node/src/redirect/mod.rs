@@ -2,19 +2,26 @@
 //!
 //! [`Redirect::load`] attaches the programs to a cgroup (found under the cgroup2 mount read from
 //! mountinfo); pods are enrolled by network namespace cookie ([`netns::cookie_of_path`]). Dropping
-//! the [`Redirect`] detaches everything (the programs are held through bpf links owned here).
+//! the [`Redirect`] detaches everything (the programs are held through bpf links owned here),
+//! unless [`Config::pin_path`] is set: then links and maps are pinned in bpffs, stay attached
+//! when the loader exits (enrolled pods keep failing closed while mesh-node restarts), and the
+//! next load adopts them ([`pin`]); [`pin::remove_all`] removes everything.
 
+pub mod attach;
+pub mod bpf_sys;
 pub mod cgroup;
 pub mod config;
 pub mod counters;
 pub mod logger;
 pub mod netns;
+pub mod pin;
 pub mod programs;
+mod settings;
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::Path};
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray},
+    maps::{HashMap, MapData, PerCpuArray},
     Ebpf,
 };
 use mesh_ebpf_common::{counter, enroll_mode, maps};
@@ -23,8 +30,9 @@ use tokio::task::JoinHandle;
 pub use self::{
     cgroup::CgroupError,
     config::{Cidr, Config},
-    counters::Counters,
+    counters::{CounterSample, Counters, COUNTER_LABELS},
     netns::NetnsError,
+    pin::{PinDir, PinError},
     programs::ProgramsError,
 };
 
@@ -44,6 +52,14 @@ impl EnrollMode {
             Self::Strict => enroll_mode::STRICT,
         }
     }
+
+    fn from_abi(value: u32) -> Option<Self> {
+        match value {
+            enroll_mode::CAPTURE => Some(Self::Capture),
+            enroll_mode::STRICT => Some(Self::Strict),
+            _ => None,
+        }
+    }
 }
 
 /// Errors of the redirect module.
@@ -55,6 +71,9 @@ pub enum RedirectError {
     /// Loading or attaching the programs failed.
     #[error(transparent)]
     Programs(#[from] ProgramsError),
+    /// The pin directory is unusable or holds incompatible maps.
+    #[error(transparent)]
+    Pin(#[from] PinError),
     /// A map operation failed.
     #[error("eBPF map {map} {operation} failed: {source}")]
     Map {
@@ -80,12 +99,14 @@ pub enum RedirectError {
 pub struct Redirect {
     ebpf: Ebpf,
     log_task: Option<JoinHandle<()>>,
+    pins: Option<PinDir>,
 }
 
 impl std::fmt::Debug for Redirect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redirect")
             .field("log_forwarding", &self.log_task.is_some())
+            .field("pinned", &self.pinned())
             .finish()
     }
 }
@@ -93,20 +114,57 @@ impl std::fmt::Debug for Redirect {
 impl Redirect {
     /// Loads the programs, writes the config maps and attaches everything to `config.cgroup`.
     ///
-    /// eBPF log forwarding starts when called inside a tokio runtime.
+    /// eBPF log forwarding starts when called inside a tokio runtime. With `config.pin_path`,
+    /// maps and links already pinned there are adopted (pods enrolled before stay enrolled) and
+    /// each program is replaced atomically; a failure leaves the previous programs attached.
     pub fn load(config: &Config) -> Result<Self, RedirectError> {
         raise_memlock_limit();
         let mount = cgroup::cgroup2_mount()?;
         let path = cgroup::resolve(&mount, &config.cgroup)?;
         let cgroup_dir = cgroup::open(&path)?;
-        let mut ebpf = programs::load_object(config.ebpf_log_level())?;
-        write_config(&mut ebpf, config)?;
-        programs::attach_all(&mut ebpf, &cgroup_dir, config.splice)?;
+        let pins = config.pin_path.as_deref().map(PinDir::open).transpose()?;
+        if let Some(pins) = &pins {
+            pins.check_adoptable()?;
+        }
+        let mut ebpf = programs::load_object(config.ebpf_log_level(), pins.as_ref())?;
+        settings::write(&mut ebpf, config)?;
+        programs::attach_all(&mut ebpf, &cgroup_dir, config.splice, pins.as_ref())?;
+        if let Some(pins) = &pins {
+            pins.retire_links(&programs::CGROUP_PROGRAMS)?;
+        }
         // After attaching, so a failed load leaves no forwarding task behind; records written in
         // between wait in the ring buffer.
         let log_task = start_logging(&mut ebpf);
-        tracing::info!(cgroup = %path.display(), splice = config.splice, "ebpf redirection attached");
-        Ok(Self { ebpf, log_task })
+        let pinned = pins.as_ref().map(|p| p.root().display().to_string());
+        tracing::info!(cgroup = %path.display(), splice = config.splice, ?pinned, "ebpf redirection attached");
+        Ok(Self {
+            ebpf,
+            log_task,
+            pins,
+        })
+    }
+
+    /// The pin directory, when links and maps are pinned.
+    pub fn pinned(&self) -> Option<&Path> {
+        self.pins.as_ref().map(PinDir::root)
+    }
+
+    /// Every enrolled network namespace cookie with its mode. After adopting pinned maps this
+    /// includes pods enrolled by the previous loader: reconcile it with the wanted set.
+    /// Entries with a mode this build does not know are left out (the programs treat them as
+    /// capture); [`Self::retain_enrolled`] still sees them.
+    pub fn enrolled_pods(&mut self) -> Result<Vec<(u64, EnrollMode)>, RedirectError> {
+        let entries = self.enrolled_entries()?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(cookie, mode)| Some((cookie, EnrollMode::from_abi(mode)?)))
+            .collect())
+    }
+
+    fn enrolled_entries(&mut self) -> Result<Vec<(u64, u32)>, RedirectError> {
+        let enrolled = self.enrolled()?;
+        let entries: Result<Vec<_>, _> = enrolled.iter().collect();
+        entries.map_err(|source| map_error(maps::ENROLLED, "read", source))
     }
 
     /// Enrolls the pod whose network namespace has `netns_cookie`.
@@ -127,6 +185,25 @@ impl Redirect {
             Err(source) if is_not_found(&source) => Ok(()),
             Err(source) => Err(map_error(maps::ENROLLED, "remove", source)),
         }
+    }
+
+    /// Unenrolls every network namespace whose cookie `keep` rejects; returns how many. After
+    /// adopting pinned maps, call it with the cookies this loader enrolled so pods that left the
+    /// mesh while mesh-node was down stop being captured.
+    pub fn retain_enrolled(
+        &mut self,
+        mut keep: impl FnMut(u64) -> bool,
+    ) -> Result<usize, RedirectError> {
+        let stale: Vec<u64> = self
+            .enrolled_entries()?
+            .into_iter()
+            .map(|(cookie, _)| cookie)
+            .filter(|cookie| !keep(*cookie))
+            .collect();
+        for cookie in &stale {
+            self.unenroll(*cookie)?;
+        }
+        Ok(stale.len())
     }
 
     /// Counter totals summed over CPUs.
@@ -166,66 +243,16 @@ impl Drop for Redirect {
         if let Some(task) = self.log_task.take() {
             task.abort();
         }
-        // The Ebpf (and its link fds) is dropped right after: the kernel detaches the links.
-        tracing::info!("ebpf redirection detached");
+        // The Ebpf (and its link fds) is dropped right after: the kernel detaches the links that
+        // are not pinned.
+        match self.pinned() {
+            Some(dir) => tracing::info!(
+                pinned = %dir.display(),
+                "ebpf redirection left attached through pinned links"
+            ),
+            None => tracing::info!("ebpf redirection detached"),
+        }
     }
-}
-
-fn write_config(ebpf: &mut Ebpf, config: &Config) -> Result<(), RedirectError> {
-    let map = ebpf
-        .map_mut(maps::CONFIG)
-        .ok_or_else(|| not_in_object(maps::CONFIG))?;
-    let mut array: Array<&mut MapData, mesh_ebpf_common::RedirectConfig> =
-        Array::try_from(map).map_err(|source| map_error(maps::CONFIG, "open", source))?;
-    array
-        .set(0, config.to_abi(), 0)
-        .map_err(|source| map_error(maps::CONFIG, "write", source))?;
-    let map = ebpf
-        .map_mut(maps::EXCLUDED_PORTS)
-        .ok_or_else(|| not_in_object(maps::EXCLUDED_PORTS))?;
-    let mut ports: HashMap<&mut MapData, u16, u8> =
-        HashMap::try_from(map).map_err(|source| map_error(maps::EXCLUDED_PORTS, "open", source))?;
-    for port in &config.excluded_ports {
-        ports
-            .insert(port.to_be(), 1, 0)
-            .map_err(|source| map_error(maps::EXCLUDED_PORTS, "insert", source))?;
-    }
-    for cidr in &config.excluded_cidrs {
-        exclude_cidr(ebpf, cidr)?;
-    }
-    Ok(())
-}
-
-fn exclude_cidr(ebpf: &mut Ebpf, cidr: &Cidr) -> Result<(), RedirectError> {
-    let bad = || RedirectError::BadCidr {
-        addr: cidr.addr,
-        prefix_len: cidr.prefix_len,
-    };
-    match cidr.addr {
-        IpAddr::V4(ip) if cidr.prefix_len <= 32 => insert_lpm(
-            ebpf,
-            maps::EXCLUDED_V4,
-            Key::new(u32::from(cidr.prefix_len), ip.octets()),
-        ),
-        IpAddr::V6(ip) if cidr.prefix_len <= 128 => insert_lpm(
-            ebpf,
-            maps::EXCLUDED_V6,
-            Key::new(u32::from(cidr.prefix_len), ip.octets()),
-        ),
-        _ => Err(bad()),
-    }
-}
-
-fn insert_lpm<K: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    key: Key<K>,
-) -> Result<(), RedirectError> {
-    let map = ebpf.map_mut(name).ok_or_else(|| not_in_object(name))?;
-    let mut trie: LpmTrie<&mut MapData, K, u8> =
-        LpmTrie::try_from(map).map_err(|source| map_error(name, "open", source))?;
-    trie.insert(&key, 1, 0)
-        .map_err(|source| map_error(name, "insert", source))
 }
 
 fn start_logging(ebpf: &mut Ebpf) -> Option<JoinHandle<()>> {
@@ -256,7 +283,7 @@ fn raise_memlock_limit() {
     }
 }
 
-fn map_error(
+pub(crate) fn map_error(
     map: &'static str,
     operation: &'static str,
     source: aya::maps::MapError,
@@ -269,7 +296,7 @@ fn map_error(
 }
 
 /// aya reports a missing key as ENOENT from the syscall (or `KeyNotFound` on lookups).
-fn is_not_found(error: &aya::maps::MapError) -> bool {
+pub(crate) fn is_not_found(error: &aya::maps::MapError) -> bool {
     match error {
         aya::maps::MapError::KeyNotFound => true,
         aya::maps::MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
@@ -277,6 +304,6 @@ fn is_not_found(error: &aya::maps::MapError) -> bool {
     }
 }
 
-fn not_in_object(map: &'static str) -> RedirectError {
+pub(crate) fn not_in_object(map: &'static str) -> RedirectError {
     programs::missing_map(map, "not in object").into()
 }

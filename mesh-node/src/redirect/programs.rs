@@ -1,16 +1,19 @@
 //! Loading the eBPF object and attaching each program, with errors an operator can act on.
 
-use std::{fs::File, os::fd::AsFd};
+use std::fs::File;
 
 use aya::{
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSockopt,
-        ProgramError, SkMsg, SockOps,
-    },
+    programs::{CgroupSkb, CgroupSockAddr, CgroupSockopt, ProgramError, SkMsg, SockOps},
     util::KernelVersion,
     Ebpf,
 };
 use mesh_ebpf_common::{maps, programs};
+
+use super::{
+    attach::{self, AttachError, CgroupProgram},
+    bpf_sys::attach_type,
+    pin::PinDir,
+};
 
 /// Lines of verifier output kept in errors (the end of the log names the failing instruction).
 const VERIFIER_EXCERPT_LINES: usize = 25;
@@ -64,6 +67,9 @@ pub enum ProgramsError {
         #[source]
         source: ProgramError,
     },
+    /// Attaching through a pinned link failed.
+    #[error(transparent)]
+    Link(#[from] AttachError),
     /// A map the programs need is missing from the object.
     #[error("map {map} missing from the eBPF object: {detail}")]
     Map {
@@ -77,69 +83,106 @@ pub enum ProgramsError {
 #[cfg(not(weft_no_ebpf_object))]
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh-ebpf.o"));
 
-/// Parses the embedded object and creates its maps, with eBPF logs limited to `log_level`.
-pub fn load_object(log_level: u8) -> Result<Ebpf, ProgramsError> {
+/// Parses the embedded object and creates its maps, with eBPF logs limited to `log_level`; with
+/// `pins`, the shared maps are opened from (or created and pinned in) the pin directory.
+pub fn load_object(log_level: u8, pins: Option<&PinDir>) -> Result<Ebpf, ProgramsError> {
     #[cfg(weft_no_ebpf_object)]
     {
-        let _ = log_level;
+        let _ = (log_level, pins);
         Err(ProgramsError::ObjectNotBuilt)
     }
     #[cfg(not(weft_no_ebpf_object))]
     {
-        aya::EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &log_level, false)
-            .load(OBJECT)
-            .map_err(|source| ProgramsError::Object {
-                kernel: kernel(),
-                source: Box::new(source),
-            })
+        let mut loader = aya::EbpfLoader::new();
+        loader.override_global(aya_log::LEVEL, &log_level, false);
+        if let Some(pins) = pins {
+            for layout in &super::pin::PINNED_MAPS {
+                loader.map_pin_path(layout.name, pins.map_path(layout.name));
+            }
+        }
+        loader.load(OBJECT).map_err(|source| ProgramsError::Object {
+            kernel: kernel(),
+            source: Box::new(source),
+        })
     }
 }
 
-/// Loads and attaches every cgroup program (and `sk_msg` when `splice`) to `cgroup`.
-pub fn attach_all(ebpf: &mut Ebpf, cgroup: &File, splice: bool) -> Result<(), ProgramsError> {
-    for name in [
-        programs::CONNECT4,
-        programs::CONNECT6,
-        programs::GETPEERNAME4,
-        programs::GETPEERNAME6,
-    ] {
-        let program: &mut CgroupSockAddr = program(ebpf, name)?;
-        program.load().map_err(|e| verifier(name, e))?;
-        program
-            .attach(cgroup.as_fd(), CgroupAttachMode::Single)
-            .map_err(|e| attach(name, e))?;
-    }
-    let sock_ops: &mut SockOps = program(ebpf, programs::SOCK_OPS)?;
-    sock_ops
-        .load()
-        .map_err(|e| verifier(programs::SOCK_OPS, e))?;
-    sock_ops
-        .attach(cgroup.as_fd(), CgroupAttachMode::Single)
-        .map_err(|e| attach(programs::SOCK_OPS, e))?;
-    let sockopt: &mut CgroupSockopt = program(ebpf, programs::GETSOCKOPT)?;
-    sockopt
-        .load()
-        .map_err(|e| verifier(programs::GETSOCKOPT, e))?;
-    sockopt
-        .attach(cgroup.as_fd(), CgroupAttachMode::Single)
-        .map_err(|e| attach(programs::GETSOCKOPT, e))?;
-    let ingress: &mut CgroupSkb = program(ebpf, programs::INGRESS)?;
-    ingress.load().map_err(|e| verifier(programs::INGRESS, e))?;
-    ingress
-        .attach(
-            cgroup.as_fd(),
-            CgroupSkbAttachType::Ingress,
-            CgroupAttachMode::Single,
-        )
-        .map_err(|e| attach(programs::INGRESS, e))?;
-    if splice {
-        attach_splice(ebpf)?;
+/// The cgroup programs [`attach_all`] attaches (with pinning, each has a pinned link).
+pub const CGROUP_PROGRAMS: [&str; 7] = [
+    programs::CONNECT4,
+    programs::CONNECT6,
+    programs::GETPEERNAME4,
+    programs::GETPEERNAME6,
+    programs::SOCK_OPS,
+    programs::GETSOCKOPT,
+    programs::INGRESS,
+];
+
+/// Whether [`step`] verifies and loads a program or attaches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Load,
+    Attach,
+}
+
+/// Loads and attaches every cgroup program (and `sk_msg` when `splice`) to `cgroup`; with `pins`
+/// through pinned links (see [`super::pin`]). Every program is verified before any is attached,
+/// so a rejected program never leaves adopted links running a mix of old and new programs.
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    splice: bool,
+    pins: Option<&PinDir>,
+) -> Result<(), ProgramsError> {
+    for phase in [Phase::Load, Phase::Attach] {
+        for (name, hook) in [
+            (programs::CONNECT4, attach_type::INET4_CONNECT),
+            (programs::CONNECT6, attach_type::INET6_CONNECT),
+            (programs::GETPEERNAME4, attach_type::INET4_GETPEERNAME),
+            (programs::GETPEERNAME6, attach_type::INET6_GETPEERNAME),
+        ] {
+            step::<CgroupSockAddr>(ebpf, phase, (name, hook), cgroup, pins)?;
+        }
+        let sock_ops = (programs::SOCK_OPS, attach_type::SOCK_OPS);
+        step::<SockOps>(ebpf, phase, sock_ops, cgroup, pins)?;
+        let getsockopt = (programs::GETSOCKOPT, attach_type::GETSOCKOPT);
+        step::<CgroupSockopt>(ebpf, phase, getsockopt, cgroup, pins)?;
+        let ingress = (programs::INGRESS, attach_type::INET_INGRESS);
+        step::<CgroupSkb>(ebpf, phase, ingress, cgroup, pins)?;
+        if splice {
+            splice_step(ebpf, phase)?;
+        }
     }
     Ok(())
 }
 
-fn attach_splice(ebpf: &mut Ebpf) -> Result<(), ProgramsError> {
+/// Loads program `name`, or attaches it to `hook` (a `bpf_attach_type`).
+fn step<P>(
+    ebpf: &mut Ebpf,
+    phase: Phase,
+    (name, hook): (&'static str, u32),
+    cgroup: &File,
+    pins: Option<&PinDir>,
+) -> Result<(), ProgramsError>
+where
+    P: CgroupProgram,
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program: &mut P = program(ebpf, name)?;
+    match phase {
+        Phase::Load => program.load_program().map_err(|e| verifier(name, e)),
+        Phase::Attach => Ok(attach::attach(program, name, hook, cgroup, pins)?),
+    }
+}
+
+/// Loads the `sk_msg` program, or attaches it to the `SPLICE` map.
+fn splice_step(ebpf: &mut Ebpf, phase: Phase) -> Result<(), ProgramsError> {
+    if phase == Phase::Load {
+        let program: &mut SkMsg = program(ebpf, programs::SPLICE_MSG)?;
+        return program
+            .load()
+            .map_err(|e| verifier(programs::SPLICE_MSG, e));
+    }
     let map = ebpf
         .map(maps::SPLICE)
         .ok_or_else(|| missing_map(maps::SPLICE, "not in object"))?;
@@ -150,9 +193,6 @@ fn attach_splice(ebpf: &mut Ebpf) -> Result<(), ProgramsError> {
         .try_clone()
         .map_err(|e| missing_map(maps::SPLICE, e))?;
     let program: &mut SkMsg = program(ebpf, programs::SPLICE_MSG)?;
-    program
-        .load()
-        .map_err(|e| verifier(programs::SPLICE_MSG, e))?;
     program
         .attach(&fd)
         .map_err(|e| attach(programs::SPLICE_MSG, e))?;
@@ -236,14 +276,15 @@ mod tests {
     #[cfg(weft_no_ebpf_object)]
     #[test]
     fn missing_object_tells_how_to_build_it() {
-        let err = load_object(3).expect_err("no object embedded");
+        let err = load_object(3, None).expect_err("no object embedded");
         assert!(err.to_string().contains("cargo xtask build-ebpf"), "{err}");
     }
 
     #[cfg(not(weft_no_ebpf_object))]
     #[test]
     fn embedded_object_parses_and_has_every_program() {
-        let mut ebpf = load_object(3).unwrap_or_else(|e| panic!("object must load (root): {e}"));
+        let mut ebpf =
+            load_object(3, None).unwrap_or_else(|e| panic!("object must load (root): {e}"));
         for name in [
             programs::CONNECT4,
             programs::CONNECT6,

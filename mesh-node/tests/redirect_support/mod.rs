@@ -2,15 +2,24 @@
 //! namespace "pods" with a veth to the host, and socket helpers (SO_ORIGINAL_DST, timed accept).
 //!
 //! Every fixture is a Drop guard, so namespaces, links and cgroups go away even when a test
-//! panics. Names start with `wfte` and addresses stay inside 10.201.0.0/16. Tests serialize on
-//! [`serial`] because the whole process moves into the test cgroup.
+//! panics. Names start with `wfte` and addresses stay inside 10.201.0.0/16 and fd00:201::/32
+//! (ULA, added with `nodad` so they are usable at once). Tests serialize on [`serial`] because
+//! the whole process moves into the test cgroup.
 #![allow(dead_code)]
+
+pub mod bpffs;
+mod origdst;
+pub mod topology;
+
+#[allow(unused_imports)] // each test binary uses a subset
+pub use origdst::{original_dst, original_dst6};
 
 use std::{
     fs,
     io::{self, Read, Write},
-    mem::size_of,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
+    },
     os::fd::{AsFd, AsRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::Command,
@@ -23,6 +32,9 @@ use mesh_node::redirect::{cgroup, netns};
 
 /// Upper bound for any single network wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(5);
+
+/// How long a dropped SYN is given to (not) connect: the drop is silent, so only a timeout shows it.
+pub const DROPPED_WAIT: Duration = Duration::from_millis(700);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -120,6 +132,9 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     /// The host side's address (the pod's gateway).
     pub host_ip: Ipv4Addr,
+    /// Pod-side interface name.
+    pub pod_if: String,
+    subnet: u8,
     fd: OwnedFd,
 }
 
@@ -141,10 +156,35 @@ impl Pod {
             host_if,
             ip,
             host_ip,
+            pod_if,
+            subnet,
             fd,
         };
-        pod.wire(&pod_if, subnet)?;
+        pod.wire(&pod.pod_if, subnet)?;
         Ok(pod)
+    }
+
+    /// The pod's IPv6 address once [`Pod::add_ipv6`] ran: `fd00:201:<subnet>::2`.
+    pub fn ip6(&self) -> Ipv6Addr {
+        ula(self.subnet, 2)
+    }
+
+    /// The host side's IPv6 address (the pod's IPv6 gateway): `fd00:201:<subnet>::1`.
+    pub fn host_ip6(&self) -> Ipv6Addr {
+        ula(self.subnet, 1)
+    }
+
+    /// Gives both veth ends an IPv6 address and the pod an IPv6 default route.
+    pub fn add_ipv6(&self) -> Result<()> {
+        add_addr6(None, &self.host_if, self.host_ip6())?;
+        add_addr6(Some(&self.name), &self.pod_if, self.ip6())?;
+        let gateway = self.host_ip6().to_string();
+        run(
+            "ip",
+            &[
+                "-6", "-n", &self.name, "route", "add", "default", "via", &gateway,
+            ],
+        )
     }
 
     fn wire(&self, pod_if: &str, subnet: u8) -> Result<()> {
@@ -196,6 +236,11 @@ impl Pod {
         )
     }
 
+    /// Adds an extra IPv6 address on the host side of the veth.
+    pub fn add_host_address6(&self, ip: Ipv6Addr) -> Result<()> {
+        add_addr6(None, &self.host_if, ip)
+    }
+
     /// The namespace's cookie (the enrollment key).
     pub fn cookie(&self) -> u64 {
         netns::cookie_of_fd(self.fd.as_fd()).expect("netns cookie of test pod")
@@ -215,6 +260,27 @@ impl Pod {
     pub fn listen(&self, port: u16) -> io::Result<TcpListener> {
         self.run_in(|| TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)))
     }
+
+    /// Listens inside the pod on `[::]` (dual stack).
+    pub fn listen6(&self, port: u16) -> io::Result<TcpListener> {
+        self.run_in(|| TcpListener::bind(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0)))
+    }
+}
+
+/// `fd00:201:<subnet>::<host>`.
+pub fn ula(subnet: u8, host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x201, u16::from(subnet), 0, 0, 0, 0, host)
+}
+
+/// `ip [-n netns] -6 addr add <ip>/64 dev <dev> nodad`.
+pub fn add_addr6(netns: Option<&str>, dev: &str, ip: Ipv6Addr) -> Result<()> {
+    let addr = format!("{ip}/64");
+    let mut args = vec!["-6"];
+    if let Some(netns) = netns {
+        args.extend(["-n", netns]);
+    }
+    args.extend(["addr", "add", &addr, "dev", dev, "nodad"]);
+    run("ip", &args)
 }
 
 impl Drop for Pod {
@@ -239,13 +305,34 @@ pub fn connect(to: SocketAddr) -> io::Result<TcpStream> {
 }
 
 /// Connects from a specific local address.
-pub fn connect_from(local: Ipv4Addr, to: SocketAddr, wait: Duration) -> io::Result<TcpStream> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    socket.bind(&SocketAddr::from(SocketAddrV4::new(local, 0)).into())?;
+pub fn connect_from(
+    local: impl Into<IpAddr>,
+    to: SocketAddr,
+    wait: Duration,
+) -> io::Result<TcpStream> {
+    let local = SocketAddr::new(local.into(), 0);
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(local),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.bind(&local.into())?;
     socket.connect_timeout(&to.into(), wait)?;
     let stream: TcpStream = socket.into();
     stream.set_read_timeout(Some(WAIT))?;
     Ok(stream)
+}
+
+/// Asserts a connect attempt was dropped silently (timed out), neither refused nor accepted.
+pub fn assert_dropped(attempt: io::Result<TcpStream>, what: &str) {
+    match attempt {
+        Ok(stream) => panic!("{what}: connected to {:?}", stream.peer_addr()),
+        Err(err) => assert_eq!(
+            err.kind(),
+            io::ErrorKind::TimedOut,
+            "{what}: not dropped: {err}"
+        ),
+    }
 }
 
 /// Accepts one connection within `wait`; `Ok(None)` when none arrived.
@@ -270,40 +357,6 @@ pub fn accept_within(listener: &TcpListener, wait: Duration) -> io::Result<Optio
     Ok(Some(stream))
 }
 
-/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)` on an accepted socket.
-pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddrV4> {
-    // SAFETY: sockaddr_in is plain data; all-zero is valid.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: `addr`/`len` are valid for writes of the sizes passed.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_IP,
-            libc::SO_ORIGINAL_DST,
-            (&mut addr as *mut libc::sockaddr_in).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    assert_eq!(
-        len as usize,
-        size_of::<libc::sockaddr_in>(),
-        "SO_ORIGINAL_DST length"
-    );
-    assert_eq!(
-        addr.sin_family,
-        libc::AF_INET as libc::sa_family_t,
-        "SO_ORIGINAL_DST family"
-    );
-    Ok(SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-        u16::from_be(addr.sin_port),
-    ))
-}
-
 /// Writes `msg` on `a` and checks it arrives unchanged on `b`.
 pub fn assert_carries(a: &mut TcpStream, b: &mut TcpStream, msg: &[u8]) {
     a.write_all(msg).expect("write");
@@ -315,6 +368,19 @@ pub fn assert_carries(a: &mut TcpStream, b: &mut TcpStream, msg: &[u8]) {
 /// A listener on `ip`, port chosen by the kernel.
 pub fn listen_on(ip: Ipv4Addr) -> TcpListener {
     TcpListener::bind(SocketAddrV4::new(ip, 0)).expect("bind test listener")
+}
+
+/// A listener on an IPv6 address, port chosen by the kernel (or `port`).
+pub fn listen_on6(ip: Ipv6Addr, port: u16) -> TcpListener {
+    TcpListener::bind(SocketAddrV6::new(ip, port, 0, 0)).expect("bind IPv6 test listener")
+}
+
+/// The IPv6 address a listener is bound to.
+pub fn v6(listener: &TcpListener) -> SocketAddrV6 {
+    match listener.local_addr().expect("local addr") {
+        SocketAddr::V6(addr) => addr,
+        SocketAddr::V4(addr) => panic!("expected an IPv6 listener, got {addr}"),
+    }
 }
 
 /// The IPv4 address a listener is bound to.
