@@ -1,25 +1,34 @@
 //! Wiring: builds the node tunnel from a [`Config`], binds every listener and returns
 //! [`Bound`] with the real addresses and the drain handle, so tests run it in-process.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use mesh_core::{
     drain::{self, DrainOutcome, DrainTrigger},
     hbone,
-    identity::{
-        ca::CertificateAuthority, source::DEFAULT_VALIDITY, CertificateSource, GrpcSource,
-        InProcessSource, SpiffeId,
-    },
-    ops::{self, OpsRoutes, Page, Readiness},
+    identity::{CertificateSource, SpiffeId},
+    ops::{self, OpsRoutes, Page},
     tls::{IdentityCert, RenewError},
 };
+use tokio::sync::{watch, Notify};
 
 use crate::{
+    admin,
     certs::{CertManager, CertsError},
     config::{Config, PolicyConfig},
+    inpod::{self, InPodListeners},
     metrics::Metrics,
+    pod_netns::ScanConfig,
+    pod_scan::{self, PodScanner},
     policy::{Authorizer, Policies, PolicyError},
     proxy::{accept_loop, inbound::InboundCerts, Proxy},
+    ready::{self, ReadyState},
     socket::{FactoryDialer, SocketFactory, SystemSockets},
     state::{State, StateError},
 };
@@ -39,9 +48,9 @@ pub enum AppError {
     /// Certificates could not be obtained.
     #[error(transparent)]
     Certs(#[from] CertsError),
-    /// The static-mode CA could not be set up.
-    #[error("certificate authority: {0}")]
-    Ca(String),
+    /// The certificate source could not be set up.
+    #[error(transparent)]
+    Ca(#[from] crate::ca_source::CaSourceError),
     /// A listener could not be bound.
     #[error("binding {name} listener on {addr}: {source}, is another process using the port?")]
     Bind {
@@ -77,11 +86,15 @@ pub struct Bound {
     pub admin: SocketAddr,
     proxy: Proxy,
     source: Arc<dyn CertificateSource>,
-    ready: Readiness,
+    ready: ReadyState,
     readiness_drain: DrainTrigger,
     root_namespace: String,
     drain: DrainTrigger,
     deadline: Duration,
+    mesh_changed: Arc<Notify>,
+    in_pod: watch::Receiver<BTreeMap<IpAddr, PathBuf>>,
+    scanner: OnceLock<PodScanner>,
+    scan_config: ScanConfig,
 }
 
 impl std::fmt::Debug for Bound {
@@ -99,7 +112,7 @@ impl Bound {
     /// Readiness turns to 503 as soon as this is called (before the returned future is polled)
     /// and stays served until the drain ends, so probes see the node leaving.
     pub fn shutdown(self) -> impl std::future::Future<Output = DrainOutcome> + Send {
-        self.ready.set(false);
+        self.ready.set_draining();
         async move {
             let outcome = self.drain.drain(self.deadline).await;
             self.readiness_drain.drain(READINESS_STOP_DEADLINE).await;
@@ -110,8 +123,9 @@ impl Bound {
     /// Applies a new mesh description (workloads, services, waypoints, peer authentication and
     /// policies; listeners, CA and node name are fixed at start-up). Certificates for new local
     /// identities are fetched first, so traffic is never routed to an identity without one; on
-    /// any error the current state stays in force. Returns how many live connections the new
-    /// policies closed. Connections to workloads that disappeared are not closed.
+    /// any error the current state stays in force. Returns how many live connections were
+    /// closed: those whose local pod left the mesh (inbound to it, outbound from it) and those
+    /// the new policies deny.
     pub async fn update_mesh(&self, config: &Config) -> Result<usize, AppError> {
         let state = State::from_config(config)?;
         let policies = Policies::compile(&self.root_namespace, &config.authorization_policies)?;
@@ -123,8 +137,51 @@ impl Bound {
                 &self.drain.watch(),
             )
             .await?;
-        self.proxy.state.store(Arc::new(state));
-        Ok(self.proxy.authz.update(policies))
+        let state = Arc::new(state);
+        self.proxy.state.store(state.clone());
+        self.mesh_changed.notify_one();
+        if let Some(scanner) = self.scanner.get() {
+            scanner.rescan();
+        }
+        let departed = self
+            .proxy
+            .authz
+            .close_departed(|ip, name| state.local_workload(ip).is_some_and(|w| w.name == name));
+        Ok(departed + self.proxy.authz.update(policies))
+    }
+
+    /// The shared scan of pods' network namespaces (started on first use, if in-pod listeners
+    /// did not start it); eBPF enrollment follows it too.
+    pub fn pod_scanner(&self) -> &PodScanner {
+        self.scanner.get_or_init(|| {
+            PodScanner::spawn(
+                self.scan_config.clone(),
+                pod_scan::RESCAN_INTERVAL,
+                self.drain.watch(),
+            )
+        })
+    }
+
+    /// The open in-pod HBONE listeners: pod IP -> the network namespace it listens in.
+    pub fn in_pod_listeners(&self) -> watch::Receiver<BTreeMap<IpAddr, PathBuf>> {
+        self.in_pod.clone()
+    }
+
+    /// [`Bound::update_mesh`] for control feed `version`, recording the outcome for readiness.
+    pub async fn apply_feed_version(
+        &self,
+        version: u64,
+        config: &Config,
+    ) -> Result<usize, AppError> {
+        let result = self.update_mesh(config).await;
+        let outcome = result.as_ref().map(|_| ()).map_err(ToString::to_string);
+        self.ready.feed_outcome(version, outcome);
+        result
+    }
+
+    /// Why the node is not ready (empty when ready), as `/healthz/ready` reports it.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        self.ready.not_ready_reasons()
     }
 
     /// Replaces the authorization policies; returns how many live connections were closed.
@@ -161,7 +218,7 @@ impl Bound {
 
 /// Builds with real sockets and a static-mode CA from the config.
 pub async fn build(config: Config) -> Result<Bound, AppError> {
-    let certs = static_source(&config)?;
+    let certs = crate::ca_source::from_config(&config)?;
     build_with(
         config,
         Deps {
@@ -170,57 +227,6 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
         },
     )
     .await
-}
-
-fn read_file(path: &std::path::Path) -> Result<String, AppError> {
-    std::fs::read_to_string(path).map_err(|e| AppError::Ca(format!("{}: {e}", path.display())))
-}
-
-/// The control plane's CA service, when configured.
-fn grpc_source(config: &Config, address: &str) -> Result<Arc<dyn CertificateSource>, AppError> {
-    let bundle_file =
-        config.ca.trust_bundle_file.as_deref().ok_or_else(|| {
-            AppError::Ca("ca.trust_bundle_file is required with ca.address".into())
-        })?;
-    let token = config.ca.token_file.as_deref().map(read_file).transpose()?;
-    let channel = tonic::transport::Channel::from_shared(address.to_owned())
-        .map_err(|e| AppError::Ca(format!("ca.address {address:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect_lazy();
-    let validity = config.ca.workload_validity.unwrap_or(DEFAULT_VALIDITY);
-    let source = GrpcSource::new(
-        channel,
-        token.as_deref().map(str::trim),
-        &read_file(bundle_file)?,
-        validity,
-    )
-    .map_err(|e| AppError::Ca(e.to_string()))?;
-    Ok(Arc::new(source))
-}
-
-fn static_source(config: &Config) -> Result<Arc<dyn CertificateSource>, AppError> {
-    if let Some(address) = &config.ca.address {
-        return grpc_source(config, address);
-    }
-    let ca = match (&config.ca.cert_chain_file, &config.ca.key_file) {
-        (Some(chain), Some(key)) => {
-            CertificateAuthority::from_pem(&read_file(chain)?, &read_file(key)?)
-        }
-        (None, None) => {
-            tracing::warn!(
-                "no ca configured: using a self-signed in-process ca (single-node only)"
-            );
-            CertificateAuthority::self_signed(&config.trust_domain)
-        }
-        _ => {
-            return Err(AppError::Ca(
-                "ca.cert_chain_file and ca.key_file go together".into(),
-            ))
-        }
-    }
-    .map_err(|e| AppError::Ca(e.to_string()))?;
-    let validity = config.ca.workload_validity.unwrap_or(DEFAULT_VALIDITY);
-    Ok(Arc::new(InProcessSource::new(Arc::new(ca), validity)))
 }
 
 /// Builds with injected dependencies.
@@ -288,13 +294,36 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
         Arc::new(proxy.clone()),
     );
     tokio::spawn(server.serve(hbone_listener, watch.clone()));
-    let ready = Readiness::default();
-    ready.set(true);
+    let mesh_changed = Arc::new(Notify::new());
+    let scan_config = ScanConfig {
+        pinned_dirs: config.pod_netns.dirs.clone(),
+        scan_proc: config.pod_netns.scan_proc,
+    };
+    let scanner = OnceLock::new();
+    let in_pod = match config.in_pod.enabled {
+        true => {
+            let scanner = scanner.get_or_init(|| {
+                PodScanner::spawn(
+                    scan_config.clone(),
+                    pod_scan::RESCAN_INTERVAL,
+                    watch.clone(),
+                )
+            });
+            spawn_in_pod(&proxy, &config, scanner, &mesh_changed, &watch)
+        }
+        false => watch::channel(BTreeMap::new()).1,
+    };
+    let ready = ReadyState::new(proxy.clone(), config.follows_control_feed);
     // Readiness has its own drain, ended after the main one, so it can answer 503 meanwhile.
     let (readiness_drain, readiness_watch) = drain::channel();
-    spawn_ops(&proxy, &config, [metrics, admin], &watch);
-    let readiness_routes = OpsRoutes::default().readiness(ready.clone());
-    tokio::spawn(ops::serve(readiness, readiness_routes, readiness_watch));
+    let dump = admin::Dump {
+        proxy: proxy.clone(),
+        startup: config.clone(),
+        in_pod: in_pod.clone(),
+        ready: ready.clone(),
+    };
+    spawn_ops(&proxy, dump, [metrics, admin], &watch);
+    tokio::spawn(ready::serve(readiness, ready.clone(), readiness_watch));
     tracing::info!(addrs = ?bound_addrs, identities = ?certs.identities().iter().map(ToString::to_string).collect::<Vec<_>>(), "node tunnel ready");
     Ok(Bound {
         outbound: bound_addrs[0],
@@ -310,12 +339,37 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
         root_namespace: config.root_namespace.clone(),
         drain: trigger,
         deadline: config.drain_deadline,
+        mesh_changed,
+        in_pod,
+        scanner,
+        scan_config,
     })
+}
+
+/// Starts the in-pod listeners; returns the view of the open ones.
+fn spawn_in_pod(
+    proxy: &Proxy,
+    config: &Config,
+    scanner: &PodScanner,
+    mesh_changed: &Arc<Notify>,
+    watch: &drain::DrainWatch,
+) -> watch::Receiver<BTreeMap<IpAddr, PathBuf>> {
+    let (listeners, view) =
+        InPodListeners::new(proxy.clone(), config.hbone_port, config.drain_deadline);
+    let run = inpod::run(
+        listeners,
+        scanner.results(),
+        mesh_changed.clone(),
+        inpod::RETRY_INTERVAL,
+        watch.clone(),
+    );
+    tokio::spawn(run);
+    view
 }
 
 fn spawn_ops(
     proxy: &Proxy,
-    config: &Config,
+    dump: admin::Dump,
     [metrics, admin]: [tokio::net::TcpListener; 2],
     watch: &drain::DrainWatch,
 ) {
@@ -324,8 +378,7 @@ fn spawn_ops(
     let metrics_routes = OpsRoutes::default()
         .page("/metrics", metrics_page.clone())
         .page("/stats/prometheus", metrics_page);
-    let (dump_proxy, startup) = (proxy.clone(), config.clone());
-    let dump: Page = Arc::new(move || ("application/json", config_dump(&dump_proxy, &startup)));
+    let dump: Page = Arc::new(move || ("application/json", dump.render()));
     let admin_routes = OpsRoutes::default().page("/config_dump", dump);
     tokio::spawn(ops::serve(metrics, metrics_routes, watch.clone()));
     tokio::spawn(ops::serve(admin, admin_routes, watch.clone()));
@@ -333,32 +386,3 @@ fn spawn_ops(
 
 /// Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// The admin dump, computed per request: the start-up config plus the current mesh view.
-fn config_dump(proxy: &Proxy, config: &Config) -> String {
-    let identities: Vec<String> = proxy
-        .certs
-        .identities()
-        .iter()
-        .map(|i| i.to_string())
-        .collect();
-    let workloads: Vec<_> = proxy
-        .state()
-        .workloads()
-        .iter()
-        .map(|w| {
-            serde_json::json!({
-                "name": w.name, "namespace": w.namespace, "ip": w.ip, "node": w.node,
-                "identity": w.identity.to_string(),
-                "waypoint": w.waypoint.as_ref().map(|wp| wp.key.clone()),
-            })
-        })
-        .collect();
-    let dump = serde_json::json!({
-        "startup_config": config,
-        "workloads": workloads,
-        "certificates": identities,
-        "policies": proxy.authz.policy_count(),
-    });
-    serde_json::to_string_pretty(&dump).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-}

@@ -66,6 +66,51 @@ pub struct Config {
     /// L4 authorization policies (Istio AuthorizationPolicy subset).
     #[serde(default)]
     pub authorization_policies: Vec<PolicyConfig>,
+    /// HBONE listeners inside local pods' network namespaces.
+    #[serde(default)]
+    pub in_pod: InPodConfig,
+    /// Where pods' network namespaces are found.
+    #[serde(default)]
+    pub pod_netns: PodNetnsConfig,
+    /// Set by the binary (not the file) when it follows mesh-control: readiness then waits
+    /// for the first applied feed version.
+    #[serde(skip)]
+    pub follows_control_feed: bool,
+}
+
+/// In-pod HBONE listeners (Istio ambient's "in-pod" model): for every local pod whose network
+/// namespace is found, the tunnel listens on `0.0.0.0:<hbone_port>` inside that namespace, so
+/// peers reach `<pod ip>:15008` without any NAT towards the node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InPodConfig {
+    /// Open in-pod listeners (needs `CAP_SYS_ADMIN` to enter pod namespaces).
+    pub enabled: bool,
+}
+
+impl Default for InPodConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// Where pods' network namespaces are found (for eBPF enrollment and in-pod listeners).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodNetnsConfig {
+    /// Directories of pinned namespace files (`/run/netns` for containerd, CRI-O, `ip netns`).
+    pub dirs: Vec<PathBuf>,
+    /// Also search `/proc/<pid>/ns/net` (needs the host PID namespace).
+    pub scan_proc: bool,
+}
+
+impl Default for PodNetnsConfig {
+    fn default() -> Self {
+        Self {
+            dirs: vec![PathBuf::from("/run/netns")],
+            scan_proc: false,
+        }
+    }
 }
 
 /// Listener addresses (Istio ambient ports by default).
@@ -167,6 +212,38 @@ pub struct WorkloadConfig {
     /// Waypoint (by name, same namespace) this workload's inbound traffic goes through.
     #[serde(default)]
     pub waypoint: Option<String>,
+    /// This workload's own mTLS mode (a selector-scoped PeerAuthentication); absent: its
+    /// namespace's, then the mesh default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MtlsMode>,
+    /// Per-port overrides of the workload's mode (PeerAuthentication `portLevelMtls`), by the
+    /// workload's port.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_mtls: BTreeMap<u16, MtlsMode>,
+}
+
+impl WorkloadConfig {
+    /// The mode of the pod as a whole, which is what the kernel can enforce: STRICT when its
+    /// own (or inherited) mode or any port override is. A PERMISSIVE port of a STRICT pod is
+    /// then refused plaintext too (fail closed).
+    pub fn strictest_mtls(&self, peer: &PeerAuthentication) -> MtlsMode {
+        let own = self
+            .mtls
+            .unwrap_or_else(|| peer.namespace_mode(&self.namespace));
+        let any_strict_port = self.port_mtls.values().any(|m| *m == MtlsMode::Strict);
+        if any_strict_port {
+            MtlsMode::Strict
+        } else {
+            own
+        }
+    }
+}
+
+impl PeerAuthentication {
+    /// The mode of `namespace`: its override, else the mesh default.
+    pub fn namespace_mode(&self, namespace: &str) -> MtlsMode {
+        self.namespaces.get(namespace).copied().unwrap_or(self.mode)
+    }
 }
 
 /// One service port.
@@ -398,6 +475,8 @@ authorization_policies:
         assert_eq!(config.peer_authentication.mode, MtlsMode::Strict);
         assert_eq!(config.services[0].ports[0].target_port, Some(8080));
         assert_eq!(config.authorization_policies[0].action, PolicyAction::Deny);
+        assert!(config.in_pod.enabled, "in-pod listeners are the default");
+        assert_eq!(config.pod_netns.dirs, vec![PathBuf::from("/run/netns")]);
     }
 
     #[test]

@@ -1,36 +1,39 @@
 //! Keeps the eBPF enrollment map in step with the pods running on this node.
 //!
 //! The node knows its pods by IP (from config or the control plane); the eBPF programs know them
-//! by network-namespace cookie. Every pass scans the namespaces ([`crate::pod_netns`]), works out
-//! the changes ([`crate::pod_netns::plan`]) and applies them to the [`Redirect`] maps. A pod whose
-//! namespace is not up yet is picked up by a later pass; a pod that left is unenrolled.
+//! by network-namespace cookie. Whenever the wanted pods or the shared namespace scan
+//! ([`crate::pod_scan`]) change, a pass works out the changes ([`crate::pod_netns::plan`]) and
+//! applies them to the [`Redirect`] maps. A pod whose namespace is not up yet is picked up when
+//! it appears; a pod that left is unenrolled.
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
 
 use mesh_core::drain::DrainWatch;
 use tokio::sync::watch;
 
 use crate::{
     config::{Config, MtlsMode},
-    pod_netns::{self, ScanConfig, ScanError},
-    redirect::{EnrollMode, Redirect, RedirectError},
+    ebpf_metrics::CounterSource,
+    pod_netns::{self, PodNetns},
+    pod_scan::Scan,
+    redirect::{Counters, EnrollMode, Redirect, RedirectError},
 };
 
 /// Errors of one reconciliation pass; the next pass retries.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollmentError {
-    /// Namespaces could not be scanned.
-    #[error("scanning pod network namespaces: {0}")]
-    Scan(#[from] ScanError),
     /// The enrollment map rejected a change.
     #[error("updating the eBPF enrollment map: {0}")]
     Map(#[from] RedirectError),
-    /// The blocking pass panicked or was cancelled.
-    #[error("enrollment pass did not finish: {0}")]
-    Task(String),
 }
 
-/// The local pods that must be captured, by IP, with how strictly: from the node's config.
+/// The local pods that must be captured, by IP, with how strictly: from the node's config (a
+/// pod is STRICT in the kernel when its mode or any of its port modes is).
 pub fn wanted_from_config(config: &Config) -> BTreeMap<IpAddr, EnrollMode> {
     let peer = &config.peer_authentication;
     config
@@ -38,12 +41,7 @@ pub fn wanted_from_config(config: &Config) -> BTreeMap<IpAddr, EnrollMode> {
         .iter()
         .filter(|workload| workload.node == config.node_name)
         .map(|workload| {
-            let mode = peer
-                .namespaces
-                .get(&workload.namespace)
-                .copied()
-                .unwrap_or(peer.mode);
-            let enroll = match mode {
+            let enroll = match workload.strictest_mtls(peer) {
                 MtlsMode::Strict => EnrollMode::Strict,
                 MtlsMode::Permissive => EnrollMode::Capture,
             };
@@ -57,16 +55,14 @@ pub fn wanted_from_config(config: &Config) -> BTreeMap<IpAddr, EnrollMode> {
 pub struct Enrollment {
     redirect: Redirect,
     enrolled: BTreeMap<u64, EnrollMode>,
-    scan: ScanConfig,
 }
 
 impl Enrollment {
     /// Starts with nothing enrolled.
-    pub fn new(redirect: Redirect, scan: ScanConfig) -> Self {
+    pub fn new(redirect: Redirect) -> Self {
         Self {
             redirect,
             enrolled: BTreeMap::new(),
-            scan,
         }
     }
 
@@ -80,13 +76,13 @@ impl Enrollment {
         &self.redirect
     }
 
-    /// One blocking pass: scan, then enroll and unenroll as needed.
-    pub fn reconcile(
+    /// Enrolls and unenrolls so that the map matches `wanted` given the namespaces `found`.
+    pub fn apply(
         &mut self,
         wanted: &BTreeMap<IpAddr, EnrollMode>,
+        found: &HashMap<IpAddr, PodNetns>,
     ) -> Result<(), EnrollmentError> {
-        let found = pod_netns::scan(&self.scan)?;
-        let plan = pod_netns::plan(&self.enrolled, wanted, &found);
+        let plan = pod_netns::plan(&self.enrolled, wanted, found);
         for (cookie, mode, ip) in plan.enroll {
             self.redirect.enroll(cookie, mode)?;
             self.enrolled.insert(cookie, mode);
@@ -108,42 +104,75 @@ impl Enrollment {
     }
 }
 
-/// Reconciles every `interval` and whenever `wanted` changes, until the drain starts; returns
-/// the enrollment so the caller decides when the programs detach (`None` if a pass panicked).
-pub async fn run(
-    mut enrollment: Enrollment,
+/// The enrollment, shared by the reconcile loop and metric scrapes; `None` once detached.
+type Shared = Arc<Mutex<Option<Enrollment>>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Option<Enrollment>> {
+    // Map updates are single calls: a panicking pass cannot leave the enrollment half-changed.
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One pass on a blocking thread (map updates are syscalls).
+fn pass(
+    shared: &Shared,
+    found: &Scan,
+    wanted: &BTreeMap<IpAddr, EnrollMode>,
+) -> Result<(), EnrollmentError> {
+    match lock(shared).as_mut() {
+        Some(enrollment) => enrollment.apply(wanted, found),
+        None => Ok(()),
+    }
+}
+
+/// Reconciles whenever `wanted` or the namespace scan changes, until the drain starts or
+/// `wanted`'s sender is dropped. A failed pass is retried after `retry`.
+async fn run(
+    shared: Shared,
     mut wanted: watch::Receiver<BTreeMap<IpAddr, EnrollMode>>,
-    interval: Duration,
+    mut scans: watch::Receiver<Scan>,
+    retry: Duration,
     mut drain: DrainWatch,
-) -> Option<Enrollment> {
+) {
+    let mut scanning = true;
     loop {
         let target = wanted.borrow_and_update().clone();
-        let pass = tokio::task::spawn_blocking(move || {
-            let result = enrollment.reconcile(&target);
-            (enrollment, result)
-        });
-        match pass.await {
-            Ok((returned, result)) => {
-                enrollment = returned;
-                if let Err(error) = result {
-                    tracing::warn!(%error, "enrollment pass failed; retrying");
-                }
-            }
-            Err(error) => {
-                // The enrollment moved into the panicked task is gone: nothing left to manage.
-                tracing::error!(%error, "enrollment pass panicked; pods are no longer reconciled");
-                drain.signaled().await;
-                return None;
-            }
+        let found = scans.borrow_and_update().clone();
+        let pass_shared = shared.clone();
+        let result = tokio::task::spawn_blocking(move || pass(&pass_shared, &found, &target)).await;
+        let failed = !matches!(result, Ok(Ok(())));
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "enrollment pass failed; retrying"),
+            Err(error) => tracing::error!(%error, "enrollment pass panicked; retrying"),
         }
+        let retry_after = async {
+            match failed {
+                true => tokio::time::sleep(retry).await,
+                false => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = drain.signaled() => return Some(enrollment),
-            _ = tokio::time::sleep(interval) => {}
+            _ = drain.signaled() => return,
+            _ = retry_after => {}
             changed = wanted.changed() => {
                 if changed.is_err() {
-                    return Some(enrollment);
+                    return;
                 }
             }
+            // The scanner stops with the proxy's drain; keep the last scan until shutdown.
+            changed = scans.changed(), if scanning => scanning = changed.is_ok(),
+        }
+    }
+}
+
+/// Reads the programs' counters for metrics while they are attached.
+struct EnrollmentCounters(Shared);
+
+impl CounterSource for EnrollmentCounters {
+    fn read(&self) -> Result<Counters, String> {
+        match lock(&self.0).as_ref() {
+            Some(enrollment) => enrollment.redirect().counters().map_err(|e| e.to_string()),
+            None => Err("ebpf programs are detached".to_owned()),
         }
     }
 }
@@ -153,7 +182,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wanted_pods_are_the_local_ones_with_their_namespace_mode() {
+    fn wanted_pods_are_the_local_ones_with_their_strictest_mode() {
         let yaml = r#"
 node_name: n1
 peer_authentication:
@@ -163,44 +192,52 @@ workloads:
   - {name: a, namespace: demo, service_account: a, ip: 10.0.0.1, node: n1}
   - {name: b, namespace: other, service_account: b, ip: 10.0.0.2, node: n1}
   - {name: c, namespace: demo, service_account: c, ip: 10.0.0.3, node: n2}
+  - {name: d, namespace: demo, service_account: d, ip: 10.0.0.4, node: n1, mtls: PERMISSIVE}
+  - {name: e, namespace: other, service_account: e, ip: 10.0.0.5, node: n1, port_mtls: {5432: STRICT}}
 "#;
         let config = Config::from_yaml(yaml).unwrap();
         let wanted = wanted_from_config(&config);
         let expected = BTreeMap::from([
             ("10.0.0.1".parse().unwrap(), EnrollMode::Strict),
             ("10.0.0.2".parse().unwrap(), EnrollMode::Capture),
+            ("10.0.0.4".parse().unwrap(), EnrollMode::Capture),
+            ("10.0.0.5".parse().unwrap(), EnrollMode::Strict),
         ]);
         assert_eq!(wanted, expected);
     }
 }
 
-/// How often pods are rescanned when nothing else changes.
-pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+/// A failed pass (map update) is retried after this.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A running enrollment loop; [`EnrollmentHandle::shutdown`] stops it and detaches the programs.
 #[derive(Debug)]
 pub struct EnrollmentHandle {
-    task: tokio::task::JoinHandle<Option<Enrollment>>,
+    task: tokio::task::JoinHandle<()>,
     drain: mesh_core::drain::DrainTrigger,
     wanted: watch::Sender<BTreeMap<IpAddr, EnrollMode>>,
+    shared: Shared,
 }
 
 impl EnrollmentHandle {
-    /// Attaches the redirect programs and starts enrolling `wanted`.
+    /// Attaches the redirect programs and starts enrolling `wanted`, finding pods' namespaces
+    /// in `scans` (from [`crate::pod_scan::PodScanner::results`]).
     pub fn start(
         config: &crate::redirect::Config,
         wanted: BTreeMap<IpAddr, EnrollMode>,
-        scan: ScanConfig,
+        scans: watch::Receiver<Scan>,
     ) -> Result<Self, RedirectError> {
         let redirect = Redirect::load(config)?;
         let (wanted_tx, wanted_rx) = watch::channel(wanted);
         let (drain, watch) = mesh_core::drain::channel();
-        let enrollment = Enrollment::new(redirect, scan);
-        let task = tokio::spawn(run(enrollment, wanted_rx, RESCAN_INTERVAL, watch));
+        let shared = Arc::new(Mutex::new(Some(Enrollment::new(redirect))));
+        let run = run(shared.clone(), wanted_rx, scans, RETRY_INTERVAL, watch);
+        let task = tokio::spawn(run);
         Ok(Self {
             task,
             drain,
             wanted: wanted_tx,
+            shared,
         })
     }
 
@@ -209,19 +246,23 @@ impl EnrollmentHandle {
         self.wanted.send_replace(wanted);
     }
 
+    /// The programs' counters, for [`crate::metrics::Metrics::install_ebpf_counters`]; reads
+    /// fail once the programs are detached.
+    pub fn counters(&self) -> Arc<dyn CounterSource> {
+        Arc::new(EnrollmentCounters(self.shared.clone()))
+    }
+
     /// Stops reconciling and detaches the programs: enrolled pods' new connections then go
     /// direct, so call this only after the proxy has drained.
     pub async fn shutdown(self) {
         drop(self.wanted);
         let _ = self.drain.drain(Duration::from_secs(5)).await;
-        match self.task.await {
-            Ok(Some(enrollment)) => {
-                let pods = enrollment.enrolled().len();
-                drop(enrollment);
-                tracing::info!(pods, "ebpf redirection detached");
-            }
-            Ok(None) => tracing::warn!("enrollment loop had stopped after a panic"),
-            Err(error) => tracing::warn!(%error, "enrollment loop ended abnormally"),
+        if let Err(error) = self.task.await {
+            tracing::warn!(%error, "enrollment loop ended abnormally");
         }
+        let detached = lock(&self.shared).take();
+        let pods = detached.as_ref().map_or(0, |e| e.enrolled().len());
+        drop(detached);
+        tracing::info!(pods, "ebpf redirection detached");
     }
 }

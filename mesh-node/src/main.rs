@@ -21,7 +21,6 @@ use mesh_node::{
     config::Config,
     enrollment::{self, EnrollmentHandle},
     feed::{self, FeedClientConfig, FeedStatus, MeshSnapshot},
-    pod_netns::ScanConfig,
     redirect,
 };
 use tokio::sync::watch;
@@ -33,8 +32,20 @@ use tokio::sync::watch;
 #[command(version, about, long_about = None)]
 struct Args {
     /// Static configuration file (YAML).
-    #[arg(long, env = "WEFT_NODE_CONFIG")]
-    config: PathBuf,
+    #[arg(
+        long,
+        env = "WEFT_NODE_CONFIG",
+        required_unless_present = "bpf_cleanup"
+    )]
+    config: Option<PathBuf>,
+    /// Pin the eBPF programs' links and maps in this bpffs directory (e.g. /sys/fs/bpf/weft): they
+    /// stay attached when mesh-node exits, so enrolled pods cannot bypass the tunnel while it
+    /// restarts, and the next start adopts them in place. Without it, exiting detaches all.
+    #[arg(long, env = "WEFT_BPF_PIN_PATH")]
+    bpf_pin_path: Option<PathBuf>,
+    /// Remove everything pinned under --bpf-pin-path (detaching the programs) and exit.
+    #[arg(long, requires = "bpf_pin_path")]
+    bpf_cleanup: bool,
     /// Capture enrolled pods' traffic with eBPF programs attached to this cgroup (path below the
     /// cgroup2 mount; "" for the whole hierarchy). It must contain both the pods and this
     /// process. Without it, only traffic sent to the listeners directly is handled.
@@ -67,10 +78,18 @@ async fn main() -> anyhow::Result<()> {
     // Before any start-up work: an early SIGTERM must drain, not kill.
     let mut signals = signal::ShutdownSignals::install()?;
     telemetry::init(&args.log)?;
-    let mut config = Config::from_file(&args.config)?;
+    if let (true, Some(pins)) = (args.bpf_cleanup, &args.bpf_pin_path) {
+        let removed = redirect::pin::remove_all(pins)?;
+        tracing::info!(pins = %pins.display(), ?removed, "pinned eBPF objects removed");
+        return Ok(());
+    }
+    let config_path = args.config.as_deref().context("--config is required")?;
+    let mut config = Config::from_file(config_path)?;
     if let Some(name) = &args.node_name {
         config.node_name = name.clone();
     }
+    config.follows_control_feed = args.control_address.is_some();
+    config.pod_netns.scan_proc |= args.scan_proc;
     tracing::info!(config = ?config, "mesh-node starting");
     let wanted = enrollment::wanted_from_config(&config);
     let base = config.clone();
@@ -83,12 +102,14 @@ async fn main() -> anyhow::Result<()> {
                 redirect::Config::new(cgroup, SocketAddrV4::new(node_ip, bound.outbound.port()));
             redirect.tunnel_source_v4 = Some(node_ip);
             redirect.probe_source_v4 = Some(node_ip);
-            let scan = ScanConfig {
-                scan_proc: args.scan_proc,
-                ..ScanConfig::default()
-            };
-            let handle = EnrollmentHandle::start(&redirect, wanted, scan)
+            // Strict pods accept SYNs to this port: the in-pod HBONE listeners.
+            redirect.hbone_port = base.hbone_port;
+            redirect.pin_path = args.bpf_pin_path.clone();
+            redirect.hbone_port = base.hbone_port;
+            let scans = bound.pod_scanner().results();
+            let handle = EnrollmentHandle::start(&redirect, wanted, scans)
                 .context("attaching eBPF redirection")?;
+            bound.metrics().install_ebpf_counters(handle.counters());
             Some(handle)
         }
         _ => None,
@@ -174,7 +195,7 @@ async fn apply_snapshot(
     for warning in warnings {
         tracing::warn!(version = snapshot.version, %warning, "control feed");
     }
-    match bound.update_mesh(&mesh).await {
+    match bound.apply_feed_version(snapshot.version, &mesh).await {
         Ok(closed) => {
             tracing::info!(
                 version = snapshot.version,

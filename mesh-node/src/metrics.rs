@@ -12,6 +12,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::ebpf_metrics::{CounterSource, EbpfCollector};
+
 /// Which side reports the metric.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Reporter {
@@ -59,8 +61,8 @@ pub enum Outcome {
     Completed,
     /// Refused or failed before data flowed (reason for logs).
     Failed(String),
-    /// Closed because policy changed.
-    Revoked,
+    /// Closed by the node mid-stream (policy change, workload left the mesh).
+    Revoked(crate::policy::Revocation),
 }
 
 /// One finished connection.
@@ -87,6 +89,7 @@ pub struct Metrics {
     failed: Family<TcpLabels, Counter>,
     sent: Family<TcpLabels, Counter>,
     received: Family<TcpLabels, Counter>,
+    ebpf: EbpfCollector,
 }
 
 impl Metrics {
@@ -123,6 +126,8 @@ impl Metrics {
             "Bytes received from the destination",
             received.clone(),
         );
+        let ebpf = EbpfCollector::default();
+        registry.register_collector(Box::new(ebpf.clone()));
         Arc::new(Self {
             registry,
             opened,
@@ -130,7 +135,13 @@ impl Metrics {
             failed,
             sent,
             received,
+            ebpf,
         })
+    }
+
+    /// Exports the eBPF programs' counters (`weft_ebpf_events_total`), read on every scrape.
+    pub fn install_ebpf_counters(&self, source: Arc<dyn CounterSource>) {
+        self.ebpf.install(source);
     }
 
     /// Counts a connection that was established.
@@ -145,7 +156,7 @@ impl Metrics {
             Outcome::Failed(_) => {
                 self.failed.get_or_create(l).inc();
             }
-            Outcome::Completed | Outcome::Revoked => {
+            Outcome::Completed | Outcome::Revoked(_) => {
                 self.closed.get_or_create(l).inc();
             }
         }
@@ -153,7 +164,7 @@ impl Metrics {
         self.received.get_or_create(l).inc_by(record.received);
         let result = match &record.outcome {
             Outcome::Completed => "completed".to_owned(),
-            Outcome::Revoked => "revoked by policy".to_owned(),
+            Outcome::Revoked(reason) => reason.to_string(),
             Outcome::Failed(reason) => format!("failed: {reason}"),
         };
         tracing::info!(
@@ -220,6 +231,28 @@ mod tests {
         assert!(text.contains("} 20"), "{text}");
         assert!(
             text.contains("connection_security_policy=\"mutual_tls\""),
+            "{text}"
+        );
+    }
+
+    struct FixedCounters;
+
+    impl CounterSource for FixedCounters {
+        fn read(&self) -> Result<crate::redirect::Counters, String> {
+            let mut totals = [0u64; mesh_ebpf_common::counter::COUNT as usize];
+            totals[mesh_ebpf_common::counter::CONNECT_REDIRECTED as usize] = 42;
+            Ok(crate::redirect::Counters::from_totals(&totals))
+        }
+    }
+
+    #[test]
+    fn ebpf_counters_appear_once_installed() {
+        let metrics = Metrics::new();
+        assert!(!metrics.encode().contains("weft_ebpf_events_total"));
+        metrics.install_ebpf_counters(Arc::new(FixedCounters));
+        let text = metrics.encode();
+        assert!(
+            text.contains("weft_ebpf_events_total{program=\"connect\",event=\"redirected\"} 42"),
             "{text}"
         );
     }

@@ -5,11 +5,20 @@
 //! connections with `SO_ORIGINAL_DST` (set by iptables REDIRECT/TPROXY-style capture) and falls
 //! back to the socket's local address when there is none (eBPF redirect or tests).
 
-use std::{io, net::SocketAddr, os::fd::AsRawFd, sync::Arc};
+use std::{
+    fs::File,
+    io,
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+    sync::Arc,
+};
 
 use futures::future::BoxFuture;
 use mesh_core::hbone::Dialer;
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::redirect::netns::run_in;
 
 /// Binds listeners, opens connections and reads original destinations.
 pub trait SocketFactory: Send + Sync + 'static {
@@ -19,6 +28,24 @@ pub trait SocketFactory: Send + Sync + 'static {
     fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<TcpStream>>;
     /// The destination the client originally connected to.
     fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr>;
+    /// Binds a non-blocking listener inside the network namespace at `netns` (a pod's). Blocks
+    /// while a helper thread enters the namespace: call it from `spawn_blocking`.
+    fn bind_in_netns(&self, netns: &Path, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+        bind_in_netns(netns, addr)
+    }
+}
+
+/// Binds `addr` inside the network namespace at `netns`: a short-lived thread enters the
+/// namespace, binds and returns the socket, which stays in that namespace for its whole life.
+/// The caller's thread (never a tokio worker's) keeps its namespace.
+pub fn bind_in_netns(netns: &Path, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let file = File::open(netns)?;
+    run_in(file.as_fd(), || {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    })
+    .map_err(io::Error::other)?
 }
 
 /// Real sockets in the current network namespace.

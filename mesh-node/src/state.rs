@@ -69,6 +69,10 @@ pub struct Workload {
     pub identity: SpiffeId,
     /// Waypoint for traffic addressed to it.
     pub waypoint: Option<Arc<Waypoint>>,
+    /// Its own mTLS mode, when a selector-scoped PeerAuthentication sets one.
+    pub mtls: Option<MtlsMode>,
+    /// Per-port overrides of its mode.
+    pub port_mtls: BTreeMap<u16, MtlsMode>,
 }
 
 /// A service.
@@ -146,6 +150,8 @@ impl State {
                 labels: w.labels.clone(),
                 identity,
                 waypoint: find_waypoint(format!("workload {}", w.name), &w.namespace, &w.waypoint)?,
+                mtls: w.mtls,
+                port_mtls: w.port_mtls.clone(),
             };
             if workloads.insert(w.ip, Arc::new(workload)).is_some() {
                 return Err(StateError::DuplicateIp {
@@ -233,6 +239,17 @@ impl State {
             .unwrap_or(self.mtls_default)
     }
 
+    /// The mTLS mode for plaintext to `workload` on `port`: the port's override, else the
+    /// workload's own mode, else its namespace's, else the mesh default (Istio precedence).
+    pub fn mtls_mode_for(&self, workload: &Workload, port: u16) -> MtlsMode {
+        workload
+            .port_mtls
+            .get(&port)
+            .copied()
+            .or(workload.mtls)
+            .unwrap_or_else(|| self.mtls_mode(&workload.namespace))
+    }
+
     /// All workloads (admin dump), sorted by IP.
     pub fn workloads(&self) -> Vec<Arc<Workload>> {
         let mut all: Vec<_> = self.workloads.values().cloned().collect();
@@ -260,4 +277,31 @@ fn waypoints(config: &Config) -> Result<HashMap<String, Arc<Waypoint>>, StateErr
             Ok((key, Arc::new(waypoint)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtls_precedence_is_port_then_workload_then_namespace_then_mesh() {
+        let yaml = r#"
+node_name: n1
+peer_authentication: { mode: STRICT, namespaces: { open: PERMISSIVE } }
+workloads:
+  - { name: a, namespace: open, service_account: a, ip: 10.0.0.1, node: n1 }
+  - { name: b, namespace: open, service_account: b, ip: 10.0.0.2, node: n1, mtls: STRICT,
+      port_mtls: { 8080: PERMISSIVE } }
+  - { name: c, namespace: locked, service_account: c, ip: 10.0.0.3, node: n1 }
+"#;
+        let state = State::from_config(&Config::from_yaml(yaml).unwrap()).unwrap();
+        let mode = |ip: &str, port| {
+            let workload = state.workload(ip.parse().unwrap()).unwrap();
+            state.mtls_mode_for(workload, port)
+        };
+        assert_eq!(mode("10.0.0.1", 80), MtlsMode::Permissive, "namespace");
+        assert_eq!(mode("10.0.0.2", 80), MtlsMode::Strict, "workload");
+        assert_eq!(mode("10.0.0.2", 8080), MtlsMode::Permissive, "port");
+        assert_eq!(mode("10.0.0.3", 80), MtlsMode::Strict, "mesh default");
+    }
 }

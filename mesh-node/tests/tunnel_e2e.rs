@@ -5,7 +5,7 @@ mod tunnel_support;
 use std::{sync::Arc, time::Duration};
 
 use mesh_core::{drain::DrainOutcome, identity::SpiffeId};
-use mesh_node::config::PolicyConfig;
+use mesh_node::config::{MtlsMode, PolicyConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tunnel_support::*;
 
@@ -179,6 +179,57 @@ peer_authentication:
         metrics.contains("connection_security_policy=\"none\""),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_honours_workload_and_port_modes() {
+    let strict_ns = "
+peer_authentication:
+  mode: PERMISSIVE
+  namespaces: { data: STRICT }
+";
+    let mesh = Mesh::start(MeshOptions {
+        node_b_extra: strict_ns,
+        ..MeshOptions::default()
+    })
+    .await;
+    // db-0 opens its serving port to plaintext; cache-0 keeps the namespace's STRICT.
+    let mut config = mesh.config("node-b", "", strict_ns);
+    let db = config
+        .workloads
+        .iter_mut()
+        .find(|w| w.name == "db-0")
+        .unwrap();
+    db.port_mtls.insert(mesh.db.port(), MtlsMode::Permissive);
+    mesh.b.update_mesh(&config).await.unwrap();
+    let outsider = "127.0.0.99".parse().unwrap();
+    let mut accepted = mesh.net.plaintext_connect(outsider, mesh.db).await.unwrap();
+    round_trip(&mut accepted, b"port permissive").await.unwrap();
+    let mut refused = mesh
+        .net
+        .plaintext_connect(outsider, mesh.cache)
+        .await
+        .unwrap();
+    expect_closed(&mut refused).await;
+    // A workload-level STRICT wins over a PERMISSIVE namespace.
+    let mut config = mesh.config("node-b", "", "");
+    let db = config
+        .workloads
+        .iter_mut()
+        .find(|w| w.name == "db-0")
+        .unwrap();
+    db.mtls = Some(MtlsMode::Strict);
+    mesh.b.update_mesh(&config).await.unwrap();
+    let mut refused = mesh.net.plaintext_connect(outsider, mesh.db).await.unwrap();
+    expect_closed(&mut refused).await;
+    let mut accepted = mesh
+        .net
+        .plaintext_connect(outsider, mesh.cache)
+        .await
+        .unwrap();
+    round_trip(&mut accepted, b"namespace permissive")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

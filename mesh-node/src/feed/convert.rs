@@ -45,7 +45,8 @@ pub fn mesh_config(base: &Config, snapshot: &MeshSnapshot) -> (Config, Vec<Strin
         service.endpoints.retain(|ip| kept.contains(ip));
     }
     config.waypoints = waypoints.into_values().collect();
-    config.peer_authentication = peer_authentication(&in_mesh);
+    // Control resolves PeerAuthentication per workload (and port): each workload carries it.
+    config.peer_authentication = PeerAuthentication::default();
     config.authorization_policies = snapshot
         .authorizations
         .values()
@@ -189,6 +190,8 @@ fn workloads(
             node: w.node.clone(),
             labels: w.labels.clone().into_iter().collect(),
             waypoint,
+            mtls: Some(mtls_mode(w.mtls)),
+            port_mtls: port_modes(uid, &w.port_mtls, warnings),
         });
     }
     out
@@ -239,23 +242,31 @@ fn services(
     out
 }
 
-/// Per-namespace mode: STRICT when any workload of the namespace is (the node config has no
-/// per-workload or per-port modes yet, so the stricter one wins).
-fn peer_authentication(in_mesh: &BTreeMap<&str, &pb::Workload>) -> PeerAuthentication {
-    let mut namespaces = BTreeMap::new();
-    for w in in_mesh.values() {
-        let strict = w.mtls == pb::MtlsMode::Strict as i32;
-        let mode = namespaces
-            .entry(w.namespace.clone())
-            .or_insert(MtlsMode::Permissive);
-        if strict {
-            *mode = MtlsMode::Strict;
+/// A wire mode as the node's: DISABLE accepts plaintext like PERMISSIVE; unknown values (a newer
+/// control plane) fail closed as STRICT.
+fn mtls_mode(mode: i32) -> MtlsMode {
+    match pb::MtlsMode::try_from(mode) {
+        Ok(pb::MtlsMode::Permissive | pb::MtlsMode::Disable) => MtlsMode::Permissive,
+        Ok(pb::MtlsMode::Strict) | Err(_) => MtlsMode::Strict,
+    }
+}
+
+/// Per-port modes; ports that do not fit 1-65535 are left out with a warning.
+fn port_modes(
+    uid: &str,
+    ports: &BTreeMap<u32, i32>,
+    warnings: &mut Vec<String>,
+) -> BTreeMap<u16, MtlsMode> {
+    let mut out = BTreeMap::new();
+    for (port, mode) in ports {
+        match u16::try_from(*port).ok().filter(|p| *p != 0) {
+            Some(port) => {
+                out.insert(port, mtls_mode(*mode));
+            }
+            None => warnings.push(format!("workload {uid}: port mtls for port {port} ignored")),
         }
     }
-    PeerAuthentication {
-        mode: MtlsMode::Permissive,
-        namespaces,
-    }
+    out
 }
 
 fn authorization(

@@ -157,9 +157,12 @@ fn snapshot_becomes_a_valid_node_config() {
         ["10.0.2.1".parse::<IpAddr>().unwrap()]
     );
     assert_eq!(config.services[0].ports[0].target_port, Some(8080));
-    assert_eq!(
-        config.peer_authentication.namespaces.get("demo"),
-        Some(&MtlsMode::Strict)
+    assert!(
+        config
+            .workloads
+            .iter()
+            .all(|w| w.mtls == Some(MtlsMode::Strict)),
+        "each workload carries its own mode"
     );
     assert!(warnings.iter().any(|w| w.contains("ghost")), "{warnings:?}");
 
@@ -300,5 +303,36 @@ fn waypoint_resolves_to_one_of_its_pods_not_its_vip() {
         chosen.len(),
         2,
         "eight nodes spread over both replicas: {chosen:?}"
+    );
+}
+
+#[test]
+fn workload_and_port_modes_are_carried_per_workload() {
+    let mut strict = workload("db", "n1", [10, 0, 1, 1], true);
+    strict.port_mtls = [(8080, pb::MtlsMode::Permissive as i32), (70_000, 1)].into();
+    let mut disabled = workload("legacy", "n1", [10, 0, 1, 2], true);
+    disabled.mtls = pb::MtlsMode::Disable as i32;
+    disabled.port_mtls = [(9090, 42)].into();
+    let snapshot = MeshSnapshot {
+        workloads: [strict, disabled]
+            .into_iter()
+            .map(|w| (w.uid.clone(), w))
+            .collect(),
+        ..MeshSnapshot::default()
+    };
+    let base = Config::from_yaml("node_name: n1").unwrap();
+    let (config, warnings) = mesh_config(&base, &snapshot);
+    let by_name = |name: &str| config.workloads.iter().find(|w| w.name == name).unwrap();
+    assert_eq!(by_name("db").mtls, Some(MtlsMode::Strict));
+    assert_eq!(
+        by_name("db").port_mtls,
+        [(8080, MtlsMode::Permissive)].into()
+    );
+    assert!(warnings.iter().any(|w| w.contains("70000")), "{warnings:?}");
+    assert_eq!(by_name("legacy").mtls, Some(MtlsMode::Permissive));
+    // An unknown mode from a newer control plane fails closed.
+    assert_eq!(
+        by_name("legacy").port_mtls,
+        [(9090, MtlsMode::Strict)].into()
     );
 }

@@ -8,7 +8,8 @@
 //!
 //! - [`rules`]: which policies apply to a destination (namespace, root namespace, selector);
 //!   the decision is [`mesh_core::authz::evaluate`], shared with the waypoint.
-//! - [`tracker`]: live connections, closed when a policy update no longer allows them.
+//! - [`tracker`]: live connections, closed when a policy update no longer allows them or their
+//!   local workload leaves the mesh.
 
 pub mod rules;
 pub mod tracker;
@@ -17,7 +18,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use mesh_core::identity::SpiffeId;
 pub use rules::{Policies, PolicyError};
-pub use tracker::{Authorizer, ConnectionGuard};
+pub use tracker::{Authorizer, ConnectionGuard, Revocation};
 
 /// What a policy decision is made on.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,11 +1,14 @@
-//! The authorizer: current policies plus the live connections they admitted.
+//! The authorizer: current policies plus the live connections the node carries.
 //!
-//! Each admitted connection registers its [`ConnectionInfo`] and gets a [`ConnectionGuard`];
-//! when policies are replaced, every live connection is re-evaluated and those no longer allowed
-//! are told to close through their guard.
+//! Each admitted inbound connection registers its [`ConnectionInfo`] and gets a
+//! [`ConnectionGuard`]; outbound connections register their source workload. When policies are
+//! replaced, every live inbound connection is re-evaluated; when the mesh changes, connections
+//! whose local end (the destination pod inbound, the source pod outbound) left are found. Either
+//! way the guard resolves with the [`Revocation`] and the proxy closes the connection.
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
@@ -16,26 +19,68 @@ use tokio::sync::watch;
 
 use super::{ConnectionInfo, Decision, Policies};
 
+/// Why a live connection was closed by the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// A policy update denies it.
+    Policy,
+    /// Its destination, a local pod, is no longer in the mesh.
+    DestinationGone {
+        /// The workload that left.
+        workload: String,
+    },
+    /// Its source, a local pod, is no longer in the mesh.
+    SourceGone {
+        /// The workload that left.
+        workload: String,
+    },
+}
+
+impl std::fmt::Display for Revocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Policy => f.write_str("revoked by policy"),
+            Self::DestinationGone { workload } => {
+                write!(f, "closed: destination workload {workload} left the mesh")
+            }
+            Self::SourceGone { workload } => {
+                write!(f, "closed: source workload {workload} left the mesh")
+            }
+        }
+    }
+}
+
+/// What a live connection is checked against.
+#[derive(Debug)]
+enum Tracked {
+    /// Inbound to a local pod: policy and the destination's presence.
+    Inbound(ConnectionInfo),
+    /// Outbound from a local pod: the source's presence.
+    Outbound { source_ip: IpAddr, workload: String },
+}
+
+type Entry = (Tracked, watch::Sender<Option<Revocation>>);
+
 #[derive(Debug, Default)]
 struct Live {
     next_id: AtomicU64,
-    conns: Mutex<HashMap<u64, (ConnectionInfo, watch::Sender<bool>)>>,
+    conns: Mutex<HashMap<u64, Entry>>,
 }
 
-/// Evaluates connections and re-checks them on policy change. Cheap to clone.
+/// Evaluates connections and re-checks them on policy or mesh change. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Authorizer {
     policies: Arc<arc_swap::ArcSwap<Policies>>,
     live: Arc<Live>,
 }
 
-/// Held for the life of an admitted connection; [`ConnectionGuard::revoked`] resolves when a
-/// policy change denies it.
+/// Held for the life of a tracked connection; [`ConnectionGuard::revoked`] resolves when the
+/// node closes it.
 #[derive(Debug)]
 pub struct ConnectionGuard {
     id: u64,
     live: Arc<Live>,
-    revoked: watch::Receiver<bool>,
+    revoked: watch::Receiver<Option<Revocation>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -57,7 +102,7 @@ impl Authorizer {
         self.policies.load().evaluate(conn)
     }
 
-    /// Evaluates and, when allowed, registers the connection for re-checks.
+    /// Evaluates an inbound connection and, when allowed, registers it for re-checks.
     pub fn admit(&self, conn: ConnectionInfo) -> Result<ConnectionGuard, Decision> {
         let mut live = lock(&self.live.conns);
         // Evaluate under the lock so a concurrent policy swap cannot miss this connection.
@@ -65,34 +110,78 @@ impl Authorizer {
         if !decision.is_allowed() {
             return Err(decision);
         }
+        Ok(self.register(&mut live, Tracked::Inbound(conn)))
+    }
+
+    /// Registers an outbound connection of the local workload `workload` at `source_ip`.
+    pub fn track_outbound(&self, source_ip: IpAddr, workload: String) -> ConnectionGuard {
+        let mut live = lock(&self.live.conns);
+        self.register(
+            &mut live,
+            Tracked::Outbound {
+                source_ip,
+                workload,
+            },
+        )
+    }
+
+    fn register(&self, live: &mut HashMap<u64, Entry>, tracked: Tracked) -> ConnectionGuard {
         let id = self.live.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = watch::channel(false);
-        live.insert(id, (conn, tx));
-        Ok(ConnectionGuard {
+        let (tx, rx) = watch::channel(None);
+        live.insert(id, (tracked, tx));
+        ConnectionGuard {
             id,
             live: self.live.clone(),
             revoked: rx,
-        })
+        }
     }
 
-    /// Installs new policies and revokes live connections they deny. Returns how many.
+    /// Installs new policies and revokes live inbound connections they deny. Returns how many.
     pub fn update(&self, policies: Policies) -> usize {
         let live = lock(&self.live.conns);
         self.policies.store(Arc::new(policies));
         let current = self.policies.load();
         let mut revoked = 0;
-        for (conn, tx) in live.values() {
+        for (tracked, tx) in live.values() {
+            let Tracked::Inbound(conn) = tracked else {
+                continue;
+            };
             let decision = current.evaluate(conn);
-            if !decision.is_allowed() && !*tx.borrow() {
+            if !decision.is_allowed() && revoke(tx, Revocation::Policy) {
                 tracing::info!(dest = %conn.dest_workload, ?decision, "policy change closes connection");
-                tx.send_replace(true);
                 revoked += 1;
             }
         }
         revoked
     }
 
-    /// Live admitted connections.
+    /// Closes connections whose local end left the mesh: `is_local(ip, name)` says whether the
+    /// local workload `name` still has `ip`. Returns how many were closed.
+    pub fn close_departed(&self, is_local: impl Fn(IpAddr, &str) -> bool) -> usize {
+        let live = lock(&self.live.conns);
+        let mut closed = 0;
+        for (tracked, tx) in live.values() {
+            let revocation = match tracked {
+                Tracked::Inbound(conn) if !is_local(conn.dest_ip, &conn.dest_workload) => {
+                    Revocation::DestinationGone {
+                        workload: conn.dest_workload.clone(),
+                    }
+                }
+                Tracked::Outbound {
+                    source_ip,
+                    workload,
+                } if !is_local(*source_ip, workload) => Revocation::SourceGone {
+                    workload: workload.clone(),
+                },
+                _ => continue,
+            };
+            tracing::info!(reason = %revocation, "mesh change closes connection");
+            closed += usize::from(revoke(tx, revocation));
+        }
+        closed
+    }
+
+    /// Live tracked connections.
     pub fn live_connections(&self) -> usize {
         lock(&self.live.conns).len()
     }
@@ -103,11 +192,27 @@ impl Authorizer {
     }
 }
 
+/// Revokes unless already revoked; whether this call did.
+fn revoke(tx: &watch::Sender<Option<Revocation>>, revocation: Revocation) -> bool {
+    tx.send_if_modified(|current| {
+        if current.is_some() {
+            return false;
+        }
+        *current = Some(revocation);
+        true
+    })
+}
+
 impl ConnectionGuard {
-    /// Resolves when a policy change revokes this connection (never, otherwise).
-    pub async fn revoked(&mut self) {
-        if self.revoked.wait_for(|r| *r).await.is_err() {
-            std::future::pending::<()>().await;
+    /// Resolves with the reason when the node closes this connection (never, otherwise).
+    pub async fn revoked(&mut self) -> Revocation {
+        let revocation = match self.revoked.wait_for(Option::is_some).await {
+            Ok(revocation) => revocation.clone(),
+            Err(_) => None,
+        };
+        match revocation {
+            Some(revocation) => revocation,
+            None => std::future::pending().await,
         }
     }
 }
@@ -155,9 +260,10 @@ mod tests {
         let deny_batch =
             "[{name: d, namespace: data, action: DENY, rules: [{from: [{namespaces: [batch]}]}]}]";
         assert_eq!(authz.update(compile(deny_batch)), 1);
-        tokio::time::timeout(Duration::from_secs(1), batch.revoked())
+        let reason = tokio::time::timeout(Duration::from_secs(1), batch.revoked())
             .await
             .expect("batch connection not revoked");
+        assert_eq!(reason, Revocation::Policy);
         assert!(
             tokio::time::timeout(Duration::from_secs(1), web.revoked())
                 .await
@@ -167,5 +273,31 @@ mod tests {
         assert!(authz.admit(conn("batch")).is_err());
         drop(batch);
         assert_eq!(authz.live_connections(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn departed_local_ends_close_their_connections_once() {
+        let authz = Authorizer::new(compile("[]"));
+        let mut inbound = authz.admit(conn("web")).unwrap();
+        let mut outbound = authz.track_outbound("10.0.0.1".parse().unwrap(), "web-0".into());
+        let mut staying = authz.track_outbound("10.0.0.2".parse().unwrap(), "api-0".into());
+        let present = |ip: IpAddr, name: &str| ip.to_string() == "10.0.0.2" && name == "api-0";
+        assert_eq!(authz.close_departed(present), 2);
+        assert_eq!(authz.close_departed(present), 0, "already closed");
+        let wait = Duration::from_secs(1);
+        assert_eq!(
+            tokio::time::timeout(wait, inbound.revoked()).await.unwrap(),
+            Revocation::DestinationGone {
+                workload: "db-0".into()
+            }
+        );
+        let reason = tokio::time::timeout(wait, outbound.revoked())
+            .await
+            .unwrap();
+        assert_eq!(
+            reason.to_string(),
+            "closed: source workload web-0 left the mesh"
+        );
+        assert!(tokio::time::timeout(wait, staying.revoked()).await.is_err());
     }
 }

@@ -92,6 +92,10 @@ impl Proxy {
             .authz
             .admit(info)
             .map_err(|decision| reject(Rejection::Unauthorized(format!("{decision:?}"))))?;
+        if !self.still_local(dest.ip, &dest.name) {
+            let gone = format!("{dst}: workload {} left the mesh", dest.name);
+            return Err(reject(Rejection::BadRequest(gone)));
+        }
         let mut upstream = self
             .connect_pod(dst)
             .await

@@ -62,6 +62,16 @@ impl Proxy {
     pub fn state(&self) -> Arc<State> {
         self.state.load_full()
     }
+
+    /// Whether `name` is still the local workload at `ip` in the current view. Checked right
+    /// after a connection registers with the authorizer: an update that removed the workload
+    /// either sees the registration (and closes it) or happened before this check.
+    pub fn still_local(&self, ip: std::net::IpAddr, name: &str) -> bool {
+        self.state
+            .load()
+            .local_workload(ip)
+            .is_some_and(|w| w.name == name)
+    }
 }
 
 /// Accepts on `listener` until `drain`, running `handle` for each connection under a clone of
@@ -100,7 +110,7 @@ pub async fn accept_loop<F, Fut>(
     }
 }
 
-/// Copies until done, or until `guard` is revoked by a policy change.
+/// Copies until done, or until `guard` is revoked (policy change, workload left).
 pub async fn copy_with_policy<A, B>(
     a: &mut A,
     b: &mut B,
@@ -123,7 +133,7 @@ where
             // Reset mid-stream is a normal end for TCP proxies; bytes are unknown here.
             Err(error) => (0, 0, Outcome::Failed(format!("copy: {error}"))),
         },
-        _ = revoked => (0, 0, Outcome::Revoked),
+        reason = revoked => (0, 0, Outcome::Revoked(reason)),
     }
 }
 

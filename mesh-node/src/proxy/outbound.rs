@@ -10,6 +10,7 @@ use tracing::Instrument;
 use super::{copy_with_policy, labels, Proxy, UPSTREAM_CONNECT_TIMEOUT};
 use crate::{
     metrics::{ConnectionRecord, Outcome, Reporter},
+    policy::ConnectionGuard,
     route::{self, HboneRoute, Route},
     state::Workload,
 };
@@ -32,22 +33,30 @@ impl Proxy {
             return;
         };
         let span = tracing::debug_span!("outbound", src = %peer, %dst, workload = %source.name);
-        self.route(&mut stream, peer, &source, dst, start)
-            .instrument(span)
-            .await;
+        // Registered before routing, so a mesh update that removes the source closes it.
+        let mut guard = self.authz.track_outbound(source.ip, source.name.clone());
+        if !self.still_local(source.ip, &source.name) {
+            tracing::warn!(%peer, %dst, workload = %source.name, "source left the mesh, closing");
+            return;
+        }
+        let conn = Captured {
+            stream: &mut stream,
+            peer,
+            guard: &mut guard,
+        };
+        self.route(conn, &source, dst, start).instrument(span).await;
     }
 
     async fn route(
         &self,
-        stream: &mut TcpStream,
-        peer: SocketAddr,
+        conn: Captured<'_>,
         source: &Arc<Workload>,
         dst: SocketAddr,
         start: Instant,
     ) {
         match route::choose(&self.state(), dst) {
-            Route::Hbone(hop) => self.via_hbone(stream, peer, source, hop, start).await,
-            Route::Passthrough(addr) => self.passthrough(stream, source, addr, start).await,
+            Route::Hbone(hop) => self.via_hbone(conn, source, hop, start).await,
+            Route::Passthrough(addr) => self.passthrough(conn, source, addr, start).await,
             Route::NoEndpoint { service } => self.fail(
                 source,
                 None,
@@ -65,8 +74,7 @@ impl Proxy {
 
     async fn via_hbone(
         &self,
-        stream: &mut TcpStream,
-        peer: SocketAddr,
+        conn: Captured<'_>,
         source: &Arc<Workload>,
         hop: HboneRoute,
         start: Instant,
@@ -84,7 +92,7 @@ impl Proxy {
                 Ok(authority) => authority,
                 Err(_) => return self.fail(source, dest.as_deref(), start, "bad authority".into()),
             },
-            headers: connect_headers(peer, source),
+            headers: connect_headers(conn.peer, source),
         };
         let mut tunnel = match self.client.connect(request).await {
             Ok(tunnel) => tunnel,
@@ -98,7 +106,8 @@ impl Proxy {
             true,
         );
         self.metrics.opened(&labels);
-        let (sent, received, outcome) = copy_with_policy(stream, &mut tunnel, None).await;
+        let (sent, received, outcome) =
+            copy_with_policy(conn.stream, &mut tunnel, Some(conn.guard)).await;
         self.metrics.record(&ConnectionRecord {
             labels,
             sent,
@@ -110,7 +119,7 @@ impl Proxy {
 
     async fn passthrough(
         &self,
-        stream: &mut TcpStream,
+        conn: Captured<'_>,
         source: &Arc<Workload>,
         addr: SocketAddr,
         start: Instant,
@@ -138,7 +147,8 @@ impl Proxy {
             false,
         );
         self.metrics.opened(&labels);
-        let (sent, received, outcome) = copy_with_policy(stream, &mut upstream, None).await;
+        let (sent, received, outcome) =
+            copy_with_policy(conn.stream, &mut upstream, Some(conn.guard)).await;
         self.metrics.record(&ConnectionRecord {
             labels,
             sent,
@@ -164,6 +174,13 @@ impl Proxy {
             outcome: Outcome::Failed(reason),
         });
     }
+}
+
+/// A captured application connection on its way out.
+struct Captured<'a> {
+    stream: &'a mut TcpStream,
+    peer: SocketAddr,
+    guard: &'a mut ConnectionGuard,
 }
 
 /// `forwarded`, a fresh `traceparent` and `baggage` describing the source workload.

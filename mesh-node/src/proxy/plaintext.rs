@@ -41,10 +41,12 @@ impl Proxy {
                 outcome: Outcome::Failed(reason),
             });
         };
-        if state.mtls_mode(&dest.namespace) == MtlsMode::Strict {
+        if state.mtls_mode_for(&dest, dst.port()) == MtlsMode::Strict {
             return fail(format!(
-                "plaintext refused: namespace {} is STRICT",
-                dest.namespace
+                "plaintext refused: {}/{} port {} is STRICT",
+                dest.namespace,
+                dest.name,
+                dst.port()
             ));
         }
         let info = connection_info(None, peer.ip(), &dest, dst.port());
@@ -52,6 +54,9 @@ impl Proxy {
             Ok(guard) => guard,
             Err(decision) => return fail(format!("denied: {decision:?}")),
         };
+        if !self.still_local(dest.ip, &dest.name) {
+            return fail(format!("workload {} left the mesh", dest.name));
+        }
         let mut upstream = match self.connect_pod(dst).await {
             Ok(upstream) => upstream,
             Err(reason) => return fail(reason),

@@ -23,7 +23,7 @@ use mesh_node::{
 };
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpSocket, TcpStream},
 };
 
@@ -140,20 +140,15 @@ pub async fn echo_pod(ip: &str) -> SocketAddr {
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
+    spawn_echo(listener);
     addr
 }
 
 /// Writes `payload` and expects it echoed back.
-pub async fn round_trip(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
+pub async fn round_trip<S>(stream: &mut S, payload: &[u8]) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     stream.write_all(payload).await?;
     let mut back = vec![0; payload.len()];
     tokio::time::timeout(WAIT, stream.read_exact(&mut back))
@@ -397,4 +392,115 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, response)
+}
+
+/// Collects formatted log lines (access events) from a process-wide subscriber.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Installs the process-wide subscriber (`access=info`): one test per binary may call it,
+    /// so no other test's threads race on callsite interest.
+    pub fn install_global() -> Self {
+        let captured = Self::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_env_filter("access=info")
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        captured
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The access log lines so far.
+    pub fn access_lines(&self) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|l| l.contains("connection complete"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until an access line contains every one of `parts`; returns it.
+    pub async fn wait_for_line(&self, parts: &[&str]) -> String {
+        let found = async {
+            loop {
+                let lines = self.access_lines();
+                if let Some(line) = lines.iter().find(|l| parts.iter().all(|p| l.contains(p))) {
+                    return line.clone();
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(WAIT, found)
+            .await
+            .unwrap_or_else(|_| panic!("no access line with {parts:?}: {}", self.text()))
+    }
+}
+
+/// A client workload's side of HBONE, dialling `<pod ip>:15008` directly (what a remote node
+/// tunnel does), presenting `spiffe://cluster.local/ns/web/sa/client`.
+pub struct HboneCaller {
+    client: mesh_core::hbone::Client,
+    cert: Arc<mesh_core::tls::IdentityCert>,
+}
+
+impl HboneCaller {
+    pub async fn new(ca: &TestCa) -> anyhow::Result<Self> {
+        let id: SpiffeId = "spiffe://cluster.local/ns/web/sa/client".parse()?;
+        let cert = mesh_core::tls::IdentityCert::new(&ca.source().fetch(&id).await?)?;
+        let client = mesh_core::hbone::Client::new(Arc::new(mesh_core::hbone::TcpDialer));
+        Ok(Self { client, cert })
+    }
+
+    /// Dials `<pod>:15008` for `<pod>:port`, expecting the pod to be `apps/app`.
+    pub async fn call(&self, pod: IpAddr, port: u16) -> anyhow::Result<mesh_core::hbone::Tunnel> {
+        self.call_as(pod, SocketAddr::new(pod, port)).await
+    }
+
+    /// Dials `<pod>:15008` asking for `authority`.
+    pub async fn call_as(
+        &self,
+        pod: IpAddr,
+        authority: SocketAddr,
+    ) -> anyhow::Result<mesh_core::hbone::Tunnel> {
+        let request = mesh_core::hbone::OutboundRequest {
+            source: self.cert.clone(),
+            destination_identities: vec!["spiffe://cluster.local/ns/apps/sa/app".parse()?],
+            dial: SocketAddr::new(pod, 15008),
+            authority: authority.to_string().parse()?,
+            headers: Default::default(),
+        };
+        Ok(tokio::time::timeout(WAIT, self.client.connect(request)).await??)
+    }
+}
+
+/// Echoes every connection accepted on `listener` (a pod's server) until EOF.
+pub fn spawn_echo(listener: TcpListener) {
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
 }

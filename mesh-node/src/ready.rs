@@ -1,0 +1,235 @@
+//! Readiness (15021 `/healthz/ready`): 200 only when the node can serve its pods, otherwise 503
+//! with every reason on the page, so an operator sees why a node stays out of rotation.
+//!
+//! Not ready while: the node is draining; it follows mesh-control and no feed version has been
+//! applied yet (the page says why the last one was rejected, e.g. a certificate fetch failure);
+//! or a local workload has no certificate yet. Conditions are computed on every probe.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use mesh_core::drain::DrainWatch;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::proxy::{accept_loop, Proxy};
+
+/// A probe that has not sent its request head by then is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the node is with the control feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedProgress {
+    /// Static mode: the mesh comes from the config file.
+    NotFollowing,
+    /// Following mesh-control; nothing received yet.
+    Waiting,
+    /// A version arrived but could not be applied (and none has been before).
+    Rejected {
+        /// The feed version.
+        version: u64,
+        /// Why.
+        error: String,
+    },
+    /// A complete version is in force.
+    Applied {
+        /// The feed version.
+        version: u64,
+    },
+}
+
+/// The node's readiness conditions. Cheap to clone.
+#[derive(Clone)]
+pub struct ReadyState {
+    proxy: Proxy,
+    draining: Arc<AtomicBool>,
+    feed: Arc<Mutex<FeedProgress>>,
+}
+
+impl std::fmt::Debug for ReadyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadyState")
+            .field("reasons", &self.not_ready_reasons())
+            .finish()
+    }
+}
+
+impl ReadyState {
+    /// Conditions over `proxy`'s state and certificates; `follows_feed` makes readiness wait
+    /// for the first applied feed version.
+    pub fn new(proxy: Proxy, follows_feed: bool) -> Self {
+        let feed = if follows_feed {
+            FeedProgress::Waiting
+        } else {
+            FeedProgress::NotFollowing
+        };
+        Self {
+            proxy,
+            draining: Arc::default(),
+            feed: Arc::new(Mutex::new(feed)),
+        }
+    }
+
+    /// Marks the node draining: never ready again.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Records the outcome of applying feed `version`. A rejection after an applied version
+    /// keeps the node ready (it serves the previous mesh).
+    pub fn feed_outcome(&self, version: u64, outcome: Result<(), String>) {
+        let mut feed = self.feed.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(()) => *feed = FeedProgress::Applied { version },
+            Err(error) if !matches!(*feed, FeedProgress::Applied { .. }) => {
+                *feed = FeedProgress::Rejected { version, error };
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Why the node is not ready; empty when it is.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.draining.load(Ordering::Acquire) {
+            reasons.push("draining: the node is shutting down".to_owned());
+        }
+        match &*self.feed.lock().unwrap_or_else(|p| p.into_inner()) {
+            FeedProgress::Waiting => {
+                reasons.push("waiting for the first complete version of the control feed".into())
+            }
+            FeedProgress::Rejected { version, error } => reasons.push(format!(
+                "control feed version {version} could not be applied: {error}"
+            )),
+            FeedProgress::NotFollowing | FeedProgress::Applied { .. } => {}
+        }
+        let held = self.proxy.certs.identities();
+        let missing: Vec<String> = self
+            .proxy
+            .state()
+            .local_identities()
+            .into_iter()
+            .filter(|identity| !held.contains(identity))
+            .map(|identity| identity.to_string())
+            .collect();
+        if !missing.is_empty() {
+            reasons.push(format!("no certificate yet for {}", missing.join(", ")));
+        }
+        reasons
+    }
+
+    fn respond(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        let (status, body) = match (method, path) {
+            (&Method::GET, "/healthz/ready") => match self.not_ready_reasons() {
+                reasons if reasons.is_empty() => (StatusCode::OK, "ready\n".to_owned()),
+                reasons => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready:\n- {}\n", reasons.join("\n- ")),
+                ),
+            },
+            (&Method::GET, _) => (StatusCode::NOT_FOUND, "no such page\n".to_owned()),
+            _ => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET is served here\n".to_owned(),
+            ),
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}
+
+/// Serves `/healthz/ready` on `listener` until `drain`; one request per connection.
+pub async fn serve(listener: TcpListener, ready: ReadyState, drain: DrainWatch) {
+    accept_loop(listener, drain, "readiness", move |stream, peer| {
+        serve_probe(stream, peer, ready.clone())
+    })
+    .await;
+}
+
+async fn serve_probe(stream: TcpStream, peer: SocketAddr, ready: ReadyState) {
+    let service = service_fn(move |request: Request<Incoming>| {
+        let response = ready.respond(request.method(), request.uri().path());
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, %peer, "readiness probe connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        certs::CertManager,
+        config::Config,
+        metrics::Metrics,
+        policy::{Authorizer, Policies},
+        socket::{FactoryDialer, SystemSockets},
+        state::State,
+    };
+
+    /// A proxy whose state has one local workload and whose certificate store is empty.
+    fn proxy_without_certificates() -> Proxy {
+        let yaml = "node_name: n1\nworkloads:\n  - { name: a-0, namespace: apps, service_account: a, ip: 10.9.0.1, node: n1 }\n";
+        let state = State::from_config(&Config::from_yaml(yaml).unwrap()).unwrap();
+        let sockets: Arc<dyn crate::socket::SocketFactory> = Arc::new(SystemSockets);
+        Proxy {
+            state: Arc::new(arc_swap::ArcSwap::from_pointee(state)),
+            certs: Arc::new(CertManager::default()),
+            client: mesh_core::hbone::Client::new(Arc::new(FactoryDialer(sockets.clone()))),
+            sockets,
+            authz: Authorizer::new(Policies::compile("istio-system", &[]).unwrap()),
+            metrics: Metrics::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn local_workload_without_certificate_is_a_reason() {
+        let ready = ReadyState::new(proxy_without_certificates(), false);
+        assert_eq!(
+            ready.not_ready_reasons(),
+            vec!["no certificate yet for spiffe://cluster.local/ns/apps/sa/a".to_owned()]
+        );
+        let response = ready.respond(&Method::GET, "/healthz/ready");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn feed_rejection_after_an_applied_version_keeps_the_node_ready() {
+        let ready = ReadyState::new(proxy_without_certificates(), true);
+        ready.feed_outcome(4, Err("ca down".into()));
+        let reasons = ready.not_ready_reasons();
+        assert!(
+            reasons.contains(&"control feed version 4 could not be applied: ca down".to_owned()),
+            "{reasons:?}"
+        );
+        ready.feed_outcome(5, Ok(()));
+        ready.feed_outcome(6, Err("ca down".into()));
+        assert!(
+            !ready.not_ready_reasons().iter().any(|r| r.contains("feed")),
+            "{:?}",
+            ready.not_ready_reasons()
+        );
+    }
+}

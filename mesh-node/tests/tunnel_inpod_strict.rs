@@ -1,0 +1,137 @@
+//! In-pod HBONE listener of a STRICT pod, with the real eBPF programs (root; fails loudly
+//! otherwise): plaintext from outside the mesh to the pod is dropped in the kernel, while HBONE
+//! to `<pod ip>:15008` reaches the tunnel's listener inside the pod's namespace and the tunnel
+//! delivers the stream to the pod, with no NAT anywhere.
+//!
+//! Uses the `redirect_*` fixtures (pod `wfte-202`, addresses in 10.201.202.0/24).
+
+#[path = "redirect_support/mod.rs"]
+mod support;
+mod tunnel_support;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
+
+use mesh_node::{
+    app::{self, Bound, Deps},
+    config::Config,
+    enrollment::EnrollmentHandle,
+    redirect::{self, EnrollMode},
+    socket::SystemSockets,
+};
+use support::{connect_from, Pod, TestCgroup, DROPPED_WAIT};
+use tunnel_support::{round_trip, spawn_echo, HboneCaller, TestCa, WAIT};
+
+const APP_PORT: u16 = 8080;
+
+fn node_config(pod: &Pod) -> Config {
+    let yaml = format!(
+        r#"
+node_name: n1
+listeners:
+  outbound: 127.0.0.1:0
+  inbound_plaintext: 127.0.0.1:0
+  hbone: 127.0.0.1:0
+  metrics: 127.0.0.1:0
+  readiness: 127.0.0.1:0
+  admin: 127.0.0.1:0
+peer_authentication: {{ mode: STRICT }}
+workloads:
+  - {{ name: app-0, namespace: apps, service_account: app, ip: {}, node: n1 }}
+"#,
+        pod.ip
+    );
+    Config::from_yaml(&yaml).expect("node config")
+}
+
+/// Plaintext from `outsider` to the pod's app port is dropped once strict enrollment applies
+/// (it follows the namespace scan, so the first attempts may still connect).
+fn wait_until_plaintext_dropped(outsider: Ipv4Addr, pod: &Pod) {
+    let deadline = Instant::now() + WAIT;
+    let app = SocketAddr::from((pod.ip, APP_PORT));
+    while Instant::now() < deadline {
+        match connect_from(outsider, app, DROPPED_WAIT) {
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return,
+            Err(error) => panic!("plaintext refused instead of dropped: {error}"),
+            Ok(_connected_before_enrollment) => continue,
+        }
+    }
+    panic!("plaintext to the strict pod was never dropped within {WAIT:?}");
+}
+
+fn start_enrollment(node: &Bound, cgroup: &TestCgroup, pod: &Pod) -> EnrollmentHandle {
+    let outbound = match node.outbound {
+        SocketAddr::V4(addr) => addr,
+        SocketAddr::V6(addr) => panic!("outbound listener is not IPv4: {addr}"),
+    };
+    let mut config = redirect::Config::new(&cgroup.relative, outbound);
+    // The tunnel's own connects to the pod come from the host end of the veth.
+    config.tunnel_source_v4 = Some(pod.host_ip);
+    config.probe_source_v4 = Some(pod.host_ip);
+    let wanted = BTreeMap::from([(IpAddr::V4(pod.ip), EnrollMode::Strict)]);
+    EnrollmentHandle::start(&config, wanted, node.pod_scanner().results())
+        .unwrap_or_else(|e| panic!("eBPF programs must load: {e}"))
+}
+
+#[test]
+fn strict_pod_takes_hbone_on_its_in_pod_listener_and_drops_plaintext() {
+    let _serial = support::serial();
+    let pod = Pod::new(202).expect("create pod netns");
+    let outsider = Ipv4Addr::new(10, 201, 202, 9);
+    pod.add_host_address(outsider).expect("outsider address");
+    let cgroup = TestCgroup::join("wfip-inpod-strict").expect("create and join test cgroup");
+    let app_listener = pod.listen(APP_PORT).expect("app listener in the pod");
+    app_listener.set_nonblocking(true).expect("nonblocking");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _context = runtime.enter();
+    spawn_echo(tokio::net::TcpListener::from_std(app_listener).expect("tokio listener"));
+    let ca = TestCa::new();
+    let deps = Deps {
+        sockets: Arc::new(SystemSockets),
+        certs: ca.source(),
+    };
+    let node = runtime
+        .block_on(app::build_with(node_config(&pod), deps))
+        .expect("node tunnel");
+    let mut listeners = node.in_pod_listeners();
+    let in_pod = listeners.wait_for(|open| open.contains_key(&IpAddr::V4(pod.ip)));
+    runtime
+        .block_on(async { tokio::time::timeout(WAIT, in_pod).await })
+        .expect("in-pod listener never opened")
+        .expect("listener view closed");
+    let enrollment = start_enrollment(&node, &cgroup, &pod);
+
+    wait_until_plaintext_dropped(outsider, &pod);
+    runtime.block_on(async {
+        let caller = HboneCaller::new(&ca).await.expect("client certificate");
+        let mut tunnel = caller
+            .call(IpAddr::V4(pod.ip), APP_PORT)
+            .await
+            .expect("hbone to the strict pod's in-pod listener");
+        round_trip(&mut tunnel, b"strict and in-pod")
+            .await
+            .expect("echo through the tunnel");
+    });
+    let counters = enrollment.counters().read().expect("counters");
+    assert!(counters.strict_dropped >= 1, "{counters:?}");
+    assert!(counters.strict_allowed >= 1, "{counters:?}");
+    let metrics = node.metrics().encode();
+    assert!(
+        metrics.contains("destination_workload=\"app-0\""),
+        "inbound not recorded by the tunnel: {metrics}"
+    );
+
+    runtime.block_on(async {
+        tokio::time::timeout(WAIT, node.shutdown())
+            .await
+            .expect("node drain hung");
+        tokio::time::timeout(WAIT, enrollment.shutdown())
+            .await
+            .expect("enrollment shutdown hung");
+    });
+    drop(cgroup);
+}

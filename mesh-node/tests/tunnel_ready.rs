@@ -1,0 +1,132 @@
+//! Readiness of a node that follows mesh-control: 503 with the reason until a complete feed
+//! version is applied with certificates for its workloads, 200 then, 503 again when draining.
+
+mod tunnel_support;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use mesh_core::identity::{CertificateSource, SourceError, SpiffeId, WorkloadCert};
+use mesh_node::{
+    app::{self, Deps},
+    config::Config,
+    socket::SystemSockets,
+};
+use tunnel_support::{http_get, TestCa};
+
+/// A CA that can be switched off, like mesh-control while it is unreachable.
+struct SwitchableCa {
+    up: AtomicBool,
+    inner: Arc<dyn CertificateSource>,
+}
+
+impl CertificateSource for SwitchableCa {
+    fn fetch(&self, identity: &SpiffeId) -> BoxFuture<'static, Result<WorkloadCert, SourceError>> {
+        if self.up.load(Ordering::Acquire) {
+            return self.inner.fetch(identity);
+        }
+        let error = SourceError::Timeout {
+            identity: identity.to_string(),
+            after: Duration::from_secs(10),
+        };
+        Box::pin(async move { Err(error) })
+    }
+}
+
+fn config(workloads: &str) -> Config {
+    let yaml = format!(
+        r#"
+node_name: n1
+in_pod: {{ enabled: false }}
+listeners:
+  outbound: 127.0.0.1:0
+  inbound_plaintext: 127.0.0.1:0
+  hbone: 127.0.0.1:0
+  metrics: 127.0.0.1:0
+  readiness: 127.0.0.1:0
+  admin: 127.0.0.1:0
+workloads:
+{workloads}
+"#
+    );
+    Config::from_yaml(&yaml).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_a_feed_version_with_certificates_is_applied() {
+    let ca = TestCa::new();
+    let certs = Arc::new(SwitchableCa {
+        up: AtomicBool::new(false),
+        inner: ca.source(),
+    });
+    let mut startup = config("  []");
+    startup.follows_control_feed = true;
+    let deps = Deps {
+        sockets: Arc::new(SystemSockets),
+        certs: certs.clone(),
+    };
+    let node = app::build_with(startup, deps).await.unwrap();
+    let (status, body) = http_get(node.readiness, "/healthz/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("waiting for the first complete version of the control feed"),
+        "{body}"
+    );
+
+    // Version 1 names a local pod, but the CA is down: rejected, and the page says why.
+    let local =
+        "  - { name: app-0, namespace: apps, service_account: app, ip: 10.9.0.1, node: n1 }";
+    assert!(node.apply_feed_version(1, &config(local)).await.is_err());
+    let (status, body) = http_get(node.readiness, "/healthz/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("control feed version 1 could not be applied")
+            && body.contains("spiffe://cluster.local/ns/apps/sa/app"),
+        "{body}"
+    );
+
+    certs.up.store(true, Ordering::Release);
+    node.apply_feed_version(2, &config(local)).await.unwrap();
+    let (status, body) = http_get(node.readiness, "/healthz/ready").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(node.not_ready_reasons().is_empty());
+
+    // A later rejected version leaves the previous mesh in force: still ready.
+    certs.up.store(false, Ordering::Release);
+    let more = format!(
+        "{local}\n  - {{ name: new-0, namespace: apps, service_account: new, ip: 10.9.0.2, node: n1 }}"
+    );
+    assert!(node.apply_feed_version(3, &config(&more)).await.is_err());
+    assert_eq!(http_get(node.readiness, "/healthz/ready").await.0, 200);
+
+    // Draining shows as soon as shutdown is called, before the drain runs.
+    let readiness = node.readiness;
+    let drain = node.shutdown();
+    let (status, body) = http_get(readiness, "/healthz/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    tokio::time::timeout(Duration::from_secs(15), drain)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_node_is_ready_at_once() {
+    let ca = TestCa::new();
+    let local =
+        "  - { name: app-0, namespace: apps, service_account: app, ip: 10.9.0.1, node: n1 }";
+    let deps = Deps {
+        sockets: Arc::new(SystemSockets),
+        certs: ca.source(),
+    };
+    let node = app::build_with(config(local), deps).await.unwrap();
+    let (status, body) = http_get(node.readiness, "/healthz/ready").await;
+    assert_eq!((status, body.ends_with("ready\n")), (200, true), "{body}");
+    assert_eq!(http_get(node.readiness, "/other").await.0, 404);
+}
