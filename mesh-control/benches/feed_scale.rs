@@ -13,6 +13,7 @@ use anyhow::Context;
 use mesh_control::auth::TokenAuthenticator;
 use mesh_control::feed::hub::{Hub, DEFAULT_MAX_LOG_KEYS};
 use mesh_control::feed::node::{NodeFeedService, StreamSettings};
+use mesh_control::feed::node_server::NodeFeedServer;
 use mesh_control::registry::{parse_yaml, Parsed, Registry, RegistryConfig};
 use mesh_control::store::Store;
 use mesh_core::proto::control::v1 as pb;
@@ -196,7 +197,7 @@ async fn main() -> anyhow::Result<()> {
     let router = tonic::transport::Server::builder()
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(16 << 20)
-        .add_service(pb::node_feed_server::NodeFeedServer::new(service));
+        .add_service(NodeFeedServer::new(service));
     tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
 
     let progress = Arc::new(Progress {

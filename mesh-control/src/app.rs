@@ -11,11 +11,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::auth::{TokenAuthenticator, TokenFileError};
+use crate::auth::token_review::{TokenReviewAuthenticator, TokenReviewSettings};
+use crate::auth::{Authenticator, TokenAuthenticator, TokenFileError};
 use crate::ca::{load_ca, CaService, CaSettings, CaSetupError};
 use crate::config::{Config, ConfigError};
 use crate::feed::hub::{Hub, DEFAULT_MAX_LOG_KEYS};
 use crate::feed::node::{NodeFeedService, StreamSettings};
+use crate::feed::node_server::NodeFeedServer;
 use crate::feed::waypoint::WaypointFeedService;
 use crate::http::{self, Metrics};
 use crate::registry::Registry;
@@ -87,16 +89,12 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppEr
 /// Starts the configured source; returns its tasks.
 async fn start_source(
     config: &Config,
-    kube_client: Option<kube::Client>,
+    kube_client: Option<&kube::Client>,
     store: &Arc<Store>,
     drain: &DrainTrigger,
 ) -> Result<Vec<JoinHandle<()>>, AppError> {
-    if config.kubernetes {
-        let client = match kube_client {
-            Some(client) => client,
-            None => kube::Client::try_default().await?,
-        };
-        return Ok(spawn_all(&client, &ALL_KINDS, store, &drain.watch()));
+    if let Some(client) = kube_client {
+        return Ok(spawn_all(client, &ALL_KINDS, store, &drain.watch()));
     }
     let source = LocalSource {
         dir: config.config_dir.clone(),
@@ -107,6 +105,27 @@ async fn start_source(
     store.publish_now();
     let task = source.run(Arc::clone(store), fingerprint, drain.watch());
     Ok(vec![tokio::spawn(task)])
+}
+
+/// TokenReview of service-account tokens in Kubernetes mode with `--node-service-account`,
+/// else bootstrap tokens.
+fn authenticator(
+    config: &Config,
+    kube_client: Option<&kube::Client>,
+) -> Result<Arc<dyn Authenticator>, AppError> {
+    if let (Some((ns, name)), Some(client)) = (&config.node_service_account, kube_client) {
+        let settings = TokenReviewSettings::new(ns, name, &config.token_audience);
+        tracing::info!(service_account = %format!("{ns}/{name}"), audience = %config.token_audience, "nodes authenticate with tokenreview");
+        return Ok(Arc::new(TokenReviewAuthenticator::new(
+            client.clone(),
+            settings,
+        )));
+    }
+    let tokens = TokenAuthenticator::load(&config.bootstrap_tokens)?;
+    if tokens.is_empty() {
+        tracing::warn!(file = %config.bootstrap_tokens.display(), "no bootstrap tokens: every node will be refused");
+    }
+    Ok(Arc::new(tokens))
 }
 
 /// Builds and starts everything; returns once listeners are bound and the first config is
@@ -122,10 +141,12 @@ pub async fn build_with_client(
     kube_client: Option<kube::Client>,
 ) -> Result<Bound, AppError> {
     config.validate()?;
-    let auth = Arc::new(TokenAuthenticator::load(&config.bootstrap_tokens)?);
-    if auth.is_empty() {
-        tracing::warn!(file = %config.bootstrap_tokens.display(), "no bootstrap tokens: every node will be refused");
-    }
+    let kube_client = match (config.kubernetes, kube_client) {
+        (false, _) => None,
+        (true, Some(client)) => Some(client),
+        (true, None) => Some(kube::Client::try_default().await?),
+    };
+    let auth = authenticator(&config, kube_client.as_ref())?;
     let ca = Arc::new(load_ca(&config.ca_source(), &config.trust_domain)?);
     let hub = Arc::new(Hub::new(DEFAULT_MAX_LOG_KEYS));
     let registry = Registry::new(config.registry());
@@ -141,7 +162,7 @@ pub async fn build_with_client(
         local_addr(&http_listener, "http")?,
     );
     let (drain, watch) = drain::channel();
-    let mut tasks = start_source(&config, kube_client, &store, &drain).await?;
+    let mut tasks = start_source(&config, kube_client.as_ref(), &store, &drain).await?;
     tasks.push(tokio::spawn(
         Arc::clone(&store).run_publisher(config.debounce, watch.clone()),
     ));
@@ -157,14 +178,12 @@ pub async fn build_with_client(
         // A full node state is megabytes: use ztunnel's HTTP/2 windows, not 64 KiB.
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(16 << 20)
-        .add_service(pb::node_feed_server::NodeFeedServer::new(
-            NodeFeedService::new(
-                Arc::clone(&hub),
-                auth.clone(),
-                settings.clone(),
-                watch.clone(),
-            ),
-        ))
+        .add_service(NodeFeedServer::new(NodeFeedService::new(
+            Arc::clone(&hub),
+            auth.clone(),
+            settings.clone(),
+            watch.clone(),
+        )))
         .add_service(pb::waypoint_feed_server::WaypointFeedServer::new(
             WaypointFeedService::new(Arc::clone(&hub), auth.clone(), settings, watch.clone()),
         ))

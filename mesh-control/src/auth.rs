@@ -1,9 +1,12 @@
-//! Node authentication for the gRPC services: bootstrap tokens in local mode.
+//! Node authentication for the gRPC services: bootstrap tokens in local mode, Kubernetes
+//! TokenReview of the node's service-account token in Kubernetes mode ([`token_review`]).
 //!
 //! The token file has one `<node-name> <token>` pair per line (`#` starts a comment). A client
 //! sends `authorization: Bearer <token>`; the token decides which node it is, so a node cannot
 //! claim another node's name. Tokens are compared by SHA-256 digest, so lookups do not leak
 //! token prefixes through timing.
+
+pub mod token_review;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,7 +14,7 @@ use std::path::Path;
 use tonic::metadata::MetadataMap;
 
 /// Errors authenticating a request.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     /// No `authorization` header.
     #[error("missing authorization metadata, expected `authorization: Bearer <token>`")]
@@ -22,6 +25,26 @@ pub enum AuthError {
     /// The token is unknown.
     #[error("unknown bootstrap token")]
     UnknownToken,
+    /// The API server did not authenticate the token.
+    #[error("service-account token not authenticated: {0}")]
+    NotAuthenticated(String),
+    /// The token is valid but belongs to another service account.
+    #[error("token of {user:?} may not call mesh-control, only {expected:?}")]
+    WrongServiceAccount {
+        /// User the token belongs to.
+        user: String,
+        /// The node service account's user name.
+        expected: String,
+    },
+    /// The token is not bound to a pod on a node.
+    #[error("token of {user:?} names no node; use a projected token of a pod scheduled on a node")]
+    NoNodeName {
+        /// User the token belongs to.
+        user: String,
+    },
+    /// The token could not be checked.
+    #[error("cannot review the token ({0}); is the api server reachable and may mesh-control create tokenreviews?")]
+    Unavailable(String),
 }
 
 /// Errors loading the token file.
@@ -64,9 +87,18 @@ pub struct NodeIdentity {
 }
 
 /// Decides who a request comes from.
+#[tonic::async_trait]
 pub trait Authenticator: Send + Sync + 'static {
     /// Authenticates a request from its metadata.
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<NodeIdentity, AuthError>;
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<NodeIdentity, AuthError>;
+}
+
+/// The token of `authorization: Bearer <token>`.
+pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, AuthError> {
+    let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
+    let text = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let token = text.strip_prefix("Bearer ").ok_or(AuthError::Malformed)?;
+    Ok(token.trim())
 }
 
 /// Bootstrap-token authenticator.
@@ -75,7 +107,8 @@ pub struct TokenAuthenticator {
     by_digest: HashMap<[u8; 32], String>,
 }
 
-fn digest(token: &str) -> [u8; 32] {
+/// SHA-256 of a token: what is kept and compared instead of the token.
+pub fn digest(token: &str) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
@@ -142,14 +175,10 @@ impl TokenAuthenticator {
     }
 }
 
+#[tonic::async_trait]
 impl Authenticator for TokenAuthenticator {
-    fn authenticate(&self, metadata: &MetadataMap) -> Result<NodeIdentity, AuthError> {
-        let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
-        let text = value.to_str().map_err(|_| AuthError::Malformed)?;
-        let token = text
-            .strip_prefix("Bearer ")
-            .ok_or(AuthError::Malformed)?
-            .trim();
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<NodeIdentity, AuthError> {
+        let token = bearer_token(metadata)?;
         let node = self
             .by_digest
             .get(&digest(token))
@@ -160,7 +189,12 @@ impl Authenticator for TokenAuthenticator {
 
 /// Maps an authentication error to a gRPC status (the one place this happens).
 pub fn to_status(err: AuthError) -> tonic::Status {
-    tonic::Status::unauthenticated(err.to_string())
+    let message = err.to_string();
+    match err {
+        AuthError::Unavailable(_) => tonic::Status::unavailable(message),
+        AuthError::WrongServiceAccount { .. } => tonic::Status::permission_denied(message),
+        _ => tonic::Status::unauthenticated(message),
+    }
 }
 
 #[cfg(test)]
@@ -173,25 +207,26 @@ mod tests {
         m
     }
 
-    #[test]
-    fn token_identifies_its_node_only() {
+    #[tokio::test]
+    async fn token_identifies_its_node_only() {
         let text = "# nodes\nnode-a aaaaaaaaaaaaaaaaaaaa\nnode-b bbbbbbbbbbbbbbbbbbbb # comment\n";
         let auth = TokenAuthenticator::parse("tokens", text).expect("parse");
         assert_eq!(auth.len(), 2);
         let who = auth
             .authenticate(&metadata("Bearer bbbbbbbbbbbbbbbbbbbb"))
+            .await
             .expect("known");
         assert_eq!(who.node, "node-b");
         assert_eq!(
-            auth.authenticate(&metadata("Bearer nope")),
+            auth.authenticate(&metadata("Bearer nope")).await,
             Err(AuthError::UnknownToken)
         );
         assert_eq!(
-            auth.authenticate(&metadata("Basic x")),
+            auth.authenticate(&metadata("Basic x")).await,
             Err(AuthError::Malformed)
         );
         assert_eq!(
-            auth.authenticate(&MetadataMap::new()),
+            auth.authenticate(&MetadataMap::new()).await,
             Err(AuthError::Missing)
         );
     }

@@ -1,9 +1,12 @@
 //! `CertificateService.CreateCertificate`: the mesh CA over gRPC.
 //!
 //! The CA is a self-signed root by default, or a user-provided root/intermediate (cert chain +
-//! key files). A caller authenticates as a node; it may only obtain identities of enrolled pods
-//! scheduled on that node (per the latest snapshot), in this CA's trust domain. Everything else
-//! is refused, and each refusal says why.
+//! key files). A caller authenticates as a node; it may only obtain identities of pods scheduled
+//! on that node (per the latest snapshot), in this CA's trust domain, and only of pods the node
+//! tunnels for: enrolled pods, and waypoint and Istio ingress gateway pods (never captured
+//! themselves, but they speak HBONE with their own service account's certificate, which their
+//! node obtains for them).
+//! Everything else is refused, and each refusal says why.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -125,7 +128,7 @@ impl CaService {
         }
     }
 
-    /// Checks that `node` runs an enrolled pod with `identity`.
+    /// Checks that `node` runs an enrolled, waypoint or ingress gateway pod with `identity`.
     fn authorise(&self, node: &str, identity: &SpiffeId) -> Result<(), Status> {
         if identity.trust_domain() != self.settings.trust_domain {
             return Err(Status::permission_denied(format!(
@@ -135,15 +138,16 @@ impl CaService {
         }
         let wanted = identity.to_string();
         let snapshot = self.hub.latest();
-        let allowed = snapshot
+        let mut candidates = snapshot
             .workloads
             .values()
-            .any(|w| w.node == node && w.enrolled && w.identity == wanted);
-        if allowed {
+            .filter(|w| w.node == node && w.identity == wanted);
+        let tunnelled = |uid: &str| snapshot.is_waypoint_pod(uid) || snapshot.is_gateway_pod(uid);
+        if candidates.any(|w| w.enrolled || tunnelled(&w.uid)) {
             Ok(())
         } else {
             Err(Status::permission_denied(format!(
-                "node {node:?} runs no enrolled pod with identity {wanted}"
+                "node {node:?} runs no enrolled pod (nor waypoint or gateway pod) with identity {wanted}"
             )))
         }
     }
@@ -166,6 +170,7 @@ impl pb::certificate_service_server::CertificateService for CaService {
         let who = self
             .auth
             .authenticate(request.metadata())
+            .await
             .map_err(to_status)?;
         if !self.hub.is_ready() {
             return Err(not_synced());

@@ -64,9 +64,18 @@ pub struct Config {
     /// HTTP listen address for `/healthz/ready` and `/metrics`.
     #[arg(long, default_value = "0.0.0.0:15014")]
     pub http_listen: SocketAddr,
-    /// File of `<node-name> <token>` lines: the bootstrap tokens nodes authenticate with.
+    /// File of `<node-name> <token>` lines: the bootstrap tokens nodes authenticate with
+    /// (unused with `--node-service-account`).
     #[arg(long, default_value = "/etc/weft/bootstrap-tokens")]
     pub bootstrap_tokens: PathBuf,
+    /// Kubernetes mode: authenticate nodes with a TokenReview of their pod's projected
+    /// service-account token, accepting only this service account (`namespace/name`, e.g.
+    /// `weft-system/mesh-node`). Needs RBAC `create` on `tokenreviews`.
+    #[arg(long, requires = "kubernetes", value_parser = parse_service_account)]
+    pub node_service_account: Option<(String, String)>,
+    /// Audience the nodes' projected tokens are issued for.
+    #[arg(long, default_value = "weft-control")]
+    pub token_audience: String,
     /// SPIFFE trust domain.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
@@ -111,6 +120,16 @@ pub enum ConfigError {
         /// Value.
         value: Duration,
     },
+}
+
+/// Parses `namespace/name`.
+fn parse_service_account(text: &str) -> Result<(String, String), String> {
+    match text.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("expected <namespace>/<name>, got {text:?}")),
+    }
 }
 
 impl Config {
@@ -192,6 +211,25 @@ mod tests {
             "modes conflict"
         );
         assert!(parse(&["--ca-cert", "/ca.pem"]).is_err(), "cert needs key");
+        assert!(
+            parse(&["--node-service-account", "weft-system/mesh-node"]).is_err(),
+            "token review needs kubernetes mode"
+        );
+        let err = parse(&["--kubernetes", "--node-service-account", "mesh-node"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("<namespace>/<name>"), "{err}");
+        let cli = parse(&[
+            "--kubernetes",
+            "--node-service-account",
+            "weft-system/mesh-node",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.config.node_service_account,
+            Some(("weft-system".into(), "mesh-node".into()))
+        );
+        assert_eq!(cli.config.token_audience, "weft-control");
         let err = parse(&["--grpc-listen", "nope"]).unwrap_err().to_string();
         assert!(
             err.contains("--grpc-listen") && err.contains("nope"),

@@ -4,10 +4,13 @@
 //! items to protobuf at the wire boundary. Everything here is plain data, ordered and comparable
 //! so that two snapshots can be diffed item by item.
 
+mod actions;
+mod routing;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::Duration;
 
+pub use self::routing::*;
 use crate::enrollment::WaypointName;
 
 /// A waypoint binding, resolved to the waypoint service's address when it exists.
@@ -166,111 +169,7 @@ pub use mesh_core::authz::{
     Condition as AuthCondition, OperationMatch as DestinationMatch, Rule as AuthRule, SourceMatch,
 };
 
-/// A string match in a route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StringMatch {
-    /// Equal.
-    Exact(String),
-    /// Starts with.
-    Prefix(String),
-    /// Regular expression (validated at translation time).
-    Regex(String),
-}
-
-/// Match conditions of a route rule; all present must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RouteMatch {
-    /// Path.
-    pub path: Option<StringMatch>,
-    /// Method.
-    pub method: Option<String>,
-    /// Headers (lowercase names).
-    pub headers: Vec<(String, StringMatch)>,
-    /// Destination port.
-    pub port: Option<u16>,
-}
-
-/// A weighted backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backend {
-    /// Service FQDN.
-    pub host: String,
-    /// Service port; the request's port when absent.
-    pub port: Option<u16>,
-    /// Relative weight.
-    pub weight: u32,
-    /// DestinationRule subset.
-    pub subset: Option<String>,
-}
-
-/// Retry policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retry {
-    /// Maximum retries.
-    pub attempts: u32,
-    /// Per-attempt timeout.
-    pub per_try_timeout: Option<Duration>,
-    /// Retry conditions.
-    pub retry_on: Vec<String>,
-}
-
-/// One route rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteRule {
-    /// Matches; any may match (empty: everything).
-    pub matches: Vec<RouteMatch>,
-    /// Backends (empty: the original destination).
-    pub backends: Vec<Backend>,
-    /// Whole-request timeout.
-    pub timeout: Option<Duration>,
-    /// Retries.
-    pub retry: Option<Retry>,
-}
-
-/// HTTP routing for some service hostnames.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// Stable key: `<Kind>/<namespace>/<name>`.
-    pub key: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Service FQDNs the route applies to.
-    pub hosts: Vec<String>,
-    /// Service port it applies to (all when absent).
-    pub port: Option<u16>,
-    /// Ordered rules.
-    pub rules: Vec<RouteRule>,
-}
-
-/// Outlier detection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutlierDetection {
-    /// Consecutive 5xx before ejection.
-    pub consecutive_5xx: u32,
-    /// Scan interval.
-    pub interval: Duration,
-    /// Base ejection time.
-    pub base_ejection_time: Duration,
-    /// Maximum ejected percentage.
-    pub max_ejection_percent: u32,
-}
-
-/// Traffic policy for a service (DestinationRule).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrafficPolicy {
-    /// Stable key: `<namespace>/<name>`.
-    pub key: String,
-    /// Service FQDN.
-    pub host: String,
-    /// Load balancer (`ROUND_ROBIN`, `LEAST_REQUEST`, `RANDOM`, `PASSTHROUGH`).
-    pub load_balancer: Option<String>,
-    /// Outlier detection.
-    pub outlier: Option<OutlierDetection>,
-    /// Subsets: name -> endpoint labels.
-    pub subsets: BTreeMap<String, BTreeMap<String, String>>,
-}
-
-/// An Istio Gateway listener set (kept for validation and future ingress use).
+/// An Istio Gateway listener set, served by waypoints deployed as ingress gateways.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gateway {
     /// Stable key: `<namespace>/<name>`.
@@ -321,4 +220,59 @@ pub struct Snapshot {
     pub gateways: BTreeMap<String, Gateway>,
     /// Rejected resources.
     pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Snapshot {
+    /// Pods of waypoint `namespace/name`: the endpoints of its Service.
+    pub fn waypoint_pods<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.services
+            .values()
+            .filter(move |s| s.namespace == namespace && s.name == name)
+            .flat_map(|s| s.endpoints.iter())
+            .filter_map(|e| self.workloads.get(&e.workload_uid))
+    }
+
+    /// Pods of the Istio Gateway `namespace/name`: the pods of its namespace carrying every
+    /// label of its selector (namespace-scoped, unlike Istio's mesh-wide default, so that a
+    /// Gateway cannot pull in pods, and so identities, of other namespaces).
+    pub fn gateway_pods<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &str,
+    ) -> impl Iterator<Item = &'a Workload> + 'a {
+        let gateway = self.gateways.get(&format!("{namespace}/{name}"));
+        let selector = gateway.map(|g| &g.selector).filter(|s| !s.is_empty());
+        self.workloads.values().filter(move |w| {
+            selector.is_some_and(|selector| {
+                w.namespace == namespace && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+            })
+        })
+    }
+
+    /// Whether workload `uid` is a pod of an Istio ingress Gateway.
+    pub fn is_gateway_pod(&self, uid: &str) -> bool {
+        self.gateways.keys().any(|key| {
+            let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+            self.gateway_pods(namespace, name).any(|p| p.uid == uid)
+        })
+    }
+
+    /// Whether workload `uid` is a pod of a waypoint that some service or workload uses.
+    pub fn is_waypoint_pod(&self, uid: &str) -> bool {
+        let named = |w: &Option<WaypointRef>| w.as_ref().map(|w| w.name.clone());
+        let waypoints: std::collections::BTreeSet<WaypointName> = self
+            .services
+            .values()
+            .filter_map(|s| named(&s.waypoint))
+            .chain(self.workloads.values().filter_map(|w| named(&w.waypoint)))
+            .collect();
+        waypoints.iter().any(|w| {
+            self.waypoint_pods(&w.namespace, &w.name)
+                .any(|p| p.uid == uid)
+        })
+    }
 }

@@ -37,10 +37,46 @@ status: {podIP: 10.0.0.2}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: out-1, namespace: app, labels: {weft.dev/dataplane-mode: none}}
+metadata: {name: out-1, namespace: app, labels: {app: out, weft.dev/dataplane-mode: none}}
 spec: {nodeName: node-a, serviceAccountName: out, containers: []}
 status: {podIP: 10.0.0.3}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: out, namespace: app}
+spec: {clusterIP: 10.96.0.3, selector: {app: out}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: wp, namespace: app}
+spec: {clusterIP: 10.96.0.99, selector: {gateway: wp}, ports: [{name: hbone, port: 15008}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: wp-1, namespace: app, labels: {gateway: wp, weft.dev/dataplane-mode: none}}
+spec: {nodeName: node-b, serviceAccountName: waypoint, containers: []}
+status: {podIP: 10.0.0.50}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: app, labels: {weft.dev/use-waypoint: wp}}
+spec: {clusterIP: 10.96.0.2, selector: {app: db}, ports: [{port: 5432}]}
+
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: gw-1, namespace: app, labels: {istio: ingress, weft.dev/dataplane-mode: none}}
+spec: {nodeName: node-a, serviceAccountName: ingress, containers: []}
+status: {podIP: 10.0.0.60}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: public, namespace: app}
+spec: {selector: {istio: ingress}, servers: [{port: {number: 80, protocol: HTTP}, hosts: ["*"]}]}
 "#;
+
+const WAYPOINT: &str = "spiffe://cluster.local/ns/app/sa/waypoint";
+const INGRESS: &str = "spiffe://cluster.local/ns/app/sa/ingress";
 
 struct Fixture {
     client: CertificateServiceClient<Channel>,
@@ -108,6 +144,31 @@ async fn node_gets_certificate_for_its_own_pod() {
     );
 }
 
+/// Waypoint and ingress gateway pods are not enrolled, but their node obtains their service
+/// account's certificate (and no other node does).
+#[tokio::test]
+async fn node_gets_certificate_for_a_waypoint_or_gateway_pod_it_runs() {
+    let mut f = fixture(CertificateAuthority::self_signed("cluster.local").expect("ca")).await;
+    for (identity, token, other) in [(WAYPOINT, TOKEN_B, TOKEN_A), (INGRESS, TOKEN_A, TOKEN_B)] {
+        let csr = generate_csr(&id(identity)).expect("csr");
+        let chain = f
+            .client
+            .create_certificate(with_token(request(identity, &csr.csr_pem, 0), token))
+            .await
+            .expect("issued to the pod's node")
+            .into_inner()
+            .cert_chain;
+        let cert = WorkloadCert::from_pem(&chain, &csr.key_pem, &f.trust_bundle).expect("valid");
+        assert_eq!(cert.identity(), &id(identity));
+        let refused = f
+            .client
+            .create_certificate(with_token(request(identity, &csr.csr_pem, 0), other))
+            .await
+            .expect_err("another node");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{identity}");
+    }
+}
+
 #[tokio::test]
 async fn validity_is_capped_at_the_maximum() {
     let mut f = fixture(CertificateAuthority::self_signed("cluster.local").expect("ca")).await;
@@ -168,13 +229,19 @@ async fn refusals() {
             "runs no enrolled pod",
         ),
         (
-            "pod not enrolled",
+            "pod not enrolled, endpoint of a service no one uses as a waypoint",
             with_token(
                 request("spiffe://cluster.local/ns/app/sa/out", &csr, 0),
                 TOKEN_A,
             ),
             Code::PermissionDenied,
             "runs no enrolled pod",
+        ),
+        (
+            "waypoint pod on another node",
+            with_token(request(WAYPOINT, &csr, 0), TOKEN_A),
+            Code::PermissionDenied,
+            "node \"node-a\" runs no enrolled pod (nor waypoint or gateway pod)",
         ),
         (
             "foreign trust domain",

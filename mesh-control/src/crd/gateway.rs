@@ -1,10 +1,17 @@
-//! `gateway.networking.k8s.io/v1`: HTTPRoute.
+//! `gateway.networking.k8s.io/v1`: HTTPRoute (its filters are in [`filters`]).
+
+pub mod filters;
 
 use std::collections::BTreeMap;
 
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub use self::filters::{
+    Fraction, HeaderModifier, HttpHeader, HttpRouteFilter, PathModifier, RequestMirror,
+    RequestRedirect, UrlRewrite,
+};
 
 /// HTTP routing attached to a Service (mesh, GAMMA) or a waypoint Gateway (Gateway API
 /// `HTTPRoute`).
@@ -55,12 +62,18 @@ pub struct ParentReference {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteRule {
+    /// Name, for logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Match conditions; any may match (none means `PathPrefix /`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<HttpRouteMatch>,
     /// Weighted backends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend_refs: Vec<HttpBackendRef>,
+    /// Filters applied to matching requests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<HttpRouteFilter>,
     /// Timeouts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<HttpRouteTimeouts>,
@@ -80,6 +93,9 @@ pub struct HttpRouteMatch {
     /// Header matches.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HttpHeaderMatch>,
+    /// Query parameter matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<HttpHeaderMatch>,
     /// HTTP method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
@@ -96,7 +112,7 @@ pub struct HttpPathMatch {
     pub value: Option<String>,
 }
 
-/// Header match.
+/// Header (or query parameter) match.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HttpHeaderMatch {
     /// `Exact` (default) or `RegularExpression`.
@@ -129,6 +145,10 @@ pub struct HttpBackendRef {
     /// Relative weight; 1 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i32>,
+    /// Fields Weft does not implement (e.g. per-backend `filters`).
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
 }
 
 /// Timeouts of a rule (Gateway API duration strings such as `10s`, `500ms`, `1h30m`).

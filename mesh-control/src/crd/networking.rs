@@ -1,4 +1,10 @@
 //! `networking.istio.io/v1`: VirtualService, DestinationRule, ServiceEntry and Gateway.
+//!
+//! The request-handling messages of a VirtualService route are in [`http`], the connection
+//! settings of a DestinationRule in [`traffic`].
+
+pub mod http;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 
@@ -6,6 +12,11 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use self::http::{
+    FaultAbort, FaultDelay, HeaderOperations, Headers, HttpBody, HttpDirectResponse,
+    HttpFaultInjection, HttpRedirect, HttpRewrite, Percent, Unsupported,
+};
+pub use self::traffic::{ConnectionPoolSettings, ConsistentHashLb, HttpCookie};
 use super::{StringMatch, WorkloadSelector};
 
 /// HTTP routing rules for a set of hosts (Istio `VirtualService`).
@@ -54,6 +65,27 @@ pub struct HttpRoute {
     /// Retry policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<HttpRetry>,
+    /// Answer with a redirect instead of forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<HttpRedirect>,
+    /// Answer with a fixed response instead of forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<HttpDirectResponse>,
+    /// Rewrite of path and authority before forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<HttpRewrite>,
+    /// Request and response header edits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Headers>,
+    /// Fault injection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<HttpFaultInjection>,
+    /// Copy requests to this destination too (responses discarded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Destination>,
+    /// Share of requests mirrored; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percentage: Option<Percent>,
     /// Fields Weft does not implement; reported as ignored, never silently dropped.
     #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(skip)]
@@ -64,6 +96,9 @@ pub struct HttpRoute {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpMatchRequest {
+    /// Name, for logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Path match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<StringMatch>,
@@ -73,9 +108,19 @@ pub struct HttpMatchRequest {
     /// Header matches, keyed by lowercase header name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, StringMatch>,
+    /// Header conditions that must NOT hold (an empty match: the header must be absent).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub without_headers: BTreeMap<String, StringMatch>,
+    /// Query parameter matches (exact or regex; an empty match: present).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query_params: BTreeMap<String, StringMatch>,
     /// Destination port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
+    /// Fields Weft does not implement (e.g. `sourceLabels`, `ignoreUriCase`).
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub unsupported: Unsupported,
 }
 
 /// A destination with a weight.
@@ -157,14 +202,29 @@ pub struct TrafficPolicy {
     /// Outlier detection (passive health checking).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Connection limits (circuit breaking).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    /// Fields Weft does not implement (e.g. `tls`, `portLevelSettings`).
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub unsupported: Unsupported,
 }
 
 /// Load balancer settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct LoadBalancerSettings {
     /// `ROUND_ROBIN`, `LEAST_REQUEST`, `RANDOM` or `PASSTHROUGH`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simple: Option<String>,
+    /// Consistent hashing (session affinity); exclusive with `simple`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHashLb>,
+    /// Fields Weft does not implement (e.g. `localityLbSetting`).
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub unsupported: Unsupported,
 }
 
 /// Outlier detection settings.
@@ -194,6 +254,10 @@ pub struct Subset {
     /// Endpoint labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Fields Weft does not implement (e.g. a per-subset `trafficPolicy`).
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub unsupported: Unsupported,
 }
 
 /// Adds an entry to the mesh's service registry (Istio `ServiceEntry`).

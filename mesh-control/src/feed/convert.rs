@@ -1,10 +1,14 @@
-//! Model to protobuf, at the wire boundary of the feeds.
+//! Model to protobuf, at the wire boundary of the feeds. Routes and traffic policies are in
+//! [`routes`].
+
+mod routes;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use mesh_core::proto::control::v1 as pb;
 
+pub use self::routes::{route, traffic_policy};
 use crate::model;
 
 /// HBONE port of waypoints and node tunnels.
@@ -178,90 +182,5 @@ pub fn authorization(a: &model::Authorization) -> pb::Authorization {
         targets,
         action: action.into(),
         rules: a.rules.iter().map(rule).collect(),
-    }
-}
-
-fn string_match(m: &model::StringMatch) -> pb::StringMatch {
-    use pb::string_match::Kind;
-    let kind = match m {
-        model::StringMatch::Exact(v) => Kind::Exact(v.clone()),
-        model::StringMatch::Prefix(v) => Kind::Prefix(v.clone()),
-        model::StringMatch::Regex(v) => Kind::Regex(v.clone()),
-    };
-    pb::StringMatch { kind: Some(kind) }
-}
-
-fn route_rule(r: &model::RouteRule) -> pb::RouteRule {
-    pb::RouteRule {
-        matches: r
-            .matches
-            .iter()
-            .map(|m| pb::RouteMatch {
-                path: m.path.as_ref().map(string_match),
-                method: m.method.clone().unwrap_or_default(),
-                headers: m
-                    .headers
-                    .iter()
-                    .map(|(name, v)| pb::HeaderMatch {
-                        name: name.clone(),
-                        value: Some(string_match(v)),
-                        invert: false,
-                    })
-                    .collect(),
-                port: m.port.map_or(0, u32::from),
-                query_params: Vec::new(),
-            })
-            .collect(),
-        backends: r
-            .backends
-            .iter()
-            .map(|b| pb::Backend {
-                host: b.host.clone(),
-                port: b.port.map_or(0, u32::from),
-                weight: b.weight,
-                subset: b.subset.clone().unwrap_or_default(),
-            })
-            .collect(),
-        timeout_ms: millis(r.timeout),
-        retry: r.retry.as_ref().map(|retry| pb::Retry {
-            attempts: retry.attempts,
-            per_try_timeout_ms: millis(retry.per_try_timeout),
-            retry_on: retry.retry_on.clone(),
-        }),
-        ..pb::RouteRule::default()
-    }
-}
-
-/// A route on the wire.
-pub fn route(r: &model::Route) -> pb::Route {
-    pb::Route {
-        key: r.key.clone(),
-        hosts: r.hosts.clone(),
-        port: r.port.map_or(0, u32::from),
-        rules: r.rules.iter().map(route_rule).collect(),
-    }
-}
-
-/// A traffic policy on the wire.
-pub fn traffic_policy(t: &model::TrafficPolicy) -> pb::TrafficPolicy {
-    pb::TrafficPolicy {
-        key: t.key.clone(),
-        host: t.host.clone(),
-        load_balancer: t.load_balancer.clone().unwrap_or_default(),
-        outlier: t.outlier.as_ref().map(|o| pb::OutlierDetection {
-            consecutive_5xx: o.consecutive_5xx,
-            interval_ms: millis(Some(o.interval)),
-            base_ejection_time_ms: millis(Some(o.base_ejection_time)),
-            max_ejection_percent: o.max_ejection_percent,
-        }),
-        subsets: t
-            .subsets
-            .iter()
-            .map(|(name, labels)| {
-                let labels = labels.clone().into_iter().collect();
-                (name.clone(), pb::Labels { labels })
-            })
-            .collect(),
-        ..pb::TrafficPolicy::default()
     }
 }

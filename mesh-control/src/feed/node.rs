@@ -3,7 +3,8 @@
 //! Each subscription runs a task that sends what the node is missing, then waits for the next
 //! version. Large updates are split into chunks; the last chunk of a version has `complete`
 //! set. A node that stops reading for `send_timeout` is disconnected (it resumes on reconnect),
-//! so a stuck client holds at most one bounded channel.
+//! so a stuck client holds at most one bounded channel. Streams send encoded messages: a full
+//! sync comes from the shared [`FullSyncCache`], incremental updates are encoded per stream.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,10 +13,12 @@ use std::time::Duration;
 use futures::Stream;
 use mesh_core::drain::DrainWatch;
 use mesh_core::proto::control::v1 as pb;
+use prost::bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::full_sync::{encode, FullSyncCache};
 use super::hub::Hub;
 use super::state::Delta;
 use crate::auth::{to_status, Authenticator};
@@ -48,6 +51,7 @@ pub struct NodeFeedService {
     auth: Arc<dyn Authenticator>,
     settings: StreamSettings,
     drain: DrainWatch,
+    full_sync: Arc<FullSyncCache>,
 }
 
 impl NodeFeedService {
@@ -63,6 +67,7 @@ impl NodeFeedService {
             auth,
             settings,
             drain,
+            full_sync: Arc::default(),
         }
     }
 }
@@ -128,10 +133,13 @@ pub fn not_synced() -> Status {
     Status::unavailable("control service has not synced its config yet, retry shortly")
 }
 
-type Tx = mpsc::Sender<Result<pb::NodeUpdate, Status>>;
+type Tx = mpsc::Sender<Result<Bytes, Status>>;
+
+/// The stream of encoded `NodeUpdate`s one subscriber receives.
+pub type EncodedStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
 /// Sends messages; `false` when the client is gone or too slow.
-async fn send_all(tx: &Tx, messages: Chunks, timeout: Duration) -> bool {
+async fn send_all(tx: &Tx, messages: impl Iterator<Item = Bytes>, timeout: Duration) -> bool {
     for message in messages {
         match tokio::time::timeout(timeout, tx.send(Ok(message))).await {
             Ok(Ok(())) => {}
@@ -148,8 +156,30 @@ async fn send_all(tx: &Tx, messages: Chunks, timeout: Duration) -> bool {
     true
 }
 
+/// Sends `delta` (the shared encoding when it is a full sync); the version sent, or `None`
+/// when the stream is over.
+async fn send_delta(
+    hub: &Hub,
+    cache: &FullSyncCache,
+    delta: Delta,
+    settings: &StreamSettings,
+    tx: &Tx,
+) -> Option<u64> {
+    let timeout = settings.send_timeout;
+    if delta.reset {
+        // The shared encoding may be of a newer version than `delta`: still a full reset.
+        let full = cache.get(hub, settings.chunk_size);
+        let sent = send_all(tx, full.chunks.iter().cloned(), timeout).await;
+        return sent.then_some(full.version);
+    }
+    let version = delta.version;
+    let messages = chunk(&hub.feed_id(), delta, settings.chunk_size).map(|m| encode(&m));
+    send_all(tx, messages, timeout).await.then_some(version)
+}
+
 async fn run_stream(
     hub: Arc<Hub>,
+    cache: Arc<FullSyncCache>,
     node: String,
     resume: Option<(String, u64)>,
     settings: StreamSettings,
@@ -163,13 +193,13 @@ async fn run_stream(
         versions.borrow_and_update();
         let delta = hub.delta(cursor.as_ref().map(|(id, v)| (id.as_str(), *v)));
         let feed_id = hub.feed_id();
-        let version = delta.version;
+        let mut version = delta.version;
         let has_changes = delta.reset || !delta.upserts.is_empty() || !delta.removals.is_empty();
         if first || has_changes {
             tracing::debug!(%node, version, reset = delta.reset, upserts = delta.upserts.len(), "sending node update");
-            let messages = chunk(&feed_id, delta, settings.chunk_size);
-            if !send_all(&tx, messages, settings.send_timeout).await {
-                return;
+            match send_delta(&hub, &cache, delta, &settings, &tx).await {
+                Some(sent) => version = sent,
+                None => return,
             }
         }
         first = false;
@@ -182,17 +212,16 @@ async fn run_stream(
     }
 }
 
-#[tonic::async_trait]
-impl pb::node_feed_server::NodeFeed for NodeFeedService {
-    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::NodeUpdate, Status>> + Send>>;
-
-    async fn subscribe(
+impl NodeFeedService {
+    /// `NodeFeed.Subscribe`: authenticates the node, then streams its updates.
+    pub async fn subscribe(
         &self,
         request: Request<pb::NodeSubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
+    ) -> Result<Response<EncodedStream>, Status> {
         let who = self
             .auth
             .authenticate(request.metadata())
+            .await
             .map_err(to_status)?;
         if !self.hub.is_ready() {
             return Err(not_synced());
@@ -210,6 +239,7 @@ impl pb::node_feed_server::NodeFeed for NodeFeedService {
         let (tx, rx) = mpsc::channel(self.settings.buffer.max(1));
         let task = run_stream(
             Arc::clone(&self.hub),
+            Arc::clone(&self.full_sync),
             who.node,
             resume,
             self.settings.clone(),
@@ -263,7 +293,16 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(1);
         let (_trigger, watch) = mesh_core::drain::channel();
         let started = tokio::time::Instant::now();
-        let task = tokio::spawn(run_stream(hub, "n".into(), None, settings, tx, watch));
+        let cache = Arc::default();
+        let task = tokio::spawn(run_stream(
+            hub,
+            cache,
+            "n".into(),
+            None,
+            settings,
+            tx,
+            watch,
+        ));
         tokio::time::timeout(Duration::from_secs(120), task)
             .await
             .expect("stream task gives up instead of hanging")

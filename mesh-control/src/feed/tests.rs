@@ -11,6 +11,7 @@ use tonic::Streaming;
 
 use super::hub::Hub;
 use super::node::{NodeFeedService, StreamSettings};
+use super::node_server::NodeFeedServer;
 use super::waypoint::WaypointFeedService;
 use crate::auth::TokenAuthenticator;
 use crate::registry::{parse_yaml, Parsed, Registry, RegistryConfig};
@@ -99,7 +100,7 @@ async fn fixture(settings: StreamSettings) -> Fixture {
     );
     let waypoint = WaypointFeedService::new(hub, auth, settings, watch);
     let router = Server::builder()
-        .add_service(pb::node_feed_server::NodeFeedServer::new(node))
+        .add_service(NodeFeedServer::new(node))
         .add_service(pb::waypoint_feed_server::WaypointFeedServer::new(waypoint));
     let channel = serve_in_memory(router).await;
     Fixture {
@@ -163,6 +164,34 @@ async fn node_gets_full_state_then_only_changes() {
     let third = next(&mut stream).await;
     let removed: Vec<&str> = third.removals.iter().map(|k| k.key.as_str()).collect();
     assert_eq!(removed, ["app/web-2"]);
+}
+
+/// Nodes route traffic for a waypoint-bound service to the waypoint: the service carries the
+/// waypoint Service's address and HBONE port; an unbound service carries none.
+#[tokio::test]
+async fn node_feed_carries_the_waypoint_address_of_bound_services() {
+    let f = fixture(StreamSettings::default()).await;
+    let mut stream = subscribe(&f, "", 0).await;
+    let first = next(&mut stream).await;
+    let services: std::collections::BTreeMap<&str, &pb::Service> = first
+        .upserts
+        .iter()
+        .filter_map(|r| match &r.kind {
+            Some(pb::resource::Kind::Service(s)) => Some((s.name.as_str(), s)),
+            _ => None,
+        })
+        .collect();
+    let expected = pb::WaypointRef {
+        namespace: "app".into(),
+        name: "wp".into(),
+        address: vec![10, 96, 0, 99],
+        hbone_port: 15008,
+    };
+    assert_eq!(services["web"].waypoint, Some(expected));
+    assert_eq!(
+        services["wp"].waypoint, None,
+        "the waypoint is not bound to itself"
+    );
 }
 
 #[tokio::test]
@@ -319,7 +348,7 @@ async fn feeds_refuse_service_until_first_snapshot() {
     let auth = Arc::new(TokenAuthenticator::new([("node-a", TOKEN_A)]));
     let (_trigger, watch) = mesh_core::drain::channel();
     let node = NodeFeedService::new(Arc::clone(&hub), auth, StreamSettings::default(), watch);
-    let router = Server::builder().add_service(pb::node_feed_server::NodeFeedServer::new(node));
+    let router = Server::builder().add_service(NodeFeedServer::new(node));
     let mut client = NodeFeedClient::new(serve_in_memory(router).await);
     let request = pb::NodeSubscribeRequest {
         node_name: "node-a".into(),

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::hub::Hub;
+use super::ingress;
 use super::node::{not_synced, StreamSettings};
 use crate::auth::{to_status, Authenticator};
 use crate::model::{PolicyScope, Snapshot};
@@ -33,12 +34,19 @@ pub fn config_for(snapshot: &Snapshot, namespace: &str, name: &str) -> pb::Waypo
         w.as_ref()
             .is_some_and(|w| w.name.namespace == namespace && w.name.name == name)
     };
+    let ingress_routes = ingress::routes(snapshot, namespace, name);
+    let backends = ingress::backend_hosts(&ingress_routes);
     let services: Vec<_> = snapshot
         .services
         .values()
-        .filter(|s| bound(&s.waypoint))
+        .filter(|s| bound(&s.waypoint) || backends.contains(s.hostname.as_str()))
         .collect();
-    let hosts: BTreeSet<&str> = services.iter().map(|s| s.hostname.as_str()).collect();
+    // Hosts whose mesh traffic this waypoint handles.
+    let hosts: BTreeSet<&str> = services
+        .iter()
+        .filter(|s| bound(&s.waypoint))
+        .map(|s| s.hostname.as_str())
+        .collect();
     let mut uids: BTreeSet<&str> = services
         .iter()
         .flat_map(|s| s.endpoints.iter().map(|e| e.workload_uid.as_str()))
@@ -72,7 +80,8 @@ pub fn config_for(snapshot: &Snapshot, namespace: &str, name: &str) -> pb::Waypo
         routes: snapshot
             .routes
             .values()
-            .filter(|r| r.hosts.iter().any(|h| hosts.contains(h.as_str())))
+            .filter(|r| r.mesh && r.hosts.iter().any(|h| hosts.contains(h.as_str())))
+            .chain(ingress_routes.iter().copied())
             .map(convert::route)
             .collect(),
         policies: snapshot
@@ -84,21 +93,19 @@ pub fn config_for(snapshot: &Snapshot, namespace: &str, name: &str) -> pb::Waypo
         traffic_policies: snapshot
             .traffic_policies
             .values()
-            .filter(|t| hosts.contains(t.host.as_str()))
+            .filter(|t| hosts.contains(t.host.as_str()) || backends.contains(t.host.as_str()))
             .map(convert::traffic_policy)
             .collect(),
     }
 }
 
 /// A node may read a waypoint's config only if it runs one of the waypoint's pods (an
-/// endpoint of the waypoint's Service): the config names every workload behind it.
+/// endpoint of the waypoint's Service, or a pod of the Istio Gateway of that name): the config
+/// names every workload behind it.
 fn authorise(snapshot: &Snapshot, node: &str, namespace: &str, name: &str) -> Result<(), Status> {
     let hosts_waypoint_pod = snapshot
-        .services
-        .values()
-        .filter(|s| s.namespace == namespace && s.name == name)
-        .flat_map(|s| s.endpoints.iter())
-        .filter_map(|e| snapshot.workloads.get(&e.workload_uid))
+        .waypoint_pods(namespace, name)
+        .chain(snapshot.gateway_pods(namespace, name))
         .any(|w| w.node == node);
     if hosts_waypoint_pod {
         Ok(())
@@ -186,6 +193,7 @@ impl pb::waypoint_feed_server::WaypointFeed for WaypointFeedService {
         let who = self
             .auth
             .authenticate(request.metadata())
+            .await
             .map_err(to_status)?;
         if !self.hub.is_ready() {
             return Err(not_synced());

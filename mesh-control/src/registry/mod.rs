@@ -188,9 +188,10 @@ impl<'a> Ctx<'a> {
     }
 
     /// The FQDN of a service host as written in a resource in `namespace`: a short name
-    /// (`reviews`) becomes `reviews.<namespace>.svc.<cluster domain>`.
+    /// (`reviews`) becomes `reviews.<namespace>.svc.<cluster domain>`; dotted names and
+    /// wildcards (`*`) are kept.
     pub fn fqdn(&self, host: &str, namespace: &str) -> String {
-        if host.contains('.') {
+        if host.contains('.') || host.starts_with('*') {
             host.to_string()
         } else {
             format!("{host}.{namespace}.svc.{}", self.config.cluster_domain)

@@ -55,7 +55,7 @@ spec:
   ports: [{name: http, port: 80, targetPort: http}]
 "#;
 
-fn snapshot_of(extra: &str) -> crate::model::Snapshot {
+pub(super) fn snapshot_of(extra: &str) -> crate::model::Snapshot {
     let mut parsed = Parsed::default();
     parse_yaml("base.yaml", BASE, &mut parsed);
     parse_yaml("extra.yaml", extra, &mut parsed);
@@ -297,15 +297,19 @@ spec: {hosts: [web.example.com], gateways: [public-gw], http: [{route: [{destina
 "#,
     );
     assert!(snap.diagnostics.is_empty(), "{:?}", snap.diagnostics);
-    assert_eq!(snap.routes.len(), 2, "{:?}", snap.routes.keys());
+    assert_eq!(snap.routes.len(), 3, "{:?}", snap.routes.keys());
+    let ingress = &snap.routes["VirtualService/app/ingress-only"];
+    assert!(!ingress.mesh, "bound only to a gateway");
+    assert_eq!(ingress.gateways, ["app/public-gw"]);
     let vs = &snap.routes["VirtualService/app/web"];
+    assert!(vs.mesh && vs.gateways.is_empty());
     assert_eq!(vs.hosts, ["web.app.svc.cluster.local"]);
     let rule = &vs.rules[0];
     assert_eq!(
         rule.matches[0].path,
         Some(StringMatch::Prefix("/v2".into()))
     );
-    assert_eq!(rule.matches[0].headers[0].0, "x-user");
+    assert_eq!(rule.matches[0].headers[0].name, "x-user");
     assert_eq!(
         rule.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
         [90, 10]
@@ -503,21 +507,46 @@ metadata: {name: web, namespace: app}
 spec:
   hosts: [web]
   tcp: [{route: [{destination: {host: web}}]}]
-  http: [{rewrite: {uri: /v2}, route: [{destination: {host: web}}]}]
+  http:
+  - match: [{sourceLabels: {app: a}}]
+    rewrite: {uriRegexRewrite: {match: a, rewrite: b}}
+    mirrors: [{destination: {host: web}}]
+    route: [{destination: {host: web}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: hr, namespace: app}
 spec:
   parentRefs: [{group: "", kind: Service, name: web}]
-  rules: [{filters: [{type: RequestRedirect}], backendRefs: [{name: web}]}]
+  rules: [{sessionPersistence: {}, backendRefs: [{name: web, filters: []}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: app}
+spec:
+  host: web
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+    loadBalancer: {consistentHash: {httpCookie: {name: s, ttl: 0s}}}
+    connectionPool: {http: {maxRetries: 3}}
 "#,
     );
     let fields: Vec<&str> = snap.diagnostics.iter().map(|d| d.field.as_str()).collect();
     assert_eq!(
         fields,
-        ["spec.tcp", "spec.http[0].rewrite", "spec.rules[0].filters"]
+        [
+            "spec.tcp",
+            "spec.http[0].mirrors",
+            "spec.http[0].match[0].sourceLabels",
+            "spec.http[0].rewrite.uriRegexRewrite",
+            "spec.rules[0].sessionPersistence",
+            "spec.rules[0].backendRefs[0].filters",
+            "spec.trafficPolicy.tls",
+            "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl",
+            "spec.trafficPolicy.connectionPool.http.maxRetries",
+        ]
     );
     assert!(snap.diagnostics[0].message.contains("ignored"));
     assert_eq!(snap.routes.len(), 2, "the supported part still applies");
+    assert_eq!(snap.traffic_policies.len(), 1);
 }

@@ -1,0 +1,212 @@
+//! TokenReview against a `tower_test` mock API server: accepted, wrong service account, not
+//! authenticated, wrong audience, unbound token, API error, and the cache.
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use serde_json::{json, Value};
+use tower_test::mock::{self, Handle};
+
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+const NODE_SA: &str = "system:serviceaccount:weft-system:mesh-node";
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+fn authenticator() -> (TokenReviewAuthenticator, ApiHandle) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let settings = TokenReviewSettings::new("weft-system", "mesh-node", "weft-control");
+    (TokenReviewAuthenticator::new(client, settings), handle)
+}
+
+fn bearer(token: &str) -> MetadataMap {
+    let mut m = MetadataMap::new();
+    let value = format!("Bearer {token}").parse().expect("ascii");
+    m.insert("authorization", value);
+    m
+}
+
+fn reviewed(user: &str, node: Option<&str>, audiences: &[&str]) -> Value {
+    let extra = node.map_or(json!({}), |n| json!({ NODE_NAME_KEY: [n] }));
+    json!({"authenticated": true, "audiences": audiences,
+           "user": {"username": user, "extra": extra}})
+}
+
+/// Answers the next API request with `code` and a TokenReview carrying `status`; returns the
+/// request's path and body.
+async fn answer(handle: &mut ApiHandle, code: u16, status: Value) -> (String, Value) {
+    let (request, send) = tokio::time::timeout(WAIT, handle.next_request())
+        .await
+        .expect("a request within the timeout")
+        .expect("client alive");
+    let path = format!("{} {}", request.method(), request.uri().path());
+    let bytes = request
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).expect("json body");
+    let reply = if code == 200 {
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+               "spec": body["spec"], "status": status})
+    } else {
+        json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": code,
+               "reason": "InternalError", "message": "etcd is down"})
+    };
+    let response = Response::builder()
+        .status(code)
+        .body(Body::from(serde_json::to_vec(&reply).expect("json")))
+        .expect("response");
+    send.send_response(response);
+    (path, body)
+}
+
+/// Runs one authentication while the mock API server answers with `code` and `status`.
+async fn authenticate_once(
+    auth: &TokenReviewAuthenticator,
+    handle: &mut ApiHandle,
+    token: &str,
+    code: u16,
+    status: Value,
+) -> Verdict {
+    let metadata = bearer(token);
+    let (verdict, _) = tokio::join!(auth.authenticate(&metadata), answer(handle, code, status));
+    verdict
+}
+
+#[tokio::test(start_paused = true)]
+async fn node_token_is_reviewed_then_cached_until_the_ttl() {
+    let (auth, mut handle) = authenticator();
+    let metadata = bearer("token-a");
+    let (verdict, (path, body)) = tokio::join!(
+        auth.authenticate(&metadata),
+        answer(
+            &mut handle,
+            200,
+            reviewed(NODE_SA, Some("node-a"), &["weft-control"])
+        )
+    );
+    assert_eq!(path, "POST /apis/authentication.k8s.io/v1/tokenreviews");
+    assert_eq!(
+        body["spec"],
+        json!({"token": "token-a", "audiences": ["weft-control"]})
+    );
+    let node = |node: &str| NodeIdentity { node: node.into() };
+    assert_eq!(verdict, Ok(node("node-a")));
+    // Cached: no API request (the mock would never answer one).
+    assert_eq!(auth.authenticate(&metadata).await, Ok(node("node-a")));
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let again = authenticate_once(
+        &auth,
+        &mut handle,
+        "token-a",
+        200,
+        reviewed(NODE_SA, Some("node-a"), &["weft-control"]),
+    );
+    assert_eq!(
+        again.await,
+        Ok(node("node-a")),
+        "reviewed again after the ttl"
+    );
+}
+
+#[tokio::test]
+async fn refusals_name_the_reason() {
+    let cases = [
+        (
+            json!({"authenticated": false, "error": "token has expired"}),
+            AuthError::NotAuthenticated("token has expired".into()),
+        ),
+        (
+            reviewed(
+                "system:serviceaccount:app:web",
+                Some("node-a"),
+                &["weft-control"],
+            ),
+            AuthError::WrongServiceAccount {
+                user: "system:serviceaccount:app:web".into(),
+                expected: NODE_SA.into(),
+            },
+        ),
+        (
+            reviewed(NODE_SA, Some("node-a"), &["https://kubernetes.default.svc"]),
+            AuthError::NotAuthenticated("token is not issued for audience \"weft-control\"".into()),
+        ),
+        (
+            reviewed(NODE_SA, None, &["weft-control"]),
+            AuthError::NoNodeName {
+                user: NODE_SA.into(),
+            },
+        ),
+    ];
+    for (status, expected) in cases {
+        let (auth, mut handle) = authenticator();
+        let verdict = authenticate_once(&auth, &mut handle, "t", 200, status.clone()).await;
+        assert_eq!(verdict, Err(expected.clone()), "{status}");
+        // Refusals are cached briefly too: no second API request.
+        let cached = auth.authenticate(&bearer("t")).await;
+        assert_eq!(cached, Err(expected), "{status}");
+    }
+    let wrong = to_status_of(AuthError::WrongServiceAccount {
+        user: "u".into(),
+        expected: NODE_SA.into(),
+    });
+    assert_eq!(wrong, tonic::Code::PermissionDenied);
+    let (auth, _handle) = authenticator();
+    let missing = auth.authenticate(&MetadataMap::new()).await;
+    assert_eq!(missing, Err(AuthError::Missing));
+}
+
+fn to_status_of(err: AuthError) -> tonic::Code {
+    super::super::to_status(err).code()
+}
+
+#[tokio::test]
+async fn api_server_errors_are_unavailable_and_not_cached() {
+    let (auth, mut handle) = authenticator();
+    let verdict = authenticate_once(&auth, &mut handle, "t", 500, Value::Null).await;
+    let err = verdict.expect_err("api error");
+    assert!(
+        matches!(&err, AuthError::Unavailable(m) if m.contains("etcd is down")),
+        "{err}"
+    );
+    assert_eq!(to_status_of(err), tonic::Code::Unavailable);
+    let retried = authenticate_once(
+        &auth,
+        &mut handle,
+        "t",
+        200,
+        reviewed(NODE_SA, Some("node-b"), &["weft-control"]),
+    );
+    let node = retried.await.expect("reviewed again, not a cached failure");
+    assert_eq!(node.node, "node-b");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_api_server_times_out_as_unavailable() {
+    let (auth, _handle) = authenticator();
+    let verdict = tokio::time::timeout(WAIT, auth.authenticate(&bearer("t")))
+        .await
+        .expect("the review's own deadline fires first");
+    assert!(
+        matches!(verdict, Err(AuthError::Unavailable(_))),
+        "{verdict:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_cache_is_bounded() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let mut settings = TokenReviewSettings::new("weft-system", "mesh-node", "weft-control");
+    settings.max_entries = 2;
+    let auth = TokenReviewAuthenticator::new(kube::Client::new(service, "default"), settings);
+    for token in ["a", "b", "c"] {
+        let status = reviewed(NODE_SA, Some(token), &["weft-control"]);
+        let verdict = authenticate_once(&auth, &mut handle, token, 200, status).await;
+        assert_eq!(verdict.expect("accepted").node, token);
+    }
+    assert_eq!(auth.cache.lock().len(), 2);
+}
