@@ -155,9 +155,21 @@ async fn main() {
     println!("waypoint bench: {secs}s per phase, {concurrency} connections, 1 KiB responses, HTTP/1.1 keep-alive");
     // Warm pools and caches on both paths before measuring.
     let _ = run("warmup", backend, 1, concurrency).await;
-    let _ = run("warmup", bound.proxy_addr, 1, concurrency).await;
+    let _ = run(
+        "warmup",
+        bound.proxy_addr.expect("plain listener"),
+        1,
+        concurrency,
+    )
+    .await;
     let direct = run("direct", backend, secs, concurrency).await;
-    let proxied = run("waypoint", bound.proxy_addr, secs, concurrency).await;
+    let proxied = run(
+        "waypoint",
+        bound.proxy_addr.expect("plain listener"),
+        secs,
+        concurrency,
+    )
+    .await;
     print(&direct);
     print(&proxied);
     println!(

@@ -1,28 +1,32 @@
 //! Wiring: bind the listeners through a socket factory, run the proxy under a drain watch, and
 //! hand back a [`Bound`] with the real addresses so tests run the whole waypoint on port 0.
+//!
+//! Static mode: the YAML config on a plain HTTP listener. Feed mode ([`AppConfig::feed`]): the
+//! config follows mesh-control's `WaypointFeed`; with [`AppConfig::hbone`] the waypoint accepts
+//! HBONE from nodes and reaches endpoints over HBONE with its own certificate.
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
-use hyper::service::service_fn;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
-};
+use arc_swap::ArcSwap;
 use mesh_core::{
     drain::{self, DrainOutcome, DrainTrigger, DrainWatch},
+    hbone::{self, TcpDialer},
+    identity::CertificateSource,
     ops::{self, OpsRoutes, Readiness},
+    tls::{IdentityCert, TlsError},
 };
 use prometheus_client::registry::Registry;
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-};
+use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     config::WaypointConfig,
+    feed::{self, FeedClientConfig, FeedStatus, Reloader, WaypointName},
+    inbound,
     proxy::{BuildError, Peer, Proxy},
     rng::{SharedRng, ThreadRandom},
+    serve::{http_builder, serve_http, SharedProxy},
     telemetry::Metrics,
+    upstream::{HboneUpstream, Transport, HBONE_PORT},
 };
 
 /// Makes listening sockets; tests and network-namespace entry decorate it.
@@ -48,15 +52,43 @@ impl SocketFactory for DefaultSocketFactory {
     }
 }
 
+/// HBONE front end and upstream (feed mode).
+pub struct HboneConfig {
+    /// Where HBONE is accepted (`0.0.0.0:15008`).
+    pub listen: SocketAddr,
+    /// The waypoint's own certificate (`spiffe://<td>/ns/<ns>/sa/<sa>`), presented both ways.
+    pub cert: Arc<IdentityCert>,
+    /// Renews `cert` at half-life when set.
+    pub rotation: Option<Arc<dyn CertificateSource>>,
+    /// Port of the node tunnels' HBONE listener on endpoints ([`HBONE_PORT`]).
+    pub upstream_port: u16,
+}
+
+impl HboneConfig {
+    /// Production defaults: upstream HBONE port 15008, no rotation.
+    pub fn new(listen: SocketAddr, cert: Arc<IdentityCert>) -> Self {
+        Self {
+            listen,
+            cert,
+            rotation: None,
+            upstream_port: HBONE_PORT,
+        }
+    }
+}
+
 /// Everything `build` needs.
 pub struct AppConfig {
-    /// Proxy listener address.
-    pub listen: SocketAddr,
+    /// Plain HTTP proxy listener; none disables it (feed mode behind HBONE).
+    pub listen: Option<SocketAddr>,
     /// Metrics and readiness listener (`/metrics`, `/stats/prometheus`, `/healthz/ready`);
     /// none disables it.
     pub metrics: Option<SocketAddr>,
-    /// Routes, destinations, policies.
+    /// Routes, destinations, policies (static mode; the initial, empty config in feed mode).
     pub waypoint: WaypointConfig,
+    /// Follow mesh-control's waypoint feed.
+    pub feed: Option<FeedClientConfig>,
+    /// Accept HBONE and reach endpoints over HBONE.
+    pub hbone: Option<HboneConfig>,
     /// Socket factory.
     pub sockets: Arc<dyn SocketFactory>,
     /// Random source (deterministic in tests).
@@ -64,12 +96,14 @@ pub struct AppConfig {
 }
 
 impl AppConfig {
-    /// Production defaults for everything but the addresses and routes.
+    /// Static mode on a plain listener with production defaults.
     pub fn new(listen: SocketAddr, waypoint: WaypointConfig) -> Self {
         Self {
-            listen,
+            listen: Some(listen),
             metrics: None,
             waypoint,
+            feed: None,
+            hbone: None,
             sockets: Arc::new(DefaultSocketFactory),
             rng: Arc::new(ThreadRandom),
         }
@@ -89,15 +123,22 @@ pub enum AppError {
         #[source]
         source: io::Error,
     },
+    /// The waypoint certificate cannot be used for TLS.
+    #[error("hbone tls set-up failed: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A running waypoint.
 #[derive(Debug)]
 pub struct Bound {
-    /// Where the proxy listens.
-    pub proxy_addr: SocketAddr,
+    /// Where the plain HTTP proxy listens, when enabled.
+    pub proxy_addr: Option<SocketAddr>,
+    /// Where HBONE is accepted, when enabled.
+    pub hbone_addr: Option<SocketAddr>,
     /// Where metrics are served, when enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// The feed subscription's state (feed mode).
+    pub feed_status: Option<watch::Receiver<FeedStatus>>,
     drain: DrainTrigger,
 }
 
@@ -112,29 +153,109 @@ impl Bound {
 pub async fn build(config: AppConfig) -> Result<Bound, AppError> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
-    let proxy = Arc::new(Proxy::new(&config.waypoint, config.rng.clone(), metrics)?);
-    let (listener, proxy_addr) = bind(config.sockets.as_ref(), config.listen)?;
+    let transport = transport(config.hbone.as_ref());
+    let proxy = Proxy::with_transport(
+        &config.waypoint,
+        config.rng.clone(),
+        metrics.clone(),
+        &transport,
+    )?;
+    let proxy: SharedProxy = Arc::new(ArcSwap::from_pointee(proxy));
     let (trigger, watch) = drain::channel();
+    let sockets = config.sockets.as_ref();
+    let readiness = Readiness::default();
     let metrics_addr = match config.metrics {
         Some(addr) => {
-            let (ops_listener, bound) = bind(config.sockets.as_ref(), addr)?;
-            let readiness = Readiness::default();
+            let (ops_listener, bound) = bind(sockets, addr)?;
             let routes = OpsRoutes::default()
                 .metrics(Arc::new(registry))
                 .readiness(readiness.clone());
             tokio::spawn(ops::serve(ops_listener, routes, trigger.watch()));
-            readiness.set(true);
             Some(bound)
         }
         None => None,
     };
-    tokio::spawn(accept_loop(listener, proxy, watch));
-    tracing::info!(%proxy_addr, ?metrics_addr, "waypoint listening");
+    let proxy_addr = match config.listen {
+        Some(addr) => {
+            let (listener, bound) = bind(sockets, addr)?;
+            tokio::spawn(accept_loop(listener, proxy.clone(), watch.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
+    let hbone_addr = match config.hbone {
+        Some(hbone) => Some(start_hbone(hbone, sockets, &proxy, &watch)?),
+        None => None,
+    };
+    let feed_status = match config.feed {
+        Some(feed) => {
+            let reloader = Reloader {
+                proxy: proxy.clone(),
+                rng: config.rng.clone(),
+                metrics,
+                transport,
+                me: WaypointName {
+                    namespace: feed.namespace.clone(),
+                    name: feed.name.clone(),
+                },
+                readiness: Some(readiness.clone()),
+            };
+            Some(start_feed(feed, reloader, watch))
+        }
+        None => {
+            readiness.set(true);
+            None
+        }
+    };
+    tracing::info!(
+        ?proxy_addr,
+        ?hbone_addr,
+        ?metrics_addr,
+        "waypoint listening"
+    );
     Ok(Bound {
         proxy_addr,
+        hbone_addr,
         metrics_addr,
+        feed_status,
         drain: trigger,
     })
+}
+
+fn transport(hbone: Option<&HboneConfig>) -> Transport {
+    match hbone {
+        Some(h) => Transport::Hbone(HboneUpstream {
+            client: hbone::Client::new(Arc::new(TcpDialer)),
+            cert: h.cert.clone(),
+            port: h.upstream_port,
+        }),
+        None => Transport::Plain,
+    }
+}
+
+fn start_hbone(
+    config: HboneConfig,
+    sockets: &dyn SocketFactory,
+    proxy: &SharedProxy,
+    drain: &DrainWatch,
+) -> Result<SocketAddr, AppError> {
+    let (listener, bound) = bind(sockets, config.listen)?;
+    let server = inbound::server(config.cert.clone(), proxy.clone(), drain.clone())?;
+    tokio::spawn(inbound::run(server, listener, drain.clone()));
+    if let Some(source) = config.rotation {
+        tokio::spawn(config.cert.clone().rotate(source, drain.clone()));
+    }
+    Ok(bound)
+}
+
+fn start_feed(
+    config: FeedClientConfig,
+    reloader: Reloader,
+    drain: DrainWatch,
+) -> watch::Receiver<FeedStatus> {
+    let (status, receiver) = watch::channel(FeedStatus::default());
+    tokio::spawn(async move { feed::client::run(config, &reloader, status, drain).await });
+    receiver
 }
 
 fn bind(
@@ -150,18 +271,9 @@ fn bind(
 /// Downstream connections served at once; each costs a task and hyper's buffers.
 pub const MAX_DOWNSTREAM_CONNECTIONS: usize = 16 * 1024;
 
-async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, mut drain: DrainWatch) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1024)
-        .keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let slots = Arc::new(Semaphore::new(MAX_DOWNSTREAM_CONNECTIONS));
+async fn accept_loop(listener: TcpListener, proxy: SharedProxy, mut drain: DrainWatch) {
+    let builder = http_builder();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_DOWNSTREAM_CONNECTIONS));
     loop {
         // At the cap, stop accepting: new connections wait in the kernel backlog.
         let slot = tokio::select! {
@@ -174,8 +286,10 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, mut drain: DrainW
         tokio::select! {
             _ = drain.signaled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let conn = serve_connection(builder.clone(), stream, peer, proxy.clone(), drain.clone());
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let peer = Peer { addr, identity: None, authority: None, workload: None };
+                    let conn = serve_http(builder.clone(), stream, peer, proxy.clone(), drain.clone());
                     tokio::spawn(async move {
                         conn.await;
                         drop(slot);
@@ -190,33 +304,4 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, mut drain: DrainW
         }
     }
     tracing::info!("proxy listener closed for drain");
-}
-
-async fn serve_connection(
-    builder: auto::Builder<TokioExecutor>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    proxy: Arc<Proxy>,
-    mut drain: DrainWatch,
-) {
-    let _ = stream.set_nodelay(true);
-    let service = service_fn(move |req| {
-        let peer = Peer {
-            addr: peer,
-            identity: None,
-        };
-        proxy.clone().handle(req, peer)
-    });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = drain.signaled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%peer, %error, "connection ended with error");
-    }
 }

@@ -13,7 +13,10 @@
 //! one, `principals` never match (so ALLOW-by-principal denies) and `not_principals` always do
 //! (so DENY-unless-principal denies): both fail closed.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use http::request::Parts;
 use mesh_core::authz::{self, ConnectionAttributes, Decision, RequestAttributes};
@@ -117,10 +120,31 @@ pub struct ConditionConfig {
     pub not_values: Vec<String>,
 }
 
+/// A compiled policy from the control feed with the route keys (`vip:port`) it applies to.
+#[derive(Debug, Clone)]
+pub struct ScopedPolicy {
+    /// The policy.
+    pub policy: authz::Policy,
+    /// Route keys (CONNECT authorities `vip:port`) of the targeted services; `None`: every
+    /// request. Requests without a CONNECT authority are checked against every scoped policy,
+    /// which can only deny more.
+    pub scope: Option<BTreeSet<String>>,
+}
+
+impl ScopedPolicy {
+    fn applies(&self, route_key: Option<&str>) -> bool {
+        match (&self.scope, route_key) {
+            (Some(keys), Some(key)) => keys.contains(key),
+            _ => true,
+        }
+    }
+}
+
 /// The compiled policies.
 #[derive(Debug, Default)]
 pub struct Authorizer {
     policies: Vec<authz::Policy>,
+    scoped: Vec<ScopedPolicy>,
 }
 
 impl Authorizer {
@@ -130,7 +154,16 @@ impl Authorizer {
             .iter()
             .map(compile_policy)
             .collect::<Result<_, _>>()?;
-        Ok(Self { policies })
+        Ok(Self {
+            policies,
+            scoped: Vec::new(),
+        })
+    }
+
+    /// Adds already compiled, scoped policies (feed mode).
+    pub fn with_scoped(mut self, scoped: Vec<ScopedPolicy>) -> Self {
+        self.scoped = scoped;
+        self
     }
 
     /// `Ok` to allow; `Err(policy name)` to deny.
@@ -141,18 +174,30 @@ impl Authorizer {
                 .identity
                 .as_deref()
                 .map(|id| strip_spiffe(id).to_owned()),
-            // The waypoint's policies cannot name destination addresses or ports (rejected at
-            // load), so the evaluator never reads these.
-            destination_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            destination_port: 0,
+            // YAML policies cannot name destination addresses or ports (rejected at load); feed
+            // policies may, and see the CONNECT authority (service VIP and port).
+            destination_ip: peer
+                .authority
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip()),
+            destination_port: peer.authority.map_or(0, |a| a.port()),
         };
+        let route_key = peer.authority.map(|a| a.to_string());
+        let scoped = self
+            .scoped
+            .iter()
+            .filter(|s| s.applies(route_key.as_deref()))
+            .map(|s| &s.policy);
         let request = RequestAttributes {
             method: req.method.as_str(),
             path: req.uri.path(),
             host,
             headers: &req.headers,
         };
-        match authz::evaluate(&self.policies, &connection, Some(&request)) {
+        match authz::evaluate(
+            self.policies.iter().chain(scoped),
+            &connection,
+            Some(&request),
+        ) {
             Decision::Allow => Ok(()),
             Decision::DeniedByPolicy { policy } => Err(policy),
             Decision::NotAllowed => Err("no ALLOW policy matched".to_owned()),

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::{
     body::Body,
-    config::{DestinationConfig, TrafficPolicy, UpstreamProtocol},
+    config::{DestinationConfig, UpstreamProtocol},
     resilience::{
         circuit::{CircuitBreaker, LimitedConnector},
         lb::{Candidate, LoadBalancer},
@@ -29,6 +29,7 @@ use crate::{
         retry::RetryBudget,
     },
     rng::RandomSource,
+    upstream::{HboneConnector, Transport},
 };
 
 /// The pooled upstream client.
@@ -86,11 +87,19 @@ pub struct Destination {
     protocol: UpstreamProtocol,
     http1: HttpClient,
     http2: HttpClient,
+    /// What this was built from, so an unchanged destination survives a config swap.
+    config: DestinationConfig,
 }
 
 impl Destination {
-    /// Builds the destination; subsets select endpoints whose labels contain the subset's.
+    /// Builds the destination over plain TCP; subsets select endpoints whose labels contain the
+    /// subset's.
     pub fn new(config: &DestinationConfig) -> Self {
+        Self::with_transport(config, &Transport::Plain)
+    }
+
+    /// Builds the destination reaching its endpoints over `transport`.
+    pub fn with_transport(config: &DestinationConfig, transport: &Transport) -> Self {
         let endpoints: Vec<Arc<Endpoint>> = config
             .endpoints
             .iter()
@@ -126,8 +135,9 @@ impl Destination {
             breaker: Arc::new(CircuitBreaker::new(&policy.connection_pool)),
             retry_budget: Arc::new(RetryBudget::new(20, 3)),
             protocol: policy.upstream_protocol,
-            http1: client(policy, false),
-            http2: client(policy, true),
+            http1: client(config, transport, false),
+            http2: client(config, transport, true),
+            config: config.clone(),
         }
     }
 
@@ -201,12 +211,25 @@ impl Destination {
     }
 }
 
-fn client(policy: &TrafficPolicy, http2: bool) -> HttpClient {
-    let pool = &policy.connection_pool;
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(pool.connect_timeout.0));
-    connector.set_nodelay(true);
-    let connector = LimitedConnector::new(connector, pool.max_connections);
+fn connector(config: &DestinationConfig, transport: &Transport) -> LimitedConnector {
+    let pool = &config.traffic_policy.connection_pool;
+    match transport {
+        Transport::Plain => {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(pool.connect_timeout.0));
+            connector.set_nodelay(true);
+            LimitedConnector::new(connector, pool.max_connections)
+        }
+        Transport::Hbone(upstream) => LimitedConnector::hbone(
+            HboneConnector::new(upstream.clone(), config),
+            pool.max_connections,
+        ),
+    }
+}
+
+fn client(config: &DestinationConfig, transport: &Transport, http2: bool) -> HttpClient {
+    let pool = &config.traffic_policy.connection_pool;
+    let connector = connector(config, transport);
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_timer(TokioTimer::new())
@@ -230,14 +253,29 @@ fn client(policy: &TrafficPolicy, http2: bool) -> HttpClient {
 pub struct Destinations(HashMap<String, Arc<Destination>>);
 
 impl Destinations {
-    /// Builds every configured destination.
+    /// Builds every configured destination over plain TCP.
     pub fn new(configs: &[DestinationConfig]) -> Self {
-        Self(
-            configs
-                .iter()
-                .map(|c| (c.name.clone(), Arc::new(Destination::new(c))))
-                .collect(),
-        )
+        Self::with_transport(configs, &Transport::Plain)
+    }
+
+    /// Builds every configured destination over `transport`.
+    pub fn with_transport(configs: &[DestinationConfig], transport: &Transport) -> Self {
+        Self::reusing(configs, transport, &Self::default())
+    }
+
+    /// Like [`Destinations::with_transport`], but keeps every destination of `previous` whose
+    /// configuration is unchanged, with its pooled connections, outlier ejections and
+    /// circuit-breaker counts: a feed version that changes one service must not reset all.
+    pub fn reusing(
+        configs: &[DestinationConfig],
+        transport: &Transport,
+        previous: &Destinations,
+    ) -> Self {
+        let build = |c: &DestinationConfig| match previous.get(&c.name) {
+            Some(old) if old.config == *c => old.clone(),
+            _ => Arc::new(Destination::with_transport(c, transport)),
+        };
+        Self(configs.iter().map(|c| (c.name.clone(), build(c))).collect())
     }
 
     /// Looks one up by name.

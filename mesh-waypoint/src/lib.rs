@@ -10,6 +10,10 @@
 //! - [`telemetry`]: Istio metrics, trace propagation, access log.
 //! - [`translate`]: Istio `VirtualService`/`DestinationRule` and Gateway API `HTTPRoute` into
 //!   the domain types.
+//! - [`feed`]: feed mode: subscribing to mesh-control and converting its wire config.
+//! - [`upstream`]: plain TCP or HBONE connections to endpoints.
+//! - [`inbound`]: the HBONE front end; [`serve`]: downstream HTTP on any stream.
+//! - [`identity`]: the waypoint's own certificate from mesh-control's CA.
 //! - [`app`]: wiring listeners, drain and the proxy into a running waypoint.
 
 pub mod app;
@@ -17,9 +21,14 @@ pub mod authz;
 pub mod body;
 pub mod config;
 pub mod destination;
+pub mod feed;
+pub mod identity;
+pub mod inbound;
 pub mod proxy;
 pub mod resilience;
 pub mod rng;
 pub mod route;
+pub mod serve;
 pub mod telemetry;
 pub mod translate;
+pub mod upstream;

@@ -1,14 +1,33 @@
-//! `mesh-waypoint`: the Weft L7 proxy binary. Parses flags, loads the YAML config, starts the
-//! waypoint, and drains on SIGTERM/SIGINT.
+//! `mesh-waypoint`: the Weft L7 proxy binary. Parses flags, starts the waypoint, and drains on
+//! SIGTERM/SIGINT.
+//!
+//! Two modes, exactly one of:
+//! - `--config FILE`: static routes, destinations and policies from YAML, served on the plain
+//!   HTTP listener `--listen` (default `0.0.0.0:15008`), endpoints reached over plain TCP.
+//! - `--control-address URL`: feed mode, a real ambient waypoint. The waypoint fetches its
+//!   certificate `spiffe://<--trust-domain>/ns/<--namespace>/sa/<--service-account>` from
+//!   mesh-control's CA (CSR, renewed at half-life), follows the `WaypointFeed` of Service
+//!   `<--namespace>/<--name>`, accepts HBONE on `--hbone-listen` (default `0.0.0.0:15008`) and
+//!   reaches endpoints over HBONE on `<pod IP>:--upstream-hbone-port` (default 15008).
+//!   `--token-file` is the bearer token for control (the node's bootstrap token in the lab);
+//!   `--trust-bundle-file` holds the PEM roots peers are verified with. `--listen` is off unless
+//!   given; when given it is the ingress-gateway listener: plain HTTP selected by `Host` against
+//!   the feed's routes whose hosts are no bound service (an Istio `Gateway`'s VirtualServices),
+//!   never against the mesh virtual hosts.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
-use mesh_core::{signal, telemetry};
+use mesh_core::{
+    identity::{source::DEFAULT_VALIDITY, CertificateSource, GrpcSource, SpiffeId},
+    signal, telemetry,
+};
 use mesh_waypoint::{
-    app::{self, AppConfig},
+    app::{self, AppConfig, HboneConfig},
     config::WaypointConfig,
+    feed::FeedClientConfig,
+    identity,
 };
 
 /// Weft waypoint: the optional L7 proxy for services. Routes HTTP/1.1, HTTP/2 and gRPC by
@@ -16,12 +35,53 @@ use mesh_waypoint::{
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// Routes, destinations and policies (YAML).
-    #[arg(long, env = "WEFT_WAYPOINT_CONFIG")]
-    config: PathBuf,
-    /// Proxy listen address.
-    #[arg(long, default_value = "0.0.0.0:15008", env = "WEFT_WAYPOINT_LISTEN")]
-    listen: SocketAddr,
+    /// Static mode: routes, destinations and policies (YAML).
+    #[arg(
+        long,
+        env = "WEFT_WAYPOINT_CONFIG",
+        conflicts_with = "control_address",
+        required_unless_present = "control_address"
+    )]
+    config: Option<PathBuf>,
+    /// Feed mode: mesh-control's gRPC address, e.g. `http://10.210.0.1:15012`.
+    #[arg(long, env = "WEFT_CONTROL_ADDRESS")]
+    control_address: Option<String>,
+    /// Namespace of the waypoint (feed mode).
+    #[arg(long, env = "POD_NAMESPACE", required_unless_present = "config")]
+    namespace: Option<String>,
+    /// Name of the waypoint Service.
+    #[arg(long, env = "WEFT_WAYPOINT_NAME", default_value = "waypoint")]
+    name: String,
+    /// Service account of the waypoint pod (its identity).
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "waypoint")]
+    service_account: String,
+    /// Trust domain of the mesh.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Bearer token for mesh-control (feed and CA).
+    #[arg(long, env = "WEFT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM trust bundle (feed mode).
+    #[arg(
+        long,
+        env = "WEFT_TRUST_BUNDLE_FILE",
+        required_unless_present = "config"
+    )]
+    trust_bundle_file: Option<PathBuf>,
+    /// HBONE listen address (feed mode).
+    #[arg(
+        long,
+        default_value = "0.0.0.0:15008",
+        env = "WEFT_WAYPOINT_HBONE_LISTEN"
+    )]
+    hbone_listen: SocketAddr,
+    /// Port of the node tunnels' HBONE listener on endpoints (feed mode).
+    #[arg(long, default_value_t = mesh_waypoint::upstream::HBONE_PORT)]
+    upstream_hbone_port: u16,
+    /// Plain HTTP listen address (static mode default `0.0.0.0:15008`; feed mode: the ingress
+    /// listener, off unless set).
+    #[arg(long, env = "WEFT_WAYPOINT_LISTEN")]
+    listen: Option<SocketAddr>,
     /// Metrics and readiness address (Istio's 15020).
     #[arg(long, default_value = "0.0.0.0:15020", env = "WEFT_WAYPOINT_METRICS")]
     metrics: SocketAddr,
@@ -38,14 +98,20 @@ async fn main() -> anyhow::Result<()> {
     // Before any start-up work: an early SIGTERM must drain, not kill.
     let mut signals = signal::ShutdownSignals::install()?;
     telemetry::init(&args.log)?;
-    let waypoint = WaypointConfig::load(&args.config)?;
-    tracing::info!(
-        ?args,
-        routes = waypoint.routes.len(),
-        destinations = waypoint.destinations.len(),
-        "mesh-waypoint starting"
-    );
-    let mut config = AppConfig::new(args.listen, waypoint);
+    tracing::info!(?args, "mesh-waypoint starting");
+    let mut config = match (&args.config, &args.control_address) {
+        (Some(path), _) => static_config(&args, path)?,
+        (None, Some(control)) => {
+            tokio::select! {
+                config = feed_config(&args, control) => config?,
+                signal = signals.recv() => {
+                    tracing::info!(?signal, "shutdown requested before start-up finished");
+                    return Ok(());
+                }
+            }
+        }
+        (None, None) => anyhow::bail!("one of --config and --control-address is required"),
+    };
     config.metrics = Some(args.metrics);
     let bound = app::build(config).await.context("starting the waypoint")?;
     let signal = signals.recv().await;
@@ -53,4 +119,88 @@ async fn main() -> anyhow::Result<()> {
     let outcome = bound.shutdown(args.drain_deadline).await;
     tracing::info!(?outcome, "drained, exiting");
     Ok(())
+}
+
+fn static_config(args: &Args, path: &std::path::Path) -> anyhow::Result<AppConfig> {
+    let waypoint = WaypointConfig::load(path)?;
+    tracing::info!(
+        routes = waypoint.routes.len(),
+        destinations = waypoint.destinations.len(),
+        "static config loaded"
+    );
+    let listen = args.listen.unwrap_or(([0, 0, 0, 0], 15008).into());
+    Ok(AppConfig::new(listen, waypoint))
+}
+
+async fn feed_config(args: &Args, control: &str) -> anyhow::Result<AppConfig> {
+    let namespace = args
+        .namespace
+        .as_deref()
+        .context("--namespace is required")?;
+    let bundle_path = args
+        .trust_bundle_file
+        .as_ref()
+        .context("--trust-bundle-file is required")?;
+    let bundle = read(bundle_path)?;
+    let token = args.token_file.as_ref().map(read).transpose()?;
+    let token = token.as_deref().map(str::trim);
+    let id = SpiffeId::new(&args.trust_domain, namespace, &args.service_account)
+        .context("waypoint identity")?;
+    let channel = tonic::transport::Endpoint::from_shared(control.to_owned())
+        .with_context(|| format!("--control-address {control:?}"))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect_lazy();
+    let source: Arc<dyn CertificateSource> =
+        Arc::new(GrpcSource::new(channel, token, &bundle, DEFAULT_VALIDITY)?);
+    let cert = identity::first_certificate(&id, source.as_ref()).await?;
+    let mut hbone = HboneConfig::new(args.hbone_listen, cert);
+    hbone.rotation = Some(source);
+    hbone.upstream_port = args.upstream_hbone_port;
+    let mut feed = FeedClientConfig::new(control, namespace, &args.name);
+    feed.token = token.map(str::to_owned);
+    let mut config = AppConfig::new(([0, 0, 0, 0], 0).into(), WaypointConfig::default());
+    config.listen = args.listen;
+    config.feed = Some(feed);
+    config.hbone = Some(hbone);
+    Ok(config)
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("mesh-waypoint").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn exactly_one_mode_and_feed_flags() {
+        Args::command().debug_assert();
+        let feed = [
+            "--control-address=http://10.0.0.1:15012",
+            "--namespace=mesh",
+            "--trust-bundle-file=/roots.pem",
+        ];
+        let args = parse(&feed).expect("feed mode parses");
+        assert_eq!(
+            (args.name.as_str(), args.service_account.as_str()),
+            ("waypoint", "waypoint")
+        );
+        assert_eq!(args.hbone_listen.port(), 15008);
+        assert_eq!(args.upstream_hbone_port, 15008);
+        assert!(args.listen.is_none(), "no plain listener unless asked");
+        assert!(parse(&["--config=/w.yaml"]).is_ok(), "static mode parses");
+        let both = [feed[0], feed[1], feed[2], "--config=/w.yaml"];
+        assert!(parse(&both).is_err(), "both modes at once");
+        assert!(
+            parse(&feed[..1]).is_err(),
+            "feed mode needs namespace and trust bundle"
+        );
+    }
 }

@@ -52,11 +52,19 @@ async fn one_access_log_event_per_request() {
     let bound = waypoint(CONFIG, &[backend("v1").await]).await;
     let (status, _, _) = send(
         &http1(),
-        get(bound.proxy_addr, "reviews", "/logged?secret=1"),
+        get(
+            bound.proxy_addr.expect("plain listener"),
+            "reviews",
+            "/logged?secret=1",
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = send(&http1(), get(bound.proxy_addr, "nowhere", "/x")).await;
+    let (status, _, _) = send(
+        &http1(),
+        get(bound.proxy_addr.expect("plain listener"), "nowhere", "/x"),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // The event is emitted when the proxy drops the finished response body, which can happen
     // just after the client has read it: let the proxy's tasks run until both events are in.

@@ -72,7 +72,10 @@ async fn mirror_receives_a_copy_with_body() {
     let bound = waypoint(CONFIG, &[backend("main").await, shadow]).await;
     let req = Request::builder()
         .method("POST")
-        .uri(format!("http://{}/echo", bound.proxy_addr))
+        .uri(format!(
+            "http://{}/echo",
+            bound.proxy_addr.expect("plain listener")
+        ))
         .header("host", "reviews:9080")
         .body(full("payload"))
         .expect("request");
@@ -106,7 +109,11 @@ async fn a_stuck_mirror_does_not_delay_the_response() {
     for _ in 0..3 {
         // `send` fails the test if a response takes longer than WAIT; the mirror's own timeout
         // is the same length, so a response held by the mirror would not come back in time.
-        let (status, _, body) = send(&http1(), get(bound.proxy_addr, "reviews", "/x")).await;
+        let (status, _, body) = send(
+            &http1(),
+            get(bound.proxy_addr.expect("plain listener"), "reviews", "/x"),
+        )
+        .await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "main /x"));
     }
 }

@@ -62,7 +62,7 @@ routes:
 async fn setup() -> (std::net::SocketAddr, mesh_waypoint::app::Bound) {
     let (a, b) = (backend("v1").await, backend("v2").await);
     let bound = waypoint(ROUTES, &[a, b]).await;
-    (bound.proxy_addr, bound)
+    (bound.proxy_addr.expect("plain listener"), bound)
 }
 
 #[tokio::test]
@@ -183,7 +183,11 @@ routes:
     let client = http1();
     let mut got = Vec::new();
     for _ in 0..4 {
-        let (_, _, body) = send(&client, get(bound.proxy_addr, "svc", "/")).await;
+        let (_, _, body) = send(
+            &client,
+            get(bound.proxy_addr.expect("plain listener"), "svc", "/"),
+        )
+        .await;
         got.push(body);
     }
     assert_eq!(got, vec!["one /", "two /", "one /", "two /"]);
@@ -339,7 +343,11 @@ routes:
     };
     // HTTP/1.1 downstream.
     for (host, want) in [("h2", "HTTP/2.0"), ("h1", "HTTP/1.1"), ("same", "HTTP/1.1")] {
-        let (status, headers, _) = send(&http1(), get(bound.proxy_addr, host, "/")).await;
+        let (status, headers, _) = send(
+            &http1(),
+            get(bound.proxy_addr.expect("plain listener"), host, "/"),
+        )
+        .await;
         assert_eq!(
             (status, version(&headers)),
             (StatusCode::OK, want.to_owned()),
@@ -347,7 +355,7 @@ routes:
         );
     }
     // HTTP/2 downstream.
-    let mut client = h2_connection(bound.proxy_addr).await;
+    let mut client = h2_connection(bound.proxy_addr.expect("plain listener")).await;
     for (host, want) in [("h2", "HTTP/2.0"), ("h1", "HTTP/1.1"), ("same", "HTTP/2.0")] {
         let req = Request::builder()
             .uri(format!("http://{host}/"))
@@ -384,7 +392,7 @@ async fn drain_lets_an_in_flight_request_finish() {
     });
     let yaml = "destinations: [{name: d, endpoints: [{address: \"{a}\"}]}]\nroutes: [{name: r, hosts: [\"*\"], rules: [{route: [{destination: d}]}]}]";
     let bound = waypoint(yaml, &[addr]).await;
-    let proxy = bound.proxy_addr;
+    let proxy = bound.proxy_addr.expect("plain listener");
     let in_flight = tokio::spawn(async move { send(&http1(), get(proxy, "svc", "/")).await });
     tokio::time::timeout(WAIT, arrived_rx)
         .await

@@ -56,11 +56,11 @@ routes:
 "#;
     let bound = waypoint(yaml, &[backend("live").await]).await;
     assert_eq!(
-        statuses(bound.proxy_addr, "retry", "/", 4).await,
+        statuses(bound.proxy_addr.expect("plain listener"), "retry", "/", 4).await,
         vec![200; 4]
     );
     assert_eq!(
-        statuses(bound.proxy_addr, "plain", "/", 4).await,
+        statuses(bound.proxy_addr.expect("plain listener"), "plain", "/", 4).await,
         vec![503, 200, 503, 200]
     );
 }
@@ -79,7 +79,7 @@ routes:
 "#;
     let bound = waypoint(yaml, &[backend("live").await]).await;
     assert_eq!(
-        statuses(bound.proxy_addr, "svc", "/", 5).await,
+        statuses(bound.proxy_addr.expect("plain listener"), "svc", "/", 5).await,
         vec![503, 200, 200, 200, 200]
     );
 }
@@ -96,7 +96,7 @@ routes:
   - {name: r, hosts: ["*"], rules: [{route: [{destination: svc}]}]}
 "#;
     let bound = waypoint(yaml, &[hole]).await;
-    let proxy = bound.proxy_addr;
+    let proxy = bound.proxy_addr.expect("plain listener");
     let stuck = tokio::spawn(async move { http1().request(get(proxy, "svc", "/")).await });
     tokio::time::timeout(WAIT, arrived)
         .await
@@ -117,7 +117,7 @@ routes: [{name: r, hosts: ["*"], rules: [{route: [{destination: svc}]}]}]
 "#;
     let bound = waypoint(yaml, &[backend("live").await]).await;
     assert_eq!(
-        statuses(bound.proxy_addr, "svc", "/", 3).await,
+        statuses(bound.proxy_addr.expect("plain listener"), "svc", "/", 3).await,
         vec![200, 200, 429]
     );
 }
@@ -137,10 +137,16 @@ routes:
 "#;
     let bound = waypoint(yaml, &[backend("live").await]).await;
     assert_eq!(
-        statuses(bound.proxy_addr, "svc", "/fault", 1).await,
+        statuses(
+            bound.proxy_addr.expect("plain listener"),
+            "svc",
+            "/fault",
+            1
+        )
+        .await,
         vec![418]
     );
-    let mut req = get(bound.proxy_addr, "svc", "/hang");
+    let mut req = get(bound.proxy_addr.expect("plain listener"), "svc", "/hang");
     req.headers_mut().insert(
         "x-envoy-upstream-rq-timeout-ms",
         "100".parse().expect("value"),
@@ -160,22 +166,35 @@ routes: [{name: r, hosts: [svc], rules: [{route: [{destination: svc}]}]}]
 "#;
     let bound = waypoint(yaml, &[backend("live").await]).await;
     let client = http1();
-    let (status, _, body) = send(&client, get(bound.proxy_addr, "svc", "/admin/x")).await;
+    let (status, _, body) = send(
+        &client,
+        get(bound.proxy_addr.expect("plain listener"), "svc", "/admin/x"),
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body, "access denied by authorization policy (RBAC)\n");
-    assert_eq!(statuses(bound.proxy_addr, "svc", "/ok", 1).await, vec![200]);
-    let mut post = get(bound.proxy_addr, "svc", "/ok");
+    assert_eq!(
+        statuses(bound.proxy_addr.expect("plain listener"), "svc", "/ok", 1).await,
+        vec![200]
+    );
+    let mut post = get(bound.proxy_addr.expect("plain listener"), "svc", "/ok");
     *post.method_mut() = http::Method::POST;
     let (status, _, _) = send(&client, post).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // Authorization comes before routing: a denied request to an unrouted host gets 403, an
     // allowed one 404.
-    let mut post = get(bound.proxy_addr, "unrouted", "/ok");
+    let mut post = get(bound.proxy_addr.expect("plain listener"), "unrouted", "/ok");
     *post.method_mut() = http::Method::POST;
     let (status, _, _) = send(&client, post).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
-        statuses(bound.proxy_addr, "unrouted", "/ok", 1).await,
+        statuses(
+            bound.proxy_addr.expect("plain listener"),
+            "unrouted",
+            "/ok",
+            1
+        )
+        .await,
         vec![404]
     );
 }
@@ -207,7 +226,10 @@ routes:
     for i in 0..2 {
         let req = http::Request::builder()
             .method("POST")
-            .uri(format!("http://{}/echo", bound.proxy_addr))
+            .uri(format!(
+                "http://{}/echo",
+                bound.proxy_addr.expect("plain listener")
+            ))
             .header("host", "svc")
             .body(full(format!("payload {i}")))
             .expect("request");

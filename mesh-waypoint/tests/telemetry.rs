@@ -36,10 +36,18 @@ async fn istio_metrics_are_served() {
     let metrics = bound.metrics_addr.expect("metrics bound");
     let client = http1();
     for _ in 0..2 {
-        let (status, _, body) = send(&client, get(bound.proxy_addr, "reviews", "/a")).await;
+        let (status, _, body) = send(
+            &client,
+            get(bound.proxy_addr.expect("plain listener"), "reviews", "/a"),
+        )
+        .await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "v1 /a"));
     }
-    let (status, _, _) = send(&client, get(bound.proxy_addr, "ratings", "/a")).await;
+    let (status, _, _) = send(
+        &client,
+        get(bound.proxy_addr.expect("plain listener"), "ratings", "/a"),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // Requests are recorded when the proxy drops the finished response body, which can trail
     // the client's read by a moment: scrape until all three are in.
@@ -99,7 +107,7 @@ async fn istio_metrics_are_served() {
 #[tokio::test]
 async fn trace_headers_are_propagated() {
     let bound = waypoint(CONFIG, &[backend("v1").await]).await;
-    let mut req = get(bound.proxy_addr, "reviews", "/t");
+    let mut req = get(bound.proxy_addr.expect("plain listener"), "reviews", "/t");
     req.headers_mut().insert(
         "traceparent",
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

@@ -23,6 +23,8 @@ fn decide(
     let peer = Peer {
         addr: ([127, 0, 0, 1], 1).into(),
         identity: id.map(str::to_owned),
+        authority: None,
+        workload: None,
     };
     a.check(&parts, "reviews", &peer).is_ok()
 }
@@ -107,6 +109,8 @@ fn denial_names_the_policy() {
     let peer = Peer {
         addr: ([127, 0, 0, 1], 1).into(),
         identity: None,
+        authority: None,
+        workload: None,
     };
     assert_eq!(a.check(&parts, "h", &peer), Err("no-admin".to_owned()));
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::HumanDuration;
 
 /// An upstream service (Istio `ServiceEntry`/endpoints + `DestinationRule`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     /// Name referenced by rules.
@@ -23,7 +23,7 @@ pub struct DestinationConfig {
 }
 
 /// One endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// Socket address (pod IP and port).
@@ -31,10 +31,14 @@ pub struct EndpointConfig {
     /// Labels (e.g. `version: v2`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// SPIFFE identity the endpoint must prove when reached over HBONE (feed mode); an HBONE
+    /// endpoint without one is never connected to.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 /// A subset: endpoints whose labels are a superset of these.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SubsetConfig {
     /// Name referenced by rules.
@@ -44,7 +48,7 @@ pub struct SubsetConfig {
 }
 
 /// Per-destination traffic policy (Istio `TrafficPolicy`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TrafficPolicy {
     /// Endpoint choice.
@@ -93,7 +97,7 @@ pub enum LoadBalancerConfig {
 
 /// Circuit-breaking limits (Istio `ConnectionPoolSettings`); absent fields take Envoy's
 /// defaults (1024 each, 10 s connect timeout).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionPoolConfig {
     /// Maximum upstream TCP connections.
@@ -130,7 +134,7 @@ impl Default for ConnectionPoolConfig {
 }
 
 /// Outlier detection (Istio `OutlierDetection`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierConfig {
     /// Consecutive 5xx (or connect failures) that eject an endpoint.

@@ -70,6 +70,14 @@ pub struct WaypointConfig {
     /// Local (per-waypoint) rate limit applied to every request; none when absent.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Feed mode: virtual hosts for the plain (ingress) listener, selected by `Host`; `routes`
+    /// then serve HBONE only, selected by CONNECT authority. `None` (static mode): `routes`
+    /// serve the plain listener. Never read from YAML.
+    #[serde(skip)]
+    pub ingress_routes: Option<Vec<RouteConfig>>,
+    /// Already compiled policies with their scope (feed mode; never read from YAML).
+    #[serde(skip)]
+    pub scoped_policies: Vec<crate::authz::ScopedPolicy>,
 }
 
 impl WaypointConfig {

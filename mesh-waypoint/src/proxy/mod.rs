@@ -37,6 +37,7 @@ use crate::{
     rng::{SharedRng, ThreadRandom},
     route::{action, Action, RouteError, RouteTable, Selected},
     telemetry::{Metrics, RequestLog, TraceContext},
+    upstream::Transport,
 };
 
 /// Who sent the request, as far as the proxy knows.
@@ -46,6 +47,11 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// SPIFFE identity of the peer, supplied by the HBONE layer (`None` on plain HTTP).
     pub identity: Option<String>,
+    /// The HBONE `CONNECT` authority (service VIP and port; `None` on plain HTTP). When set it
+    /// selects the virtual host, keyed `vip:port`, whatever the `Host` header says.
+    pub authority: Option<SocketAddr>,
+    /// Source workload name from the HBONE `baggage` (`None` on plain HTTP or when not sent).
+    pub workload: Option<String>,
 }
 
 /// Errors building the proxy from configuration.
@@ -62,7 +68,10 @@ pub enum BuildError {
 /// The proxy's compiled state.
 #[derive(Debug)]
 pub struct Proxy {
+    /// Virtual hosts for HBONE requests (by CONNECT authority) and, in static mode, for all.
     table: RouteTable,
+    /// Feed mode: virtual hosts for plain (ingress) requests, by `Host`.
+    ingress: Option<RouteTable>,
     destinations: Destinations,
     authz: Authorizer,
     rate_limit: Option<Arc<TokenBucket>>,
@@ -78,10 +87,40 @@ impl Proxy {
         rng: SharedRng,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BuildError> {
+        Self::with_transport(config, rng, metrics, &Transport::Plain)
+    }
+
+    /// [`Proxy::new`] reaching endpoints over `transport`.
+    pub fn with_transport(
+        config: &WaypointConfig,
+        rng: SharedRng,
+        metrics: Arc<Metrics>,
+        transport: &Transport,
+    ) -> Result<Self, BuildError> {
+        Self::next_version(config, rng, metrics, transport, None)
+    }
+
+    /// Compiles the next configuration, keeping `previous`'s unchanged destinations (and their
+    /// connections and health state).
+    pub fn next_version(
+        config: &WaypointConfig,
+        rng: SharedRng,
+        metrics: Arc<Metrics>,
+        transport: &Transport,
+        previous: Option<&Proxy>,
+    ) -> Result<Self, BuildError> {
+        let empty = Destinations::default();
+        let previous = previous.map_or(&empty, |p| &p.destinations);
         Ok(Self {
             table: RouteTable::new(&config.routes, &config.destinations)?,
-            destinations: Destinations::new(&config.destinations),
-            authz: Authorizer::new(&config.authorization)?,
+            ingress: config
+                .ingress_routes
+                .as_ref()
+                .map(|routes| RouteTable::new(routes, &config.destinations))
+                .transpose()?,
+            destinations: Destinations::reusing(&config.destinations, transport, previous),
+            authz: Authorizer::new(&config.authorization)?
+                .with_scoped(config.scoped_policies.clone()),
             rate_limit: config
                 .rate_limit
                 .as_ref()
@@ -103,6 +142,7 @@ impl Proxy {
         // one-to-one to routing decisions.
         let trace = TraceContext::from_headers(req.headers(), &ThreadRandom);
         let mut log = RequestLog::start(&req, peer.addr, peer.identity.as_deref(), trace);
+        log.workload.clone_from(&peer.workload);
         let req = req.map(|b| log.count_request(b));
         let result = match &self.rate_limit {
             Some(bucket) if !bucket.try_acquire() => Err(ProxyError::RateLimited),
@@ -118,6 +158,11 @@ impl Proxy {
             }
         });
         Ok(log.finish(response, self.metrics.clone()))
+    }
+
+    /// The compiled destination named `name` (for tests and debugging).
+    pub fn destination(&self, name: &str) -> Option<&Arc<crate::destination::Destination>> {
+        self.destinations.get(name)
     }
 
     async fn route_and_forward(
@@ -136,9 +181,15 @@ impl Proxy {
         self.authz
             .check(&parts, &host, peer)
             .map_err(|policy| ProxyError::Denied { policy })?;
-        let selected = self
-            .table
-            .select(&host, &parts)
+        // HBONE: the CONNECT authority picks the service, whatever `Host` says. Plain: `Host`,
+        // against the ingress table in feed mode.
+        let (table, route_key) = match (peer.authority, &self.ingress) {
+            (Some(authority), _) => (&self.table, authority.to_string()),
+            (None, Some(ingress)) => (ingress, host.clone()),
+            (None, None) => (&self.table, host.clone()),
+        };
+        let selected = table
+            .select(&route_key, &parts)
             .ok_or_else(|| ProxyError::NoRoute {
                 host: host.clone(),
                 path: parts.uri.path().to_owned(),

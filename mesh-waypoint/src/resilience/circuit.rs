@@ -19,6 +19,7 @@ use hyper_util::{
     client::legacy::connect::{Connected, Connection, HttpConnector},
     rt::TokioIo,
 };
+use mesh_core::hbone::Tunnel;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -30,6 +31,7 @@ use crate::{
     body::{self, Body, BoxError},
     config::ConnectionPoolConfig,
     proxy::ProxyError,
+    upstream::HboneConnector,
 };
 
 /// Errors from the breaker.
@@ -149,10 +151,19 @@ where
     }
 }
 
-/// An [`HttpConnector`] that refuses to open more than `max_connections` at once.
+/// How a [`LimitedConnector`] reaches an endpoint.
+#[derive(Debug, Clone)]
+enum Inner {
+    /// Plain TCP.
+    Tcp(HttpConnector),
+    /// An HBONE tunnel to the endpoint's node (feed mode).
+    Hbone(HboneConnector),
+}
+
+/// A connector (plain TCP or HBONE) that refuses to open more than `max_connections` at once.
 #[derive(Debug, Clone)]
 pub struct LimitedConnector {
-    inner: HttpConnector,
+    inner: Inner,
     slots: Arc<Semaphore>,
     limit: usize,
 }
@@ -160,6 +171,15 @@ pub struct LimitedConnector {
 impl LimitedConnector {
     /// Caps `inner` at `limit` live connections.
     pub fn new(inner: HttpConnector, limit: usize) -> Self {
+        Self::with_inner(Inner::Tcp(inner), limit)
+    }
+
+    /// Caps HBONE tunnels opened by `inner` at `limit`.
+    pub fn hbone(inner: HboneConnector, limit: usize) -> Self {
+        Self::with_inner(Inner::Hbone(inner), limit)
+    }
+
+    fn with_inner(inner: Inner, limit: usize) -> Self {
         Self {
             inner,
             slots: Arc::new(Semaphore::new(limit)),
@@ -174,31 +194,64 @@ impl Service<Uri> for LimitedConnector {
     type Future = BoxFuture<Result<Self::Response, BoxError>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+        match &mut self.inner {
+            Inner::Tcp(tcp) => tcp.poll_ready(cx).map_err(Into::into),
+            Inner::Hbone(_) => Poll::Ready(Ok(())),
+        }
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let slot = self.slots.clone().try_acquire_owned();
         let limit = self.limit;
-        let connecting = self.inner.call(dst);
+        let connecting: BoxFuture<Result<Stream, BoxError>> = match &mut self.inner {
+            Inner::Tcp(tcp) => {
+                let connecting = tcp.call(dst);
+                Box::pin(async move { Ok(Stream::Tcp(connecting.await?.into_inner())) })
+            }
+            Inner::Hbone(hbone) => {
+                let connecting = hbone.clone().connect(dst);
+                Box::pin(async move { Ok(Stream::Tunnel(Box::new(connecting.await?))) })
+            }
+        };
         Box::pin(async move {
             let slot = slot.map_err(|_| CircuitError::Connections { limit })?;
-            let tcp = connecting.await?.into_inner();
-            Ok(TokioIo::new(CountedStream { tcp, _slot: slot }))
+            let io = connecting.await?;
+            Ok(TokioIo::new(CountedStream { io, _slot: slot }))
         })
     }
 }
 
-/// A TCP stream that frees its connection slot when closed.
+#[derive(Debug)]
+enum Stream {
+    Tcp(TcpStream),
+    Tunnel(Box<Tunnel>),
+}
+
+impl Stream {
+    fn io(self: Pin<&mut Self>) -> Pin<&mut (dyn Io + 'static)> {
+        match self.get_mut() {
+            Stream::Tcp(tcp) => Pin::new(tcp),
+            Stream::Tunnel(tunnel) => Pin::new(tunnel.as_mut()),
+        }
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An upstream connection that frees its connection slot when closed.
 #[derive(Debug)]
 pub struct CountedStream {
-    tcp: TcpStream,
+    io: Stream,
     _slot: OwnedSemaphorePermit,
 }
 
 impl Connection for CountedStream {
     fn connected(&self) -> Connected {
-        self.tcp.connected()
+        match &self.io {
+            Stream::Tcp(tcp) => tcp.connected(),
+            Stream::Tunnel(_) => Connected::new(),
+        }
     }
 }
 
@@ -208,7 +261,7 @@ impl AsyncRead for CountedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        Pin::new(&mut self.io).io().poll_read(cx, buf)
     }
 }
 
@@ -218,23 +271,23 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        Pin::new(&mut self.io).io().poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        Pin::new(&mut self.io).io().poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        Pin::new(&mut self.io).io().poll_shutdown(cx)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.io).io().poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        false
     }
 }
 

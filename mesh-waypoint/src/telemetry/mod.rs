@@ -34,8 +34,10 @@ pub struct RequestLog {
     pub host: String,
     /// `http` or `grpc`.
     pub protocol: &'static str,
-    /// Peer identity without `spiffe://`.
+    /// Peer SPIFFE ID (`spiffe://td/ns/x/sa/y`), as Istio's `source_principal` label has it.
     pub principal: Option<String>,
+    /// Source workload name, when the HBONE peer sent it (`baggage`).
+    pub workload: Option<String>,
     /// Downstream address.
     pub peer: std::net::SocketAddr,
     /// Matched route and rule, when any.
@@ -65,7 +67,8 @@ impl RequestLog {
             path: req.uri().path().to_owned(),
             host: String::new(),
             protocol: if grpc { "grpc" } else { "http" },
-            principal: identity.map(|i| i.strip_prefix("spiffe://").unwrap_or(i).to_owned()),
+            principal: identity.map(str::to_owned),
+            workload: None,
             peer,
             route: None,
             destination: None,
@@ -119,7 +122,7 @@ impl Drop for Completion {
         let labels = RequestLabels {
             reporter: "waypoint",
             source_principal: log.principal.clone().unwrap_or_else(|| "unknown".into()),
-            source_workload: "unknown".into(),
+            source_workload: log.workload.clone().unwrap_or_else(|| "unknown".into()),
             destination_service: log.host.clone(),
             destination_service_name: if destination.is_empty() {
                 "unknown".into()

@@ -1,0 +1,261 @@
+//! Keeps the waypoint subscribed to mesh-control's `WaypointFeed` and hands every complete
+//! configuration to a [`ConfigSink`]. Disconnects never clear the configuration in force: the
+//! waypoint keeps serving the last good version while it reconnects with jittered, capped
+//! exponential backoff, resuming from the feed id and version it has.
+
+use std::time::Duration;
+
+use mesh_core::{drain::DrainWatch, proto::control::v1 as pb};
+use pb::waypoint_feed_client::WaypointFeedClient;
+use tokio::sync::watch;
+use tonic::{
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+};
+
+/// Where and how to subscribe.
+#[derive(Debug, Clone)]
+pub struct FeedClientConfig {
+    /// mesh-control's gRPC address, e.g. `http://10.210.0.1:15012`.
+    pub endpoint: String,
+    /// Namespace of the waypoint Service.
+    pub namespace: String,
+    /// Name of the waypoint Service.
+    pub name: String,
+    /// Bearer token proving the caller to mesh-control.
+    pub token: Option<String>,
+    /// Bound on establishing the connection.
+    pub connect_timeout: Duration,
+    /// First retry delay after a failure; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Longest delay between retries.
+    pub max_backoff: Duration,
+}
+
+impl FeedClientConfig {
+    /// Defaults: 5 s connect timeout, backoff from 250 ms to 30 s.
+    pub fn new(endpoint: impl Into<String>, namespace: &str, name: &str) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            token: None,
+            connect_timeout: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the subscription is doing, for readiness and operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedStatus {
+    /// A stream is open.
+    pub connected: bool,
+    /// Feed instance of the configuration in force.
+    pub feed_id: String,
+    /// Version in force (0: none yet).
+    pub version: u64,
+    /// Failed attempts since the last applied version.
+    pub consecutive_failures: u32,
+    /// The last failure, for operators.
+    pub last_error: Option<String>,
+}
+
+/// Receives each complete configuration; an `Err` keeps the previous one in force and the
+/// resume point where it was.
+pub trait ConfigSink: Send + Sync + 'static {
+    /// Applies one version.
+    fn apply(&self, config: &pb::WaypointConfig) -> Result<(), String>;
+}
+
+/// Why one subscription attempt ended.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("invalid control endpoint {endpoint:?}: {source}")]
+    Endpoint {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error(
+        "cannot connect to mesh-control at {endpoint} (is it running and reachable?): {source}"
+    )]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("mesh-control refused the waypoint subscription (is the token allowed to read this waypoint?): {0}")]
+    Refused(tonic::Status),
+    #[error("feed stream broke: {0}")]
+    Stream(tonic::Status),
+    #[error("feed stream ended by mesh-control")]
+    Ended,
+    #[error("bearer token is not a valid header value")]
+    BadToken,
+}
+
+/// Runs until the drain starts. The last applied configuration stays in force throughout.
+pub async fn run(
+    config: FeedClientConfig,
+    sink: &dyn ConfigSink,
+    status: watch::Sender<FeedStatus>,
+    mut drain: DrainWatch,
+) {
+    let mut backoff = Backoff::new(config.initial_backoff, config.max_backoff);
+    loop {
+        let error = tokio::select! {
+            _ = drain.signaled() => return,
+            error = subscribe(&config, sink, &status) => error,
+        };
+        // A version applied during the attempt means control was healthy: start over.
+        let progressed = status.borrow().consecutive_failures == 0;
+        let delay = backoff.next(progressed);
+        tracing::warn!(%error, retry_in = ?delay, "waypoint feed disconnected; keeping last config");
+        status.send_modify(|s| {
+            s.connected = false;
+            s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+            s.last_error = Some(error.to_string());
+        });
+        tokio::select! {
+            _ = drain.signaled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Capped exponential backoff with 50-100 % jitter, so a fleet of waypoints does not
+/// reconnect in lockstep after a control-plane restart.
+#[derive(Debug)]
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            current: initial,
+        }
+    }
+
+    /// The delay before the next attempt; `reset` restarts from the initial delay.
+    fn next(&mut self, reset: bool) -> Duration {
+        if reset {
+            self.current = self.initial;
+        }
+        let base = self.current;
+        self.current = (self.current * 2).min(self.max);
+        base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    }
+}
+
+/// One subscription: returns why it ended (it never ends without an error).
+async fn subscribe(
+    config: &FeedClientConfig,
+    sink: &dyn ConfigSink,
+    status: &watch::Sender<FeedStatus>,
+) -> AttemptError {
+    let channel = match connect(config).await {
+        Ok(channel) => channel,
+        Err(error) => return error,
+    };
+    let (feed_id, resume_version) = {
+        let s = status.borrow();
+        (s.feed_id.clone(), s.version)
+    };
+    let mut request = tonic::Request::new(pb::WaypointSubscribeRequest {
+        namespace: config.namespace.clone(),
+        name: config.name.clone(),
+        feed_id,
+        resume_version,
+    });
+    if let Some(token) = &config.token {
+        match MetadataValue::try_from(format!("Bearer {token}")) {
+            Ok(value) => request.metadata_mut().insert("authorization", value),
+            Err(_) => return AttemptError::BadToken,
+        };
+    }
+    let mut stream = match WaypointFeedClient::new(channel).subscribe(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return AttemptError::Refused(status),
+    };
+    status.send_modify(|s| s.connected = true);
+    loop {
+        match stream.message().await {
+            Ok(Some(update)) => apply(sink, &update, status),
+            Ok(None) => return AttemptError::Ended,
+            Err(status) => return AttemptError::Stream(status),
+        }
+    }
+}
+
+fn apply(sink: &dyn ConfigSink, update: &pb::WaypointConfig, status: &watch::Sender<FeedStatus>) {
+    match sink.apply(update) {
+        Ok(()) => {
+            tracing::info!(
+                feed = %update.feed_id,
+                version = update.version,
+                services = update.services.len(),
+                routes = update.routes.len(),
+                policies = update.policies.len(),
+                "applied waypoint feed version"
+            );
+            status.send_modify(|s| {
+                s.feed_id.clone_from(&update.feed_id);
+                s.version = update.version;
+                s.consecutive_failures = 0;
+                s.last_error = None;
+            });
+        }
+        Err(error) => {
+            tracing::error!(version = update.version, %error, "waypoint feed version rejected; keeping last config");
+            status.send_modify(|s| s.last_error = Some(error));
+        }
+    }
+}
+
+async fn connect(config: &FeedClientConfig) -> Result<Channel, AttemptError> {
+    let endpoint = &config.endpoint;
+    let connect_err = |source| AttemptError::Connect {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    let channel = Endpoint::from_shared(endpoint.clone())
+        .map_err(|source| AttemptError::Endpoint {
+            endpoint: endpoint.clone(),
+            source,
+        })?
+        .connect_timeout(config.connect_timeout)
+        // Nothing flows while the config is unchanged: HTTP/2 PINGs notice a dead control.
+        .keep_alive_while_idle(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20));
+    channel.connect().await.map_err(connect_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_caps_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let bases = [100, 200, 350, 350];
+        for base in bases {
+            let d = b.next(false).as_millis();
+            assert!(
+                (base / 2..=base).contains(&d),
+                "{d} ms not within jitter of {base} ms"
+            );
+        }
+        assert!(
+            b.next(true) <= Duration::from_millis(100),
+            "reset starts over"
+        );
+    }
+}

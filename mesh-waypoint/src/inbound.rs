@@ -1,0 +1,109 @@
+//! The HBONE front end (feed mode): nodes send traffic for services bound to this waypoint as
+//! mTLS HTTP/2 `CONNECT` streams to port 15008, presenting the *source workload's* certificate,
+//! with `:authority` = the service VIP and port.
+//!
+//! The TLS server presents the waypoint's certificate and requires a client certificate from
+//! the waypoint's trust domain ([`mesh_core::tls::server_config`]). Each accepted stream is
+//! served by the waypoint's HTTP server ([`crate::serve`]); the verified peer identity becomes
+//! the request's source principal and the CONNECT authority selects the service and port.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use mesh_core::{
+    drain::DrainWatch,
+    hbone::{self, headers::forwarded_for, Accepted, ConnectRequest, Rejection},
+    tls::{self, IdentityCert, TlsError},
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    proxy::Peer,
+    serve::{http_builder, serve_http, SharedProxy},
+};
+
+/// Builds the HBONE server for `cert` that hands streams to `proxy`.
+pub fn server(
+    cert: Arc<IdentityCert>,
+    proxy: SharedProxy,
+    drain: DrainWatch,
+) -> Result<hbone::Server, TlsError> {
+    let config = tls::server_config(cert)?;
+    let handler = move |request: ConnectRequest| {
+        let proxy = proxy.clone();
+        let drain = drain.clone();
+        async move { Ok::<_, Rejection>(accept(request, proxy, drain)) }
+    };
+    Ok(hbone::Server::new(Arc::new(config), Arc::new(handler)))
+}
+
+/// Runs `server` on `listener` until the drain starts.
+pub async fn run(server: hbone::Server, listener: TcpListener, drain: DrainWatch) {
+    server.serve(listener, drain).await;
+    tracing::info!("hbone listener closed for drain");
+}
+
+/// Every well-formed CONNECT is accepted: whether the authority is a bound service, and
+/// whether the principal may reach it, is decided per request (404/403) by the proxy.
+fn accept(request: ConnectRequest, proxy: SharedProxy, drain: DrainWatch) -> Accepted {
+    let peer = peer(&request);
+    tracing::debug!(authority = %request.authority, principal = ?peer.identity, "hbone stream accepted");
+    Accepted::new(move |tunnel| serve_http(http_builder(), tunnel, peer, proxy, drain))
+}
+
+/// The request's peer: the original client address from `forwarded` when the node sent one
+/// (else the node tunnel's address), the verified SPIFFE identity, and the CONNECT authority.
+fn peer(request: &ConnectRequest) -> Peer {
+    let addr: SocketAddr = forwarded_for(&request.headers).unwrap_or(request.peer_addr);
+    Peer {
+        addr,
+        identity: Some(request.peer_identity.to_string()),
+        authority: Some(request.authority),
+        workload: workload_name(&request.headers),
+    }
+}
+
+/// Baggage keys naming the source workload, most stable first (Istio's `source_workload` is the
+/// owning controller's name; the pod name is the fallback).
+const WORKLOAD_KEYS: [&str; 5] = [
+    "k8s.deployment.name",
+    "k8s.statefulset.name",
+    "k8s.daemonset.name",
+    "k8s.job.name",
+    "k8s.pod.name",
+];
+
+/// The source workload's name from the CONNECT `baggage` header, when present.
+fn workload_name(headers: &http::HeaderMap) -> Option<String> {
+    let baggage = headers.get(hbone::headers::BAGGAGE)?.to_str().ok()?;
+    let pairs: Vec<(&str, &str)> = baggage
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect();
+    WORKLOAD_KEYS.iter().find_map(|key| {
+        let value = pairs.iter().find(|(k, _)| k == key)?.1;
+        (!value.is_empty() && value.len() <= 253).then(|| value.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_name_prefers_the_controller_over_the_pod() {
+        let cases = [
+            ("k8s.namespace.name=a,k8s.pod.name=p-1", Some("p-1")),
+            ("k8s.pod.name=p-1, k8s.deployment.name=p", Some("p")),
+            ("k8s.namespace.name=a", None),
+            ("k8s.pod.name=", None),
+            ("garbage", None),
+        ];
+        for (baggage, want) in cases {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(hbone::headers::BAGGAGE, baggage.parse().expect("value"));
+            assert_eq!(workload_name(&headers).as_deref(), want, "{baggage}");
+        }
+        assert_eq!(workload_name(&http::HeaderMap::new()), None);
+    }
+}

@@ -1,0 +1,102 @@
+//! The feed client against an in-process `WaypointFeed` on loopback: refusals are retried with
+//! backoff and reported, versions reach the sink, a rejected version keeps the resume point.
+
+mod mesh;
+
+use std::{
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::Duration,
+};
+
+use mesh::{FakeFeed, WAIT};
+use mesh_core::{drain, proto::control::v1 as pb};
+use mesh_waypoint::feed::{
+    client::{self, ConfigSink},
+    FeedClientConfig, FeedStatus,
+};
+use tokio::sync::watch;
+
+/// Records versions; rejects the versions listed in `reject`.
+#[derive(Default)]
+struct Recorder {
+    applied: Mutex<Vec<u64>>,
+    reject: Vec<u64>,
+}
+
+impl ConfigSink for Recorder {
+    fn apply(&self, config: &pb::WaypointConfig) -> Result<(), String> {
+        if self.reject.contains(&config.version) {
+            return Err(format!("version {} rejected by the test", config.version));
+        }
+        self.applied.lock().expect("lock").push(config.version);
+        Ok(())
+    }
+}
+
+fn version(v: u64) -> pb::WaypointConfig {
+    pb::WaypointConfig {
+        feed_id: "feed-a".into(),
+        version: v,
+        ..Default::default()
+    }
+}
+
+async fn wait(status: &mut watch::Receiver<FeedStatus>, what: impl Fn(&FeedStatus) -> bool) {
+    tokio::time::timeout(WAIT, status.wait_for(what))
+        .await
+        .expect("status in time")
+        .expect("client alive");
+}
+
+#[tokio::test]
+async fn refusals_retry_and_rejected_versions_keep_the_resume_point() {
+    let feed = FakeFeed::default();
+    feed.refuse.store(1, Ordering::SeqCst);
+    let (url, _control) = feed.serve().await;
+    let mut config = FeedClientConfig::new(url, "mesh", "waypoint");
+    config.initial_backoff = Duration::from_millis(5);
+    let sink = Arc::new(Recorder {
+        reject: vec![2],
+        ..Default::default()
+    });
+    let (status_tx, mut status) = watch::channel(FeedStatus::default());
+    let (trigger, watch) = drain::channel();
+    let recorder = sink.clone();
+    let task =
+        tokio::spawn(async move { client::run(config, recorder.as_ref(), status_tx, watch).await });
+
+    feed.wait_subscriptions(2).await;
+    let refused = status.borrow().last_error.clone().unwrap_or_default();
+    assert!(refused.contains("refused"), "refusal reported: {refused}");
+    feed.push(version(1)).await;
+    wait(&mut status, |s| s.version == 1 && s.connected).await;
+    feed.push(version(2)).await;
+    wait(&mut status, |s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("rejected"))
+    })
+    .await;
+    assert_eq!(
+        status.borrow().version,
+        1,
+        "a rejected version is not in force"
+    );
+
+    feed.end_streams();
+    feed.wait_subscriptions(3).await;
+    let resume = feed.requests.lock().expect("lock")[2].0.clone();
+    assert_eq!(
+        (resume.feed_id.as_str(), resume.resume_version),
+        ("feed-a", 1)
+    );
+    feed.push(version(3)).await;
+    wait(&mut status, |s| s.version == 3).await;
+    assert_eq!(*sink.applied.lock().expect("lock"), [1, 3]);
+
+    let _ = trigger.drain(WAIT).await;
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("client stops on drain")
+        .expect("task");
+}
