@@ -6,8 +6,8 @@
 //! The nodes' config files hold only their own settings (name, CA address, token); workloads,
 //! services and policies reach them through mesh-control's node feed.
 //!
-//! Stand-in, said plainly where it is used: `<pod IP>:15008` is DNATed to the node's HBONE listener, where Istio would have a listener in
-//!   each pod's namespace ([`Lab::steer_pod_port_to_node`]).
+//! HBONE to `<pod IP>:15008` reaches the pod's node tunnel through the listener mesh-node opens
+//! inside each enrolled pod's network namespace (Istio's in-pod model); the lab adds no NAT.
 
 use std::{
     fmt::Write as _,
@@ -60,7 +60,11 @@ const PODS: &[SamplePod] = &[
     pod("backend", "n2", "backend", Some("v1")),
     pod("intruder", "n1", "intruder", None),
     pod("guest", "n1", "guest", None),
+    pod(WAYPOINT_POD, "n2", "waypoint", None),
 ];
+
+/// The pod mesh-waypoint runs in (not enrolled; website's traffic is bound to it).
+pub const WAYPOINT_POD: &str = "waypoint";
 
 const fn pod(
     name: &'static str,
@@ -113,7 +117,6 @@ impl MeshLab {
         };
         let lab = Lab::create(&spec, &options.work_dir.join("logs"))?;
         copy_dir(&options.example_dir, &options.work_dir.join("config"))?;
-        lab.steer_pod_port_to_node(HBONE_PORT)?;
         let mut mesh = Self { lab, options };
         mesh.write_ca()?;
         mesh.start_control()?;
@@ -122,6 +125,7 @@ impl MeshLab {
         }
         mesh.start_apps()?;
         mesh.wait_for_mesh_path()?;
+        mesh.start_waypoint()?;
         Ok(mesh)
     }
 
@@ -241,6 +245,58 @@ impl MeshLab {
             .stop(&format!("mesh-node-{node}"), Duration::from_secs(10))?;
         self.start_node(node)?;
         self.wait_for_mesh_path()
+    }
+
+    /// Starts mesh-waypoint in its pod, following mesh-control's waypoint feed with n2's
+    /// bootstrap token (control lets a node read the feed of a waypoint whose pod it runs), and
+    /// waits until the client reaches `website` through it.
+    fn start_waypoint(&mut self) -> anyhow::Result<()> {
+        let ip = self.pod_ip(WAYPOINT_POD)?;
+        let control = format!("http://{CONTROL_IP}:{CONTROL_GRPC_PORT}");
+        let args = [
+            "--control-address".to_string(),
+            control,
+            "--namespace".into(),
+            "demo".into(),
+            "--name".into(),
+            "waypoint".into(),
+            "--service-account".into(),
+            "waypoint".into(),
+            "--token-file".into(),
+            self.file("n2.token").display().to_string(),
+            "--trust-bundle-file".into(),
+            self.file("ca-cert.pem").display().to_string(),
+            "--hbone-listen".into(),
+            format!("{ip}:{HBONE_PORT}"),
+            "--metrics".into(),
+            format!("{ip}:{METRICS_PORT}"),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.lab.spawn_in_pod(
+            WAYPOINT_POD,
+            "mesh-waypoint",
+            &self.bin("mesh-waypoint"),
+            &args,
+        )?;
+        let ready = format!("{ip}:{METRICS_PORT}");
+        self.wait_http_ok("n2", &ready, "/healthz/ready", "mesh-waypoint")?;
+        let logs = self.lab.log_dir().display();
+        let answer = retry_until_200(READY_TIMEOUT, || {
+            self.get("client", WEBSITE_VIP, &["--timeout-ms", "2000"])
+        });
+        match answer {
+            Ok(out) if out.starts_with("200") => Ok(()),
+            Ok(out) => bail!("client -> website via the waypoint answered {out:?}; logs in {logs}"),
+            Err(error) => Err(error.context(format!(
+                "client -> website via the waypoint; logs in {logs}"
+            ))),
+        }
+    }
+
+    /// Prometheus text from mesh-waypoint.
+    pub fn waypoint_metrics(&self) -> anyhow::Result<String> {
+        let target = format!("{}:{METRICS_PORT}", self.pod_ip(WAYPOINT_POD)?);
+        self.node_get("n2", &target, "/metrics")
     }
 
     /// The node's own settings; workloads, services and policies come from mesh-control's feed.

@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 use weft_tests::{
     bins,
     lab::{cgroup::cgroup2_mount, netns::list_with_prefix},
-    mesh::{MeshLab, MeshLabOptions, BACKEND_VIP},
+    mesh::{MeshLab, MeshLabOptions, BACKEND_VIP, WEBSITE_VIP},
     wait::wait_until,
 };
 
@@ -29,6 +29,78 @@ spec:
   action: MAYBE
   rules: [{}]
 ";
+
+/// How many answers of a `--summary` tally came from `website <version>` with status 200.
+fn answers_from(tally: &str, version: &str) -> u32 {
+    let needle = format!("200 website {version} ");
+    tally
+        .lines()
+        .filter(|line| line.contains(&needle))
+        .filter_map(|line| line.trim().split(' ').next()?.parse::<u32>().ok())
+        .sum()
+}
+
+/// `website` is bound to the waypoint, which applies 10-routing.yaml (90/10 canary, header
+/// route to v3, abort fault on /fault) and 20-policy.yaml's L7 DENY on /admin.
+fn waypoint_applies_routes_faults_and_l7_policy(mesh: &MeshLab) {
+    let canary = mesh
+        .get("client", WEBSITE_VIP, &["--count", "200", "--summary"])
+        .unwrap();
+    let (v1, v2, v3) = (
+        answers_from(&canary, "v1"),
+        answers_from(&canary, "v2"),
+        answers_from(&canary, "v3"),
+    );
+    assert_eq!(
+        v1 + v2,
+        200,
+        "canary: every answer from v1 or v2:\n{canary}"
+    );
+    assert_eq!(v3, 0, "canary sent traffic to v3:\n{canary}");
+    // Binomial(200, 0.1): outside 5..=45 has probability below 1e-6.
+    assert!(
+        (5..=45).contains(&v2),
+        "canary v2 share {v2}/200:\n{canary}"
+    );
+
+    let jason = mesh
+        .get(
+            "client",
+            WEBSITE_VIP,
+            &["--count", "10", "--summary", "--header", "end-user: jason"],
+        )
+        .unwrap();
+    assert_eq!(
+        answers_from(&jason, "v3"),
+        10,
+        "end-user jason -> v3:\n{jason}"
+    );
+
+    let fault = mesh
+        .get(
+            "client",
+            WEBSITE_VIP,
+            &["--path", "/fault", "--count", "3", "--summary"],
+        )
+        .unwrap();
+    assert!(fault.contains("3 x 503"), "abort fault on /fault:\n{fault}");
+
+    let admin = mesh
+        .get("client", WEBSITE_VIP, &["--path", "/admin"])
+        .unwrap();
+    assert!(admin.starts_with("403"), "L7 deny on /admin: {admin}");
+
+    // The waypoint saw the client's identity over mTLS and counted the requests.
+    let metrics = mesh.waypoint_metrics().unwrap();
+    let from_client = metrics.lines().any(|line| {
+        line.starts_with("istio_requests_total{")
+            && line.contains("spiffe://cluster.local/ns/demo/sa/client")
+    });
+    assert!(
+        from_client,
+        "waypoint metrics lack the client principal:\n{metrics}"
+    );
+}
 
 fn options(prefix: &str) -> MeshLabOptions {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -95,6 +167,8 @@ fn sample_mesh_carries_policy_checked_mtls_traffic() {
         metrics.contains("istio_tcp_connections_opened_total"),
         "{metrics}"
     );
+
+    waypoint_applies_routes_faults_and_l7_policy(&mesh);
 
     // Broken config is rejected with a message naming the file; the rest of the config and the
     // traffic are untouched.

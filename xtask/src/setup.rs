@@ -21,10 +21,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "libstd-rust-web-dev-bpf",
     // bpf-linker links against this LLVM.
     "llvm-22-dev",
-    // Inspecting loaded programs; network namespaces, NAT rules and a demo CA for the lab.
+    // Inspecting loaded programs; network namespaces and a demo CA for the lab.
     "bpftool",
     "iproute2",
-    "nftables",
     "openssl",
 ];
 

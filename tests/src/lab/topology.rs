@@ -204,28 +204,6 @@ impl Lab {
         Ok(())
     }
 
-    /// On every node, sends TCP for `<local pod IP>:<port>` to the node's own address (the same
-    /// port), for traffic arriving from other nodes and for the node's own connections.
-    ///
-    /// This stands in for HBONE listeners inside each pod's network namespace (Istio's in-pod
-    /// mode), which mesh-node does not open yet: peers dial `<pod IP>:15008` and the node's
-    /// tunnel answers. Conntrack keeps the pod address as the connection's original destination.
-    pub fn steer_pod_port_to_node(&self, port: u16) -> anyhow::Result<()> {
-        for (index, node) in self.nodes.iter().enumerate() {
-            let pods = format!("10.211.{}.0/24", index + 1);
-            let rules = format!(
-                "table ip weft_lab {{\n\
-                 chain prerouting {{ type nat hook prerouting priority -100; \
-                 ip daddr {pods} tcp dport {port} dnat to {ip}:{port}; }}\n\
-                 chain output {{ type nat hook output priority -100; \
-                 ip daddr {pods} tcp dport {port} dnat to {ip}:{port}; }}\n}}\n",
-                ip = node.ip
-            );
-            nft_in(node.netns.name(), &rules)?;
-        }
-        Ok(())
-    }
-
     /// The node called `name`.
     pub fn node(&self, name: &str) -> anyhow::Result<&Node> {
         self.nodes
@@ -395,30 +373,6 @@ fn terminate(child: &mut Child, grace: std::time::Duration) {
         let _ = child.kill();
         let _ = child.wait();
     }
-}
-
-/// Loads an nftables ruleset into namespace `ns`.
-fn nft_in(ns: &str, rules: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run nft (install nftables)")?;
-    child
-        .stdin
-        .take()
-        .context("nft stdin")?
-        .write_all(rules.as_bytes())?;
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
-        bail!(
-            "nft in {ns} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 fn octet(value: usize) -> anyhow::Result<u8> {
