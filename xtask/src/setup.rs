@@ -34,11 +34,18 @@ pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian's rustc, used for the eBPF crate only.
 pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 
+/// Extra Debian packages the benchmarks compare against (`cargo xtask setup --bench`): nginx is
+/// the reverse-proxy baseline of mesh-waypoint's `proxy` bench.
+pub const BENCH_APT_PACKAGES: &[&str] = &["nginx"];
+
 #[derive(Debug, Args)]
 pub struct SetupArgs {
     /// Only report what is missing; install nothing.
     #[arg(long)]
     pub check: bool,
+    /// Also install the benchmarks' baselines (nginx).
+    #[arg(long)]
+    pub bench: bool,
 }
 
 /// What is missing on this machine.
@@ -55,7 +62,15 @@ impl Missing {
 }
 
 pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
-    let missing = probe();
+    let mut missing = probe();
+    if args.bench {
+        missing.apt.extend(
+            BENCH_APT_PACKAGES
+                .iter()
+                .copied()
+                .filter(|package| !apt_installed(package)),
+        );
+    }
     if missing.is_empty() {
         eprintln!("setup: everything Weft needs is installed");
         return Ok(());
