@@ -8,8 +8,6 @@
 //!   balancing and rate limiting, as tower layers.
 //! - [`authz`]: L7 authorization policy.
 //! - [`telemetry`]: Istio metrics, trace propagation, access log.
-//! - [`translate`]: Istio `VirtualService`/`DestinationRule` and Gateway API `HTTPRoute` into
-//!   the domain types.
 //! - [`feed`]: feed mode: subscribing to mesh-control and converting its wire config.
 //! - [`upstream`]: plain TCP or HBONE connections to endpoints.
 //! - [`inbound`]: the HBONE front end; [`serve`]: downstream HTTP on any stream.
@@ -30,5 +28,4 @@ pub mod rng;
 pub mod route;
 pub mod serve;
 pub mod telemetry;
-pub mod translate;
 pub mod upstream;

@@ -1,11 +1,12 @@
 //! The waypoint's local configuration: routes, destinations, policies, as YAML.
 //!
 //! These are Weft's own domain types, shaped so that both Istio (`VirtualService` +
-//! `DestinationRule` + `AuthorizationPolicy`) and Gateway API (`HTTPRoute`) translate into them:
+//! `DestinationRule` + `AuthorizationPolicy`) and Gateway API (`HTTPRoute`) map onto them
+//! (mesh-control translates those resources once, into the waypoint feed):
 //! match blocks are OR'ed and the fields inside one block AND'ed (Istio `HTTPMatchRequest`,
 //! Gateway `HTTPRouteMatch`), rules are evaluated first-match in order, and a route action is a
 //! weighted list of (destination, subset) pairs where a subset selects endpoints by labels.
-//! The control plane's wire feed will convert into these types at its boundary.
+//! The waypoint feed converts into these types at its boundary ([`crate::feed`]).
 
 mod destination;
 mod route;
