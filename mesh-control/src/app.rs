@@ -19,7 +19,7 @@ use crate::feed::hub::{Hub, DEFAULT_MAX_LOG_KEYS};
 use crate::feed::node::{NodeFeedService, StreamSettings};
 use crate::feed::node_server::NodeFeedServer;
 use crate::feed::waypoint::WaypointFeedService;
-use crate::http::{self, Metrics};
+use crate::http::{self, Metrics, NotReadyReason};
 use crate::registry::Registry;
 use crate::source::kube::{spawn_all, ALL_KINDS};
 use crate::source::local::{LocalError, LocalSource};
@@ -86,15 +86,19 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppEr
         .map_err(|source| AppError::Bind { what, addr, source })
 }
 
-/// Starts the configured source; returns its tasks.
+/// How often the reason is logged while not ready.
+const NOT_READY_LOG_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Starts the configured source; returns its tasks and why it is not ready yet.
 async fn start_source(
     config: &Config,
     kube_client: Option<&kube::Client>,
     store: &Arc<Store>,
     drain: &DrainTrigger,
-) -> Result<Vec<JoinHandle<()>>, AppError> {
+) -> Result<(Vec<JoinHandle<()>>, NotReadyReason), AppError> {
     if let Some(client) = kube_client {
-        return Ok(spawn_all(client, &ALL_KINDS, store, &drain.watch()));
+        let (tasks, sync) = spawn_all(client, &ALL_KINDS, store, &drain.watch());
+        return Ok((tasks, Arc::new(move || sync.waiting_for())));
     }
     let source = LocalSource {
         dir: config.config_dir.clone(),
@@ -104,7 +108,8 @@ async fn start_source(
     let fingerprint = source.load_into(store)?;
     store.publish_now();
     let task = source.run(Arc::clone(store), fingerprint, drain.watch());
-    Ok(vec![tokio::spawn(task)])
+    // Loaded above: never waiting.
+    Ok((vec![tokio::spawn(task)], Arc::new(|| None)))
 }
 
 /// TokenReview of service-account tokens in Kubernetes mode with `--node-service-account`,
@@ -162,7 +167,14 @@ pub async fn build_with_client(
         local_addr(&http_listener, "http")?,
     );
     let (drain, watch) = drain::channel();
-    let mut tasks = start_source(&config, kube_client.as_ref(), &store, &drain).await?;
+    let (mut tasks, not_ready) =
+        start_source(&config, kube_client.as_ref(), &store, &drain).await?;
+    tasks.push(tokio::spawn(http::warn_while_not_ready(
+        Arc::clone(&hub),
+        Arc::clone(&not_ready),
+        NOT_READY_LOG_INTERVAL,
+        watch.clone(),
+    )));
     tasks.push(tokio::spawn(
         Arc::clone(&store).run_publisher(config.debounce, watch.clone()),
     ));
@@ -209,6 +221,7 @@ pub async fn build_with_client(
         http_listener,
         hub,
         Arc::new(Metrics::default()),
+        not_ready,
         watch,
     )));
     tracing::info!(%grpc_addr, %http_addr, kubernetes = config.kubernetes, "mesh-control listening");

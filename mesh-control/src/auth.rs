@@ -1,5 +1,10 @@
-//! Node authentication for the gRPC services: bootstrap tokens in local mode, Kubernetes
-//! TokenReview of the node's service-account token in Kubernetes mode ([`token_review`]).
+//! Caller authentication for the gRPC services: bootstrap tokens in local mode, Kubernetes
+//! TokenReview of projected service-account tokens in Kubernetes mode ([`token_review`]).
+//!
+//! A caller is a [`Caller::Node`] (a node tunnel, speaking for the pods on its node) or, in
+//! Kubernetes mode only, a [`Caller::Workload`]: a waypoint or ingress gateway pod presenting
+//! its own token. What each may do is decided per service; [`workload`] holds the workload
+//! rules.
 //!
 //! The token file has one `<node-name> <token>` pair per line (`#` starts a comment). A client
 //! sends `authorization: Bearer <token>`; the token decides which node it is, so a node cannot
@@ -7,6 +12,7 @@
 //! token prefixes through timing.
 
 pub mod token_review;
+pub mod workload;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,8 +34,8 @@ pub enum AuthError {
     /// The API server did not authenticate the token.
     #[error("service-account token not authenticated: {0}")]
     NotAuthenticated(String),
-    /// The token is valid but belongs to another service account.
-    #[error("token of {user:?} may not call mesh-control, only {expected:?}")]
+    /// The token is valid but belongs to neither the node service account nor a pod's.
+    #[error("token of {user:?} may not call mesh-control: it is neither the node service account {expected:?} nor a pod's service account")]
     WrongServiceAccount {
         /// User the token belongs to.
         user: String,
@@ -39,6 +45,13 @@ pub enum AuthError {
     /// The token is not bound to a pod on a node.
     #[error("token of {user:?} names no node; use a projected token of a pod scheduled on a node")]
     NoNodeName {
+        /// User the token belongs to.
+        user: String,
+    },
+    /// A workload's token that is not bound to a pod (a legacy secret token, or a TokenRequest
+    /// without a pod reference).
+    #[error("token of {user:?} names no pod; mount a projected service-account token in the pod")]
+    NoPodName {
         /// User the token belongs to.
         user: String,
     },
@@ -79,18 +92,62 @@ pub enum TokenFileError {
     },
 }
 
-/// Who is calling.
+/// A node tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeIdentity {
     /// Node name the token belongs to.
     pub node: String,
 }
 
+/// A pod calling with its own service-account token (a waypoint or ingress gateway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadIdentity {
+    /// Namespace of the pod and its service account.
+    pub namespace: String,
+    /// Service account the token was issued to.
+    pub service_account: String,
+    /// Pod the token is bound to.
+    pub pod_name: String,
+    /// Uid of that pod, when the token carries it.
+    pub pod_uid: Option<String>,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A node tunnel.
+    Node(NodeIdentity),
+    /// A waypoint or gateway pod.
+    Workload(WorkloadIdentity),
+}
+
+impl Caller {
+    /// The node, for services only nodes may use (the node feed).
+    pub fn node_only(&self) -> Result<&NodeIdentity, tonic::Status> {
+        match self {
+            Self::Node(node) => Ok(node),
+            Self::Workload(w) => Err(tonic::Status::permission_denied(format!(
+                "pod {}/{} (service account {}) is a workload caller; only node tunnels may use this service",
+                w.namespace, w.pod_name, w.service_account
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Node(n) => write!(f, "node {}", n.node),
+            Self::Workload(w) => write!(f, "pod {}/{}", w.namespace, w.pod_name),
+        }
+    }
+}
+
 /// Decides who a request comes from.
 #[tonic::async_trait]
 pub trait Authenticator: Send + Sync + 'static {
     /// Authenticates a request from its metadata.
-    async fn authenticate(&self, metadata: &MetadataMap) -> Result<NodeIdentity, AuthError>;
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, AuthError>;
 }
 
 /// The token of `authorization: Bearer <token>`.
@@ -177,13 +234,13 @@ impl TokenAuthenticator {
 
 #[tonic::async_trait]
 impl Authenticator for TokenAuthenticator {
-    async fn authenticate(&self, metadata: &MetadataMap) -> Result<NodeIdentity, AuthError> {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, AuthError> {
         let token = bearer_token(metadata)?;
         let node = self
             .by_digest
             .get(&digest(token))
             .ok_or(AuthError::UnknownToken)?;
-        Ok(NodeIdentity { node: node.clone() })
+        Ok(Caller::Node(NodeIdentity { node: node.clone() }))
     }
 }
 
@@ -216,7 +273,10 @@ mod tests {
             .authenticate(&metadata("Bearer bbbbbbbbbbbbbbbbbbbb"))
             .await
             .expect("known");
-        assert_eq!(who.node, "node-b");
+        let node_b = NodeIdentity {
+            node: "node-b".into(),
+        };
+        assert_eq!(who, Caller::Node(node_b));
         assert_eq!(
             auth.authenticate(&metadata("Bearer nope")).await,
             Err(AuthError::UnknownToken)

@@ -1,11 +1,12 @@
 //! `CertificateService.CreateCertificate`: the mesh CA over gRPC.
 //!
 //! The CA is a self-signed root by default, or a user-provided root/intermediate (cert chain +
-//! key files). A caller authenticates as a node; it may only obtain identities of pods scheduled
-//! on that node (per the latest snapshot), in this CA's trust domain, and only of pods the node
-//! tunnels for: enrolled pods, and waypoint and Istio ingress gateway pods (never captured
-//! themselves, but they speak HBONE with their own service account's certificate, which their
-//! node obtains for them).
+//! key files). Identities must be in this CA's trust domain. A node caller may only obtain
+//! identities of pods scheduled on that node (per the latest snapshot), and only of pods the
+//! node tunnels for: enrolled pods, and waypoint and Istio ingress gateway pods (never captured
+//! themselves, but they speak HBONE with their own service account's certificate). A workload
+//! caller (a waypoint or gateway pod with its own token) may only obtain its own identity
+//! ([`crate::auth::workload::may_certify`]).
 //! Everything else is refused, and each refusal says why.
 
 use std::path::PathBuf;
@@ -18,9 +19,10 @@ use mesh_core::identity::SpiffeId;
 use mesh_core::proto::control::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{to_status, Authenticator};
+use crate::auth::{to_status, workload, Authenticator, Caller};
 use crate::feed::hub::Hub;
 use crate::feed::node::not_synced;
+use crate::model::Snapshot;
 
 /// Where the CA key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,8 +130,8 @@ impl CaService {
         }
     }
 
-    /// Checks that `node` runs an enrolled, waypoint or ingress gateway pod with `identity`.
-    fn authorise(&self, node: &str, identity: &SpiffeId) -> Result<(), Status> {
+    /// Checks that `caller` may obtain `identity`.
+    fn authorise(&self, caller: &Caller, identity: &SpiffeId) -> Result<(), Status> {
         if identity.trust_domain() != self.settings.trust_domain {
             return Err(Status::permission_denied(format!(
                 "identity {identity} is outside trust domain {}",
@@ -138,18 +140,26 @@ impl CaService {
         }
         let wanted = identity.to_string();
         let snapshot = self.hub.latest();
-        let mut candidates = snapshot
-            .workloads
-            .values()
-            .filter(|w| w.node == node && w.identity == wanted);
-        let tunnelled = |uid: &str| snapshot.is_waypoint_pod(uid) || snapshot.is_gateway_pod(uid);
-        if candidates.any(|w| w.enrolled || tunnelled(&w.uid)) {
-            Ok(())
-        } else {
-            Err(Status::permission_denied(format!(
-                "node {node:?} runs no enrolled pod (nor waypoint or gateway pod) with identity {wanted}"
-            )))
+        match caller {
+            Caller::Node(n) => node_may_certify(&snapshot, &n.node, &wanted),
+            Caller::Workload(w) => Ok(workload::may_certify(&snapshot, w, &wanted)?),
         }
+    }
+}
+
+/// Checks that `node` runs an enrolled, waypoint or ingress gateway pod with identity `wanted`.
+fn node_may_certify(snapshot: &Snapshot, node: &str, wanted: &str) -> Result<(), Status> {
+    let mut candidates = snapshot
+        .workloads
+        .values()
+        .filter(|w| w.node == node && w.identity == wanted);
+    let tunnelled = |uid: &str| snapshot.is_waypoint_pod(uid) || snapshot.is_gateway_pod(uid);
+    if candidates.any(|w| w.enrolled || tunnelled(&w.uid)) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "node {node:?} runs no enrolled pod (nor waypoint or gateway pod) with identity {wanted}"
+        )))
     }
 }
 
@@ -178,13 +188,13 @@ impl pb::certificate_service_server::CertificateService for CaService {
         let request = request.into_inner();
         let identity = SpiffeId::from_str(&request.identity)
             .map_err(|e| Status::invalid_argument(format!("invalid identity: {e}")))?;
-        self.authorise(&who.node, &identity)?;
+        self.authorise(&who, &identity)?;
         let validity = self.validity(request.validity_duration);
         let cert_chain = self
             .ca
             .sign_csr(&request.csr, &identity, validity)
             .map_err(sign_error)?;
-        tracing::info!(node = %who.node, %identity, ?validity, "issued workload certificate");
+        tracing::info!(caller = %who, %identity, ?validity, "issued workload certificate");
         Ok(Response::new(pb::CreateCertificateResponse { cert_chain }))
     }
 }

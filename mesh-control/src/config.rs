@@ -68,12 +68,16 @@ pub struct Config {
     /// (unused with `--node-service-account`).
     #[arg(long, default_value = "/etc/weft/bootstrap-tokens")]
     pub bootstrap_tokens: PathBuf,
-    /// Kubernetes mode: authenticate nodes with a TokenReview of their pod's projected
-    /// service-account token, accepting only this service account (`namespace/name`, e.g.
-    /// `weft-system/mesh-node`). Needs RBAC `create` on `tokenreviews`.
+    /// Kubernetes mode: authenticate callers with a TokenReview of their pod's projected
+    /// service-account token. This service account (`namespace/name`, e.g.
+    /// `weft-system/mesh-node`) is a node tunnel, named by the node its token is bound to; any
+    /// other pod-bound token is a workload caller (a waypoint or ingress gateway pod: only its
+    /// own identity and its own waypoint feed). Without this flag, bootstrap tokens are used.
+    /// Needs RBAC `create` on `tokenreviews`.
     #[arg(long, requires = "kubernetes", value_parser = parse_service_account)]
     pub node_service_account: Option<(String, String)>,
-    /// Audience the nodes' projected tokens are issued for.
+    /// Audience the projected tokens of nodes and waypoints must be issued for (their
+    /// `serviceAccountToken.audience`).
     #[arg(long, default_value = "weft-control")]
     pub token_audience: String,
     /// SPIFFE trust domain.

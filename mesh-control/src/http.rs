@@ -1,7 +1,10 @@
-//! The HTTP endpoint: `/healthz/ready` (200 once config is synced, else 503) and `/metrics`
-//! (Prometheus text), served by the shared `mesh_core::ops` endpoint.
+//! The HTTP endpoint: `/healthz/ready` (200 once config is synced, else 503),
+//! `/healthz/status` (always 200: `ready`, or `not ready: <why>`) and `/metrics` (Prometheus
+//! text), served by the shared `mesh_core::ops` endpoint. While not ready, the reason is also
+//! logged periodically ([`warn_while_not_ready`]), since probes do not show response bodies.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use mesh_core::drain::DrainWatch;
 use mesh_core::ops::{self, OpsRoutes, Page, Readiness};
@@ -11,6 +14,38 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::feed::hub::Hub;
+
+/// Why the service is not ready yet (`None`: nothing is missing, e.g. the initial sync from the
+/// API server is complete).
+pub type NotReadyReason = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// The status line of `/healthz/status`.
+fn status_text(hub: &Hub, reason: &NotReadyReason) -> String {
+    match (hub.is_ready(), reason()) {
+        (true, _) => "ready\n".to_string(),
+        (false, Some(why)) => format!("not ready: {why}\n"),
+        (false, None) => "not ready: no configuration published yet\n".to_string(),
+    }
+}
+
+/// Logs the reason every `every` until the service is ready or the drain starts.
+pub async fn warn_while_not_ready(
+    hub: Arc<Hub>,
+    reason: NotReadyReason,
+    every: Duration,
+    mut drain: DrainWatch,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    while !hub.is_ready() {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = drain.signaled() => return,
+        }
+        if let (false, Some(why)) = (hub.is_ready(), reason()) {
+            tracing::warn!(reason = %why, "mesh-control not ready");
+        }
+    }
+}
 
 /// Gauges describing the published config, refreshed at scrape time.
 #[derive(Debug)]
@@ -98,15 +133,67 @@ impl Metrics {
 
 /// Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Plain text.
+const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 
-/// Serves `/healthz/ready` (200 once the config is synced, else 503) and `/metrics` until the
-/// drain starts, on the shared ops endpoint.
-pub async fn serve(listener: TcpListener, hub: Arc<Hub>, metrics: Arc<Metrics>, drain: DrainWatch) {
+/// Serves `/healthz/ready` (200 once the config is synced, else 503), `/healthz/status` and
+/// `/metrics` until the drain starts, on the shared ops endpoint.
+pub async fn serve(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    reason: NotReadyReason,
+    drain: DrainWatch,
+) {
     let synced = Arc::clone(&hub);
     let readiness = Readiness::with_check(Arc::new(move || synced.is_ready()));
+    let status_hub = Arc::clone(&hub);
+    let status: Page = Arc::new(move || (PLAIN_TEXT, status_text(&status_hub, &reason)));
     let page: Page = Arc::new(move || (PROMETHEUS_TEXT, metrics.render(&hub)));
     let routes = OpsRoutes::default()
         .readiness(readiness)
+        .page("/healthz/status", status)
         .page("/metrics", page);
     ops::serve(listener, routes, drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::model::Snapshot;
+
+    /// The reason is asked for (and logged) once per interval while not ready; the task ends
+    /// once the hub is ready.
+    #[tokio::test(start_paused = true)]
+    async fn the_reason_is_logged_periodically_until_ready() {
+        let hub = Arc::new(Hub::with_feed_id("h".into(), 10));
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
+        let reason: NotReadyReason = Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Some("waiting for the first list of: Pod".into())
+        });
+        let (_trigger, watch) = mesh_core::drain::channel();
+        let every = Duration::from_secs(15);
+        let task = tokio::spawn(warn_while_not_ready(
+            Arc::clone(&hub),
+            Arc::clone(&reason),
+            every,
+            watch,
+        ));
+        tokio::time::sleep(every * 3 + Duration::from_secs(1)).await;
+        assert_eq!(asked.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            status_text(&hub, &reason),
+            "not ready: waiting for the first list of: Pod\n"
+        );
+        hub.apply(Arc::new(Snapshot::default()));
+        tokio::time::timeout(every * 2, task)
+            .await
+            .expect("ends once ready")
+            .expect("no panic");
+        assert_eq!(status_text(&hub, &reason), "ready\n");
+    }
 }

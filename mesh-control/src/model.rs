@@ -42,6 +42,9 @@ pub struct Workload {
     pub uid: String,
     /// Pod name.
     pub name: String,
+    /// The pod's Kubernetes object uid (`metadata.uid`; empty when it has none, e.g. in local
+    /// mode or for ServiceEntry endpoints). Checked against a workload token's pod binding.
+    pub pod_uid: String,
     /// Namespace.
     pub namespace: String,
     /// Pod IPs.

@@ -135,6 +135,8 @@ async fn serves_feed_ca_health_and_metrics_and_reloads() {
 
     let health = http_get(&bound, "/healthz/ready").await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let status = http_get(&bound, "/healthz/status").await;
+    assert!(status.ends_with("\r\n\r\nready\n"), "{status}");
     let metrics = http_get(&bound, "/metrics").await;
     assert!(metrics.contains("weft_control_workloads 2"), "{metrics}");
     assert!(
@@ -237,10 +239,10 @@ async fn kubernetes_mode_serves_only_after_every_kind_is_listed() {
     let err = feed.subscribe(request()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
 
-    // Answer every list (12 kinds) with an empty list; keep watches open.
+    // Answer every list (13 kinds) with an empty list; keep watches open.
     let mut held = Vec::new();
     let mut lists = 0;
-    while lists < 12 {
+    while lists < 13 {
         let (request, send) = tokio::time::timeout(WAIT, api.next_request())
             .await
             .expect("request in time")
@@ -272,5 +274,43 @@ async fn kubernetes_mode_serves_only_after_every_kind_is_listed() {
     let first = next(&mut stream).await;
     assert!(first.reset && first.complete && first.upserts.is_empty());
     drop(held);
+    assert_eq!(bound.shutdown(WAIT).await, DrainOutcome::Complete);
+}
+
+/// `--kubernetes` with an API server that refuses connections: the service starts, is not
+/// ready, and `/healthz/status` says what it is waiting for and why.
+#[tokio::test]
+async fn kubernetes_mode_without_an_api_server_is_not_ready_and_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.kubernetes = true;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let url = format!("http://{addr}").parse().expect("url");
+    let client = kube::Client::try_from(kube::Config::new(url)).expect("client");
+    let bound = app::build_with_client(config, Some(client))
+        .await
+        .expect("starts without the api server");
+    let status = tokio::time::timeout(WAIT, async {
+        loop {
+            let status = http_get(&bound, "/healthz/status").await;
+            if status.contains("last errors") {
+                break status;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the watch errors are reported");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(
+        status.contains("not ready: waiting for the first list")
+            && status.contains("Pod")
+            && status.contains("is the api server reachable"),
+        "{status}"
+    );
+    let health = http_get(&bound, "/healthz/ready").await;
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
     assert_eq!(bound.shutdown(WAIT).await, DrainOutcome::Complete);
 }

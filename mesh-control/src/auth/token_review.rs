@@ -1,9 +1,12 @@
-//! Kubernetes-mode node authentication: the node sends its pod's projected service-account
-//! token, and the API server's TokenReview (`authentication.k8s.io/v1`) says whose it is.
+//! Kubernetes-mode authentication: the caller sends its pod's projected service-account token,
+//! and the API server's TokenReview (`authentication.k8s.io/v1`) says whose it is.
 //!
-//! Only the configured node service account is accepted, the token must have been issued for
-//! our audience, and the node name comes from the token's pod binding
-//! (`authentication.kubernetes.io/node-name`), so a node can only ever claim its own name.
+//! The token must have been issued for our audience. The configured node service account is a
+//! node caller, named by the token's pod binding (`authentication.kubernetes.io/node-name`), so
+//! a node can only ever claim its own name. Any other service account's token that is bound to
+//! a pod (`authentication.kubernetes.io/pod-name`, and `pod-uid` when present) is a workload
+//! caller, whose rights ([`super::workload`]) are limited to that pod's own identity and, only
+//! if it is a waypoint or gateway pod, that waypoint's feed.
 //! Verdicts are cached by token digest for a short time, in a bounded map, so a busy node does
 //! not cost one API call per request; API errors are never cached and surface as `UNAVAILABLE`.
 
@@ -16,10 +19,18 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
-use super::{bearer_token, digest, AuthError, Authenticator, NodeIdentity};
+use super::{
+    bearer_token, digest, AuthError, Authenticator, Caller, NodeIdentity, WorkloadIdentity,
+};
 
 /// The extra-info key carrying the node of the pod a token is bound to.
 pub const NODE_NAME_KEY: &str = "authentication.kubernetes.io/node-name";
+/// The extra-info key carrying the name of the pod a token is bound to.
+pub const POD_NAME_KEY: &str = "authentication.kubernetes.io/pod-name";
+/// The extra-info key carrying the uid of the pod a token is bound to.
+pub const POD_UID_KEY: &str = "authentication.kubernetes.io/pod-uid";
+/// User names of service accounts: `system:serviceaccount:<namespace>:<name>`.
+const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
 /// TokenReview settings.
 #[derive(Debug, Clone)]
@@ -57,9 +68,40 @@ impl TokenReviewSettings {
     }
 }
 
-type Verdict = Result<NodeIdentity, AuthError>;
+type Verdict = Result<Caller, AuthError>;
+type Extra = std::collections::BTreeMap<String, Vec<String>>;
 
-/// Authenticates nodes with the API server's TokenReview.
+/// The single non-empty value of `key` in a token's extra info.
+fn single(extra: &Extra, key: &str) -> Option<String> {
+    match extra.get(key).map(Vec::as_slice) {
+        Some([value]) if !value.is_empty() => Some(value.clone()),
+        _ => None,
+    }
+}
+
+/// `(namespace, name)` of a service account user name.
+fn service_account(user: &str) -> Option<(&str, &str)> {
+    let (namespace, name) = user.strip_prefix(SERVICE_ACCOUNT_PREFIX)?.split_once(':')?;
+    let valid = !namespace.is_empty() && !name.is_empty() && !name.contains(':');
+    valid.then_some((namespace, name))
+}
+
+/// A workload caller: a service account token bound to a pod.
+fn workload_caller(user: &str, extra: &Extra) -> Verdict {
+    let Some((namespace, sa)) = service_account(user) else {
+        return Err(AuthError::NoPodName { user: user.into() });
+    };
+    let pod_name =
+        single(extra, POD_NAME_KEY).ok_or_else(|| AuthError::NoPodName { user: user.into() })?;
+    Ok(Caller::Workload(WorkloadIdentity {
+        namespace: namespace.into(),
+        service_account: sa.into(),
+        pod_name,
+        pod_uid: single(extra, POD_UID_KEY),
+    }))
+}
+
+/// Authenticates nodes and workloads with the API server's TokenReview.
 pub struct TokenReviewAuthenticator {
     api: Api<TokenReview>,
     settings: TokenReviewSettings,
@@ -125,7 +167,7 @@ impl TokenReviewAuthenticator {
             .ok_or_else(|| AuthError::Unavailable("the review has no status".into()))
     }
 
-    /// The node a reviewed token identifies, or why it does not.
+    /// The caller a reviewed token identifies, or why it does not.
     fn verdict(&self, status: TokenReviewStatus) -> Verdict {
         if status.authenticated != Some(true) {
             let why = status.error.unwrap_or_else(|| "no reason given".into());
@@ -138,24 +180,27 @@ impl TokenReviewAuthenticator {
         }
         let user = status.user.unwrap_or_default();
         let name = user.username.unwrap_or_default();
+        let extra = user.extra.unwrap_or_default();
         let expected = self.settings.expected_user();
-        if name != expected {
+        if name == expected {
+            return match single(&extra, NODE_NAME_KEY) {
+                Some(node) => Ok(Caller::Node(NodeIdentity { node })),
+                None => Err(AuthError::NoNodeName { user: name }),
+            };
+        }
+        if service_account(&name).is_none() {
             return Err(AuthError::WrongServiceAccount {
                 user: name,
                 expected,
             });
         }
-        let nodes = user.extra.unwrap_or_default().remove(NODE_NAME_KEY);
-        match nodes.as_deref() {
-            Some([node]) if !node.is_empty() => Ok(NodeIdentity { node: node.clone() }),
-            _ => Err(AuthError::NoNodeName { user: name }),
-        }
+        workload_caller(&name, &extra)
     }
 }
 
 #[tonic::async_trait]
 impl Authenticator for TokenReviewAuthenticator {
-    async fn authenticate(&self, metadata: &MetadataMap) -> Result<NodeIdentity, AuthError> {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, AuthError> {
         let token = bearer_token(metadata)?;
         let key = digest(token);
         if let Some(verdict) = self.cached(&key) {
@@ -167,7 +212,7 @@ impl Authenticator for TokenReviewAuthenticator {
         };
         self.remember(key, &verdict);
         if let Err(err) = &verdict {
-            tracing::warn!(error = %err, "node token refused");
+            tracing::warn!(error = %err, "service-account token refused");
         }
         verdict
     }

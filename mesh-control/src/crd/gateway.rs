@@ -1,4 +1,5 @@
-//! `gateway.networking.k8s.io/v1`: HTTPRoute (its filters are in [`filters`]).
+//! `gateway.networking.k8s.io/v1`: HTTPRoute (its filters are in [`filters`]) and Gateway
+//! ([`K8sGateway`]; only what ingress waypoints need: listeners and which routes they admit).
 
 pub mod filters;
 
@@ -36,6 +37,66 @@ pub struct HttpRouteSpec {
     /// Rules; the most specific match wins.
     #[serde(default)]
     pub rules: Vec<HttpRouteRule>,
+}
+
+/// An ingress Gateway (Gateway API `Gateway`). Its pods are those carrying the label
+/// `gateway.networking.k8s.io/gateway-name: <name>` in its namespace (the label Istio puts on the
+/// gateway deployments it creates).
+#[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "Gateway",
+    plural = "gateways",
+    root = "K8sGateway",
+    namespaced,
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct K8sGatewaySpec {
+    /// The GatewayClass (e.g. `istio`); informational.
+    #[serde(default)]
+    pub gateway_class_name: String,
+    /// Listeners.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+}
+
+/// One listener of a Gateway API Gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    /// Listener name.
+    #[serde(default)]
+    pub name: String,
+    /// Host name (`*.example.com` wildcards allowed); every host when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Port.
+    pub port: u32,
+    /// `HTTP`, `HTTPS`, `TLS`, `TCP` or `UDP`.
+    pub protocol: String,
+    /// Which routes may attach; routes of the Gateway's namespace when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_routes: Option<AllowedRoutes>,
+}
+
+/// Routes a listener admits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedRoutes {
+    /// Namespaces routes may come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<RouteNamespaces>,
+}
+
+/// Namespaces routes may come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteNamespaces {
+    /// `Same` (default), `All` or `Selector` (not supported by Weft yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// A parent of a route: a Service (mesh routing) or a Gateway.

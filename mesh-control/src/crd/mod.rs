@@ -65,6 +65,7 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         networking::ServiceEntry::crd(),
         networking::Gateway::crd(),
         gateway::HttpRoute::crd(),
+        gateway::K8sGateway::crd(),
     ]
 }
 
@@ -92,7 +93,7 @@ mod tests {
     #[test]
     fn every_crd_has_group_kind_and_schema() {
         let crds = all_crds();
-        assert_eq!(crds.len(), 7);
+        assert_eq!(crds.len(), 8);
         for crd in &crds {
             let version = &crd.spec.versions[0];
             assert_eq!(version.name, "v1", "{:?}", crd.metadata.name);

@@ -1,9 +1,12 @@
-//! Waypoints deployed as Istio ingress gateways: the part of a waypoint's config that comes
-//! from an Istio `Gateway` (`networking.istio.io/v1`) of the same namespace and name.
+//! Waypoints deployed as ingress gateways: the part of a waypoint's config that comes from an
+//! Istio `Gateway` (`networking.istio.io/v1`) or a Gateway API `Gateway`
+//! (`gateway.networking.k8s.io/v1`) of the same namespace and name.
 //!
-//! Such a waypoint receives the VirtualServices bound to the Gateway (`spec.gateways`) whose
-//! hosts one of its listeners serves, plus the backend services of those routes with their
-//! endpoints and traffic policies. Its pods are [`Snapshot::gateway_pods`].
+//! Such a waypoint receives the VirtualServices bound to the Gateway (`spec.gateways`) and the
+//! HTTPRoutes attached to it (`parentRefs`) whose hosts one of its listeners serves, plus the
+//! backend services of those routes with their endpoints and traffic policies. Its pods are
+//! [`Snapshot::gateway_pods`] (for a Gateway API Gateway: its namespace's pods labelled
+//! `gateway.networking.k8s.io/gateway-name: <name>`).
 
 use std::collections::BTreeSet;
 
@@ -227,5 +230,101 @@ spec: {host: web, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
                 "{listener} {route_ns} {host}"
             );
         }
+    }
+
+    const GATEWAY_API: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: app}
+spec: {clusterIP: 10.96.0.10, selector: {app: web}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: app, labels: {app: web}}
+spec: {nodeName: node-a, containers: []}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: shop-gw-1, namespace: edge, labels: {gateway.networking.k8s.io/gateway-name: shop}}
+spec: {nodeName: node-b, serviceAccountName: shop-gw, containers: []}
+status: {podIP: 10.0.9.1}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: shop, namespace: edge}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 80, protocol: HTTP, hostname: "*.example.com", allowedRoutes: {namespaces: {from: All}}}
+  - {name: tcp, port: 9000, protocol: TCP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: private, namespace: edge}
+spec: {gatewayClassName: istio, listeners: [{name: http, port: 80, protocol: HTTP}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop, namespace: app}
+spec:
+  parentRefs: [{name: shop, namespace: edge}, {name: private, namespace: edge}]
+  hostnames: [shop.example.com]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: elsewhere, namespace: app}
+spec:
+  parentRefs: [{name: shop, namespace: edge}]
+  hostnames: [shop.example.org]
+  rules: [{backendRefs: [{name: web, port: 80}]}]
+"#;
+
+    #[test]
+    fn gateway_api_gateway_gets_its_attached_http_routes() {
+        let mut parsed = Parsed::default();
+        parse_yaml("g.yaml", GATEWAY_API, &mut parsed);
+        let mut registry = Registry::new(RegistryConfig::default());
+        registry.replace_all(parsed);
+        let snap = registry.snapshot();
+        assert!(snap.diagnostics.is_empty(), "{:?}", snap.diagnostics);
+        let config = config_for(&snap, "edge", "shop");
+        // The TCP listener is not HTTP; the .org route matches no listener.
+        assert_eq!(keys(&config), ["HTTPRoute/app/shop#0"]);
+        assert_eq!(config.routes[0].hosts, ["shop.example.com"]);
+        let services: Vec<_> = config
+            .services
+            .iter()
+            .map(|s| s.hostname.as_str())
+            .collect();
+        assert_eq!(services, ["web.app.svc.cluster.local"]);
+        // `private` admits routes of its own namespace only (the default).
+        assert!(config_for(&snap, "edge", "private").routes.is_empty());
+        let pods: Vec<_> = snap.gateway_pods("edge", "shop").map(|w| &w.uid).collect();
+        assert_eq!(pods, ["edge/shop-gw-1"]);
+        assert!(snap.is_gateway_pod("edge/shop-gw-1"));
+    }
+
+    #[test]
+    fn gateway_api_selector_namespaces_are_refused_not_widened() {
+        let yaml = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: edge}
+spec: {listeners: [{port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector}}}]}
+"#;
+        let mut parsed = Parsed::default();
+        parse_yaml("s.yaml", yaml, &mut parsed);
+        let mut registry = Registry::new(RegistryConfig::default());
+        registry.replace_all(parsed);
+        let snap = registry.snapshot();
+        assert!(snap.gateways.is_empty());
+        let diagnostic = snap.diagnostics[0].to_string();
+        assert!(
+            diagnostic.contains("spec.listeners[0].allowedRoutes.namespaces.from")
+                && diagnostic.contains("Selector"),
+            "{diagnostic}"
+        );
     }
 }

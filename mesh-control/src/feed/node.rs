@@ -218,11 +218,12 @@ impl NodeFeedService {
         &self,
         request: Request<pb::NodeSubscribeRequest>,
     ) -> Result<Response<EncodedStream>, Status> {
-        let who = self
+        let caller = self
             .auth
             .authenticate(request.metadata())
             .await
             .map_err(to_status)?;
+        let who = caller.node_only()?.clone();
         if !self.hub.is_ready() {
             return Err(not_synced());
         }
@@ -264,6 +265,7 @@ mod tests {
             let workload = Workload {
                 uid: uid.clone(),
                 name: format!("pod-{i}"),
+                pod_uid: String::new(),
                 namespace: "ns".into(),
                 ips: Vec::new(),
                 node: "n".into(),

@@ -342,6 +342,39 @@ status: {podIP: 10.0.0.51}
     }
 }
 
+/// Access is checked on every change: once the waypoint's pod leaves node-a, node-a's stream
+/// ends with `PERMISSION_DENIED` instead of carrying on with the waypoint's config.
+#[tokio::test]
+async fn waypoint_stream_ends_when_the_caller_no_longer_runs_the_waypoint() {
+    let f = fixture(StreamSettings::default()).await;
+    let mut client = WaypointFeedClient::new(f.channel.clone());
+    let request = pb::WaypointSubscribeRequest {
+        namespace: "app".into(),
+        name: "wp".into(),
+        ..Default::default()
+    };
+    let mut stream = client
+        .subscribe(with_token(request, TOKEN_A))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    next(&mut stream).await;
+    let wp_pod = "nodeName: node-a, containers: []}\nstatus: {podIP: 10.0.0.50}";
+    assert!(CONFIG.contains(wp_pod));
+    let moved = CONFIG.replace(wp_pod, &wp_pod.replace("node-a", "node-b"));
+    load(&f.store, &[&moved]);
+    let ended = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("ends in time");
+    let err = ended.expect_err("access withdrawn");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message().contains("runs no pod of waypoint app/wp"),
+        "{}",
+        err.message()
+    );
+}
+
 #[tokio::test]
 async fn feeds_refuse_service_until_first_snapshot() {
     let hub = Arc::new(Hub::with_feed_id("feed-1".into(), 1000));

@@ -2,7 +2,9 @@
 //!
 //! Every message is the waypoint's complete config; its version is a hash of the encoded
 //! config, so an unchanged config is never resent and a reconnecting waypoint that already has
-//! it (same feed id and version) gets nothing until it changes.
+//! it (same feed id and version) gets nothing until it changes. The caller's right to read it
+//! is checked again on every snapshot: a stream whose caller no longer runs (or is no longer)
+//! a pod of the waypoint ends with `PERMISSION_DENIED`.
 
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
@@ -21,7 +23,7 @@ use super::convert;
 use super::hub::Hub;
 use super::ingress;
 use super::node::{not_synced, StreamSettings};
-use crate::auth::{to_status, Authenticator};
+use crate::auth::{to_status, workload, Authenticator, Caller};
 use crate::model::{PolicyScope, Snapshot};
 
 fn is_target(kind: &str, namespace: &str, name: &str, t: &crate::model::PolicyTarget) -> bool {
@@ -99,10 +101,27 @@ pub fn config_for(snapshot: &Snapshot, namespace: &str, name: &str) -> pb::Waypo
     }
 }
 
-/// A node may read a waypoint's config only if it runs one of the waypoint's pods (an
-/// endpoint of the waypoint's Service, or a pod of the Istio Gateway of that name): the config
-/// names every workload behind it.
-fn authorise(snapshot: &Snapshot, node: &str, namespace: &str, name: &str) -> Result<(), Status> {
+/// The config names every workload behind the waypoint, so a node may read it only if it runs
+/// one of the waypoint's pods (an endpoint of the waypoint's Service, or a pod of the Istio
+/// Gateway of that name), and a workload caller only if it is such a pod.
+fn authorise(
+    snapshot: &Snapshot,
+    caller: &Caller,
+    namespace: &str,
+    name: &str,
+) -> Result<(), Status> {
+    match caller {
+        Caller::Node(n) => node_may_read(snapshot, &n.node, namespace, name),
+        Caller::Workload(w) => Ok(workload::may_read_waypoint(snapshot, w, namespace, name)?),
+    }
+}
+
+fn node_may_read(
+    snapshot: &Snapshot,
+    node: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<(), Status> {
     let hosts_waypoint_pod = snapshot
         .waypoint_pods(namespace, name)
         .chain(snapshot.gateway_pods(namespace, name))
@@ -154,6 +173,7 @@ type Tx = mpsc::Sender<Result<pb::WaypointConfig, Status>>;
 
 async fn run_stream(
     hub: Arc<Hub>,
+    caller: Caller,
     request: pb::WaypointSubscribeRequest,
     settings: StreamSettings,
     tx: Tx,
@@ -164,6 +184,11 @@ async fn run_stream(
     let mut sent = (request.feed_id == feed_id).then_some(request.resume_version);
     loop {
         let snapshot = Arc::clone(&snapshots.borrow_and_update().snapshot);
+        if let Err(denied) = authorise(&snapshot, &caller, &request.namespace, &request.name) {
+            tracing::info!(%caller, reason = %denied.message(), "waypoint feed access withdrawn");
+            let _ = tokio::time::timeout(settings.send_timeout, tx.send(Err(denied))).await;
+            return;
+        }
         let mut config = config_for(&snapshot, &request.namespace, &request.name);
         let version = content_version(&config);
         if sent != Some(version) {
@@ -204,16 +229,12 @@ impl pb::waypoint_feed_server::WaypointFeed for WaypointFeedService {
                 "waypoint namespace and name are required",
             ));
         }
-        authorise(
-            &self.hub.latest(),
-            &who.node,
-            &request.namespace,
-            &request.name,
-        )?;
-        tracing::info!(node = %who.node, waypoint = %format!("{}/{}", request.namespace, request.name), "waypoint subscribed");
+        authorise(&self.hub.latest(), &who, &request.namespace, &request.name)?;
+        tracing::info!(caller = %who, waypoint = %format!("{}/{}", request.namespace, request.name), "waypoint subscribed");
         let (tx, rx) = mpsc::channel(self.settings.buffer.max(1));
         let task = run_stream(
             Arc::clone(&self.hub),
+            who,
             request,
             self.settings.clone(),
             tx,

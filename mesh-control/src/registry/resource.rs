@@ -9,7 +9,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
 
-use crate::crd::gateway::HttpRoute;
+use crate::crd::gateway::{HttpRoute, K8sGateway};
 use crate::crd::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
 use crate::crd::security::{AuthorizationPolicy, PeerAuthentication};
 use crate::model::Diagnostic;
@@ -41,6 +41,8 @@ pub enum Kind {
     Gateway,
     /// gateway.networking.k8s.io HTTPRoute.
     HttpRoute,
+    /// gateway.networking.k8s.io Gateway.
+    K8sGateway,
 }
 
 impl Kind {
@@ -59,6 +61,7 @@ impl Kind {
             Kind::ServiceEntry => "ServiceEntry",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::K8sGateway => "Gateway.gateway.networking.k8s.io",
         }
     }
 
@@ -78,6 +81,7 @@ impl Kind {
             ("networking.istio.io", "ServiceEntry") => Kind::ServiceEntry,
             ("networking.istio.io", "Gateway") => Kind::Gateway,
             ("gateway.networking.k8s.io", "HTTPRoute") => Kind::HttpRoute,
+            ("gateway.networking.k8s.io", "Gateway") => Kind::K8sGateway,
             _ => return None,
         };
         Some(found)
@@ -139,6 +143,8 @@ pub enum Resource {
     Gateway(Gateway),
     /// An HTTPRoute.
     HttpRoute(HttpRoute),
+    /// A Gateway API Gateway.
+    K8sGateway(K8sGateway),
 }
 
 /// Objects parsed from one source, plus what could not be parsed.
@@ -182,6 +188,7 @@ fn parse_kind(kind: Kind, value: serde_yaml::Value) -> Result<Resource, (String,
         Kind::ServiceEntry => Resource::ServiceEntry(typed(value)?),
         Kind::Gateway => Resource::Gateway(typed(value)?),
         Kind::HttpRoute => Resource::HttpRoute(typed(value)?),
+        Kind::K8sGateway => Resource::K8sGateway(typed(value)?),
     })
 }
 

@@ -280,6 +280,7 @@ fn entry_workloads(
         out.push(Workload {
             uid: format!("{}/ServiceEntry/{}/{ip}", key.namespace, key.name),
             name: format!("{}-{i}", key.name),
+            pod_uid: String::new(),
             namespace: key.namespace.clone(),
             ips: vec![ip],
             node: String::new(),

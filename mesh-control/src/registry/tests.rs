@@ -297,7 +297,7 @@ spec: {hosts: [web.example.com], gateways: [public-gw], http: [{route: [{destina
 "#,
     );
     assert!(snap.diagnostics.is_empty(), "{:?}", snap.diagnostics);
-    assert_eq!(snap.routes.len(), 3, "{:?}", snap.routes.keys());
+    assert_eq!(snap.routes.len(), 4, "{:?}", snap.routes.keys());
     let ingress = &snap.routes["VirtualService/app/ingress-only"];
     assert!(!ingress.mesh, "bound only to a gateway");
     assert_eq!(ingress.gateways, ["app/public-gw"]);
@@ -328,6 +328,15 @@ spec: {hosts: [web.example.com], gateways: [public-gw], http: [{route: [{destina
         Some(StringMatch::Exact("/healthz".into()))
     );
     assert_eq!(hr.rules[0].timeout, Some(Duration::from_secs(2)));
+    // The second parent (group and kind defaulted: a Gateway) is ingress routing for every
+    // host, since the route lists no hostnames.
+    let ingress = &snap.routes["HTTPRoute/app/web-split#1"];
+    assert!(!ingress.mesh && ingress.port.is_none());
+    assert_eq!(
+        (ingress.gateways.as_slice(), ingress.hosts.as_slice()),
+        (&["app/ingress".to_string()][..], &["*".to_string()][..])
+    );
+    assert_eq!(ingress.rules, hr.rules);
 }
 
 #[test]

@@ -101,6 +101,7 @@ fn translate_pod(
     Some(Workload {
         uid: format!("{namespace}/{}", key.name),
         name: key.name.clone(),
+        pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
         namespace: namespace.to_string(),
         ips,
         node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),

@@ -4,9 +4,11 @@
 //! own by the same code as the local directory: one malformed custom resource is reported and
 //! never fails the list of its kind (and a malformed AuthorizationPolicy still fails closed).
 //! A re-list (after a restart or a 410 Gone expiry, which the watcher handles) replaces the
-//! kind's objects wholesale. Nothing is published until every kind finished its first list.
+//! kind's objects wholesale. Nothing is published until every kind finished its first list
+//! ([`InitialSync`], which also says what is still missing and why).
 
-use std::collections::BTreeSet;
+mod sync;
+
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -17,20 +19,21 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
 use mesh_core::drain::DrainWatch;
-use parking_lot::Mutex;
 
-use crate::crd::gateway::HttpRoute;
+use crate::crd::gateway::{HttpRoute, K8sGateway};
 use crate::crd::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
 use crate::crd::security::{AuthorizationPolicy, PeerAuthentication};
 use crate::registry::resource::parse_document;
 use crate::registry::{Kind, ObjectKey, Resource};
 use crate::store::Store;
 
+pub use self::sync::InitialSync;
+
 /// Origin recorded for objects from the API server.
 pub const ORIGIN: &str = "kubernetes";
 
 /// Every kind the mesh watches.
-pub const ALL_KINDS: [Kind; 12] = [
+pub const ALL_KINDS: [Kind; 13] = [
     Kind::Namespace,
     Kind::Pod,
     Kind::Service,
@@ -43,6 +46,7 @@ pub const ALL_KINDS: [Kind; 12] = [
     Kind::ServiceEntry,
     Kind::Gateway,
     Kind::HttpRoute,
+    Kind::K8sGateway,
 ];
 
 /// The API resource (group, version, plural) of a kind.
@@ -60,6 +64,7 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         Kind::ServiceEntry => ApiResource::erase::<ServiceEntry>(&()),
         Kind::Gateway => ApiResource::erase::<Gateway>(&()),
         Kind::HttpRoute => ApiResource::erase::<HttpRoute>(&()),
+        Kind::K8sGateway => ApiResource::erase::<K8sGateway>(&()),
     }
 }
 
@@ -94,34 +99,6 @@ fn key_of(kind: Kind, object: &DynamicObject) -> ObjectKey {
         kind,
         namespace,
         name: object.metadata.name.clone().unwrap_or_default(),
-    }
-}
-
-/// Tracks which kinds finished their first list; opens the store's gate when all have.
-#[derive(Debug)]
-pub struct InitialSync {
-    pending: Mutex<BTreeSet<Kind>>,
-    store: Arc<Store>,
-}
-
-impl InitialSync {
-    /// Waits for `kinds`.
-    pub fn new(kinds: &[Kind], store: Arc<Store>) -> Arc<Self> {
-        let pending = Mutex::new(kinds.iter().copied().collect());
-        Arc::new(Self { pending, store })
-    }
-
-    fn is_pending(&self, kind: Kind) -> bool {
-        self.pending.lock().contains(&kind)
-    }
-
-    fn done(&self, kind: Kind) {
-        let mut pending = self.pending.lock();
-        if pending.remove(&kind) && pending.is_empty() {
-            drop(pending);
-            let version = self.store.mark_ready();
-            tracing::info!(version, "initial sync from kubernetes complete");
-        }
     }
 }
 
@@ -198,21 +175,22 @@ pub async fn watch_kind(
             }
             Some(Err(err)) => {
                 tracing::warn!(kind = kind.as_str(), error = %err, "watch failed, retrying");
+                sync.failed(kind, &err.to_string());
             }
             None => return,
         }
     }
 }
 
-/// Starts a watcher per kind; returns their task handles.
+/// Starts a watcher per kind; returns their task handles and the initial sync they report to.
 pub fn spawn_all(
     client: &Client,
     kinds: &[Kind],
     store: &Arc<Store>,
     drain: &DrainWatch,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> (Vec<tokio::task::JoinHandle<()>>, Arc<InitialSync>) {
     let sync = InitialSync::new(kinds, Arc::clone(store));
-    kinds
+    let tasks = kinds
         .iter()
         .map(|kind| {
             let task = watch_kind(
@@ -224,7 +202,8 @@ pub fn spawn_all(
             );
             tokio::spawn(task)
         })
-        .collect()
+        .collect();
+    (tasks, sync)
 }
 
 #[cfg(test)]

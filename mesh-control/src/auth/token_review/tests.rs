@@ -1,5 +1,6 @@
-//! TokenReview against a `tower_test` mock API server: accepted, wrong service account, not
-//! authenticated, wrong audience, unbound token, API error, and the cache.
+//! TokenReview against a `tower_test` mock API server: node and workload callers accepted,
+//! wrong service account, not authenticated, wrong audience, unbound tokens, API error, and the
+//! cache.
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -30,8 +31,16 @@ fn bearer(token: &str) -> MetadataMap {
 
 fn reviewed(user: &str, node: Option<&str>, audiences: &[&str]) -> Value {
     let extra = node.map_or(json!({}), |n| json!({ NODE_NAME_KEY: [n] }));
+    reviewed_with(user, extra, audiences)
+}
+
+fn reviewed_with(user: &str, extra: Value, audiences: &[&str]) -> Value {
     json!({"authenticated": true, "audiences": audiences,
            "user": {"username": user, "extra": extra}})
+}
+
+fn node(node: &str) -> Caller {
+    Caller::Node(NodeIdentity { node: node.into() })
 }
 
 /// Answers the next API request with `code` and a TokenReview carrying `status`; returns the
@@ -94,7 +103,6 @@ async fn node_token_is_reviewed_then_cached_until_the_ttl() {
         body["spec"],
         json!({"token": "token-a", "audiences": ["weft-control"]})
     );
-    let node = |node: &str| NodeIdentity { node: node.into() };
     assert_eq!(verdict, Ok(node("node-a")));
     // Cached: no API request (the mock would never answer one).
     assert_eq!(auth.authenticate(&metadata).await, Ok(node("node-a")));
@@ -121,14 +129,21 @@ async fn refusals_name_the_reason() {
             AuthError::NotAuthenticated("token has expired".into()),
         ),
         (
+            reviewed("kubernetes-admin", Some("node-a"), &["weft-control"]),
+            AuthError::WrongServiceAccount {
+                user: "kubernetes-admin".into(),
+                expected: NODE_SA.into(),
+            },
+        ),
+        (
+            // Another service account, but not bound to a pod: not a workload caller.
             reviewed(
                 "system:serviceaccount:app:web",
                 Some("node-a"),
                 &["weft-control"],
             ),
-            AuthError::WrongServiceAccount {
+            AuthError::NoPodName {
                 user: "system:serviceaccount:app:web".into(),
-                expected: NODE_SA.into(),
             },
         ),
         (
@@ -181,8 +196,8 @@ async fn api_server_errors_are_unavailable_and_not_cached() {
         200,
         reviewed(NODE_SA, Some("node-b"), &["weft-control"]),
     );
-    let node = retried.await.expect("reviewed again, not a cached failure");
-    assert_eq!(node.node, "node-b");
+    let caller = retried.await.expect("reviewed again, not a cached failure");
+    assert_eq!(caller, node("node-b"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -206,7 +221,73 @@ async fn the_cache_is_bounded() {
     for token in ["a", "b", "c"] {
         let status = reviewed(NODE_SA, Some(token), &["weft-control"]);
         let verdict = authenticate_once(&auth, &mut handle, token, 200, status).await;
-        assert_eq!(verdict.expect("accepted").node, token);
+        assert_eq!(verdict, Ok(node(token)));
     }
     assert_eq!(auth.cache.lock().len(), 2);
+}
+
+#[tokio::test]
+async fn pod_bound_tokens_of_other_service_accounts_are_workload_callers() {
+    let (auth, mut handle) = authenticator();
+    let extra = json!({POD_NAME_KEY: ["wp-1"], POD_UID_KEY: ["uid-1"], NODE_NAME_KEY: ["node-b"]});
+    let status = reviewed_with(
+        "system:serviceaccount:app:waypoint",
+        extra,
+        &["weft-control"],
+    );
+    let verdict = authenticate_once(&auth, &mut handle, "wp-token", 200, status).await;
+    let expected = WorkloadIdentity {
+        namespace: "app".into(),
+        service_account: "waypoint".into(),
+        pod_name: "wp-1".into(),
+        pod_uid: Some("uid-1".into()),
+    };
+    assert_eq!(verdict, Ok(Caller::Workload(expected)));
+    // Without a uid (older API servers) the pod name alone is used.
+    let (auth, mut handle) = authenticator();
+    let extra = json!({POD_NAME_KEY: ["wp-1"]});
+    let status = reviewed_with(
+        "system:serviceaccount:app:waypoint",
+        extra,
+        &["weft-control"],
+    );
+    let verdict = authenticate_once(&auth, &mut handle, "wp-token", 200, status).await;
+    let Ok(Caller::Workload(who)) = verdict else {
+        panic!("a workload caller: {verdict:?}");
+    };
+    assert_eq!((who.pod_name.as_str(), who.pod_uid), ("wp-1", None));
+    // Two pod names, or a malformed service-account user name: refused.
+    let two_pods = "system:serviceaccount:app:waypoint";
+    let no_name = "system:serviceaccount:app";
+    let cases = [
+        (
+            two_pods,
+            json!({POD_NAME_KEY: ["a", "b"]}),
+            AuthError::NoPodName {
+                user: two_pods.into(),
+            },
+        ),
+        (
+            no_name,
+            json!({POD_NAME_KEY: ["a"]}),
+            AuthError::WrongServiceAccount {
+                user: no_name.into(),
+                expected: NODE_SA.into(),
+            },
+        ),
+        (
+            "system:serviceaccount:app:web:extra",
+            json!({POD_NAME_KEY: ["a"]}),
+            AuthError::WrongServiceAccount {
+                user: "system:serviceaccount:app:web:extra".into(),
+                expected: NODE_SA.into(),
+            },
+        ),
+    ];
+    for (user, extra, expected) in cases {
+        let (auth, mut handle) = authenticator();
+        let status = reviewed_with(user, extra, &["weft-control"]);
+        let verdict = authenticate_once(&auth, &mut handle, "t", 200, status).await;
+        assert_eq!(verdict, Err(expected), "{user}");
+    }
 }

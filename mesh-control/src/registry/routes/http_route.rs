@@ -1,10 +1,13 @@
-//! Gateway API HTTPRoute rules (attached to Services: GAMMA mesh routing) into [`Route`]s.
+//! Gateway API HTTPRoute rules into [`Route`]s: attached to Services (GAMMA mesh routing) or
+//! to Gateways (ingress routing, served by waypoints deployed as that Gateway; see
+//! `feed/ingress.rs`).
 
 use super::common::{duration, header_name, header_ops, invalid, regex_checked, weight, Invalid};
 use super::virtual_service::redirect_code;
 use crate::crd::gateway::{
     HeaderModifier, HttpBackendRef, HttpHeader, HttpHeaderMatch, HttpRoute, HttpRouteFilter,
-    HttpRouteMatch, HttpRouteRule, PathModifier, RequestMirror, RequestRedirect, UrlRewrite,
+    HttpRouteMatch, HttpRouteRule, ParentReference, PathModifier, RequestMirror, RequestRedirect,
+    UrlRewrite,
 };
 use crate::model::{
     Answer, Backend, HeaderMatch, HeaderOps, Mirror, PathRewrite, Percentage, Redirect, Retry,
@@ -12,7 +15,8 @@ use crate::model::{
 };
 use crate::registry::{Ctx, ObjectKey};
 
-/// One route per Service parent; Gateway parents are ingress routing, not the mesh's concern.
+/// One route per parent: a Service parent routes mesh traffic to that Service; a Gateway parent
+/// routes the Gateway's ingress traffic for the route's hostnames (all when none are listed).
 pub fn translate(ctx: &Ctx<'_>, key: &ObjectKey, route: &HttpRoute) -> Result<Vec<Route>, Invalid> {
     let ns = &key.namespace;
     let rules: Vec<RouteRule> = route
@@ -24,12 +28,8 @@ pub fn translate(ctx: &Ctx<'_>, key: &ObjectKey, route: &HttpRoute) -> Result<Ve
         .collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     for (i, parent) in route.spec.parent_refs.iter().enumerate() {
-        let is_service = parent.kind.as_deref() == Some("Service") && core(parent.group.as_deref());
-        if !is_service {
-            continue;
-        }
         let parent_ns = parent.namespace.as_deref().unwrap_or(ns);
-        out.push(Route {
+        let mut out_route = Route {
             key: format!("HTTPRoute/{ns}/{}#{i}", key.name),
             namespace: ns.clone(),
             hosts: vec![ctx.fqdn(&parent.name, parent_ns)],
@@ -37,9 +37,47 @@ pub fn translate(ctx: &Ctx<'_>, key: &ObjectKey, route: &HttpRoute) -> Result<Ve
             mesh: true,
             gateways: Vec::new(),
             rules: rules.clone(),
-        });
+        };
+        match parent_kind(parent) {
+            Parent::Service => {}
+            Parent::Gateway => {
+                out_route.hosts = gateway_hosts(&route.spec.hostnames);
+                // The listener port is the Gateway's concern (its listeners), not a Service port.
+                out_route.port = None;
+                out_route.mesh = false;
+                out_route.gateways = vec![format!("{parent_ns}/{}", parent.name)];
+            }
+            Parent::Other => continue,
+        }
+        out.push(out_route);
     }
     Ok(out)
+}
+
+enum Parent {
+    Service,
+    Gateway,
+    Other,
+}
+
+/// A parent's kind: group and kind default to `gateway.networking.k8s.io` `Gateway`.
+fn parent_kind(parent: &ParentReference) -> Parent {
+    let group = parent.group.as_deref();
+    match parent.kind.as_deref() {
+        Some("Service") if core(group) => Parent::Service,
+        None | Some("Gateway") if matches!(group, None | Some(GATEWAY_GROUP)) => Parent::Gateway,
+        _ => Parent::Other,
+    }
+}
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// The hosts of a route attached to a Gateway: its hostnames (lowercase), or every host.
+fn gateway_hosts(hostnames: &[String]) -> Vec<String> {
+    if hostnames.is_empty() {
+        return vec!["*".to_string()];
+    }
+    hostnames.iter().map(|h| h.to_ascii_lowercase()).collect()
 }
 
 fn core(group: Option<&str>) -> bool {

@@ -85,7 +85,7 @@ fn start(kinds: &[Kind]) -> (Arc<Store>, ApiHandle, mesh_core::drain::DrainTrigg
     let store = Store::new_gated(Registry::new(RegistryConfig::default()), hub);
     let (trigger, watch) = mesh_core::drain::channel();
     tokio::spawn(Arc::clone(&store).run_publisher(Duration::from_millis(1), watch.clone()));
-    spawn_all(&client, kinds, &store, &watch);
+    let _ = spawn_all(&client, kinds, &store, &watch);
     (store, handle, trigger)
 }
 
