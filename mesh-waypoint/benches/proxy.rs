@@ -1,13 +1,23 @@
-//! Waypoint throughput and added latency against a direct connection, measured in the same run.
+//! Waypoint throughput and added latency against baselines measured in the same run, and the
+//! waypoint's cost at a fixed request rate.
 //!
-//! Runs a loopback backend, an in-process waypoint routing to it, and closed-loop HTTP/1.1
-//! clients (keep-alive) against each target in turn, then prints req/s, p50/p99 latency and
-//! the ratios. Knobs: `WEFT_BENCH_SECS` (per phase, default 5), `WEFT_BENCH_CONCURRENCY`
-//! (default 16). Run with `cargo bench -p mesh-waypoint --bench proxy`.
+//! A loopback backend (1 KiB responses) is reached directly, through the `mesh-waypoint` binary
+//! (static config, plain HTTP/1.1 listener, its own process) and through nginx as a reverse
+//! proxy (generated config in a temp dir; skipped with a message when nginx is missing). Each
+//! target gets closed-loop HTTP/1.1 keep-alive clients; req/s, p50/p99 and the ratios are
+//! printed. Then a fresh waypoint process gets an open-loop 1000 req/s (latency measured from
+//! each request's scheduled send time) and its CPU time and peak RSS are read from `/proc`.
+//! Knobs: `WEFT_BENCH_SECS` (per phase, default 5), `WEFT_BENCH_CONCURRENCY` (default 16),
+//! `WEFT_BENCH_RATE` (default 1000), `WEFT_BENCH_NGINX_WORKERS` (default: available cores).
+//! Run with `cargo bench -p mesh-waypoint --bench proxy`.
+
+#[path = "proxy/procs.rs"]
+mod procs;
 
 use std::{
     convert::Infallible,
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -20,13 +30,11 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use mesh_waypoint::{
-    app::{self, AppConfig},
-    config::WaypointConfig,
-};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Mutex};
 
 const BODY: &[u8] = &[b'x'; 1024];
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 struct Phase {
     name: &'static str,
@@ -37,6 +45,28 @@ struct Phase {
 }
 
 impl Phase {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            requests: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latencies_us: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, latencies_us: Vec<u64>, errors: usize) {
+        self.requests += latencies_us.len();
+        self.errors += errors;
+        self.latencies_us.extend(latencies_us);
+    }
+
+    fn finish(mut self, start: Instant) -> Self {
+        self.elapsed = start.elapsed();
+        self.latencies_us.sort_unstable();
+        self
+    }
+
     fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -72,8 +102,7 @@ async fn backend() -> SocketAddr {
 }
 
 async fn run(name: &'static str, target: SocketAddr, secs: u64, concurrency: usize) -> Phase {
-    let client: Client<HttpConnector, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let client = http_client();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency)
@@ -82,17 +111,8 @@ async fn run(name: &'static str, target: SocketAddr, secs: u64, concurrency: usi
             tokio::spawn(async move {
                 let (mut latencies, mut errors) = (Vec::new(), 0usize);
                 while Instant::now() < deadline {
-                    let req = Request::builder()
-                        .uri(format!("http://{target}/bench"))
-                        .header("host", "bench")
-                        .body(Empty::new())
-                        .expect("request");
                     let sent = Instant::now();
-                    let ok = match client.request(req).await {
-                        Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if ok {
+                    if fetch(&client, target).await {
                         latencies.push(sent.elapsed().as_micros() as u64);
                     } else {
                         errors += 1;
@@ -102,22 +122,62 @@ async fn run(name: &'static str, target: SocketAddr, secs: u64, concurrency: usi
             })
         })
         .collect();
-    let mut phase = Phase {
-        name,
-        requests: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies_us: Vec::new(),
-    };
+    let mut phase = Phase::new(name);
     for w in workers {
         let (lat, errors) = w.await.expect("worker");
-        phase.requests += lat.len();
-        phase.errors += errors;
-        phase.latencies_us.extend(lat);
+        phase.add(lat, errors);
     }
-    phase.elapsed = start.elapsed();
-    phase.latencies_us.sort_unstable();
-    phase
+    phase.finish(start)
+}
+
+fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .build(HttpConnector::new())
+}
+
+/// One GET of `/bench` with `Host: bench`; true on a 2xx with the whole body read.
+async fn fetch(client: &HttpClient, target: SocketAddr) -> bool {
+    let req = Request::builder()
+        .uri(format!("http://{target}/bench"))
+        .header("host", "bench")
+        .body(Empty::new())
+        .expect("request");
+    match client.request(req).await {
+        Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Open loop: one request every `1/rate` s for `secs`, each on its own task, latency counted
+/// from its scheduled send time (no coordinated omission).
+async fn paced(name: &'static str, target: SocketAddr, secs: u64, rate: u64) -> Phase {
+    let client = http_client();
+    let results = Arc::new(Mutex::new(Phase::new(name)));
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity((secs * rate) as usize);
+    for _ in 0..secs * rate {
+        let scheduled = ticker.tick().await.into_std();
+        let (client, results) = (client.clone(), results.clone());
+        tasks.push(tokio::spawn(async move {
+            let ok = fetch(&client, target).await;
+            let latency = scheduled.elapsed().as_micros() as u64;
+            let mut phase = results.lock().await;
+            if ok {
+                phase.add(vec![latency], 0);
+            } else {
+                phase.add(Vec::new(), 1);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("request task");
+    }
+    let phase = std::mem::replace(&mut *results.lock().await, Phase::new(name));
+    phase.finish(start)
 }
 
 fn env(name: &str, default: u64) -> u64 {
@@ -139,48 +199,80 @@ fn print(p: &Phase) {
     );
 }
 
-#[tokio::main]
-async fn main() {
-    let secs = env("WEFT_BENCH_SECS", 5);
-    let concurrency = env("WEFT_BENCH_CONCURRENCY", 16) as usize;
-    let backend = backend().await;
-    let yaml = format!(
-        "destinations: [{{name: b, endpoints: [{{address: \"{backend}\"}}]}}]\n\
-         routes: [{{name: r, hosts: [bench], rules: [{{route: [{{destination: b}}]}}]}}]\n"
+/// `name` against `base`: throughput ratio and added p50/p99 (negative: faster than base).
+fn compare(name: &Phase, base: &Phase) {
+    let added = |p: f64| name.percentile(p) as i64 - base.percentile(p) as i64;
+    println!(
+        "{:<10} vs {:<8} throughput {:.2}x; added latency p50 {:+} us, p99 {:+} us",
+        name.name,
+        base.name,
+        name.rps() / base.rps().max(1.0),
+        added(0.50),
+        added(0.99),
     );
-    let config = WaypointConfig::parse(&yaml).expect("bench config");
-    let bound = app::build(AppConfig::new("127.0.0.1:0".parse().expect("addr"), config))
-        .await
-        .expect("waypoint");
-    println!("waypoint bench: {secs}s per phase, {concurrency} connections, 1 KiB responses, HTTP/1.1 keep-alive");
-    // Warm pools and caches on both paths before measuring.
-    let _ = run("warmup", backend, 1, concurrency).await;
-    let _ = run(
-        "warmup",
-        bound.proxy_addr.expect("plain listener"),
-        1,
-        concurrency,
-    )
-    .await;
-    let direct = run("direct", backend, secs, concurrency).await;
-    let proxied = run(
-        "waypoint",
-        bound.proxy_addr.expect("plain listener"),
-        secs,
-        concurrency,
-    )
-    .await;
+}
+
+/// Closed-loop phases: direct, waypoint, nginx (when installed), then the ratios.
+async fn throughput(backend: SocketAddr, secs: u64, concurrency: usize) -> anyhow::Result<()> {
+    let waypoint = procs::waypoint(backend)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let nginx = procs::nginx(backend, env("WEFT_BENCH_NGINX_WORKERS", cores) as usize)?;
+    if nginx.is_none() {
+        println!("nginx not found: skipping the nginx baseline (apt-get install nginx)");
+    }
+    let mut targets = vec![("direct", backend), ("waypoint", waypoint.addr)];
+    targets.extend(nginx.as_ref().map(|n| ("nginx", n.addr)));
+    // Warm pools and caches on every path before measuring.
+    for (_, addr) in &targets {
+        let _ = run("warmup", *addr, 1, concurrency).await;
+    }
+    let mut phases = Vec::new();
+    for (name, addr) in targets {
+        phases.push(run(name, addr, secs, concurrency).await);
+    }
+    phases.iter().for_each(print);
+    for other in &phases[2..] {
+        compare(&phases[1], other);
+    }
+    compare(&phases[1], &phases[0]);
+    if let Some(nginx) = phases.get(2) {
+        compare(nginx, &phases[0]);
+    }
+    Ok(())
+}
+
+/// A fresh waypoint process at a fixed open-loop rate: latency, CPU and peak RSS.
+async fn fixed_rate(backend: SocketAddr, secs: u64, rate: u64) -> anyhow::Result<()> {
+    let direct = paced("direct", backend, secs, rate).await;
+    let waypoint = procs::waypoint(backend)?;
+    let cpu_before = procs::cpu_time(waypoint.pid())?;
+    let proxied = paced("waypoint", waypoint.addr, secs, rate).await;
+    let cpu = procs::cpu_time(waypoint.pid())? - cpu_before;
+    let rss = procs::peak_rss_kib(waypoint.pid())?;
+    println!("fixed rate {rate} req/s for {secs} s (open loop):");
     print(&direct);
     print(&proxied);
+    compare(&proxied, &direct);
     println!(
-        "ratio      throughput {:.2}x of direct; added latency p50 {} us, p99 {} us",
-        proxied.rps() / direct.rps().max(1.0),
-        proxied
-            .percentile(0.50)
-            .saturating_sub(direct.percentile(0.50)),
-        proxied
-            .percentile(0.99)
-            .saturating_sub(direct.percentile(0.99)),
+        "waypoint   cpu {:.3} s = {:.3} vCPU; peak rss {:.1} MiB \
+         (Istio 1.24 published at 1000 req/s: Envoy waypoint 0.25 vCPU / 60 MB)",
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() / proxied.elapsed.as_secs_f64(),
+        rss as f64 / 1024.0
     );
-    let _ = bound.shutdown(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let secs = env("WEFT_BENCH_SECS", 5);
+    let concurrency = env("WEFT_BENCH_CONCURRENCY", 16) as usize;
+    let rate = env("WEFT_BENCH_RATE", 1000);
+    let backend = backend().await;
+    println!(
+        "waypoint bench: {secs}s per phase, {concurrency} connections, 1 KiB responses, \
+         HTTP/1.1 keep-alive"
+    );
+    throughput(backend, secs, concurrency).await?;
+    fixed_rate(backend, secs, rate).await
 }

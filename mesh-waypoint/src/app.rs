@@ -25,8 +25,11 @@ use crate::{
     proxy::{BuildError, Peer, Proxy},
     rng::{SharedRng, ThreadRandom},
     serve::{http_builder, serve_http, SharedProxy},
-    telemetry::Metrics,
-    upstream::{HboneUpstream, Transport, HBONE_PORT},
+    telemetry::{
+        otlp::{self, OtlpConfig, OtlpError},
+        Metrics,
+    },
+    upstream::{self, HboneUpstream, Transport, HBONE_PORT},
 };
 
 /// Makes listening sockets; tests and network-namespace entry decorate it.
@@ -62,6 +65,8 @@ pub struct HboneConfig {
     pub rotation: Option<Arc<dyn CertificateSource>>,
     /// Port of the node tunnels' HBONE listener on endpoints ([`HBONE_PORT`]).
     pub upstream_port: u16,
+    /// The waypoint's own name, sent as `baggage` on upstream `CONNECT`s; none sends none.
+    pub workload: Option<WaypointName>,
 }
 
 impl HboneConfig {
@@ -72,6 +77,7 @@ impl HboneConfig {
             cert,
             rotation: None,
             upstream_port: HBONE_PORT,
+            workload: None,
         }
     }
 }
@@ -93,6 +99,8 @@ pub struct AppConfig {
     pub sockets: Arc<dyn SocketFactory>,
     /// Random source (deterministic in tests).
     pub rng: SharedRng,
+    /// Export a span per sampled request over OTLP/gRPC; none disables it.
+    pub otlp: Option<OtlpConfig>,
 }
 
 impl AppConfig {
@@ -106,6 +114,7 @@ impl AppConfig {
             hbone: None,
             sockets: Arc::new(DefaultSocketFactory),
             rng: Arc::new(ThreadRandom),
+            otlp: None,
         }
     }
 }
@@ -126,6 +135,9 @@ pub enum AppError {
     /// The waypoint certificate cannot be used for TLS.
     #[error("hbone tls set-up failed: {0}")]
     Tls(#[from] TlsError),
+    /// The OTLP exporter cannot be set up.
+    #[error(transparent)]
+    Otlp(#[from] OtlpError),
 }
 
 /// A running waypoint.
@@ -152,7 +164,8 @@ impl Bound {
 /// Binds and starts the waypoint.
 pub async fn build(config: AppConfig) -> Result<Bound, AppError> {
     let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::new(&mut registry));
+    let (trigger, watch) = drain::channel();
+    let metrics = metrics(&mut registry, config.otlp.as_ref(), &watch)?;
     let transport = transport(config.hbone.as_ref());
     let proxy = Proxy::with_transport(
         &config.waypoint,
@@ -161,7 +174,6 @@ pub async fn build(config: AppConfig) -> Result<Bound, AppError> {
         &transport,
     )?;
     let proxy: SharedProxy = Arc::new(ArcSwap::from_pointee(proxy));
-    let (trigger, watch) = drain::channel();
     let sockets = config.sockets.as_ref();
     let readiness = Readiness::default();
     let metrics_addr = match config.metrics {
@@ -222,12 +234,28 @@ pub async fn build(config: AppConfig) -> Result<Bound, AppError> {
     })
 }
 
+/// Request metrics, with the OTLP exporter's sink when configured.
+fn metrics(
+    registry: &mut Registry,
+    otlp: Option<&OtlpConfig>,
+    drain: &DrainWatch,
+) -> Result<Arc<Metrics>, AppError> {
+    let metrics = Metrics::new(registry);
+    let Some(config) = otlp else {
+        return Ok(Arc::new(metrics));
+    };
+    let sink = otlp::start(config, registry, drain.clone())?;
+    tracing::info!(endpoint = %config.endpoint, service = %config.service_name, "otlp span export on");
+    Ok(Arc::new(metrics.with_spans(sink)))
+}
+
 fn transport(hbone: Option<&HboneConfig>) -> Transport {
     match hbone {
         Some(h) => Transport::Hbone(HboneUpstream {
             client: hbone::Client::new(Arc::new(TcpDialer)),
             cert: h.cert.clone(),
             port: h.upstream_port,
+            baggage: h.workload.as_ref().and_then(upstream::baggage),
         }),
         None => Transport::Plain,
     }

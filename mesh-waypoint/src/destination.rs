@@ -32,6 +32,10 @@ use crate::{
     upstream::{HboneConnector, Transport},
 };
 
+mod pools;
+
+pub use self::pools::{Pools, MAX_CLIENT_POOLS};
+
 /// The pooled upstream client.
 pub type HttpClient = Client<LimitedConnector, Body>;
 
@@ -85,8 +89,8 @@ pub struct Destination {
     /// Caps concurrent retries (Envoy defaults: 20 % of active requests, at least 3).
     pub retry_budget: Arc<RetryBudget>,
     protocol: UpstreamProtocol,
-    http1: HttpClient,
-    http2: HttpClient,
+    http1: Pools,
+    http2: Pools,
     /// What this was built from, so an unchanged destination survives a config swap.
     config: DestinationConfig,
 }
@@ -201,12 +205,13 @@ impl Destination {
         }
     }
 
-    /// The pooled client for the chosen version.
-    pub fn client(&self, http2: bool) -> &HttpClient {
+    /// The pooled client for the chosen version and the request's downstream client (HBONE
+    /// pools are per client IP, see [`Pools`]).
+    pub fn client(&self, http2: bool, downstream: Option<std::net::IpAddr>) -> HttpClient {
         if http2 {
-            &self.http2
+            self.http2.get(downstream)
         } else {
-            &self.http1
+            self.http1.get(downstream)
         }
     }
 }
@@ -227,7 +232,7 @@ fn connector(config: &DestinationConfig, transport: &Transport) -> LimitedConnec
     }
 }
 
-fn client(config: &DestinationConfig, transport: &Transport, http2: bool) -> HttpClient {
+fn client(config: &DestinationConfig, transport: &Transport, http2: bool) -> Pools {
     let pool = &config.traffic_policy.connection_pool;
     let connector = connector(config, transport);
     let mut builder = Client::builder(TokioExecutor::new());
@@ -245,7 +250,8 @@ fn client(config: &DestinationConfig, transport: &Transport, http2: bool) -> Htt
             .http2_keep_alive_interval(Duration::from_secs(10))
             .http2_keep_alive_timeout(Duration::from_secs(20));
     }
-    builder.build(connector)
+    let per_client = matches!(transport, Transport::Hbone(_));
+    Pools::new(builder, connector, per_client)
 }
 
 /// All destinations by name.

@@ -6,6 +6,9 @@
 //! the waypoint's trust domain ([`mesh_core::tls::server_config`]). Each accepted stream is
 //! served by the waypoint's HTTP server ([`crate::serve`]); the verified peer identity becomes
 //! the request's source principal and the CONNECT authority selects the service and port.
+//! A CONNECT to an authority that is neither a bound service `vip:port` nor a bound pod
+//! `ip:port` is refused with 400 before the tunnel is up (HBONE.md); whether the principal may
+//! reach a bound one is decided per request (403).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -31,7 +34,7 @@ pub fn server(
     let handler = move |request: ConnectRequest| {
         let proxy = proxy.clone();
         let drain = drain.clone();
-        async move { Ok::<_, Rejection>(accept(request, proxy, drain)) }
+        async move { accept(request, proxy, drain) }
     };
     Ok(hbone::Server::new(Arc::new(config), Arc::new(handler)))
 }
@@ -42,12 +45,25 @@ pub async fn run(server: hbone::Server, listener: TcpListener, drain: DrainWatch
     tracing::info!("hbone listener closed for drain");
 }
 
-/// Every well-formed CONNECT is accepted: whether the authority is a bound service, and
-/// whether the principal may reach it, is decided per request (404/403) by the proxy.
-fn accept(request: ConnectRequest, proxy: SharedProxy, drain: DrainWatch) -> Accepted {
+/// Accepts a CONNECT to a bound service or pod; refuses any other authority with 400. A
+/// config swapped in later can still remove it: requests then get 404 from the proxy.
+fn accept(
+    request: ConnectRequest,
+    proxy: SharedProxy,
+    drain: DrainWatch,
+) -> Result<Accepted, Rejection> {
     let peer = peer(&request);
+    if !proxy.load().serves(request.authority) {
+        tracing::debug!(authority = %request.authority, principal = ?peer.identity, "hbone stream refused: not bound here");
+        return Err(Rejection::BadRequest(format!(
+            "{} is no service or pod bound to this waypoint",
+            request.authority
+        )));
+    }
     tracing::debug!(authority = %request.authority, principal = ?peer.identity, "hbone stream accepted");
-    Accepted::new(move |tunnel| serve_http(http_builder(), tunnel, peer, proxy, drain))
+    Ok(Accepted::new(move |tunnel| {
+        serve_http(http_builder(), tunnel, peer, proxy, drain)
+    }))
 }
 
 /// The request's peer: the original client address from `forwarded` when the node sent one

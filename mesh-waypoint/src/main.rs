@@ -14,6 +14,9 @@
 //!   given; when given it is the ingress-gateway listener: plain HTTP selected by `Host` against
 //!   the feed's routes whose hosts are no bound service (an Istio `Gateway`'s VirtualServices),
 //!   never against the mesh virtual hosts.
+//!
+//! `--otlp-endpoint` (env `OTEL_EXPORTER_OTLP_ENDPOINT`, plain `http://collector:4317`) turns on
+//! OTLP/gRPC export of one server span per sampled request (`--otlp-service-name`).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -26,8 +29,9 @@ use mesh_core::{
 use mesh_waypoint::{
     app::{self, AppConfig, HboneConfig},
     config::WaypointConfig,
-    feed::FeedClientConfig,
+    feed::{FeedClientConfig, WaypointName},
     identity,
+    telemetry::otlp::OtlpConfig,
 };
 
 /// Weft waypoint: the optional L7 proxy for services. Routes HTTP/1.1, HTTP/2 and gRPC by
@@ -85,6 +89,14 @@ struct Args {
     /// Metrics and readiness address (Istio's 15020).
     #[arg(long, default_value = "0.0.0.0:15020", env = "WEFT_WAYPOINT_METRICS")]
     metrics: SocketAddr,
+    /// OTLP/gRPC collector (`http://collector:4317`): export one span per sampled request.
+    /// Off unless set.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// `service.name` of exported spans (default `<--name>.<--namespace>` in feed mode, else
+    /// `mesh-waypoint`).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    otlp_service_name: Option<String>,
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
     drain_deadline: Duration,
@@ -113,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("one of --config and --control-address is required"),
     };
     config.metrics = Some(args.metrics);
+    config.otlp = otlp_config(&args);
     let bound = app::build(config).await.context("starting the waypoint")?;
     let signal = signals.recv().await;
     tracing::info!(?signal, deadline = ?args.drain_deadline, "shutdown requested, draining");
@@ -156,6 +169,10 @@ async fn feed_config(args: &Args, control: &str) -> anyhow::Result<AppConfig> {
     let mut hbone = HboneConfig::new(args.hbone_listen, cert);
     hbone.rotation = Some(source);
     hbone.upstream_port = args.upstream_hbone_port;
+    hbone.workload = Some(WaypointName {
+        namespace: namespace.to_owned(),
+        name: args.name.clone(),
+    });
     let mut feed = FeedClientConfig::new(control, namespace, &args.name);
     feed.token = token.map(str::to_owned);
     let mut config = AppConfig::new(([0, 0, 0, 0], 0).into(), WaypointConfig::default());
@@ -163,6 +180,20 @@ async fn feed_config(args: &Args, control: &str) -> anyhow::Result<AppConfig> {
     config.feed = Some(feed);
     config.hbone = Some(hbone);
     Ok(config)
+}
+
+fn otlp_config(args: &Args) -> Option<OtlpConfig> {
+    let endpoint = args.otlp_endpoint.as_deref().filter(|e| !e.is_empty())?;
+    let service = args.otlp_service_name.clone().unwrap_or_else(|| {
+        args.namespace
+            .as_deref()
+            .filter(|_| args.control_address.is_some())
+            .map_or_else(
+                || "mesh-waypoint".to_owned(),
+                |ns| format!("{}.{ns}", args.name),
+            )
+    });
+    Some(OtlpConfig::new(endpoint, service))
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<String> {
@@ -195,6 +226,14 @@ mod tests {
         assert_eq!(args.hbone_listen.port(), 15008);
         assert_eq!(args.upstream_hbone_port, 15008);
         assert!(args.listen.is_none(), "no plain listener unless asked");
+        assert!(otlp_config(&args).is_none(), "no span export unless asked");
+        let mut with_otlp = feed.to_vec();
+        with_otlp.push("--otlp-endpoint=http://collector:4317");
+        let otlp = otlp_config(&parse(&with_otlp).expect("parses")).expect("export on");
+        assert_eq!(
+            (otlp.endpoint.as_str(), otlp.service_name.as_str()),
+            ("http://collector:4317", "waypoint.mesh")
+        );
         assert!(parse(&["--config=/w.yaml"]).is_ok(), "static mode parses");
         let both = [feed[0], feed[1], feed[2], "--config=/w.yaml"];
         assert!(parse(&both).is_err(), "both modes at once");

@@ -5,17 +5,51 @@
 //! the waypoint's own certificate, and a `CONNECT` stream with `:authority` = `podIP:targetPort`.
 //! The peer must prove the endpoint workload's SPIFFE identity from the feed; an endpoint
 //! without a known identity is never connected to.
+//!
+//! The `CONNECT` carries, as the node's does (HBONE.md), `forwarded: for="<client ip:port>"`
+//! and `baggage` naming the waypoint itself (`k8s.namespace.name`, `k8s.deployment.name`,
+//! `service.name`). The node attributes a tunnel to its `forwarded` client, so pooled HBONE
+//! connections are kept per downstream client IP ([`crate::destination::Pools`]) and never
+//! carry another client's requests; each request also carries its client in `x-forwarded-for`.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use http::{uri::Authority, HeaderMap, Uri};
+use http::{uri::Authority, HeaderMap, HeaderValue, Uri};
 use mesh_core::{
-    hbone::{self, ClientError, OutboundRequest, Tunnel},
+    hbone::{self, headers, ClientError, OutboundRequest, Tunnel},
     identity::SpiffeId,
     tls::IdentityCert,
 };
 
-use crate::config::DestinationConfig;
+use crate::{config::DestinationConfig, feed::WaypointName};
+
+tokio::task_local! {
+    /// The downstream client of the request being sent, read when a tunnel is opened for it.
+    static DOWNSTREAM: SocketAddr;
+}
+
+/// The downstream client address, carried as a request extension to the upstream attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownstreamAddr(pub SocketAddr);
+
+/// Runs `sending` (an upstream request) so that tunnels it opens name `client` in `forwarded`.
+pub async fn with_downstream<F: Future>(client: Option<SocketAddr>, sending: F) -> F::Output {
+    match client {
+        Some(client) => DOWNSTREAM.scope(client, sending).await,
+        None => sending.await,
+    }
+}
+
+/// `baggage` describing the waypoint (its Deployment is named after the waypoint, as Istio's
+/// is); none when a name has characters a header part may not carry.
+pub fn baggage(me: &WaypointName) -> Option<HeaderValue> {
+    let pairs = [
+        ("k8s.namespace.name", me.namespace.as_str()),
+        ("k8s.deployment.name", me.name.as_str()),
+        ("service.name", me.name.as_str()),
+    ];
+    headers::baggage(&pairs).ok()
+}
 
 /// Istio's HBONE port, where node tunnels accept inbound tunnels.
 pub const HBONE_PORT: u16 = 15008;
@@ -63,6 +97,8 @@ pub struct HboneUpstream {
     pub cert: Arc<IdentityCert>,
     /// The port node tunnels accept HBONE on ([`HBONE_PORT`]; tests use ephemeral ports).
     pub port: u16,
+    /// `baggage` sent on every `CONNECT` ([`baggage`]).
+    pub baggage: Option<HeaderValue>,
 }
 
 /// A connector for one destination: endpoint address -> tunnel.
@@ -92,8 +128,18 @@ impl HboneConnector {
         }
     }
 
-    /// Opens a tunnel to the endpoint in `dst` (`http://podIP:port/...`).
-    pub async fn connect(self, dst: Uri) -> Result<Tunnel, UpstreamError> {
+    /// Opens a tunnel to the endpoint in `dst` (`http://podIP:port/...`). The downstream client
+    /// is read now, in the requesting task (the returned future may finish in another).
+    pub fn connect(self, dst: Uri) -> impl Future<Output = Result<Tunnel, UpstreamError>> {
+        let client = DOWNSTREAM.try_with(|c| *c).ok();
+        self.connect_for(dst, client)
+    }
+
+    async fn connect_for(
+        self,
+        dst: Uri,
+        client: Option<SocketAddr>,
+    ) -> Result<Tunnel, UpstreamError> {
         let endpoint: SocketAddr = dst
             .authority()
             .and_then(|a| a.as_str().parse().ok())
@@ -114,7 +160,7 @@ impl HboneConnector {
             destination_identities: vec![identity],
             dial: SocketAddr::new(endpoint.ip(), self.upstream.port),
             authority,
-            headers: HeaderMap::new(),
+            headers: self.connect_headers(client),
         };
         let connecting = self.upstream.client.connect(request);
         match tokio::time::timeout(self.connect_timeout, connecting).await {
@@ -125,5 +171,17 @@ impl HboneConnector {
                 after: self.connect_timeout,
             }),
         }
+    }
+
+    /// `forwarded` for the requesting client (when known) and the waypoint's `baggage`.
+    fn connect_headers(&self, client: Option<SocketAddr>) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        if let Some(value) = client.and_then(|c| headers::forwarded(c, None).ok()) {
+            map.insert(headers::FORWARDED, value);
+        }
+        if let Some(value) = &self.upstream.baggage {
+            map.insert(headers::BAGGAGE, value.clone());
+        }
+        map
     }
 }

@@ -17,7 +17,7 @@ use mesh_core::{
 use mesh_waypoint::{
     app::{self, AppConfig, Bound, HboneConfig},
     config::WaypointConfig,
-    feed::FeedClientConfig,
+    feed::{FeedClientConfig, WaypointName},
 };
 
 const REVIEWS: &str = "reviews.default.svc.cluster.local";
@@ -193,6 +193,10 @@ impl Mesh {
             pki.cert(&id("waypoint")),
         );
         hbone.upstream_port = v1.port();
+        hbone.workload = Some(WaypointName {
+            namespace: "default".into(),
+            name: "waypoint".into(),
+        });
         let mut feed_config = FeedClientConfig::new(url, "default", "waypoint");
         feed_config.token = Some("node-token".into());
         let mut app = AppConfig::new(
@@ -285,14 +289,40 @@ async fn routes_by_weight_header_fault_and_policy_over_hbone() {
         .expect("request");
     assert_eq!(status, 403, "deny policy on the peer principal");
 
-    let (status, _, _) = source
+    let refused = source
         .get("10.96.0.9:9080".parse().expect("addr"), "/x", &[])
         .await
-        .expect("request");
-    assert_eq!(
-        status, 404,
-        "an authority that is no bound service has no route"
-    );
+        .expect_err("an authority that is no bound service is refused at connect");
+    assert!(refused.contains("(400)"), "{refused}");
+}
+
+#[tokio::test]
+async fn upstream_connect_names_the_client_and_the_waypoint() {
+    let mesh = Mesh::start().await;
+    // Two clients, interleaved: pooled upstream tunnels are never shared between them, so each
+    // request arrives on a tunnel whose `forwarded` names its own client.
+    let clients = ["10.1.2.3:4567", "10.9.8.7:6543"];
+    for round in 0..3 {
+        for client in clients {
+            let mut source = mesh.source("productpage");
+            source.forwarded = Some(client.parse().expect("addr"));
+            let (status, headers, body) = source
+                .get(vip(), "/h", &[("x-version", "v1")])
+                .await
+                .expect("request");
+            assert_eq!(status, 200, "{body}");
+            let forwarded = &headers["x-connect-forwarded"];
+            assert_eq!(forwarded, &format!("for=\"{client}\""), "round {round}");
+            let baggage = headers["x-connect-baggage"].to_str().expect("ascii");
+            for pair in [
+                "k8s.namespace.name=default",
+                "k8s.deployment.name=waypoint",
+                "service.name=waypoint",
+            ] {
+                assert!(baggage.split(',').any(|p| p == pair), "{pair} in {baggage}");
+            }
+        }
+    }
 }
 
 #[tokio::test]

@@ -144,6 +144,16 @@ pub struct OutlierConfig {
     /// Upper bound on the share of endpoints ejected at once (0-100).
     #[serde(default = "default_max_ejection")]
     pub max_ejection_percent: u32,
+    /// Sweep interval (Istio `interval`, default 10 s): an ejected endpoint returns at the
+    /// first sweep after its ejection time, and each sweep it spends healthy and back in
+    /// service lowers its ejection multiplier by one.
+    #[serde(default = "default_outlier_interval")]
+    pub interval: HumanDuration,
+}
+
+/// Istio's default outlier detection sweep interval.
+pub fn default_outlier_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 fn default_max_ejection() -> u32 {

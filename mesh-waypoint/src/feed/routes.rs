@@ -4,8 +4,13 @@
 //! `Gateway`'s VirtualServices): one per route, keyed by its hostnames, served on the plain
 //! listener. A virtual host that does not convert or compile answers 503 for all its requests
 //! instead of disappearing (which would fall through to nothing or, worse, a broader route).
+//!
+//! Several routes on one service port merge into one virtual host, as Istio merges the
+//! VirtualServices of a host: the rules of each route in feed order (mesh-control's order; Istio
+//! uses creation order), first match wins across all of them. A broken route contributes its
+//! catch-all 503 at its place, so later routes' rules are shadowed, never widened.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use mesh_core::proto::control::v1 as pb;
 
@@ -36,7 +41,8 @@ pub(super) fn routes(
     destinations: &[DestinationConfig],
     problems: &mut Vec<ConvertError>,
 ) -> VirtualHosts {
-    let mut covered = BTreeSet::new();
+    // (host, port) -> index of its virtual host in `out.mesh`, for merging.
+    let mut covered = BTreeMap::new();
     let mut out = VirtualHosts::default();
     for route in wire {
         let mut ingress_hosts = Vec::new();
@@ -57,9 +63,14 @@ pub(super) fn routes(
                     destinations,
                 };
                 let name = format!("{}@{host}:{port}", route.key);
-                out.mesh
-                    .push(vhost(route, &scope, name, service.keys(port), problems));
-                covered.insert((host.clone(), port));
+                let built = vhost(route, &scope, name, service.keys(port), problems);
+                match covered.get(&(host.clone(), port)) {
+                    Some(&i) => merge(&mut out.mesh[i], built),
+                    None => {
+                        covered.insert((host.clone(), port), out.mesh.len());
+                        out.mesh.push(built);
+                    }
+                }
             }
         }
         if !ingress_hosts.is_empty() {
@@ -76,12 +87,22 @@ pub(super) fn routes(
     }
     for (host, service) in index.iter().filter(|(_, s)| s.bound) {
         for port in service.ports() {
-            if !covered.contains(&(host.clone(), port)) {
+            if !covered.contains_key(&(host.clone(), port)) {
                 out.mesh.push(default_route(host, service, port));
             }
         }
     }
     out
+}
+
+/// Appends `later`'s rules to `earlier` (same service port); the name lists both routes.
+fn merge(earlier: &mut RouteConfig, later: RouteConfig) {
+    let key = later.name.split('@').next().unwrap_or(&later.name);
+    earlier.name = match earlier.name.split_once('@') {
+        Some((keys, at)) => format!("{keys}+{key}@{at}"),
+        None => format!("{}+{key}", earlier.name),
+    };
+    earlier.rules.extend(later.rules);
 }
 
 /// A service port without routes: every request to all its endpoints.

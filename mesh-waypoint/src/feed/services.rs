@@ -11,8 +11,9 @@ use mesh_core::{identity::SpiffeId, proto::control::v1 as pb};
 
 use super::convert::{destination_name, ConvertError, ServiceIndex, ServiceView, WaypointName};
 use crate::config::{
-    ConnectionPoolConfig, DestinationConfig, EndpointConfig, HumanDuration, LoadBalancerConfig,
-    OutlierConfig, SubsetConfig, TrafficPolicy, UpstreamProtocol,
+    default_outlier_interval, ConnectionPoolConfig, DestinationConfig, EndpointConfig,
+    HumanDuration, LoadBalancerConfig, OutlierConfig, SubsetConfig, TrafficPolicy,
+    UpstreamProtocol,
 };
 
 /// Istio's default outlier ejection time when the policy leaves it unset.
@@ -304,6 +305,10 @@ fn outlier(wire: &pb::OutlierDetection) -> OutlierConfig {
         max_ejection_percent: match wire.max_ejection_percent {
             0 => 10,
             p => p.min(100),
+        },
+        interval: match wire.interval_ms {
+            0 => default_outlier_interval(),
+            ms => HumanDuration(Duration::from_millis(ms)),
         },
     }
 }

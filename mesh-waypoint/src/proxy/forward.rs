@@ -17,6 +17,7 @@ use crate::{
     destination::{Destination, InFlight},
     resilience::circuit,
     rng::SharedRng,
+    upstream::{self, DownstreamAddr},
 };
 
 /// The endpoint that answered, carried as a response extension for the access log.
@@ -75,7 +76,9 @@ impl Attempt {
             Version::HTTP_11
         };
         let in_flight = InFlight::new(endpoint.clone());
-        match dest.client(http2).request(req).await {
+        let client = req.extensions().get::<DownstreamAddr>().map(|d| d.0);
+        let pool = dest.client(http2, client.map(|c| c.ip()));
+        match upstream::with_downstream(client, pool.request(req)).await {
             Ok(response) => {
                 dest.record(&endpoint, !response.status().is_server_error());
                 let mut response = response.map(|b| body::with_guard(body::boxed(b), in_flight));

@@ -37,7 +37,7 @@ use crate::{
     rng::{SharedRng, ThreadRandom},
     route::{action, Action, RouteError, RouteTable, Selected},
     telemetry::{Metrics, RequestLog, TraceContext},
-    upstream::Transport,
+    upstream::{DownstreamAddr, Transport},
 };
 
 /// Who sent the request, as far as the proxy knows.
@@ -158,6 +158,12 @@ impl Proxy {
             }
         });
         Ok(log.finish(response, self.metrics.clone()))
+    }
+
+    /// Whether an HBONE `CONNECT` to `authority` reaches a virtual host here (a bound service
+    /// `vip:port` or a bound pod `ip:port`).
+    pub fn serves(&self, authority: SocketAddr) -> bool {
+        self.table.has_host(&authority.to_string())
     }
 
     /// The compiled destination named `name` (for tests and debugging).
@@ -291,6 +297,7 @@ fn prepare_request(
     let overrides = Overrides::take(&mut parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::append_forwarded_for(&mut parts.headers, peer.addr);
+    parts.extensions.insert(DownstreamAddr(peer.addr));
     headers::ensure_host(parts);
     trace.inject(&mut parts.headers);
     let rule = &selected.rule;

@@ -4,7 +4,10 @@
 //!
 //! An endpoint that fails `consecutive_5xx` times in a row is ejected for `base_ejection_time`
 //! times the number of times it has been ejected, unless that would eject more than
-//! `max_ejection_percent` of the destination's endpoints. It comes back when the time passes.
+//! `max_ejection_percent` of the destination's endpoints. Envoy returns ejected hosts in a sweep
+//! every `interval`; here the sweeps are phase-aligned to the ejection (no timer task), so an
+//! ejection lasts that time rounded up to whole intervals, and each whole interval an endpoint
+//! spends back in service lowers its multiplier by one (Envoy's decay, computed lazily).
 
 use std::time::Duration;
 
@@ -21,6 +24,18 @@ pub struct EndpointHealth {
 }
 
 impl EndpointHealth {
+    /// Lowers the multiplier by the whole sweeps spent back in service since the last ejection.
+    fn decay(&mut self, now: Instant, interval: Duration) {
+        let Some(back) = self.ejected_until else {
+            return;
+        };
+        let healthy = now.saturating_duration_since(back).as_nanos() / interval.as_nanos().max(1);
+        let healthy = u32::try_from(healthy).unwrap_or(u32::MAX);
+        self.times_ejected = self.times_ejected.saturating_sub(healthy);
+    }
+}
+
+impl EndpointHealth {
     /// Whether the endpoint is ejected at `now`.
     pub fn is_ejected(&self, now: Instant) -> bool {
         self.ejected_until.is_some_and(|until| now < until)
@@ -33,6 +48,7 @@ pub struct OutlierDetector {
     consecutive: u32,
     base: Duration,
     max_percent: u32,
+    interval: Duration,
 }
 
 /// What recording a result did.
@@ -53,6 +69,8 @@ impl OutlierDetector {
             consecutive: config.consecutive_5xx.max(1),
             base: config.base_ejection_time.0,
             max_percent: config.max_ejection_percent.min(100),
+            // A zero interval would make every instant a sweep: use 1 ms.
+            interval: config.interval.0.max(Duration::from_millis(1)),
         }
     }
 
@@ -83,11 +101,20 @@ impl OutlierDetector {
         if ejected_now + 1 > allowed {
             return Verdict::CapReached;
         }
+        health.decay(now, self.interval);
         health.times_ejected = health.times_ejected.saturating_add(1);
         health.consecutive_failures = 0;
-        let until = now + self.base * health.times_ejected;
+        let until = now + self.ejection_time(health.times_ejected);
         health.ejected_until = Some(until);
         Verdict::Ejected(until)
+    }
+
+    /// `base * times`, rounded up to whole sweep intervals.
+    fn ejection_time(&self, times: u32) -> Duration {
+        let wanted = self.base.saturating_mul(times);
+        let sweeps = wanted.as_nanos().div_ceil(self.interval.as_nanos()).max(1);
+        self.interval
+            .saturating_mul(u32::try_from(sweeps).unwrap_or(u32::MAX))
     }
 }
 
@@ -97,11 +124,41 @@ mod tests {
     use crate::config::HumanDuration;
 
     fn detector(consecutive: u32, max_percent: u32) -> OutlierDetector {
+        with_interval(consecutive, max_percent, 10)
+    }
+
+    fn with_interval(consecutive: u32, max_percent: u32, interval_secs: u64) -> OutlierDetector {
         OutlierDetector::new(&OutlierConfig {
             consecutive_5xx: consecutive,
             base_ejection_time: HumanDuration(Duration::from_secs(30)),
             max_ejection_percent: max_percent,
+            interval: HumanDuration(Duration::from_secs(interval_secs)),
         })
+    }
+
+    #[test]
+    fn ejection_ends_at_a_sweep_and_the_multiplier_decays_per_healthy_sweep() {
+        let s = Duration::from_secs;
+        let d = with_interval(1, 100, 20);
+        let mut h = EndpointHealth::default();
+        let t0 = Instant::now();
+        // 30 s rounds up to two 20 s sweeps.
+        assert_eq!(
+            d.record(&mut h, false, t0, 0, 1),
+            Verdict::Ejected(t0 + s(40))
+        );
+        // Failing right at return: multiplier 2, 60 s, already whole sweeps.
+        let t1 = t0 + s(40);
+        assert_eq!(
+            d.record(&mut h, false, t1, 0, 1),
+            Verdict::Ejected(t1 + s(60))
+        );
+        // Two healthy sweeps after returning at t1 + 60 s: multiplier 2 -> 0, then 1.
+        let t2 = t1 + s(60) + s(45);
+        assert_eq!(
+            d.record(&mut h, false, t2, 0, 1),
+            Verdict::Ejected(t2 + s(40))
+        );
     }
 
     #[tokio::test(start_paused = true)]

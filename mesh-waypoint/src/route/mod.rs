@@ -184,6 +184,11 @@ impl RouteTable {
         })
     }
 
+    /// Whether some virtual host matches `host` (as [`RouteTable::select`] would pick one).
+    pub fn has_host(&self, host: &str) -> bool {
+        self.best_vhost(&host.to_ascii_lowercase()).is_some()
+    }
+
     fn best_vhost(&self, host: &str) -> Option<&VirtualHost> {
         let mut best: Option<(usize, &VirtualHost)> = None;
         for vhost in &self.vhosts {

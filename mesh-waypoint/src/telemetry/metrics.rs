@@ -1,6 +1,7 @@
 //! Istio's standard HTTP metrics, as a waypoint reports them: `istio_requests_total`,
 //! `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes`, with
-//! Istio's label names in a typed label struct.
+//! Istio's label names in a typed label struct. [`Metrics`] is the per-request telemetry handle
+//! the proxy holds, so it also carries the OTLP span sink when export is configured.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -11,6 +12,8 @@ use prometheus_client::{
     },
     registry::Registry,
 };
+
+use super::otlp::SpanSink;
 
 /// Istio's default duration buckets, in milliseconds.
 const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -68,6 +71,7 @@ pub struct Metrics {
     duration: Family<RequestLabels, Histogram, Buckets>,
     request_bytes: Family<RequestLabels, Histogram, Buckets>,
     response_bytes: Family<RequestLabels, Histogram, Buckets>,
+    spans: Option<SpanSink>,
 }
 
 impl Metrics {
@@ -78,6 +82,7 @@ impl Metrics {
             duration: Family::new_with_constructor(Buckets(duration_histogram)),
             request_bytes: Family::new_with_constructor(Buckets(bytes_histogram)),
             response_bytes: Family::new_with_constructor(Buckets(bytes_histogram)),
+            spans: None,
         };
         registry.register(
             "istio_requests",
@@ -100,6 +105,18 @@ impl Metrics {
             metrics.response_bytes.clone(),
         );
         metrics
+    }
+
+    /// Also sends a span per sampled request to `sink`.
+    #[must_use]
+    pub fn with_spans(mut self, sink: SpanSink) -> Self {
+        self.spans = Some(sink);
+        self
+    }
+
+    /// The span sink, when OTLP export is on.
+    pub fn spans(&self) -> Option<&SpanSink> {
+        self.spans.as_ref()
     }
 
     /// Records one finished request.

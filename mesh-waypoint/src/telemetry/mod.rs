@@ -2,14 +2,19 @@
 //! request, emitted when the response body is finished (or dropped), so duration and byte
 //! counts cover the whole exchange.
 //!
-//! The access log is a `tracing` event with target `access_log` and structured fields.
+//! The access log is a `tracing` event with target `access_log` and structured fields; when
+//! OTLP export is configured ([`otlp`]), sampled requests also produce a server span.
 
 pub mod metrics;
+pub mod otlp;
 pub mod trace;
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::SystemTime,
 };
 
 use http::{Response, StatusCode};
@@ -26,6 +31,7 @@ use crate::{
 #[derive(Debug)]
 pub struct RequestLog {
     start: Instant,
+    started_at: SystemTime,
     /// Method.
     pub method: http::Method,
     /// Path (no query: queries can carry secrets).
@@ -63,6 +69,7 @@ impl RequestLog {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         Self {
             start: Instant::now(),
+            started_at: SystemTime::now(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             host: String::new(),
@@ -141,6 +148,13 @@ impl Drop for Completion {
         };
         self.metrics
             .record(&labels, duration_ms, request_bytes, response_bytes);
+        if let Some(spans) = self.metrics.spans().filter(|_| log.trace.sampled) {
+            let outcome = otlp::span::Outcome {
+                status: self.status,
+                flags: self.flags,
+            };
+            spans.record(otlp::span::server_span(&log, outcome));
+        }
         tracing::info!(
             target: "access_log",
             method = %log.method,

@@ -1,7 +1,8 @@
 //! Trace context propagation: W3C `traceparent` and Zipkin B3 multi-header, plus
 //! `x-request-id`. The waypoint joins an incoming trace (or starts one), creates its own span
 //! id, and forwards both header styles so either kind of application keeps the trace.
-//! Spans are not exported yet (no OTLP); the ids appear in the access log.
+//! The ids appear in the access log and, with OTLP export on, in the request's span
+//! ([`super::otlp`]).
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 

@@ -69,7 +69,8 @@ impl Pki {
 
 /// A node-inbound stand-in on `ip:port` proving `cert`: accepts CONNECT to any authority and
 /// answers HTTP with body `<name> <path>` and headers `x-peer` (the tunnel peer's identity)
-/// and `x-authority` (the CONNECT authority). Port 0 picks one; returns the bound address.
+/// and `x-authority` (the CONNECT authority), plus the CONNECT's `forwarded` and `baggage` as
+/// `x-connect-forwarded` / `x-connect-baggage`. Port 0 picks one; returns the bound address.
 pub async fn node_inbound(
     ip: IpAddr,
     port: u16,
@@ -80,10 +81,13 @@ pub async fn node_inbound(
     let addr = listener.local_addr().expect("addr");
     let config = tls::server_config(cert).expect("server tls");
     let handler = move |req: ConnectRequest| async move {
-        let peer = req.peer_identity.to_string();
-        let authority = req.authority.to_string();
+        let tunnel_facts = TunnelFacts {
+            peer: req.peer_identity.to_string(),
+            authority: req.authority.to_string(),
+            connect_headers: req.headers.clone(),
+        };
         Ok::<_, Rejection>(Accepted::new(move |tunnel| async move {
-            let svc = service_fn(move |r| answer(name, peer.clone(), authority.clone(), r));
+            let svc = service_fn(move |r| answer(name, tunnel_facts.clone(), r));
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tunnel), svc)
                 .await;
@@ -111,10 +115,17 @@ pub fn gate() -> &'static Gate {
     })
 }
 
-async fn answer(
-    name: &'static str,
+/// What a node-inbound stand-in learned from the CONNECT.
+#[derive(Clone)]
+struct TunnelFacts {
     peer: String,
     authority: String,
+    connect_headers: http::HeaderMap,
+}
+
+async fn answer(
+    name: &'static str,
+    facts: TunnelFacts,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/slow" {
@@ -122,9 +133,18 @@ async fn answer(
         gate().release.notified().await;
     }
     let body = format!("{name} {}", req.uri().path());
-    let response = Response::builder()
-        .header("x-peer", peer)
-        .header("x-authority", authority)
+    let mut response = Response::builder()
+        .header("x-peer", facts.peer)
+        .header("x-authority", facts.authority);
+    for (from, to) in [
+        (hbone::headers::FORWARDED, "x-connect-forwarded"),
+        (hbone::headers::BAGGAGE, "x-connect-baggage"),
+    ] {
+        if let Some(value) = facts.connect_headers.get(from) {
+            response = response.header(to, value);
+        }
+    }
+    let response = response
         .body(Full::new(Bytes::from(body)))
         .expect("response");
     Ok(response)
@@ -136,6 +156,8 @@ pub struct Source {
     cert: Arc<IdentityCert>,
     waypoint: SocketAddr,
     waypoint_id: SpiffeId,
+    /// Sent as the CONNECT's `forwarded: for=` (the original client), when set.
+    pub forwarded: Option<SocketAddr>,
 }
 
 impl Source {
@@ -146,6 +168,7 @@ impl Source {
             cert,
             waypoint,
             waypoint_id,
+            forwarded: None,
         }
     }
 
@@ -159,6 +182,10 @@ impl Source {
         let mut headers = http::HeaderMap::new();
         let value = hbone::headers::baggage(&pairs).expect("baggage");
         headers.insert(hbone::headers::BAGGAGE, value);
+        if let Some(client) = self.forwarded {
+            let value = hbone::headers::forwarded(client, None).expect("forwarded");
+            headers.insert(hbone::headers::FORWARDED, value);
+        }
         headers
     }
 

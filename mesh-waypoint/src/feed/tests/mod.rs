@@ -79,6 +79,7 @@ fn base() -> pb::WaypointConfig {
             }),
             outlier: Some(pb::OutlierDetection {
                 consecutive_5xx: 3,
+                interval_ms: 2500,
                 ..Default::default()
             }),
             ..Default::default()
@@ -158,10 +159,10 @@ fn services_become_destinations_with_identities_and_policy() {
     );
     assert_eq!(tp.connection_pool.max_connections, 7);
     assert_eq!(tp.connection_pool.max_requests, 1024, "0 keeps the default");
-    assert_eq!(
-        tp.outlier_detection.as_ref().map(|o| o.consecutive_5xx),
-        Some(3)
-    );
+    let outlier = tp.outlier_detection.as_ref().expect("outlier detection");
+    assert_eq!(outlier.consecutive_5xx, 3);
+    assert_eq!(outlier.interval.0, std::time::Duration::from_millis(2500));
+    assert_eq!(outlier.max_ejection_percent, 10, "0 keeps Istio's default");
     assert_eq!(tp.upstream_protocol, UpstreamProtocol::SameAsDownstream);
 }
 

@@ -1,5 +1,5 @@
 //! Table tests for route conversion: every rule field, local answers, fail-closed 503s,
-//! port filtering and ingress virtual hosts.
+//! port filtering, ingress virtual hosts and merging routes on one service port.
 
 use std::collections::BTreeMap;
 
@@ -328,4 +328,65 @@ fn hosts_that_are_no_bound_service_become_ingress_virtual_hosts() {
         .destinations
         .iter()
         .any(|d| d.name.starts_with(RATINGS)));
+}
+
+#[test]
+fn routes_on_one_service_port_merge_in_feed_order() {
+    let first = pb::Route {
+        key: "HTTPRoute/default/a".into(),
+        rules: vec![pb::RouteRule {
+            matches: vec![pb::RouteMatch {
+                path: exact("/a"),
+                ..Default::default()
+            }],
+            direct_response: Some(pb::DirectResponse {
+                status: 201,
+                body: String::new(),
+            }),
+            ..Default::default()
+        }],
+        ..route(vec![])
+    };
+    let second = pb::Route {
+        key: "VirtualService/default/b".into(),
+        rules: vec![pb::RouteRule {
+            direct_response: Some(pb::DirectResponse {
+                status: 202,
+                body: String::new(),
+            }),
+            ..Default::default()
+        }],
+        ..route(vec![])
+    };
+    let c = run(vec![first, second]);
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    let merged: Vec<_> = c
+        .waypoint
+        .routes
+        .iter()
+        .filter(|r| r.hosts.iter().any(|h| h.starts_with(REVIEWS)))
+        .collect();
+    assert_eq!(
+        merged.len(),
+        1,
+        "one virtual host per service port: {merged:?}"
+    );
+    let v = merged[0];
+    assert!(
+        v.name
+            .starts_with("HTTPRoute/default/a+VirtualService/default/b@"),
+        "{}",
+        v.name
+    );
+    let statuses: Vec<_> = v
+        .rules
+        .iter()
+        .map(|r| r.direct_response.as_ref().map(|d| d.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [Some(201), Some(202)],
+        "first route's rules first"
+    );
+    assert!(!v.rules[0].matches.is_empty() && v.rules[1].matches.is_empty());
 }
