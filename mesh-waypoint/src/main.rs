@@ -23,7 +23,9 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::Parser;
 use mesh_core::{
-    identity::{source::DEFAULT_VALIDITY, CertificateSource, GrpcSource, SpiffeId},
+    identity::{
+        grpc::BearerToken, source::DEFAULT_VALIDITY, CertificateSource, GrpcSource, SpiffeId,
+    },
     signal, telemetry,
 };
 use mesh_waypoint::{
@@ -155,16 +157,20 @@ async fn feed_config(args: &Args, control: &str) -> anyhow::Result<AppConfig> {
         .as_ref()
         .context("--trust-bundle-file is required")?;
     let bundle = read(bundle_path)?;
-    let token = args.token_file.as_ref().map(read).transpose()?;
-    let token = token.as_deref().map(str::trim);
+    // Re-read for every request: a projected service-account token rotates.
+    let token = args.token_file.clone().map(BearerToken::file);
     let id = SpiffeId::new(&args.trust_domain, namespace, &args.service_account)
         .context("waypoint identity")?;
     let channel = tonic::transport::Endpoint::from_shared(control.to_owned())
         .with_context(|| format!("--control-address {control:?}"))?
         .connect_timeout(Duration::from_secs(10))
         .connect_lazy();
-    let source: Arc<dyn CertificateSource> =
-        Arc::new(GrpcSource::new(channel, token, &bundle, DEFAULT_VALIDITY)?);
+    let source: Arc<dyn CertificateSource> = Arc::new(GrpcSource::with_token(
+        channel,
+        token.clone(),
+        &bundle,
+        DEFAULT_VALIDITY,
+    ));
     let cert = identity::first_certificate(&id, source.as_ref()).await?;
     let mut hbone = HboneConfig::new(args.hbone_listen, cert);
     hbone.rotation = Some(source);
@@ -174,7 +180,7 @@ async fn feed_config(args: &Args, control: &str) -> anyhow::Result<AppConfig> {
         name: args.name.clone(),
     });
     let mut feed = FeedClientConfig::new(control, namespace, &args.name);
-    feed.token = token.map(str::to_owned);
+    feed.token = token;
     let mut config = AppConfig::new(([0, 0, 0, 0], 0).into(), WaypointConfig::default());
     config.listen = args.listen;
     config.feed = Some(feed);

@@ -9,7 +9,8 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 use mesh::{id, node_inbound, FakeFeed, Pki, Source, WAIT};
 use mesh_core::{
     identity::{
-        ca::CertificateAuthority, cert::generate_csr, source::DEFAULT_VALIDITY, WorkloadCert,
+        ca::CertificateAuthority, cert::generate_csr, grpc::BearerToken, source::DEFAULT_VALIDITY,
+        WorkloadCert,
     },
     proto::control::v1 as pb,
     tls::IdentityCert,
@@ -198,7 +199,7 @@ impl Mesh {
             name: "waypoint".into(),
         });
         let mut feed_config = FeedClientConfig::new(url, "default", "waypoint");
-        feed_config.token = Some("node-token".into());
+        feed_config.token = Some(BearerToken::inline("node-token").expect("token"));
         let mut app = AppConfig::new(
             "127.0.0.1:0".parse().expect("addr"),
             WaypointConfig::default(),

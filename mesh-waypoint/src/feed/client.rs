@@ -5,13 +5,14 @@
 
 use std::time::Duration;
 
-use mesh_core::{drain::DrainWatch, proto::control::v1 as pb};
+use mesh_core::{
+    drain::DrainWatch,
+    identity::grpc::{BearerToken, TokenError},
+    proto::control::v1 as pb,
+};
 use pb::waypoint_feed_client::WaypointFeedClient;
 use tokio::sync::watch;
-use tonic::{
-    metadata::MetadataValue,
-    transport::{Channel, Endpoint},
-};
+use tonic::transport::{Channel, Endpoint};
 
 /// Where and how to subscribe.
 #[derive(Debug, Clone)]
@@ -22,8 +23,9 @@ pub struct FeedClientConfig {
     pub namespace: String,
     /// Name of the waypoint Service.
     pub name: String,
-    /// Bearer token proving the caller to mesh-control.
-    pub token: Option<String>,
+    /// Bearer token proving the caller to mesh-control; a token file is re-read for every
+    /// subscription, since projected service-account tokens rotate.
+    pub token: Option<BearerToken>,
     /// Bound on establishing the connection.
     pub connect_timeout: Duration,
     /// First retry delay after a failure; doubles up to `max_backoff`.
@@ -92,8 +94,8 @@ enum AttemptError {
     Stream(tonic::Status),
     #[error("feed stream ended by mesh-control")]
     Ended,
-    #[error("bearer token is not a valid header value")]
-    BadToken,
+    #[error("bearer token: {0}")]
+    Token(#[from] TokenError),
 }
 
 /// Runs until the drain starts. The last applied configuration stays in force throughout.
@@ -175,10 +177,9 @@ async fn subscribe(
         resume_version,
     });
     if let Some(token) = &config.token {
-        match MetadataValue::try_from(format!("Bearer {token}")) {
-            Ok(value) => request.metadata_mut().insert("authorization", value),
-            Err(_) => return AttemptError::BadToken,
-        };
+        if let Err(error) = token.attach(&mut request).await {
+            return error.into();
+        }
     }
     let mut stream = match WaypointFeedClient::new(channel).subscribe(request).await {
         Ok(response) => response.into_inner(),
