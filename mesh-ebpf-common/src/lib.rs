@@ -137,14 +137,16 @@ pub struct RedirectConfig {
     pub tunnel_port: u16,
     /// [`config_flags`] bits.
     pub flags: u16,
-    /// `SO_MARK` carried by the tunnel's own sockets; never redirected. 0 disables the check.
+    /// `SO_MARK` carried by the tunnel's own sockets: never redirected, and the only listening
+    /// sockets that get the strict HBONE-port exception. 0 disables both.
     pub tunnel_mark: u32,
     /// Node address used by kubelet probes (IPv4, network order); allowed in strict mode. 0: none.
     pub probe_ip4: u32,
     /// Tunnel node address (IPv4, network order) whose TCP is allowed into strict pods. 0: none.
     pub tunnel_src_ip4: u32,
-    /// HBONE port (network order): connection attempts to it are allowed into strict pods from
-    /// anywhere, because HBONE is mTLS that the tunnel authenticates and authorises. 0: none.
+    /// HBONE port (network order): connection attempts to a listener on it that carries
+    /// `tunnel_mark` (the tunnel's in-pod listener) are allowed into strict pods from anywhere,
+    /// because HBONE is mTLS that the tunnel authenticates and authorises. 0: none.
     pub hbone_port: u16,
     /// Explicit padding.
     pub _pad: u16,

@@ -7,10 +7,13 @@
 //! listener's own port.
 //!
 //! Into a strict pod's listeners, a connection attempt passes when it arrives on loopback, or is
-//! aimed at the HBONE port (mutual TLS that the tunnel authenticates and authorises), or comes
-//! from the tunnel's node address or the kubelet probe address (IPv4 or IPv6); every other one is
-//! dropped, so plaintext that bypassed the tunnel never gets a connection. Packets of established
-//! connections and of non-TCP sockets pass. An unknown network protocol is dropped (fail closed).
+//! aimed at the tunnel's own in-pod HBONE listener (mutual TLS that the tunnel authenticates and
+//! authorises): the listener's port is the HBONE port *and* the listening socket carries the
+//! tunnel's `SO_MARK`, so an application listening on the HBONE port itself gets no exception;
+//! or it comes from the tunnel's node address or the kubelet probe address (IPv4 or IPv6). Every
+//! other one is dropped, so plaintext that bypassed the tunnel never gets a connection. Packets
+//! of established connections and of non-TCP sockets pass. An unknown network protocol is
+//! dropped (fail closed).
 
 use aya_ebpf::{
     bindings::BPF_TCP_LISTEN,
@@ -58,10 +61,10 @@ fn verdict(ctx: &SkBuffContext) -> Option<bool> {
     if mode_of(netns)? != enroll_mode::STRICT {
         return None;
     }
-    let listen_port = tcp_listener_port(ctx)?;
+    let listener = tcp_listener(ctx)?;
     // SAFETY: kernel context pointer.
     let (protocol, ifindex) = unsafe { ((*ctx.skb.skb).protocol, (*ctx.skb.skb).ingress_ifindex) };
-    if ifindex == LOOPBACK_IFINDEX || (cfg.hbone_port != 0 && listen_port == cfg.hbone_port) {
+    if ifindex == LOOPBACK_IFINDEX || is_tunnel_hbone(&listener, cfg) {
         return Some(true);
     }
     Some(match u32::from_be(protocol) >> 16 {
@@ -71,8 +74,23 @@ fn verdict(ctx: &SkBuffContext) -> Option<bool> {
     })
 }
 
-/// The local port (network order) of the receiving socket when it is a listening TCP socket.
-fn tcp_listener_port(ctx: &SkBuffContext) -> Option<u16> {
+/// The receiving listening socket: its local port (network order) and `SO_MARK`.
+struct Listener {
+    port: u16,
+    mark: u32,
+}
+
+/// Whether the listener is the tunnel's in-pod HBONE listener: the HBONE port and the tunnel's
+/// mark (neither check can be turned off alone; 0 in either turns the exception off).
+fn is_tunnel_hbone(listener: &Listener, cfg: &RedirectConfig) -> bool {
+    cfg.hbone_port != 0
+        && listener.port == cfg.hbone_port
+        && cfg.tunnel_mark != 0
+        && listener.mark == cfg.tunnel_mark
+}
+
+/// The receiving socket when it is a listening TCP socket.
+fn tcp_listener(ctx: &SkBuffContext) -> Option<Listener> {
     // SAFETY: kernel context pointer; `sk` may be null and is checked before use.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
@@ -84,8 +102,18 @@ fn tcp_listener_port(ctx: &SkBuffContext) -> Option<u16> {
         return None;
     }
     // SAFETY: non-null full socket returned by the kernel for this program run.
-    let (protocol, state, port) = unsafe { ((*full).protocol, (*full).state, (*full).src_port) };
-    (protocol == IPPROTO_TCP && state == BPF_TCP_LISTEN).then_some((port as u16).to_be())
+    let (protocol, state, port, mark) = unsafe {
+        (
+            (*full).protocol,
+            (*full).state,
+            (*full).src_port,
+            (*full).mark,
+        )
+    };
+    (protocol == IPPROTO_TCP && state == BPF_TCP_LISTEN).then_some(Listener {
+        port: (port as u16).to_be(),
+        mark,
+    })
 }
 
 fn ipv4_source_allowed(ctx: &SkBuffContext, cfg: &RedirectConfig) -> bool {

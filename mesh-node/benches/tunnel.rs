@@ -147,6 +147,8 @@ fn main() -> anyhow::Result<()> {
         row("p50 latency us", direct.latency.p50_us, tunnel.latency.p50_us);
         row("p99 latency us", direct.latency.p99_us, tunnel.latency.p99_us);
         row("cpu seconds", direct.cpu.as_secs_f64(), tunnel.cpu.as_secs_f64());
+        // Peak RSS is process-wide and only grows: the tunnel column includes the direct run.
+        row("peak rss MiB", rss_direct, rss_tunnel);
         println!(
             "added latency: p50 +{:.0} us, p99 +{:.0} us; peak rss {rss_direct:.1} MiB after direct, {rss_tunnel:.1} MiB after tunnel (whole process)",
             tunnel.latency.p50_us - direct.latency.p50_us,

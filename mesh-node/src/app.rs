@@ -74,6 +74,8 @@ pub struct Deps {
 pub struct Bound {
     /// Outbound capture listener address.
     pub outbound: SocketAddr,
+    /// IPv6 outbound capture listener address (same port), when `listeners.outbound_ipv6` is set.
+    pub outbound_v6: Option<SocketAddr>,
     /// Inbound plaintext listener address.
     pub inbound_plaintext: SocketAddr,
     /// HBONE listener address.
@@ -275,13 +277,17 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
         addr(&readiness, "readiness", l.readiness)?,
         addr(&admin, "admin", l.admin)?,
     ];
-    let p = proxy.clone();
-    tokio::spawn(accept_loop(
-        outbound,
-        watch.clone(),
-        "outbound",
-        move |s, peer| p.clone().outbound(s, peer),
-    ));
+    let outbound_v6 = match l.outbound_ipv6 {
+        Some(ip) => {
+            let requested = SocketAddr::new(IpAddr::V6(ip), bound_addrs[0].port());
+            let listener = bind("outbound ipv6", requested)?;
+            let bound = addr(&listener, "outbound ipv6", requested)?;
+            spawn_outbound(&proxy, listener, &watch);
+            Some(bound)
+        }
+        None => None,
+    };
+    spawn_outbound(&proxy, outbound, &watch);
     let p = proxy.clone();
     tokio::spawn(accept_loop(
         plaintext,
@@ -324,9 +330,10 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
     };
     spawn_ops(&proxy, dump, [metrics, admin], &watch);
     tokio::spawn(ready::serve(readiness, ready.clone(), readiness_watch));
-    tracing::info!(addrs = ?bound_addrs, identities = ?certs.identities().iter().map(ToString::to_string).collect::<Vec<_>>(), "node tunnel ready");
+    tracing::info!(addrs = ?bound_addrs, ?outbound_v6, identities = ?certs.identities().iter().map(ToString::to_string).collect::<Vec<_>>(), "node tunnel ready");
     Ok(Bound {
         outbound: bound_addrs[0],
+        outbound_v6,
         inbound_plaintext: bound_addrs[1],
         hbone: bound_addrs[2],
         metrics: bound_addrs[3],
@@ -346,6 +353,17 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
     })
 }
 
+/// Serves captured outbound connections accepted on `listener`.
+fn spawn_outbound(proxy: &Proxy, listener: tokio::net::TcpListener, watch: &drain::DrainWatch) {
+    let p = proxy.clone();
+    tokio::spawn(accept_loop(
+        listener,
+        watch.clone(),
+        "outbound",
+        move |s, peer| p.clone().outbound(s, peer),
+    ));
+}
+
 /// Starts the in-pod listeners; returns the view of the open ones.
 fn spawn_in_pod(
     proxy: &Proxy,
@@ -354,8 +372,12 @@ fn spawn_in_pod(
     mesh_changed: &Arc<Notify>,
     watch: &drain::DrainWatch,
 ) -> watch::Receiver<BTreeMap<IpAddr, PathBuf>> {
-    let (listeners, view) =
-        InPodListeners::new(proxy.clone(), config.hbone_port, config.drain_deadline);
+    let (listeners, view) = InPodListeners::new(
+        proxy.clone(),
+        config.hbone_port,
+        config.in_pod.mark,
+        config.drain_deadline,
+    );
     let run = inpod::run(
         listeners,
         scanner.results(),

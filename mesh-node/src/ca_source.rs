@@ -7,8 +7,8 @@ use std::{
 };
 
 use mesh_core::identity::{
-    ca::CertificateAuthority, source::DEFAULT_VALIDITY, CertificateSource, GrpcSource,
-    InProcessSource,
+    ca::CertificateAuthority, grpc::BearerToken, source::DEFAULT_VALIDITY, CertificateSource,
+    GrpcSource, InProcessSource,
 };
 
 use crate::config::Config;
@@ -60,7 +60,8 @@ fn grpc_source(
         .ok_or(CaSourceError::Incomplete(
             "ca.trust_bundle_file is required with ca.address",
         ))?;
-    let token = config.ca.token_file.as_deref().map(read_file).transpose()?;
+    // Re-read for every certificate request: a projected service-account token rotates.
+    let token = config.ca.token_file.clone().map(BearerToken::file);
     let channel = tonic::transport::Channel::from_shared(address.to_owned())
         .map_err(|e| CaSourceError::Address {
             address: address.to_owned(),
@@ -70,9 +71,9 @@ fn grpc_source(
         .connect_lazy();
     let validity = config.ca.workload_validity.unwrap_or(DEFAULT_VALIDITY);
     let bundle = read_file(bundle_file)?;
-    let source = GrpcSource::new(channel, token.as_deref().map(str::trim), &bundle, validity)
-        .map_err(|e| CaSourceError::Build(e.to_string()))?;
-    Ok(Arc::new(source))
+    Ok(Arc::new(GrpcSource::with_token(
+        channel, token, &bundle, validity,
+    )))
 }
 
 /// The certificate source `config.ca` describes: mesh-control's CA service when `ca.address` is

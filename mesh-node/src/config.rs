@@ -4,7 +4,12 @@
 //! L4 authorization policies and the peer-authentication mode. The control plane will later feed
 //! the same domain types; [`crate::state`] validates this into them.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -86,11 +91,24 @@ pub struct Config {
 pub struct InPodConfig {
     /// Open in-pod listeners (needs `CAP_SYS_ADMIN` to enter pod namespaces).
     pub enabled: bool,
+    /// `SO_MARK` of the in-pod listeners (needs `CAP_NET_ADMIN`; default 0x539, the mark Istio's
+    /// ztunnel uses in pods). It is the eBPF programs' tunnel mark: a STRICT pod admits
+    /// connection attempts on the HBONE port only into listening sockets carrying it, so an
+    /// application's own listener on that port stays protected, and connects of sockets
+    /// carrying it are never redirected. Pick a value no CNI in the pods uses; 0 leaves the
+    /// listeners unmarked, and then STRICT pods accept no HBONE at all (fail closed).
+    pub mark: u32,
 }
+
+/// Istio ztunnel's in-pod socket mark (1337).
+pub const DEFAULT_IN_POD_MARK: u32 = 0x539;
 
 impl Default for InPodConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            mark: DEFAULT_IN_POD_MARK,
+        }
     }
 }
 
@@ -119,6 +137,10 @@ impl Default for PodNetnsConfig {
 pub struct Listeners {
     /// Captured outbound traffic (15001).
     pub outbound: SocketAddr,
+    /// A second outbound listener on this IPv6 address, on the port `outbound` got (the eBPF
+    /// programs send both families to one port). Set by `--node-ipv6`; `None`: IPv4 only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_ipv6: Option<Ipv6Addr>,
     /// Captured inbound plaintext (15006).
     pub inbound_plaintext: SocketAddr,
     /// Inbound HBONE (15008).
@@ -136,6 +158,7 @@ impl Default for Listeners {
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
         Self {
             outbound: any(15001),
+            outbound_ipv6: None,
             inbound_plaintext: any(15006),
             hbone: any(15008),
             metrics: any(15020),
@@ -494,6 +517,8 @@ authorization_policies:
             config.ca.workload_validity,
             Some(Duration::from_secs(24 * 3600))
         );
+        assert_eq!(config.in_pod.mark, DEFAULT_IN_POD_MARK);
+        assert_eq!(config.listeners.outbound_ipv6, None);
     }
 
     #[test]

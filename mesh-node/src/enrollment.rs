@@ -55,6 +55,7 @@ pub fn wanted_from_config(config: &Config) -> BTreeMap<IpAddr, EnrollMode> {
 pub struct Enrollment {
     redirect: Redirect,
     enrolled: BTreeMap<u64, EnrollMode>,
+    leftovers_removed: bool,
 }
 
 impl Enrollment {
@@ -63,6 +64,7 @@ impl Enrollment {
         Self {
             redirect,
             enrolled: BTreeMap::new(),
+            leftovers_removed: false,
         }
     }
 
@@ -100,6 +102,29 @@ impl Enrollment {
                 "local pods without a visible network namespace yet"
             );
         }
+        self.remove_leftovers()
+    }
+
+    /// Once, after the first complete pass: unenrolls every namespace this process did not
+    /// enroll. After adopting pinned maps ([`crate::redirect::Config::pin_path`]) these are pods
+    /// that left the mesh while the tunnel was down; until then they stayed captured (fail
+    /// closed), and the pods still wanted were never out of the map.
+    fn remove_leftovers(&mut self) -> Result<(), EnrollmentError> {
+        if self.leftovers_removed {
+            return Ok(());
+        }
+        let ours = &self.enrolled;
+        let removed = self
+            .redirect
+            .retain_enrolled(|cookie| ours.contains_key(&cookie))?;
+        self.leftovers_removed = true;
+        let pinned = self.redirect.pinned().map(|p| p.display().to_string());
+        tracing::info!(
+            removed,
+            kept = self.enrolled.len(),
+            ?pinned,
+            "enrollment map reconciled with the wanted pods"
+        );
         Ok(())
     }
 }
@@ -112,12 +137,22 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Option<Enrollment>> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One pass on a blocking thread (map updates are syscalls).
+/// The pods to capture; `None` until known (a node following mesh-control before its first
+/// feed version): nothing is enrolled or unenrolled meanwhile.
+type Wanted = Option<BTreeMap<IpAddr, EnrollMode>>;
+
+/// One pass on a blocking thread (map updates are syscalls). Nothing happens before the pods to
+/// capture and their namespaces are known (`scanned`): an early pass would take an empty scan
+/// or wanted set for the truth and unenroll pods adopted from pinned maps.
 fn pass(
     shared: &Shared,
     found: &Scan,
-    wanted: &BTreeMap<IpAddr, EnrollMode>,
+    wanted: &Wanted,
+    scanned: bool,
 ) -> Result<(), EnrollmentError> {
+    let (Some(wanted), true) = (wanted, scanned) else {
+        return Ok(());
+    };
     match lock(shared).as_mut() {
         Some(enrollment) => enrollment.apply(wanted, found),
         None => Ok(()),
@@ -128,17 +163,20 @@ fn pass(
 /// `wanted`'s sender is dropped. A failed pass is retried after `retry`.
 async fn run(
     shared: Shared,
-    mut wanted: watch::Receiver<BTreeMap<IpAddr, EnrollMode>>,
+    mut wanted: watch::Receiver<Wanted>,
     mut scans: watch::Receiver<Scan>,
     retry: Duration,
     mut drain: DrainWatch,
 ) {
     let mut scanning = true;
+    // The scanner publishes its first scan even when empty: a change means a real scan.
+    let mut scanned = scans.has_changed().unwrap_or(false);
     loop {
         let target = wanted.borrow_and_update().clone();
         let found = scans.borrow_and_update().clone();
         let pass_shared = shared.clone();
-        let result = tokio::task::spawn_blocking(move || pass(&pass_shared, &found, &target)).await;
+        let result =
+            tokio::task::spawn_blocking(move || pass(&pass_shared, &found, &target, scanned)).await;
         let failed = !matches!(result, Ok(Ok(())));
         match result {
             Ok(Ok(())) => {}
@@ -160,7 +198,10 @@ async fn run(
                 }
             }
             // The scanner stops with the proxy's drain; keep the last scan until shutdown.
-            changed = scans.changed(), if scanning => scanning = changed.is_ok(),
+            changed = scans.changed(), if scanning => {
+                scanning = changed.is_ok();
+                scanned |= scanning;
+            }
         }
     }
 }
@@ -215,7 +256,7 @@ pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 pub struct EnrollmentHandle {
     task: tokio::task::JoinHandle<()>,
     drain: mesh_core::drain::DrainTrigger,
-    wanted: watch::Sender<BTreeMap<IpAddr, EnrollMode>>,
+    wanted: watch::Sender<Wanted>,
     shared: Shared,
 }
 
@@ -225,6 +266,23 @@ impl EnrollmentHandle {
     pub fn start(
         config: &crate::redirect::Config,
         wanted: BTreeMap<IpAddr, EnrollMode>,
+        scans: watch::Receiver<Scan>,
+    ) -> Result<Self, RedirectError> {
+        Self::start_with(config, Some(wanted), scans)
+    }
+
+    /// As [`Self::start`] when the pods to capture are not known yet (following mesh-control):
+    /// pods enrolled in adopted pinned maps stay enrolled until the first [`Self::set_wanted`].
+    pub fn start_pending(
+        config: &crate::redirect::Config,
+        scans: watch::Receiver<Scan>,
+    ) -> Result<Self, RedirectError> {
+        Self::start_with(config, None, scans)
+    }
+
+    fn start_with(
+        config: &crate::redirect::Config,
+        wanted: Wanted,
         scans: watch::Receiver<Scan>,
     ) -> Result<Self, RedirectError> {
         let redirect = Redirect::load(config)?;
@@ -243,7 +301,7 @@ impl EnrollmentHandle {
 
     /// Replaces the set of pods to capture (after a config change).
     pub fn set_wanted(&self, wanted: BTreeMap<IpAddr, EnrollMode>) {
-        self.wanted.send_replace(wanted);
+        self.wanted.send_replace(Some(wanted));
     }
 
     /// The programs' counters, for [`crate::metrics::Metrics::install_ebpf_counters`]; reads
@@ -253,7 +311,8 @@ impl EnrollmentHandle {
     }
 
     /// Stops reconciling and detaches the programs: enrolled pods' new connections then go
-    /// direct, so call this only after the proxy has drained.
+    /// direct, so call this only after the proxy has drained. With pinning the programs stay
+    /// attached instead (pods keep failing closed until the next start adopts them).
     pub async fn shutdown(self) {
         drop(self.wanted);
         let _ = self.drain.drain(Duration::from_secs(5)).await;
@@ -262,7 +321,15 @@ impl EnrollmentHandle {
         }
         let detached = lock(&self.shared).take();
         let pods = detached.as_ref().map_or(0, |e| e.enrolled().len());
+        let pinned = detached
+            .as_ref()
+            .and_then(|e| e.redirect().pinned().map(|p| p.display().to_string()));
         drop(detached);
-        tracing::info!(pods, "ebpf redirection detached");
+        match pinned {
+            Some(pinned) => {
+                tracing::info!(pods, %pinned, "ebpf redirection left attached (pinned)")
+            }
+            None => tracing::info!(pods, "ebpf redirection detached"),
+        }
     }
 }

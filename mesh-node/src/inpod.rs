@@ -150,23 +150,27 @@ struct PodListener {
 pub struct InPodListeners {
     proxy: Proxy,
     port: u16,
+    mark: u32,
     deadline: Duration,
     open: HashMap<IpAddr, PodListener>,
     published: watch::Sender<BTreeMap<IpAddr, PathBuf>>,
 }
 
 impl InPodListeners {
-    /// Listeners on `port` for `proxy`'s local pods; `deadline` bounds each listener's drain.
-    /// Returns the manager and a view of the open listeners (pod IP -> namespace path).
+    /// Listeners on `port`, with `SO_MARK` `mark` (0: none), for `proxy`'s local pods;
+    /// `deadline` bounds each listener's drain. Returns the manager and a view of the open
+    /// listeners (pod IP -> namespace path).
     pub fn new(
         proxy: Proxy,
         port: u16,
+        mark: u32,
         deadline: Duration,
     ) -> (Self, watch::Receiver<BTreeMap<IpAddr, PathBuf>>) {
         let (published, view) = watch::channel(BTreeMap::new());
         let manager = Self {
             proxy,
             port,
+            mark,
             deadline,
             open: HashMap::new(),
             published,
@@ -217,20 +221,21 @@ impl InPodListeners {
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
         let addr = SocketAddr::new(unspecified, self.port);
-        let (sockets, path) = (self.proxy.sockets.clone(), netns.path.clone());
+        let (sockets, path, mark) = (self.proxy.sockets.clone(), netns.path.clone(), self.mark);
         let bind_error = |source| InPodError::Bind {
             addr,
             netns: netns.path.clone(),
             source,
         };
-        let listener = tokio::task::spawn_blocking(move || sockets.bind_in_netns(&path, addr))
-            .await
-            .map_err(|e| InPodError::Task {
-                netns: netns.path.clone(),
-                reason: e.to_string(),
-            })?
-            .and_then(tokio::net::TcpListener::from_std)
-            .map_err(bind_error)?;
+        let listener =
+            tokio::task::spawn_blocking(move || sockets.bind_in_netns(&path, addr, mark))
+                .await
+                .map_err(|e| InPodError::Task {
+                    netns: netns.path.clone(),
+                    reason: e.to_string(),
+                })?
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(bind_error)?;
         let handler = PodHandler {
             proxy: self.proxy.clone(),
             pod: ip,

@@ -4,7 +4,7 @@
 //! SIGTERM/SIGINT and drain with the configured deadline.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::Arc,
     time::Duration,
@@ -14,10 +14,12 @@ use anyhow::Context;
 use clap::Parser;
 use mesh_core::{
     drain::{self, DrainTrigger},
+    identity::grpc::BearerToken,
     signal, telemetry,
 };
 use mesh_node::{
     app,
+    capture::{self, NodeAddresses},
     config::Config,
     enrollment::{self, EnrollmentHandle},
     feed::{self, FeedClientConfig, FeedStatus, MeshSnapshot},
@@ -49,12 +51,17 @@ struct Args {
     /// Capture enrolled pods' traffic with eBPF programs attached to this cgroup (path below the
     /// cgroup2 mount; "" for the whole hierarchy). It must contain both the pods and this
     /// process. Without it, only traffic sent to the listeners directly is handled.
-    #[arg(long, env = "WEFT_REDIRECT_CGROUP", requires = "node_ip")]
+    #[arg(long, env = "WEFT_REDIRECT_CGROUP")]
     redirect_cgroup: Option<PathBuf>,
-    /// This node's IPv4 address: pods' connections are redirected to it (outbound port) and
+    /// This node's IPv4 address: pods' IPv4 connections are redirected to it (outbound port) and
     /// strict pods accept plaintext only from it.
     #[arg(long, env = "WEFT_NODE_IP")]
     node_ip: Option<Ipv4Addr>,
+    /// This node's IPv6 address: the tunnel also listens for captured connections on
+    /// `[<it>]:<outbound port>`, pods' native IPv6 connections are redirected there, and strict
+    /// pods accept IPv6 plaintext only from it.
+    #[arg(long, env = "WEFT_NODE_IPV6")]
+    node_ipv6: Option<Ipv6Addr>,
     /// Also find pod network namespaces through /proc/<pid>/ns/net (needs the host PID
     /// namespace); /run/netns is always scanned.
     #[arg(long)]
@@ -90,29 +97,34 @@ async fn main() -> anyhow::Result<()> {
     }
     config.follows_control_feed = args.control_address.is_some();
     config.pod_netns.scan_proc |= args.scan_proc;
+    if args.node_ipv6.is_some() {
+        config.listeners.outbound_ipv6 = args.node_ipv6;
+    }
     tracing::info!(config = ?config, "mesh-node starting");
     let wanted = enrollment::wanted_from_config(&config);
     let base = config.clone();
     let bound = app::build(config)
         .await
         .context("starting the node tunnel")?;
-    let enrollment = match (&args.redirect_cgroup, args.node_ip) {
-        (Some(cgroup), Some(node_ip)) => {
-            let mut redirect =
-                redirect::Config::new(cgroup, SocketAddrV4::new(node_ip, bound.outbound.port()));
-            redirect.tunnel_source_v4 = Some(node_ip);
-            redirect.probe_source_v4 = Some(node_ip);
-            // Strict pods accept SYNs to this port: the in-pod HBONE listeners.
-            redirect.hbone_port = base.hbone_port;
+    let enrollment = match &args.redirect_cgroup {
+        Some(cgroup) => {
+            let node = NodeAddresses {
+                ipv4: args.node_ip,
+                ipv6: args.node_ipv6,
+            };
+            let mut redirect = capture::redirect_config(cgroup, node, &bound, &base)?;
             redirect.pin_path = args.bpf_pin_path.clone();
-            redirect.hbone_port = base.hbone_port;
             let scans = bound.pod_scanner().results();
-            let handle = EnrollmentHandle::start(&redirect, wanted, scans)
-                .context("attaching eBPF redirection")?;
+            // Following mesh-control, the pods to capture are known from its first version on.
+            let handle = match args.control_address.is_some() {
+                true => EnrollmentHandle::start_pending(&redirect, scans),
+                false => EnrollmentHandle::start(&redirect, wanted, scans),
+            }
+            .context("attaching eBPF redirection")?;
             bound.metrics().install_ebpf_counters(handle.counters());
             Some(handle)
         }
-        _ => None,
+        None => None,
     };
     let mut feed = match &args.control_address {
         Some(address) => Some(ControlFeed::start(address, &base)?),
@@ -151,9 +163,8 @@ impl ControlFeed {
     fn start(address: &str, config: &Config) -> anyhow::Result<Self> {
         let mut client = FeedClientConfig::new(address, &config.node_name);
         if let Some(file) = &config.ca.token_file {
-            let token = std::fs::read_to_string(file)
-                .with_context(|| format!("reading the control token from {}", file.display()))?;
-            client.token = Some(token.trim().to_string());
+            // Re-read for every subscription: a projected service-account token rotates.
+            client.token = Some(BearerToken::file(file));
         }
         let (snapshots_tx, snapshots) = watch::channel(Arc::new(MeshSnapshot::default()));
         let (status, _) = watch::channel(FeedStatus::default());

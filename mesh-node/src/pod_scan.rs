@@ -53,10 +53,14 @@ async fn run(
     interval: Duration,
     mut drain: DrainWatch,
 ) {
+    let mut first = true;
     loop {
         let pass = config.clone();
         match tokio::task::spawn_blocking(move || pod_netns::scan(&pass)).await {
-            Ok(Ok(found)) => publish(&results, found),
+            Ok(Ok(found)) => {
+                publish(&results, found, first);
+                first = false;
+            }
             Ok(Err(error)) => tracing::warn!(%error, "pod namespace scan failed; retrying"),
             Err(error) => tracing::warn!(%error, "pod namespace scan did not finish; retrying"),
         }
@@ -68,10 +72,12 @@ async fn run(
     }
 }
 
-/// Publishes `found` only when it differs, so consumers wake for changes, not for every pass.
-fn publish(results: &watch::Sender<Scan>, found: HashMap<IpAddr, PodNetns>) {
+/// Publishes `found` only when it differs, so consumers wake for changes, not for every pass;
+/// the `first` scan is always published (even empty), so consumers can tell a real scan from
+/// the initial placeholder.
+fn publish(results: &watch::Sender<Scan>, found: HashMap<IpAddr, PodNetns>, first: bool) {
     results.send_if_modified(|current| {
-        if **current == found {
+        if !first && **current == found {
             return false;
         }
         *current = Arc::new(found);
@@ -94,12 +100,18 @@ mod tests {
             path: PathBuf::from("/run/netns/a"),
         };
         let found = HashMap::from([("10.0.0.1".parse().unwrap(), netns)]);
-        publish(&tx, found.clone());
+        publish(&tx, HashMap::new(), true);
+        assert!(
+            rx.has_changed().unwrap(),
+            "the first scan is published even when empty"
+        );
+        rx.borrow_and_update();
+        publish(&tx, found.clone(), false);
         assert!(rx.has_changed().unwrap());
         rx.borrow_and_update();
-        publish(&tx, found);
+        publish(&tx, found, false);
         assert!(!rx.has_changed().unwrap(), "same scan woke consumers");
-        publish(&tx, HashMap::new());
+        publish(&tx, HashMap::new(), false);
         assert!(rx.has_changed().unwrap());
     }
 }

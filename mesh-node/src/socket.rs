@@ -28,24 +28,46 @@ pub trait SocketFactory: Send + Sync + 'static {
     fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<TcpStream>>;
     /// The destination the client originally connected to.
     fn original_dst(&self, stream: &TcpStream) -> io::Result<SocketAddr>;
-    /// Binds a non-blocking listener inside the network namespace at `netns` (a pod's). Blocks
-    /// while a helper thread enters the namespace: call it from `spawn_blocking`.
-    fn bind_in_netns(&self, netns: &Path, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-        bind_in_netns(netns, addr)
+    /// Binds a non-blocking listener inside the network namespace at `netns` (a pod's), with
+    /// `SO_MARK` `mark` (0: none). Blocks while a helper thread enters the namespace: call it
+    /// from `spawn_blocking`.
+    fn bind_in_netns(
+        &self,
+        netns: &Path,
+        addr: SocketAddr,
+        mark: u32,
+    ) -> io::Result<std::net::TcpListener> {
+        bind_in_netns(netns, addr, mark)
     }
 }
 
 /// Binds `addr` inside the network namespace at `netns`: a short-lived thread enters the
 /// namespace, binds and returns the socket, which stays in that namespace for its whole life.
-/// The caller's thread (never a tokio worker's) keeps its namespace.
-pub fn bind_in_netns(netns: &Path, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// The caller's thread (never a tokio worker's) keeps its namespace. A non-zero `mark` is set
+/// as the listener's `SO_MARK` (accepted sockets inherit it).
+pub fn bind_in_netns(
+    netns: &Path,
+    addr: SocketAddr,
+    mark: u32,
+) -> io::Result<std::net::TcpListener> {
     let file = File::open(netns)?;
     run_in(file.as_fd(), || {
         let listener = std::net::TcpListener::bind(addr)?;
+        set_mark(&listener, mark)?;
         listener.set_nonblocking(true)?;
         Ok(listener)
     })
     .map_err(io::Error::other)?
+}
+
+/// Sets `SO_MARK` on `socket` (needs `CAP_NET_ADMIN`); 0 leaves it unmarked. The strict eBPF
+/// program recognises the tunnel's in-pod HBONE listeners by it.
+pub fn set_mark(socket: &impl AsFd, mark: u32) -> io::Result<()> {
+    if mark == 0 {
+        return Ok(());
+    }
+    nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::Mark, &mark)
+        .map_err(io::Error::from)
 }
 
 /// Real sockets in the current network namespace.

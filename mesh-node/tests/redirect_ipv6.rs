@@ -14,6 +14,9 @@ use std::{
 use mesh_node::redirect::{Config, EnrollMode, Redirect};
 use support::{topology::DirectPair, *};
 
+/// The tunnel's `SO_MARK` (mesh-node's default in-pod mark).
+const TUNNEL_MARK: u32 = 0x539;
+
 /// Tunnel listeners on both families with one port, as mesh-node binds its outbound listener.
 fn dual_stack_tunnel(pod: &Pod) -> (TcpListener, TcpListener) {
     let tunnel6 = listen_on6(pod.host_ip6(), 0);
@@ -120,12 +123,16 @@ fn strict_pod_accepts_ipv6_from_node_and_probe_and_on_hbone_only() {
     config.outbound_v6 = Some(v6(&tunnel6));
     config.tunnel_source_v6 = Some(pair.server.host_ip6());
     config.probe_source_v6 = Some(probe_ip);
+    config.tunnel_mark = TUNNEL_MARK;
     let mut redirect = Redirect::load(&config).expect("load");
     redirect
         .enroll(pair.server.cookie(), EnrollMode::Strict)
         .expect("enroll strict");
     let app = pair.server.listen6(8080).expect("app listens on [::]");
     let hbone = pair.server.listen6(15008).expect("in-pod HBONE listener");
+    socket2::SockRef::from(&hbone)
+        .set_mark(TUNNEL_MARK)
+        .expect("SO_MARK as mesh-node sets it on in-pod listeners");
     let app_addr = SocketAddr::V6(SocketAddrV6::new(pair.server.ip6(), 8080, 0, 0));
 
     for (source, who) in [(pair.server.host_ip6(), "node"), (probe_ip, "probe")] {

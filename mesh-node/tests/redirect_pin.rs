@@ -270,6 +270,7 @@ fn strict_pods_keep_dropping_plaintext_while_the_loader_is_gone() {
     let tunnel = listen_on(pair.server.host_ip);
     let mut config = Config::new(&cg.relative, v4(&tunnel));
     config.pin_path = Some(bpffs.pins());
+    config.tunnel_mark = 0x539;
     let mut redirect = Redirect::load(&config).expect("pinned load");
     redirect
         .enroll(pair.server.cookie(), EnrollMode::Strict)
@@ -277,7 +278,11 @@ fn strict_pods_keep_dropping_plaintext_while_the_loader_is_gone() {
     drop(redirect);
 
     let app = pair.server.listen(8080).expect("app listens");
+    // The tunnel's in-pod HBONE listener carries the tunnel mark, as mesh-node sets it.
     let hbone = pair.server.listen(15008).expect("HBONE listener");
+    socket2::SockRef::from(&hbone)
+        .set_mark(config.tunnel_mark)
+        .expect("SO_MARK");
     let outsider_ip = pair.outsider.ip;
     let direct = |port| SocketAddr::from((pair.server_end_v4(), port));
     let attempt = pair

@@ -1,7 +1,8 @@
 //! Same-node splicing with real eBPF (needs root; fails loudly otherwise): an enrolled pod's
 //! connection and the tunnel's accepted socket are spliced by `sk_msg`; large transfers in both
 //! directions arrive byte-identical, and half-close (shutdown of one direction) still delivers
-//! everything followed by EOF.
+//! everything followed by EOF. With a pin directory the splice program's link is pinned too: it
+//! outlives the loader and the next loader swaps its program in place.
 
 #[path = "redirect_support/mod.rs"]
 mod support;
@@ -12,8 +13,11 @@ use std::{
     thread,
 };
 
-use mesh_node::redirect::{Config, EnrollMode, Redirect};
-use support::*;
+use std::os::fd::AsFd;
+
+use mesh_ebpf_common::{maps, programs};
+use mesh_node::redirect::{bpf_sys, pin, Config, EnrollMode, Redirect};
+use support::{bpffs::Bpffs, *};
 
 /// Bytes with no period that lines up with write sizes, so reordering or loss shows.
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
@@ -190,5 +194,81 @@ fn splicing_off_by_default_keeps_sockets_out_of_the_map() {
     assert_eq!((c.splice_added, c.splice_redirected), (0, 0), "{c:?}");
     drop((client, at_tunnel));
     drop(redirect);
+    drop(cg);
+}
+
+/// (link id, program id, map id) of the pinned splice link.
+fn splice_link(pins: &std::path::Path) -> (u32, u32, u32) {
+    let link = bpf_sys::obj_get(&pins.join("links").join(programs::SPLICE_MSG))
+        .expect("splice link pinned");
+    let info = bpf_sys::cgroup_link_info(link.as_fd()).expect("link info");
+    let map = bpf_sys::sockmap_link_map_id(link.as_fd()).expect("sockmap link info");
+    (info.id, info.prog_id, map)
+}
+
+/// A redirected connection that carries a message each way; true when `sk_msg` spliced it.
+fn spliced_exchange(redirect: &Redirect, pod: &Pod, tunnel: &std::net::TcpListener) -> bool {
+    let before = redirect.counters().expect("counters").splice_redirected;
+    // Any destination but the tunnel itself: the connect is redirected to the tunnel.
+    let original = SocketAddr::from((pod.host_ip, 9));
+    let mut client = pod.connect(original).expect("connect");
+    let mut at_tunnel = accept_within(tunnel, WAIT)
+        .expect("poll")
+        .expect("redirected to tunnel");
+    assert_carries(&mut client, &mut at_tunnel, b"up");
+    assert_carries(&mut at_tunnel, &mut client, b"down");
+    redirect.counters().expect("counters").splice_redirected > before
+}
+
+#[test]
+fn pinned_splice_link_survives_the_loader_and_is_adopted_in_place() {
+    let _serial = serial();
+    let bpffs = Bpffs::mount("wfte-bpffs-splice");
+    let pod = Pod::new(34).expect("pod");
+    let cg = TestCgroup::join("wfte-splice-pin").expect("cgroup");
+    let tunnel = listen_on(pod.host_ip);
+    let mut config = Config::new(&cg.relative, v4(&tunnel));
+    config.splice = true;
+    config.pin_path = Some(bpffs.pins());
+    let mut first = Redirect::load(&config).unwrap_or_else(|e| panic!("pinned load: {e}"));
+    first
+        .enroll(pod.cookie(), EnrollMode::Capture)
+        .expect("enroll");
+    assert!(spliced_exchange(&first, &pod, &tunnel), "spliced");
+    let before = splice_link(&bpffs.pins());
+    let splice_map =
+        bpf_sys::obj_get(&bpffs.pins().join("maps").join(maps::SPLICE)).expect("SPLICE map pinned");
+    assert_eq!(
+        before.2,
+        bpf_sys::map_id(splice_map.as_fd()).expect("map id")
+    );
+    drop(first);
+
+    assert_eq!(
+        splice_link(&bpffs.pins()),
+        before,
+        "the link outlives the loader"
+    );
+    let second = Redirect::load(&config).unwrap_or_else(|e| panic!("adopting load: {e}"));
+    let after = splice_link(&bpffs.pins());
+    assert_eq!(
+        (after.0, after.2),
+        (before.0, before.2),
+        "same link, same map"
+    );
+    assert_ne!(after.1, before.1, "its program was replaced");
+    assert!(
+        spliced_exchange(&second, &pod, &tunnel),
+        "spliced after adoption"
+    );
+    drop(second);
+
+    // Without splice the pinned link is retired.
+    config.splice = false;
+    let third = Redirect::load(&config).expect("load without splice");
+    let link_path = bpffs.pins().join("links").join(programs::SPLICE_MSG);
+    assert!(!link_path.exists(), "splice link retired");
+    drop(third);
+    pin::remove_all(&bpffs.pins()).expect("cleanup");
     drop(cg);
 }

@@ -1,6 +1,8 @@
 //! Strict inbound with real eBPF (needs root; fails loudly otherwise): a STRICT pod accepts TCP
 //! from the tunnel's node address and the kubelet probe address only; another pod reaching it
-//! directly (plaintext, bypassing the tunnel) cannot connect. Capture mode does not filter.
+//! directly (plaintext, bypassing the tunnel) cannot connect, except to the tunnel's own HBONE
+//! listener (HBONE port and tunnel mark): an app's unmarked listener on 15008 stays protected.
+//! Capture mode does not filter.
 
 #[path = "redirect_support/mod.rs"]
 mod support;
@@ -80,6 +82,21 @@ fn strict_pod_rejects_plaintext_that_bypassed_the_tunnel() {
     drop(cg);
 }
 
+/// The tunnel's `SO_MARK` in these tests (mesh-node's default in-pod mark).
+const TUNNEL_MARK: u32 = 0x539;
+
+/// A listener on `port` inside the pod, with `SO_MARK` `mark` when non-zero (as mesh-node marks
+/// its in-pod HBONE listeners).
+fn listen_marked(pod: &Pod, port: u16, mark: u32) -> std::net::TcpListener {
+    let listener = pod.listen(port).expect("listener in the pod");
+    if mark != 0 {
+        socket2::SockRef::from(&listener)
+            .set_mark(mark)
+            .expect("SO_MARK (CAP_NET_ADMIN)");
+    }
+    listener
+}
+
 #[test]
 fn strict_pod_accepts_hbone_from_anywhere_and_nothing_else_in_plaintext() {
     let _serial = serial();
@@ -88,19 +105,37 @@ fn strict_pod_accepts_hbone_from_anywhere_and_nothing_else_in_plaintext() {
     let tunnel = listen_on(topo.server.host_ip);
     let mut config = Config::new(&cg.relative, v4(&tunnel));
     config.tunnel_source_v4 = Some(topo.server.host_ip);
+    config.tunnel_mark = TUNNEL_MARK;
     assert_eq!(config.hbone_port, 15008, "HBONE port defaults to 15008");
     let mut redirect =
         Redirect::load(&config).unwrap_or_else(|e| panic!("eBPF programs must load: {e}"));
     redirect
         .enroll(topo.server.cookie(), EnrollMode::Strict)
         .expect("enroll strict");
-    // The tunnel's in-pod HBONE listener: a socket of this (cgroup-attached) process that lives
-    // in the strict pod's network namespace, as mesh-node creates it.
-    let hbone = topo.server.listen(15008).expect("in-pod HBONE listener");
-    let app = topo.server.listen(8080).expect("app listener");
     let outsider_ip = Ipv4Addr::new(10, 201, 24, 2);
     let via_outsider =
         |port| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 201, 24, 1), port));
+
+    // An application's own listener on the HBONE port (unmarked, or another mark) gets no
+    // exception.
+    for mark in [0, TUNNEL_MARK + 1] {
+        let app_hbone = listen_marked(&topo.server, 15008, mark);
+        let attempt = topo
+            .outsider
+            .run_in(|| connect_from(outsider_ip, via_outsider(15008), DROPPED_WAIT));
+        assert_dropped(
+            attempt,
+            &format!("plaintext to an app's listener on 15008, mark {mark}"),
+        );
+        assert!(accept_within(&app_hbone, Duration::ZERO)
+            .expect("poll")
+            .is_none());
+    }
+
+    // The tunnel's in-pod HBONE listener: a socket of this (cgroup-attached) process that lives
+    // in the strict pod's network namespace and carries the tunnel mark, as mesh-node creates it.
+    let hbone = listen_marked(&topo.server, 15008, TUNNEL_MARK);
+    let app = topo.server.listen(8080).expect("app listener");
 
     let mut client = topo
         .outsider
@@ -121,17 +156,21 @@ fn strict_pod_accepts_hbone_from_anywhere_and_nothing_else_in_plaintext() {
     assert!(c.strict_allowed >= 1, "{c:?}");
     assert!(c.strict_dropped >= 1, "{c:?}");
 
-    // HBONE port 0 turns the exception off: the same connect is dropped.
+    // HBONE port 0, or tunnel mark 0, turns the exception off: the same connect is dropped.
     drop(redirect);
-    config.hbone_port = 0;
-    let mut redirect = Redirect::load(&config).expect("reload");
-    redirect
-        .enroll(topo.server.cookie(), EnrollMode::Strict)
-        .expect("enroll strict");
-    let attempt = topo
-        .outsider
-        .run_in(|| connect_from(outsider_ip, via_outsider(15008), DROPPED_WAIT));
-    assert_dropped(attempt, "HBONE port without the exception");
-    drop(redirect);
+    for (port, mark) in [(0, TUNNEL_MARK), (15008, 0)] {
+        config.hbone_port = port;
+        config.tunnel_mark = mark;
+        let mut redirect = Redirect::load(&config).expect("reload");
+        redirect
+            .enroll(topo.server.cookie(), EnrollMode::Strict)
+            .expect("enroll strict");
+        let attempt = topo
+            .outsider
+            .run_in(|| connect_from(outsider_ip, via_outsider(15008), DROPPED_WAIT));
+        assert_dropped(attempt, &format!("hbone_port {port}, tunnel_mark {mark}"));
+        drop(redirect);
+    }
+    drop(hbone);
     drop(cg);
 }

@@ -95,7 +95,7 @@ impl Drop for PodNetns {
 
 /// An echo server on `<pod ip>:port` inside the pod's namespace.
 fn echo_in(pod: &PodNetns, port: u16) -> Result<()> {
-    let std_listener = bind_in_netns(&pod.path(), SocketAddr::new(pod.ip(), port))?;
+    let std_listener = bind_in_netns(&pod.path(), SocketAddr::new(pod.ip(), port), 0)?;
     spawn_echo(tokio::net::TcpListener::from_std(std_listener)?);
     Ok(())
 }

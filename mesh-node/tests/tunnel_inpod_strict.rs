@@ -1,6 +1,7 @@
 //! In-pod HBONE listener of a STRICT pod, with the real eBPF programs (root; fails loudly
 //! otherwise): plaintext from outside the mesh to the pod is dropped in the kernel, while HBONE
-//! to `<pod ip>:15008` reaches the tunnel's listener inside the pod's namespace and the tunnel
+//! from the same outside address to `<pod ip>:15008` reaches the tunnel's listener inside the
+//! pod's namespace (admitted because mesh-node marks it with `in_pod.mark`) and the tunnel
 //! delivers the stream to the pod, with no NAT anywhere.
 //!
 //! Uses the `redirect_*` fixtures (pod `wfte-202`, addresses in 10.201.202.0/24).
@@ -18,7 +19,7 @@ use std::{
 
 use mesh_node::{
     app::{self, Bound, Deps},
-    config::Config,
+    config::{Config, DEFAULT_IN_POD_MARK},
     enrollment::EnrollmentHandle,
     redirect::{self, EnrollMode},
     socket::SystemSockets,
@@ -72,6 +73,8 @@ fn start_enrollment(node: &Bound, cgroup: &TestCgroup, pod: &Pod) -> EnrollmentH
     // The tunnel's own connects to the pod come from the host end of the veth.
     config.tunnel_source_v4 = Some(pod.host_ip);
     config.probe_source_v4 = Some(pod.host_ip);
+    // What the binary sets from `in_pod.mark` (mesh_node::capture::redirect_config).
+    config.tunnel_mark = DEFAULT_IN_POD_MARK;
     let wanted = BTreeMap::from([(IpAddr::V4(pod.ip), EnrollMode::Strict)]);
     EnrollmentHandle::start(&config, wanted, node.pod_scanner().results())
         .unwrap_or_else(|e| panic!("eBPF programs must load: {e}"))
@@ -107,7 +110,10 @@ fn strict_pod_takes_hbone_on_its_in_pod_listener_and_drops_plaintext() {
 
     wait_until_plaintext_dropped(outsider, &pod);
     runtime.block_on(async {
-        let caller = HboneCaller::new(&ca).await.expect("client certificate");
+        // From the outsider's address, which strict mode drops on any other port.
+        let caller = HboneCaller::from_source(&ca, IpAddr::V4(outsider))
+            .await
+            .expect("client certificate");
         let mut tunnel = caller
             .call(IpAddr::V4(pod.ip), APP_PORT)
             .await

@@ -2,13 +2,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use mesh_core::{drain::DrainWatch, proto::control::v1 as pb};
+use mesh_core::{
+    drain::DrainWatch,
+    identity::grpc::{BearerToken, TokenError},
+    proto::control::v1 as pb,
+};
 use pb::node_feed_client::NodeFeedClient;
 use tokio::sync::watch;
-use tonic::{
-    metadata::MetadataValue,
-    transport::{Channel, Endpoint},
-};
+use tonic::transport::{Channel, Endpoint};
 
 use super::store::{FeedStore, MeshSnapshot};
 
@@ -19,8 +20,9 @@ pub struct FeedClientConfig {
     pub endpoint: String,
     /// This node's name, as pods' `spec.nodeName` says it.
     pub node_name: String,
-    /// Bearer token proving the node's identity to mesh-control.
-    pub token: Option<String>,
+    /// Bearer token proving the node's identity to mesh-control; a token file is re-read for
+    /// every subscription, since projected service-account tokens rotate.
+    pub token: Option<BearerToken>,
     /// Bound on establishing the connection.
     pub connect_timeout: Duration,
     /// First retry delay after a failure; doubles up to `max_backoff`.
@@ -82,8 +84,8 @@ enum AttemptError {
     Ended,
     #[error("inconsistent feed, resubscribing from scratch: {0}")]
     Inconsistent(#[from] super::store::FeedError),
-    #[error("bearer token is not a valid header value")]
-    BadToken,
+    #[error("bearer token: {0}")]
+    Token(#[from] TokenError),
 }
 
 /// Runs until the drain starts, publishing every complete snapshot on `snapshots` and the
@@ -143,10 +145,9 @@ async fn subscribe(
         resume_version,
     });
     if let Some(token) = &config.token {
-        match MetadataValue::try_from(format!("Bearer {token}")) {
-            Ok(value) => request.metadata_mut().insert("authorization", value),
-            Err(_) => return AttemptError::BadToken,
-        };
+        if let Err(error) = token.attach(&mut request).await {
+            return error.into();
+        }
     }
     let mut stream = match NodeFeedClient::new(channel).subscribe(request).await {
         Ok(response) => response.into_inner(),

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use mesh_core::{drain, proto::control::v1 as pb};
+use mesh_core::{drain, identity::grpc::BearerToken, proto::control::v1 as pb};
 use pb::node_feed_server::{NodeFeed, NodeFeedServer};
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -215,7 +215,7 @@ async fn serve(fake: Arc<FakeControl>) -> (String, tokio::task::JoinHandle<()>) 
 
 fn config(endpoint: &str) -> FeedClientConfig {
     FeedClientConfig {
-        token: Some("node-token".into()),
+        token: Some(BearerToken::inline("node-token").unwrap()),
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
         ..FeedClientConfig::new(endpoint, "n1")

@@ -1,6 +1,6 @@
-//! Attaching one cgroup program: owned by aya (detached when the loader drops it), or, with a pin
-//! directory, through a pinned bpf link that outlives the loader and whose program the next
-//! loader swaps atomically (`BPF_LINK_UPDATE`).
+//! Attaching one cgroup program (and the splice `sk_msg`, [`attach_splice`]): owned by aya
+//! (detached when the loader drops it), or, with a pin directory, through a pinned bpf link that
+//! outlives the loader and whose program the next loader swaps atomically (`BPF_LINK_UPDATE`).
 
 use std::{
     fs::File,
@@ -144,6 +144,39 @@ fn program_fd<'p>(
         program: name,
         source,
     })
+}
+
+/// Attaches the loaded `sk_msg` program (`program`, named `name`) to the SPLICE sockhash `map`
+/// through a pinned bpf link: an existing link on this map gets the new program atomically; a
+/// link left on another map (the map pin was removed) is detached and replaced.
+pub fn attach_splice(
+    program: BorrowedFd<'_>,
+    name: &'static str,
+    map: BorrowedFd<'_>,
+    pins: &PinDir,
+) -> Result<(), AttachError> {
+    let path = pins.link_path(name);
+    let adopt_error = |source| AttachError::Adopt {
+        program: name,
+        path: path.clone(),
+        source,
+    };
+    match bpf_sys::obj_get(&path) {
+        Ok(link) => {
+            let linked = bpf_sys::sockmap_link_map_id(link.as_fd()).map_err(adopt_error)?;
+            if linked == bpf_sys::map_id(map).map_err(adopt_error)? {
+                return bpf_sys::link_update(link.as_fd(), program).map_err(adopt_error);
+            }
+            tracing::warn!(link = %path.display(), linked, "pinned splice link on another map; replacing it");
+            bpf_sys::link_detach(link.as_fd()).map_err(adopt_error)?;
+            std::fs::remove_file(&path).map_err(adopt_error)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(adopt_error(source)),
+    }
+    let link = bpf_sys::link_create(program, map, bpf_sys::attach_type::SK_MSG_VERDICT)
+        .map_err(adopt_error)?;
+    bpf_sys::obj_pin(link.as_fd(), &path).map_err(adopt_error)
 }
 
 /// Swaps the program of an existing pinned link for `program`, after checking its cgroup.

@@ -39,6 +39,8 @@ pub mod attach_type {
     pub const INET4_GETPEERNAME: u32 = 29;
     /// `BPF_CGROUP_INET6_GETPEERNAME`.
     pub const INET6_GETPEERNAME: u32 = 30;
+    /// `BPF_SK_MSG_VERDICT` (a sockmap/sockhash; bpf links for it need Linux >= 6.10).
+    pub const SK_MSG_VERDICT: u32 = 7;
 }
 
 /// `bpf_attr` for `BPF_OBJ_GET` and `BPF_OBJ_PIN`.
@@ -197,6 +199,16 @@ pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Id, program and cgroup of a cgroup link.
 pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
+    let info = raw_link_info(link)?;
+    Ok(CgroupLinkInfo {
+        id: info.id,
+        prog_id: info.prog_id,
+        cgroup_id: info.cgroup_id,
+        attach_type: info.attach_type,
+    })
+}
+
+fn raw_link_info(link: BorrowedFd<'_>) -> io::Result<RawLinkInfo> {
     let mut info = RawLinkInfo::default();
     let mut attr = InfoAttr {
         bpf_fd: fd_u32(link),
@@ -204,12 +216,27 @@ pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
         info: &mut info as *mut RawLinkInfo as u64,
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(CgroupLinkInfo {
-        id: info.id,
-        prog_id: info.prog_id,
-        cgroup_id: info.cgroup_id,
-        attach_type: info.attach_type,
-    })
+    Ok(info)
+}
+
+/// Id of the sockmap/sockhash a sockmap link (`sk_msg`) is attached to: the `sockmap` arm of
+/// the info union (`map_id`, then `attach_type`) overlays the cgroup arm's 64-bit id.
+pub fn sockmap_link_map_id(link: BorrowedFd<'_>) -> io::Result<u32> {
+    let info = raw_link_info(link)?;
+    let bytes = info.cgroup_id.to_ne_bytes();
+    Ok(u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+/// Kernel id of a map (`id`, the second field of `struct bpf_map_info`).
+pub fn map_id(map: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = [0u32; 2];
+    let mut attr = InfoAttr {
+        bpf_fd: fd_u32(map),
+        info_len: size_of::<[u32; 2]>() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[1])
 }
 
 fn fd_u32(fd: BorrowedFd<'_>) -> u32 {

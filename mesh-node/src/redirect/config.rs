@@ -28,7 +28,8 @@ pub struct Config {
     pub outbound_v4: Option<SocketAddrV4>,
     /// The tunnel's IPv6 outbound listener; `None` leaves native IPv6 connects alone.
     pub outbound_v6: Option<SocketAddrV6>,
-    /// `SO_MARK` set on the tunnel's own sockets; they are never redirected. 0 disables the check.
+    /// `SO_MARK` set on the tunnel's own sockets: they are never redirected, and in strict pods
+    /// only listeners carrying it get the HBONE-port exception. 0 disables both (fail closed).
     pub tunnel_mark: u32,
     /// Node address the tunnel uses to reach local pods; allowed into strict pods.
     pub tunnel_source_v4: Option<Ipv4Addr>,
@@ -38,8 +39,9 @@ pub struct Config {
     pub tunnel_source_v6: Option<Ipv6Addr>,
     /// IPv6 address kubelet probes come from; allowed into strict pods.
     pub probe_source_v6: Option<Ipv6Addr>,
-    /// Port of the tunnel's in-pod HBONE listeners: connection attempts to it are allowed into
-    /// strict pods from any source (HBONE is mTLS, authorised by the tunnel). 0 allows none.
+    /// Port of the tunnel's in-pod HBONE listeners: connection attempts to a listener on it that
+    /// carries `tunnel_mark` are allowed into strict pods from any source (HBONE is mTLS,
+    /// authorised by the tunnel). 0 allows none.
     pub hbone_port: u16,
     /// bpffs directory to pin links and maps in (e.g. `/sys/fs/bpf/weft`): programs then stay
     /// attached when the loader exits, and the next load adopts them. `None`: detach on drop.

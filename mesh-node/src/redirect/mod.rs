@@ -130,7 +130,7 @@ impl Redirect {
         settings::write(&mut ebpf, config)?;
         programs::attach_all(&mut ebpf, &cgroup_dir, config.splice, pins.as_ref())?;
         if let Some(pins) = &pins {
-            pins.retire_links(&programs::CGROUP_PROGRAMS)?;
+            pins.retire_links(&programs::pinned_programs(config.splice))?;
         }
         // After attaching, so a failed load leaves no forwarding task behind; records written in
         // between wait in the ring buffer.
@@ -248,7 +248,7 @@ impl Drop for Redirect {
         match self.pinned() {
             Some(dir) => tracing::info!(
                 pinned = %dir.display(),
-                "ebpf redirection left attached through pinned links"
+                "ebpf redirection left attached (pinned)"
             ),
             None => tracing::info!("ebpf redirection detached"),
         }

@@ -1,15 +1,15 @@
 //! Optional bpffs pinning, so enrolled pods stay captured while mesh-node restarts (fail closed).
 //!
 //! Layout under the pin directory (e.g. `/sys/fs/bpf/weft`): `maps/<MAP>` for every map the
-//! programs share, `links/<program>` for every cgroup program's bpf link. A pinned link keeps
-//! its program attached after the loader exits; the next loader opens the same maps (aya's
-//! `map_pin_path`), then swaps each pinned link's program for the new one with
-//! `BPF_LINK_UPDATE`, which is atomic, so there is no moment in which enrolled pods are not
+//! programs share, `links/<program>` for every cgroup program's (and the splice `sk_msg`'s) bpf
+//! link. A pinned link keeps its program attached after the loader exits; the next loader opens
+//! the same maps (aya's `map_pin_path`), then swaps each pinned link's program for the new one
+//! with `BPF_LINK_UPDATE`, which is atomic, so there is no moment in which enrolled pods are not
 //! redirected. Pinned maps are only adopted when their key size, value size and capacity match
 //! this build's ABI; anything else needs [`remove_all`] first (which does open a window).
 //!
-//! Not pinned: the `sk_msg` splice program (attached to the pinned `SPLICE` map, detached on exit
-//! and re-attached on load; without it sockets just use TCP) and the aya-log ring buffer.
+//! The splice `sk_msg` link (when splicing is on) is attached to the pinned `SPLICE` sockhash
+//! (a sockmap bpf link, Linux >= 6.10). Not pinned: the aya-log ring buffer.
 
 use std::{
     fs,

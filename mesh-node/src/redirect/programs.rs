@@ -1,6 +1,6 @@
 //! Loading the eBPF object and attaching each program, with errors an operator can act on.
 
-use std::fs::File;
+use std::{fs::File, os::fd::AsFd};
 
 use aya::{
     programs::{CgroupSkb, CgroupSockAddr, CgroupSockopt, ProgramError, SkMsg, SockOps},
@@ -150,7 +150,7 @@ pub fn attach_all(
         let ingress = (programs::INGRESS, attach_type::INET_INGRESS);
         step::<CgroupSkb>(ebpf, phase, ingress, cgroup, pins)?;
         if splice {
-            splice_step(ebpf, phase)?;
+            splice_step(ebpf, phase, pins)?;
         }
     }
     Ok(())
@@ -175,8 +175,9 @@ where
     }
 }
 
-/// Loads the `sk_msg` program, or attaches it to the `SPLICE` map.
-fn splice_step(ebpf: &mut Ebpf, phase: Phase) -> Result<(), ProgramsError> {
+/// Loads the `sk_msg` program, or attaches it to the `SPLICE` map (with `pins`, through a
+/// pinned link: it then outlives the loader like the cgroup programs).
+fn splice_step(ebpf: &mut Ebpf, phase: Phase, pins: Option<&PinDir>) -> Result<(), ProgramsError> {
     if phase == Phase::Load {
         let program: &mut SkMsg = program(ebpf, programs::SPLICE_MSG)?;
         return program
@@ -193,10 +194,44 @@ fn splice_step(ebpf: &mut Ebpf, phase: Phase) -> Result<(), ProgramsError> {
         .try_clone()
         .map_err(|e| missing_map(maps::SPLICE, e))?;
     let program: &mut SkMsg = program(ebpf, programs::SPLICE_MSG)?;
+    if let Some(pins) = pins.filter(|_| sockmap_links_supported()) {
+        let program_fd = program
+            .fd()
+            .map_err(|e| attach(programs::SPLICE_MSG, e))?
+            .as_fd();
+        let map_fd = fd.as_fd();
+        return Ok(attach::attach_splice(
+            program_fd,
+            programs::SPLICE_MSG,
+            map_fd,
+            pins,
+        )?);
+    }
     program
         .attach(&fd)
         .map_err(|e| attach(programs::SPLICE_MSG, e))?;
     Ok(())
+}
+
+/// Sockmap bpf links (`BPF_LINK_CREATE` on a sockhash) exist since Linux 6.10; before that the
+/// splice program is attached the old way and detached with the loader (sockets then use plain
+/// TCP until the next start re-attaches it).
+fn sockmap_links_supported() -> bool {
+    let supported = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 10, 0));
+    if !supported {
+        tracing::warn!(kernel = %kernel(), "kernel before 6.10: the splice program is not pinned");
+    }
+    supported
+}
+
+/// The programs that have pinned links with `splice` on or off (what
+/// [`PinDir::retire_links`] keeps).
+pub fn pinned_programs(splice: bool) -> Vec<&'static str> {
+    let mut names = CGROUP_PROGRAMS.to_vec();
+    if splice {
+        names.push(programs::SPLICE_MSG);
+    }
+    names
 }
 
 fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, ProgramsError>

@@ -464,9 +464,21 @@ pub struct HboneCaller {
 
 impl HboneCaller {
     pub async fn new(ca: &TestCa) -> anyhow::Result<Self> {
+        Self::with_dialer(ca, Arc::new(mesh_core::hbone::TcpDialer)).await
+    }
+
+    /// A caller whose connections come from `source` (an address of this host).
+    pub async fn from_source(ca: &TestCa, source: IpAddr) -> anyhow::Result<Self> {
+        Self::with_dialer(ca, Arc::new(SourceDialer(source))).await
+    }
+
+    async fn with_dialer(
+        ca: &TestCa,
+        dialer: Arc<dyn mesh_core::hbone::Dialer>,
+    ) -> anyhow::Result<Self> {
         let id: SpiffeId = "spiffe://cluster.local/ns/web/sa/client".parse()?;
         let cert = mesh_core::tls::IdentityCert::new(&ca.source().fetch(&id).await?)?;
-        let client = mesh_core::hbone::Client::new(Arc::new(mesh_core::hbone::TcpDialer));
+        let client = mesh_core::hbone::Client::new(dialer);
         Ok(Self { client, cert })
     }
 
@@ -489,6 +501,23 @@ impl HboneCaller {
             headers: Default::default(),
         };
         Ok(tokio::time::timeout(WAIT, self.client.connect(request)).await??)
+    }
+}
+
+/// Dials from a fixed local address.
+struct SourceDialer(IpAddr);
+
+impl mesh_core::hbone::Dialer for SourceDialer {
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<TcpStream>> {
+        let source = self.0;
+        Box::pin(async move {
+            let socket = match source {
+                IpAddr::V4(_) => TcpSocket::new_v4()?,
+                IpAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(addr).await
+        })
     }
 }
 
