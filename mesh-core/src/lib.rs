@@ -6,12 +6,14 @@
 //! - [`identity`]: SPIFFE IDs, workload certificates, CSRs and the CA primitive.
 //! - [`tls`]: mutual-TLS client/server configs over SPIFFE identities, with rotation.
 //! - [`proto`]: the control-plane protocol (generated gRPC/protobuf code).
+//! - [`feed`]: feed-subscription plumbing (status, backoff, channel) for nodes and waypoints.
 //! - [`hbone`]: HTTP/2 CONNECT tunnels (client pool and server) per Istio's HBONE.
 //! - [`ops`]: the HTTP endpoint for metrics, readiness and debug pages every binary serves.
 //! - [`authz`]: authorization policy decisions (Istio semantics) for nodes (L4) and waypoints (L7).
 
 pub mod authz;
 pub mod drain;
+pub mod feed;
 pub mod hbone;
 pub mod identity;
 pub mod ops;

@@ -2,14 +2,15 @@
 
 use std::{sync::Arc, time::Duration};
 
+pub use mesh_core::feed::FeedStatus;
 use mesh_core::{
     drain::DrainWatch,
+    feed::{self, Backoff, ConnectError},
     identity::grpc::{BearerToken, TokenError},
     proto::control::v1 as pb,
 };
 use pb::node_feed_client::NodeFeedClient;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
 
 use super::store::{FeedStore, MeshSnapshot};
 
@@ -45,37 +46,11 @@ impl FeedClientConfig {
     }
 }
 
-/// What the subscription is doing, for readiness and the config dump.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FeedStatus {
-    /// A stream is open.
-    pub connected: bool,
-    /// Feed instance and version of the snapshot in force (version 0: none yet).
-    pub feed_id: String,
-    pub version: u64,
-    /// Failed attempts since the last complete version.
-    pub consecutive_failures: u32,
-    /// The last failure, for operators.
-    pub last_error: Option<String>,
-}
-
 /// Why one subscription attempt ended.
 #[derive(Debug, thiserror::Error)]
 enum AttemptError {
-    #[error("invalid control endpoint {endpoint:?}: {source}")]
-    Endpoint {
-        endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
-    #[error(
-        "cannot connect to mesh-control at {endpoint} (is it running and reachable?): {source}"
-    )]
-    Connect {
-        endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("mesh-control refused the subscription: {0}")]
     Refused(tonic::Status),
     #[error("feed stream broke: {0}")]
@@ -97,7 +72,7 @@ pub async fn run(
     mut drain: DrainWatch,
 ) {
     let mut store = FeedStore::default();
-    let mut backoff = config.initial_backoff;
+    let mut backoff = Backoff::new(config.initial_backoff, config.max_backoff);
     loop {
         let attempt = subscribe(&config, &mut store, &snapshots, &status);
         let error = tokio::select! {
@@ -109,21 +84,15 @@ pub async fn run(
             // Forget the resume point so the next subscription is a full resend.
             store = FeedStore::default();
         }
+        // A version applied during the attempt means control was healthy: start over.
         let progressed = status.borrow().consecutive_failures == 0;
-        if progressed {
-            backoff = config.initial_backoff;
-        }
-        tracing::warn!(%error, retry_in = ?backoff, "control feed disconnected; keeping last config");
-        status.send_modify(|s| {
-            s.connected = false;
-            s.consecutive_failures += 1;
-            s.last_error = Some(error.to_string());
-        });
+        let delay = backoff.next(progressed);
+        tracing::warn!(%error, retry_in = ?delay, "control feed disconnected; keeping last config");
+        status.send_modify(|s| s.record_failure(&error));
         tokio::select! {
             _ = drain.signaled() => return,
-            _ = tokio::time::sleep(jittered(backoff)) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(config.max_backoff);
     }
 }
 
@@ -134,9 +103,9 @@ async fn subscribe(
     snapshots: &watch::Sender<Arc<MeshSnapshot>>,
     status: &watch::Sender<FeedStatus>,
 ) -> AttemptError {
-    let channel = match connect(config).await {
+    let channel = match feed::connect(&config.endpoint, config.connect_timeout).await {
         Ok(channel) => channel,
-        Err(error) => return error,
+        Err(error) => return error.into(),
     };
     let (feed_id, resume_version) = store.resume_point();
     let mut request = tonic::Request::new(pb::NodeSubscribeRequest {
@@ -182,30 +151,4 @@ async fn subscribe(
             Err(error) => return error.into(),
         }
     }
-}
-
-async fn connect(config: &FeedClientConfig) -> Result<Channel, AttemptError> {
-    let endpoint = Endpoint::from_shared(config.endpoint.clone())
-        .map_err(|source| AttemptError::Endpoint {
-            endpoint: config.endpoint.clone(),
-            source,
-        })?
-        .connect_timeout(config.connect_timeout)
-        // The stream is quiet while nothing changes: PINGs find a dead peer.
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
-    endpoint
-        .connect()
-        .await
-        .map_err(|source| AttemptError::Connect {
-            endpoint: config.endpoint.clone(),
-            source,
-        })
-}
-
-/// 50% to 100% of `delay`, so a fleet of nodes does not reconnect in lockstep.
-fn jittered(delay: Duration) -> Duration {
-    let fraction = 0.5 + rand::random::<f64>() * 0.5;
-    delay.mul_f64(fraction)
 }

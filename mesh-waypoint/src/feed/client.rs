@@ -5,14 +5,15 @@
 
 use std::time::Duration;
 
+pub use mesh_core::feed::FeedStatus;
 use mesh_core::{
     drain::DrainWatch,
+    feed::{self, Backoff, ConnectError},
     identity::grpc::{BearerToken, TokenError},
     proto::control::v1 as pb,
 };
 use pb::waypoint_feed_client::WaypointFeedClient;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
 
 /// Where and how to subscribe.
 #[derive(Debug, Clone)]
@@ -49,21 +50,6 @@ impl FeedClientConfig {
     }
 }
 
-/// What the subscription is doing, for readiness and operators.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FeedStatus {
-    /// A stream is open.
-    pub connected: bool,
-    /// Feed instance of the configuration in force.
-    pub feed_id: String,
-    /// Version in force (0: none yet).
-    pub version: u64,
-    /// Failed attempts since the last applied version.
-    pub consecutive_failures: u32,
-    /// The last failure, for operators.
-    pub last_error: Option<String>,
-}
-
 /// Receives each complete configuration; an `Err` keeps the previous one in force and the
 /// resume point where it was.
 pub trait ConfigSink: Send + Sync + 'static {
@@ -74,20 +60,8 @@ pub trait ConfigSink: Send + Sync + 'static {
 /// Why one subscription attempt ended.
 #[derive(Debug, thiserror::Error)]
 enum AttemptError {
-    #[error("invalid control endpoint {endpoint:?}: {source}")]
-    Endpoint {
-        endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
-    #[error(
-        "cannot connect to mesh-control at {endpoint} (is it running and reachable?): {source}"
-    )]
-    Connect {
-        endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("mesh-control refused the waypoint subscription (is the token allowed to read this waypoint?): {0}")]
     Refused(tonic::Status),
     #[error("feed stream broke: {0}")]
@@ -115,44 +89,11 @@ pub async fn run(
         let progressed = status.borrow().consecutive_failures == 0;
         let delay = backoff.next(progressed);
         tracing::warn!(%error, retry_in = ?delay, "waypoint feed disconnected; keeping last config");
-        status.send_modify(|s| {
-            s.connected = false;
-            s.consecutive_failures = s.consecutive_failures.saturating_add(1);
-            s.last_error = Some(error.to_string());
-        });
+        status.send_modify(|s| s.record_failure(&error));
         tokio::select! {
             _ = drain.signaled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-    }
-}
-
-/// Capped exponential backoff with 50-100 % jitter, so a fleet of waypoints does not
-/// reconnect in lockstep after a control-plane restart.
-#[derive(Debug)]
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            current: initial,
-        }
-    }
-
-    /// The delay before the next attempt; `reset` restarts from the initial delay.
-    fn next(&mut self, reset: bool) -> Duration {
-        if reset {
-            self.current = self.initial;
-        }
-        let base = self.current;
-        self.current = (self.current * 2).min(self.max);
-        base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
     }
 }
 
@@ -162,9 +103,9 @@ async fn subscribe(
     sink: &dyn ConfigSink,
     status: &watch::Sender<FeedStatus>,
 ) -> AttemptError {
-    let channel = match connect(config).await {
+    let channel = match feed::connect(&config.endpoint, config.connect_timeout).await {
         Ok(channel) => channel,
-        Err(error) => return error,
+        Err(error) => return error.into(),
     };
     let (feed_id, resume_version) = {
         let s = status.borrow();
@@ -217,46 +158,5 @@ fn apply(sink: &dyn ConfigSink, update: &pb::WaypointConfig, status: &watch::Sen
             tracing::error!(version = update.version, %error, "waypoint feed version rejected; keeping last config");
             status.send_modify(|s| s.last_error = Some(error));
         }
-    }
-}
-
-async fn connect(config: &FeedClientConfig) -> Result<Channel, AttemptError> {
-    let endpoint = &config.endpoint;
-    let connect_err = |source| AttemptError::Connect {
-        endpoint: endpoint.clone(),
-        source,
-    };
-    let channel = Endpoint::from_shared(endpoint.clone())
-        .map_err(|source| AttemptError::Endpoint {
-            endpoint: endpoint.clone(),
-            source,
-        })?
-        .connect_timeout(config.connect_timeout)
-        // Nothing flows while the config is unchanged: HTTP/2 PINGs notice a dead control.
-        .keep_alive_while_idle(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20));
-    channel.connect().await.map_err(connect_err)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_caps_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let bases = [100, 200, 350, 350];
-        for base in bases {
-            let d = b.next(false).as_millis();
-            assert!(
-                (base / 2..=base).contains(&d),
-                "{d} ms not within jitter of {base} ms"
-            );
-        }
-        assert!(
-            b.next(true) <= Duration::from_millis(100),
-            "reset starts over"
-        );
     }
 }
