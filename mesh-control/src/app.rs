@@ -2,11 +2,18 @@
 //! in-process on port 0 and `main` stays thin.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_core::drain::{self, DrainOutcome, DrainTrigger};
+use mesh_core::control::{
+    tls_incoming, ConnectError, ControlEndpoint, ControlTls, TlsIncomingSettings,
+};
+use mesh_core::drain::{self, DrainOutcome, DrainTrigger, DrainWatch};
+use mesh_core::identity::ca::CertificateAuthority;
+use mesh_core::identity::{CertificateSource, InProcessSource, SpiffeId};
 use mesh_core::proto::control::v1 as pb;
+use mesh_core::tls::{server_auth_server_config, IdentityCert};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -21,6 +28,7 @@ use crate::feed::node_server::NodeFeedServer;
 use crate::feed::waypoint::WaypointFeedService;
 use crate::http::{self, Metrics, NotReadyReason};
 use crate::registry::Registry;
+use crate::source::kube::root_cert::{self, RootCertSettings, RootCertStats};
 use crate::source::kube::{spawn_all, ALL_KINDS};
 use crate::source::local::{LocalError, LocalSource};
 use crate::store::Store;
@@ -43,6 +51,23 @@ pub enum AppError {
     /// No Kubernetes client.
     #[error("cannot create kubernetes client: {0} (in a pod: is the service account token mounted? outside: is KUBECONFIG set?)")]
     Kube(#[from] kube::Error),
+    /// `--trust-bundle-out` could not be written.
+    #[error("cannot write the trust bundle to {path}: {source}")]
+    TrustBundleOut {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// mesh-control's own gRPC certificate.
+    #[error("cannot issue mesh-control's grpc certificate for {identity}: {reason}")]
+    GrpcCertificate {
+        /// The identity asked for.
+        identity: String,
+        /// Why.
+        reason: String,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr} for {what}: {source} (is another process using the port?)")]
     Bind {
@@ -65,11 +90,33 @@ pub struct Bound {
     pub http_addr: SocketAddr,
     /// The store (for tests and introspection).
     pub store: Arc<Store>,
+    /// The mesh trust bundle (PEM): what clients verify the gRPC port with.
+    pub trust_bundle_pem: String,
+    /// The identity the gRPC port proves; `None` with `--grpc-plaintext`.
+    pub grpc_identity: Option<SpiffeId>,
     drain: DrainTrigger,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Bound {
+    /// How a client reaches this service's gRPC port, verifying it with the trust bundle in
+    /// `trust_bundle_file` (which the caller writes from [`Bound::trust_bundle_pem`]).
+    pub fn grpc_endpoint(
+        &self,
+        trust_bundle_file: PathBuf,
+    ) -> Result<ControlEndpoint, ConnectError> {
+        match &self.grpc_identity {
+            Some(identity) => {
+                let tls = ControlTls {
+                    trust_bundle_file,
+                    identity: identity.clone(),
+                };
+                ControlEndpoint::new(&format!("https://{}", self.grpc_addr), Some(tls))
+            }
+            None => ControlEndpoint::new(&format!("http://{}", self.grpc_addr), None),
+        }
+    }
+
     /// Drains every listener, stream and task; waits up to `deadline`.
     pub async fn shutdown(self, deadline: Duration) -> DrainOutcome {
         let outcome = self.drain.drain(deadline).await;
@@ -153,6 +200,8 @@ pub async fn build_with_client(
     };
     let auth = authenticator(&config, kube_client.as_ref())?;
     let ca = Arc::new(load_ca(&config.ca_source(), &config.trust_domain)?);
+    let trust_bundle_pem = ca.trust_bundle_pem();
+    let grpc_identity = grpc_identity(&config)?;
     let hub = Arc::new(Hub::new(DEFAULT_MAX_LOG_KEYS));
     let registry = Registry::new(config.registry());
     let store = if config.kubernetes {
@@ -166,9 +215,27 @@ pub async fn build_with_client(
         local_addr(&grpc, "grpc")?,
         local_addr(&http_listener, "http")?,
     );
+    if let Some(path) = &config.trust_bundle_out {
+        write_atomically(path, &trust_bundle_pem)?;
+    }
     let (drain, watch) = drain::channel();
     let (mut tasks, not_ready) =
         start_source(&config, kube_client.as_ref(), &store, &drain).await?;
+    let root_cert_stats = RootCertStats::default();
+    if let Some(client) = &kube_client {
+        let settings = RootCertSettings {
+            resync: config.root_cert_resync,
+            ..RootCertSettings::default()
+        };
+        tasks.push(tokio::spawn(root_cert::run(
+            client.clone(),
+            Arc::clone(&store),
+            trust_bundle_pem.clone(),
+            settings,
+            root_cert_stats.clone(),
+            watch.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(http::warn_while_not_ready(
         Arc::clone(&hub),
         Arc::clone(&not_ready),
@@ -201,37 +268,116 @@ pub async fn build_with_client(
         ))
         .add_service(
             pb::certificate_service_server::CertificateServiceServer::new(CaService::new(
-                ca,
+                Arc::clone(&ca),
                 auth,
                 Arc::clone(&hub),
                 ca_settings,
             )),
         );
+    let tls = match &grpc_identity {
+        Some(identity) => {
+            let (config, rotation) = grpc_tls(&ca, identity, config.cert_ttl, &watch).await?;
+            tasks.push(rotation);
+            Some(config)
+        }
+        None => None,
+    };
     let mut grpc_drain = watch.clone();
+    let accept_drain = watch.clone();
     tasks.push(tokio::spawn(async move {
         let shutdown = async move { grpc_drain.signaled().await };
-        if let Err(err) = router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
-            .await
-        {
+        let served = match tls {
+            Some(tls) => {
+                let incoming =
+                    tls_incoming(grpc, tls, TlsIncomingSettings::default(), accept_drain);
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown)
+                    .await
+            }
+        };
+        if let Err(err) = served {
             tracing::error!(error = %err, "grpc server failed");
         }
     }));
     tasks.push(tokio::spawn(http::serve(
         http_listener,
         hub,
-        Arc::new(Metrics::default()),
+        Arc::new(Metrics::with_root_cert(&root_cert_stats)),
         not_ready,
         watch,
     )));
-    tracing::info!(%grpc_addr, %http_addr, kubernetes = config.kubernetes, "mesh-control listening");
+    match &grpc_identity {
+        Some(identity) => {
+            tracing::info!(%grpc_addr, %identity, %http_addr, kubernetes = config.kubernetes, "mesh-control listening (grpc over tls)");
+        }
+        None => {
+            tracing::warn!(%grpc_addr, %http_addr, kubernetes = config.kubernetes, "mesh-control listening with plaintext grpc (--grpc-plaintext): tokens and config cross the network unencrypted");
+        }
+    }
     Ok(Bound {
         grpc_addr,
         http_addr,
         store,
+        trust_bundle_pem,
+        grpc_identity,
         drain,
         tasks,
     })
+}
+
+/// The identity the gRPC port proves, or `None` with `--grpc-plaintext`.
+fn grpc_identity(config: &Config) -> Result<Option<SpiffeId>, AppError> {
+    if config.grpc_plaintext {
+        return Ok(None);
+    }
+    let (namespace, name) = &config.service_account;
+    SpiffeId::new(&config.trust_domain, namespace, name)
+        .map(Some)
+        .map_err(|e| AppError::GrpcCertificate {
+            identity: format!("{namespace}/{name}"),
+            reason: e.to_string(),
+        })
+}
+
+/// Issues the gRPC port's certificate from the mesh CA and keeps it renewed at half-life.
+async fn grpc_tls(
+    ca: &Arc<CertificateAuthority>,
+    identity: &SpiffeId,
+    validity: Duration,
+    drain: &DrainWatch,
+) -> Result<(Arc<rustls::ServerConfig>, JoinHandle<()>), AppError> {
+    let failed = |reason: String| AppError::GrpcCertificate {
+        identity: identity.to_string(),
+        reason,
+    };
+    let source = Arc::new(InProcessSource::new(Arc::clone(ca), validity));
+    let cert = source
+        .fetch(identity)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let cert = IdentityCert::new(&cert).map_err(|e| failed(e.to_string()))?;
+    let config = server_auth_server_config(Arc::clone(&cert)).map_err(|e| failed(e.to_string()))?;
+    let rotation = tokio::spawn(cert.rotate(source, drain.clone()));
+    Ok((config, rotation))
+}
+
+/// Writes `pem` to `path` through a temporary file and a rename, so a reader never sees half.
+fn write_atomically(path: &std::path::Path, pem: &str) -> Result<(), AppError> {
+    let failed = |source| AppError::TrustBundleOut {
+        path: path.to_owned(),
+        source,
+    };
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    std::fs::write(&temporary, pem).map_err(failed)?;
+    std::fs::rename(&temporary, path).map_err(failed)?;
+    tracing::info!(path = %path.display(), "trust bundle written");
+    Ok(())
 }
 
 fn local_addr(listener: &TcpListener, what: &'static str) -> Result<SocketAddr, AppError> {

@@ -58,9 +58,18 @@ pub struct Config {
     /// Read config from the Kubernetes API (in-cluster or KUBECONFIG) instead of a directory.
     #[arg(long)]
     pub kubernetes: bool,
-    /// gRPC listen address (node feed, waypoint feed, CA).
+    /// gRPC listen address (node feed, waypoint feed, CA). TLS with a certificate from the mesh
+    /// CA for `--service-account`'s SPIFFE identity, unless `--grpc-plaintext`.
     #[arg(long, default_value = "0.0.0.0:15012")]
     pub grpc_listen: SocketAddr,
+    /// Serve gRPC without TLS: bearer tokens and config then cross the network unencrypted.
+    /// For labs on one host only.
+    #[arg(long)]
+    pub grpc_plaintext: bool,
+    /// mesh-control's own service account (`namespace/name`): its gRPC certificate carries
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<name>`, which nodes and waypoints expect.
+    #[arg(long, env = "WEFT_CONTROL_SERVICE_ACCOUNT", default_value = "weft-system/mesh-control", value_parser = parse_service_account)]
+    pub service_account: (String, String),
     /// HTTP listen address for `/healthz/ready` and `/metrics`.
     #[arg(long, default_value = "0.0.0.0:15014")]
     pub http_listen: SocketAddr,
@@ -99,6 +108,14 @@ pub struct Config {
     /// Longest (and default) workload certificate lifetime, e.g. `24h`.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub cert_ttl: Duration,
+    /// Also write the trust bundle (PEM) to this file at start-up, atomically: how local-mode
+    /// nodes and waypoints get the roots of a self-signed CA.
+    #[arg(long)]
+    pub trust_bundle_out: Option<PathBuf>,
+    /// Kubernetes mode: how often the `weft-ca-root-cert` ConfigMap is re-applied into every
+    /// namespace (repairs deleted or edited copies; new namespaces get it at once).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub root_cert_resync: Duration,
     /// How often the config directory is checked for changes.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
@@ -150,6 +167,7 @@ impl Config {
         for (flag, value) in [
             ("--cert-ttl", self.cert_ttl),
             ("--poll-interval", self.poll_interval),
+            ("--root-cert-resync", self.root_cert_resync),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration { flag, value });
@@ -205,7 +223,19 @@ mod tests {
         assert_eq!(cli.config.config_dir, PathBuf::from("/etc/weft/config"));
         assert_eq!(cli.config.ca_source(), CaSource::SelfSigned);
         assert_eq!(cli.config.cert_ttl, Duration::from_secs(24 * 3600));
+        assert!(!cli.config.grpc_plaintext, "grpc is tls unless asked");
+        assert_eq!(
+            cli.config.service_account,
+            ("weft-system".into(), "mesh-control".into())
+        );
         cli.config.validate().expect("valid");
+        let cli =
+            parse(&["--grpc-plaintext", "--service-account", "mesh/control"]).expect("parses");
+        assert!(cli.config.grpc_plaintext);
+        assert_eq!(
+            cli.config.service_account,
+            ("mesh".into(), "control".into())
+        );
     }
 
     #[test]

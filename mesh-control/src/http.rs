@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::feed::hub::Hub;
+use crate::source::kube::root_cert::RootCertStats;
 
 /// Why the service is not ready yet (`None`: nothing is missing, e.g. the initial sync from the
 /// API server is complete).
@@ -113,6 +114,13 @@ fn count(n: usize) -> i64 {
 }
 
 impl Metrics {
+    /// The config gauges plus the trust bundle publisher's counters.
+    pub fn with_root_cert(stats: &RootCertStats) -> Self {
+        let mut metrics = Self::default();
+        stats.register(&mut metrics.registry);
+        metrics
+    }
+
     /// Refreshes the gauges from `hub` and renders the text format.
     pub fn render(&self, hub: &Hub) -> String {
         let snapshot = hub.latest();

@@ -72,6 +72,11 @@ impl Store {
         result
     }
 
+    /// Reads the registry under its lock (keep `read` short: the watchers wait for it).
+    pub fn read<R>(&self, read: impl FnOnce(&Registry) -> R) -> R {
+        read(&self.registry.lock())
+    }
+
     /// Rebuilds and publishes now; returns the node-feed version. Logs diagnostics that are new
     /// since the last publish (so a bad file is reported once, not on every rebuild).
     pub fn publish_now(&self) -> u64 {

@@ -10,6 +10,7 @@ use mesh_core::drain::DrainOutcome;
 use mesh_core::identity::cert::generate_csr;
 use mesh_core::proto::control::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(10);
 const TOKEN: &str = "node-a-bootstrap-token-0001";
@@ -33,6 +34,14 @@ metadata: {name: web-2, namespace: app}
 spec: {nodeName: node-a, serviceAccountName: web, containers: []}
 status: {podIP: 10.0.0.2}
 "#;
+
+/// A channel to `bound`'s gRPC port over TLS, verified with its trust bundle.
+async fn connect(bound: &Bound, dir: &Path) -> Channel {
+    let bundle = dir.join("roots.pem");
+    std::fs::write(&bundle, &bound.trust_bundle_pem).expect("bundle");
+    let endpoint = bound.grpc_endpoint(bundle).expect("endpoint");
+    endpoint.connect(WAIT).await.expect("connect over tls")
+}
 
 fn config(dir: &Path) -> Config {
     let config_dir = dir.join("config");
@@ -91,12 +100,7 @@ async fn serves_feed_ca_health_and_metrics_and_reloads() {
     let config = config(dir.path());
     let config_dir = config.config_dir.clone();
     let bound = app::build(config).await.expect("build");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", bound.grpc_addr))
-        .expect("endpoint")
-        .connect_timeout(WAIT)
-        .connect()
-        .await
-        .expect("connect");
+    let channel = connect(&bound, dir.path()).await;
 
     let mut feed = pb::node_feed_client::NodeFeedClient::new(channel.clone());
     let request = pb::NodeSubscribeRequest {
@@ -224,11 +228,7 @@ async fn kubernetes_mode_serves_only_after_every_kind_is_listed() {
         health.starts_with("HTTP/1.1 503"),
         "not ready before the lists: {health}"
     );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", bound.grpc_addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = connect(&bound, dir.path()).await;
     let mut feed = pb::node_feed_client::NodeFeedClient::new(channel);
     let request = || {
         authed(pb::NodeSubscribeRequest {

@@ -2,6 +2,8 @@
 //! projected service-account tokens, which mesh-control checks with a TokenReview against a
 //! mock API server (which also answers the watchers' lists; watches are held open).
 
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Method, Request, Response};
@@ -35,6 +37,7 @@ fn list(path: &str) -> Vec<Value> {
                "spec": {"clusterIP": ip, "selector": selector, "ports": [{"port": 15008}]}})
     };
     match path.rsplit('/').next() {
+        Some("namespaces") => vec![json!({"metadata": {"name": "app", "uid": "uid-ns-app"}})],
         Some("pods") => vec![
             pod(
                 "wp-1",
@@ -78,27 +81,35 @@ fn review(token: &str) -> Value {
     json!({"authenticated": true, "audiences": ["weft-control"], "user": user})
 }
 
-async fn api_server(mut api: Handle<Request<Body>, Response<Body>>) {
+/// Server-side applies received: (path, body).
+type Applied = Arc<Mutex<Vec<(String, Value)>>>;
+
+async fn api_server(mut api: Handle<Request<Body>, Response<Body>>, applied: Applied) {
     let mut held = Vec::new();
     while let Some((request, send)) = api.next_request().await {
         if request.uri().query().unwrap_or("").contains("watch=true") {
             held.push(send);
             continue;
         }
-        let body = if request.method() == Method::POST {
-            let bytes = request
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes();
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let bytes = request
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body = if method == Method::PATCH {
+            let object: Value = serde_yaml::from_slice(&bytes).expect("apply body");
+            applied.lock().expect("lock").push((path, object.clone()));
+            object
+        } else if method == Method::POST {
             let review_request: Value = serde_json::from_slice(&bytes).expect("json");
             let token = review_request["spec"]["token"].as_str().unwrap_or_default();
             json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                    "spec": review_request["spec"], "status": review(token)})
         } else {
             json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"},
-                   "items": list(request.uri().path())})
+                   "items": list(&path)})
         };
         let bytes = serde_json::to_vec(&body).expect("json");
         send.send_response(Response::new(Body::from(bytes)));
@@ -120,24 +131,37 @@ fn subscribe(node: &str, token: &str) -> tonic::Request<pb::NodeSubscribeRequest
     with_token(message, token)
 }
 
-async fn start() -> (Bound, Channel) {
+/// A channel to `bound`'s gRPC port over TLS, verified with its trust bundle.
+async fn connect(bound: &Bound, dir: &Path) -> Channel {
+    let bundle = dir.join("roots.pem");
+    std::fs::write(&bundle, &bound.trust_bundle_pem).expect("bundle");
+    let endpoint = bound.grpc_endpoint(bundle).expect("endpoint");
+    endpoint.connect(WAIT).await.expect("connect over tls")
+}
+
+/// The service with its channel; the directory holds the trust bundle the channel re-reads on
+/// reconnect, so it lives as long as the test.
+async fn start() -> (Bound, Channel, tempfile::TempDir) {
+    let (bound, channel, dir, _applied) = start_recording().await;
+    (bound, channel, dir)
+}
+
+/// [`start`], also returning the server-side applies the mock API server received.
+async fn start_recording() -> (Bound, Channel, tempfile::TempDir, Applied) {
     let dir = tempfile::tempdir().expect("tempdir");
     // No bootstrap token file: TokenReview mode must not need one.
     let mut config = Config::for_tests(dir.path().into(), dir.path().join("absent"));
     config.kubernetes = true;
     config.node_service_account = Some(("weft-system".into(), "mesh-node".into()));
     let (service, api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    tokio::spawn(api_server(api));
+    let applied = Applied::default();
+    tokio::spawn(api_server(api, Arc::clone(&applied)));
     let client = kube::Client::new(service, "default");
     let bound = app::build_with_client(config, Some(client))
         .await
         .expect("build");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", bound.grpc_addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    (bound, channel)
+    let channel = connect(&bound, dir.path()).await;
+    (bound, channel, dir, applied)
 }
 
 /// Retries `call` while mesh-control answers `UNAVAILABLE` (not synced yet).
@@ -163,7 +187,7 @@ where
 
 #[tokio::test]
 async fn nodes_authenticate_with_service_account_tokens() {
-    let (bound, channel) = start().await;
+    let (bound, channel, _dir) = start().await;
     let mut feed = pb::node_feed_client::NodeFeedClient::new(channel);
     let stream = once_synced(|| {
         let mut feed = feed.clone();
@@ -217,7 +241,7 @@ fn waypoint(name: &str, token: &str) -> tonic::Request<pb::WaypointSubscribeRequ
 /// pod are refused.
 #[tokio::test]
 async fn waypoint_pods_authenticate_with_their_own_tokens() {
-    let (bound, channel) = start().await;
+    let (bound, channel, _dir) = start().await;
     let mut ca = pb::certificate_service_client::CertificateServiceClient::new(channel.clone());
     let mut feed = pb::waypoint_feed_client::WaypointFeedClient::new(channel);
     let issued = once_synced(|| {
@@ -275,5 +299,30 @@ async fn waypoint_pods_authenticate_with_their_own_tokens() {
         );
     }
     drop(stream);
+    assert_eq!(bound.shutdown(WAIT).await, DrainOutcome::Complete);
+}
+
+/// Once synced, mesh-control publishes the mesh root into every namespace as the
+/// `weft-ca-root-cert` ConfigMap that nodes and waypoints mount.
+#[tokio::test]
+async fn the_mesh_root_is_published_into_namespaces() {
+    let (bound, _channel, _dir, applied) = start_recording().await;
+    let published = async {
+        loop {
+            if let Some(found) = applied.lock().expect("lock").first().cloned() {
+                break found;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let (path, object) = tokio::time::timeout(WAIT, published)
+        .await
+        .expect("applied once synced");
+    assert_eq!(path, "/api/v1/namespaces/app/configmaps/weft-ca-root-cert");
+    assert_eq!(
+        object["data"]["root-cert.pem"].as_str(),
+        Some(bound.trust_bundle_pem.as_str()),
+        "{object}"
+    );
     assert_eq!(bound.shutdown(WAIT).await, DrainOutcome::Complete);
 }

@@ -1,16 +1,13 @@
 //! Client-side plumbing shared by the node and waypoint feed subscriptions: the subscription
-//! status operators and readiness read, the reconnect backoff, and the gRPC channel to
-//! mesh-control. What a feed carries, and how it is applied, stays with each client.
+//! status operators and readiness read, the reconnect backoff, and the resubscribe loop. The
+//! channel itself is [`crate::control`]; what a feed carries, and how it is applied, stays with
+//! each client.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
-use tonic::transport::{Channel, Endpoint};
+use tokio::sync::watch;
 
-/// HTTP/2 PING interval on an idle feed stream: nothing flows while the config is unchanged, so
-/// PINGs are what notices a dead control plane.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// How long a PING may go unanswered before the stream counts as broken.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+use crate::{control::ControlConnection, drain::DrainWatch};
 
 /// What a feed subscription is doing, for readiness, config dumps and operators.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,51 +31,6 @@ impl FeedStatus {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         self.last_error = Some(error.to_string());
     }
-}
-
-/// Errors opening the channel to mesh-control.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The address is not a URI tonic accepts.
-    #[error("invalid control endpoint {endpoint:?}: {source}")]
-    Endpoint {
-        /// The address as given.
-        endpoint: String,
-        /// Cause.
-        #[source]
-        source: tonic::transport::Error,
-    },
-    /// Nothing answered in time, or the connection failed.
-    #[error(
-        "cannot connect to mesh-control at {endpoint} (is it running and reachable?): {source}"
-    )]
-    Connect {
-        /// The address as given.
-        endpoint: String,
-        /// Cause.
-        #[source]
-        source: tonic::transport::Error,
-    },
-}
-
-/// Connects to mesh-control at `endpoint` within `timeout`, with HTTP/2 keepalive PINGs so a
-/// quiet stream to a dead control plane is noticed.
-pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Channel, ConnectError> {
-    Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|source| ConnectError::Endpoint {
-            endpoint: endpoint.to_owned(),
-            source,
-        })?
-        .connect_timeout(timeout)
-        .keep_alive_while_idle(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|source| ConnectError::Connect {
-            endpoint: endpoint.to_owned(),
-            source,
-        })
 }
 
 /// Capped exponential backoff with 50-100 % jitter, so a fleet of nodes or waypoints does not
@@ -109,6 +61,58 @@ impl Backoff {
         let base = self.current;
         self.current = (self.current * 2).min(self.max);
         base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    }
+}
+
+/// The retry half of a feed client's subscription loop, the same for node and waypoint:
+///
+/// ```text
+/// loop {
+///     let error = select! { _ = retry.drained() => return, e = subscribe() => e };
+///     if !retry.wait_after(&error, &status).await { return; }
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Resubscriber {
+    feed: &'static str,
+    address: String,
+    backoff: Backoff,
+    drain: DrainWatch,
+}
+
+impl Resubscriber {
+    /// Retries the `feed` ("node", "waypoint") subscription to `connection` until `drain`.
+    pub fn new(connection: &ControlConnection, feed: &'static str, drain: DrainWatch) -> Self {
+        Self {
+            feed,
+            address: connection.endpoint.address().to_owned(),
+            backoff: connection.backoff(),
+            drain,
+        }
+    }
+
+    /// Resolves when the drain starts.
+    pub async fn drained(&mut self) {
+        self.drain.signaled().await;
+    }
+
+    /// After a subscription ended with `error`: records it in `status` and waits a jittered
+    /// backoff, from the start again if the attempt applied a version (`consecutive_failures`
+    /// back at zero). False when the drain started meanwhile. The configuration in force is the
+    /// caller's and is never cleared here.
+    pub async fn wait_after(
+        &mut self,
+        error: &impl fmt::Display,
+        status: &watch::Sender<FeedStatus>,
+    ) -> bool {
+        let progressed = status.borrow().consecutive_failures == 0;
+        let delay = self.backoff.next(progressed);
+        tracing::warn!(feed = self.feed, control = %self.address, %error, retry_in = ?delay, "feed disconnected; keeping the last config");
+        status.send_modify(|s| s.record_failure(error));
+        tokio::select! {
+            _ = self.drain.signaled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
     }
 }
 
@@ -146,13 +150,5 @@ mod tests {
         assert_eq!(status.consecutive_failures, 1);
         assert_eq!(status.last_error.as_deref(), Some("stream broke"));
         assert_eq!(status.version, 3, "the config in force is kept");
-    }
-
-    #[tokio::test]
-    async fn a_bad_endpoint_is_named() {
-        let error = connect("not a uri", Duration::from_secs(1))
-            .await
-            .unwrap_err();
-        assert!(error.to_string().contains("\"not a uri\""), "{error}");
     }
 }

@@ -6,9 +6,10 @@ use std::{
     time::Duration,
 };
 
+use mesh_core::control::{self, ControlEndpoint, ControlTls};
 use mesh_core::identity::{
     ca::CertificateAuthority, grpc::BearerToken, source::DEFAULT_VALIDITY, CertificateSource,
-    GrpcSource, InProcessSource,
+    GrpcSource, InProcessSource, SpiffeId,
 };
 
 use crate::config::Config;
@@ -48,6 +49,31 @@ fn read_file(path: &Path) -> Result<String, CaSourceError> {
     })
 }
 
+/// mesh-control at `address`, verified (for `https://`) with `ca.trust_bundle_file` and
+/// `ca.control_identity`: the CA service and the node feed share it.
+pub fn control_endpoint(config: &Config, address: &str) -> Result<ControlEndpoint, CaSourceError> {
+    let invalid = |reason: String| CaSourceError::Address {
+        address: address.to_owned(),
+        reason,
+    };
+    let identity: SpiffeId = match &config.ca.control_identity {
+        Some(text) => text
+            .parse()
+            .map_err(|e| invalid(format!("ca.control_identity {text:?}: {e}")))?,
+        None => control::default_identity(&config.trust_domain)
+            .map_err(|e| invalid(format!("trust domain: {e}")))?,
+    };
+    let tls = config
+        .ca
+        .trust_bundle_file
+        .clone()
+        .map(|trust_bundle_file| ControlTls {
+            trust_bundle_file,
+            identity,
+        });
+    ControlEndpoint::new(address, tls).map_err(|e| invalid(e.to_string()))
+}
+
 /// The control plane's CA service.
 fn grpc_source(
     config: &Config,
@@ -62,13 +88,7 @@ fn grpc_source(
         ))?;
     // Re-read for every certificate request: a projected service-account token rotates.
     let token = config.ca.token_file.clone().map(BearerToken::file);
-    let channel = tonic::transport::Channel::from_shared(address.to_owned())
-        .map_err(|e| CaSourceError::Address {
-            address: address.to_owned(),
-            reason: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(10))
-        .connect_lazy();
+    let channel = control_endpoint(config, address)?.connect_lazy(Duration::from_secs(10));
     let validity = config.ca.workload_validity.unwrap_or(DEFAULT_VALIDITY);
     let bundle = read_file(bundle_file)?;
     Ok(Arc::new(GrpcSource::with_token(
@@ -101,4 +121,49 @@ pub fn from_config(config: &Config) -> Result<Arc<dyn CertificateSource>, CaSour
     .map_err(|e| CaSourceError::Build(e.to_string()))?;
     let validity = config.ca.workload_validity.unwrap_or(DEFAULT_VALIDITY);
     Ok(Arc::new(InProcessSource::new(Arc::new(ca), validity)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(ca: &str) -> Config {
+        Config::from_yaml(&format!(
+            "node_name: n1\ntrust_domain: mesh.example\nca:\n{ca}"
+        ))
+        .expect("config parses")
+    }
+
+    #[test]
+    fn the_control_endpoint_follows_the_ca_section() {
+        let with_bundle = config("  trust_bundle_file: /roots.pem\n");
+        let endpoint = control_endpoint(&with_bundle, "https://control:15012").expect("tls");
+        let tls = endpoint.tls().expect("https is tls");
+        assert_eq!(
+            tls.identity.to_string(),
+            "spiffe://mesh.example/ns/weft-system/sa/mesh-control",
+            "default identity in the node's trust domain"
+        );
+        assert_eq!(tls.trust_bundle_file, PathBuf::from("/roots.pem"));
+
+        let custom = config(
+            "  trust_bundle_file: /roots.pem\n  control_identity: spiffe://mesh.example/ns/mesh/sa/ctl\n",
+        );
+        let endpoint = control_endpoint(&custom, "https://control:15012").expect("tls");
+        assert_eq!(
+            endpoint.tls().expect("tls").identity.to_string(),
+            "spiffe://mesh.example/ns/mesh/sa/ctl"
+        );
+
+        let no_bundle = control_endpoint(&config("  token_file: /t\n"), "https://control:15012");
+        let error = no_bundle.unwrap_err().to_string();
+        assert!(error.contains("no trust bundle"), "{error}");
+        let bad = config("  trust_bundle_file: /r.pem\n  control_identity: mesh-control\n");
+        let error = control_endpoint(&bad, "https://control:15012")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("ca.control_identity"), "{error}");
+        let plaintext = control_endpoint(&with_bundle, "http://control:15012").expect("lab");
+        assert!(plaintext.tls().is_none());
+    }
 }

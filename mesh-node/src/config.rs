@@ -173,12 +173,17 @@ impl Default for Listeners {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaConfig {
-    /// gRPC address of the mesh CA service (e.g. `http://weft-control.weft-system:15012`).
+    /// gRPC address of the mesh CA service (e.g. `https://mesh-control.weft-system.svc:15012`;
+    /// `http://` is plaintext, for labs only).
     pub address: Option<String>,
-    /// File holding the bearer token sent to the CA service.
+    /// File holding the bearer token sent to mesh-control (CA and node feed).
     pub token_file: Option<PathBuf>,
-    /// PEM roots peers are verified with (required with `address`).
+    /// PEM roots peers, and mesh-control over `https://`, are verified with (required with
+    /// `address`). Re-read for every connection to mesh-control.
     pub trust_bundle_file: Option<PathBuf>,
+    /// SPIFFE identity mesh-control's certificate must carry (default
+    /// `spiffe://<trust_domain>/ns/weft-system/sa/mesh-control`).
+    pub control_identity: Option<String>,
     /// PEM chain of a plugged-in CA (signing cert first, root last). Self-signed when absent.
     pub cert_chain_file: Option<PathBuf>,
     /// PEM key of the plugged-in CA.

@@ -13,12 +13,13 @@ use std::{
 use anyhow::Context;
 use clap::Parser;
 use mesh_core::{
+    control::ControlConnection,
     drain::{self, DrainTrigger},
     identity::grpc::BearerToken,
     signal, telemetry,
 };
 use mesh_node::{
-    app,
+    app, ca_source,
     capture::{self, NodeAddresses},
     config::Config,
     enrollment::{self, EnrollmentHandle},
@@ -70,9 +71,11 @@ struct Args {
     /// `spec.nodeName`).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Follow mesh-control's node feed at this address (e.g. `http://10.0.0.1:15012`): workloads,
-    /// services and policies then come from the control plane, and the config file only needs
-    /// this node's own settings. Authenticates with the token in `ca.token_file`.
+    /// Follow mesh-control's node feed at this address (e.g.
+    /// `https://mesh-control.weft-system.svc:15012`): workloads, services and policies then come
+    /// from the control plane, and the config file only needs this node's own settings.
+    /// Authenticates with the token in `ca.token_file`; verifies mesh-control with
+    /// `ca.trust_bundle_file` and `ca.control_identity` (`http://` is plaintext, for labs only).
     #[arg(long, env = "WEFT_CONTROL_ADDRESS")]
     control_address: Option<String>,
     #[command(flatten)]
@@ -161,11 +164,13 @@ struct ControlFeed {
 
 impl ControlFeed {
     fn start(address: &str, config: &Config) -> anyhow::Result<Self> {
-        let mut client = FeedClientConfig::new(address, &config.node_name);
-        if let Some(file) = &config.ca.token_file {
-            // Re-read for every subscription: a projected service-account token rotates.
-            client.token = Some(BearerToken::file(file));
-        }
+        let mut control = ControlConnection::new(ca_source::control_endpoint(config, address)?);
+        // Re-read for every subscription: a projected service-account token rotates.
+        control.token = config.ca.token_file.clone().map(BearerToken::file);
+        let client = FeedClientConfig {
+            control,
+            node_name: config.node_name.clone(),
+        };
         let (snapshots_tx, snapshots) = watch::channel(Arc::new(MeshSnapshot::default()));
         let (status, _) = watch::channel(FeedStatus::default());
         let (drain, watch) = drain::channel();

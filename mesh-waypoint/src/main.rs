@@ -10,7 +10,8 @@
 //!   `<--namespace>/<--name>`, accepts HBONE on `--hbone-listen` (default `0.0.0.0:15008`) and
 //!   reaches endpoints over HBONE on `<pod IP>:--upstream-hbone-port` (default 15008).
 //!   `--token-file` is the bearer token for control (the node's bootstrap token in the lab);
-//!   `--trust-bundle-file` holds the PEM roots peers are verified with. `--listen` is off unless
+//!   `--trust-bundle-file` holds the PEM roots peers, and mesh-control on an `https://` address
+//!   (identity `--control-identity`), are verified with. `--listen` is off unless
 //!   given; when given it is the ingress-gateway listener: plain HTTP selected by `Host` against
 //!   the feed's routes whose hosts are no bound service (an Istio `Gateway`'s VirtualServices),
 //!   never against the mesh virtual hosts.
@@ -23,6 +24,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::Parser;
 use mesh_core::{
+    control::{self, ControlConnection, ControlEndpoint, ControlTls},
     identity::{
         grpc::BearerToken, source::DEFAULT_VALIDITY, CertificateSource, GrpcSource, SpiffeId,
     },
@@ -49,9 +51,14 @@ struct Args {
         required_unless_present = "control_address"
     )]
     config: Option<PathBuf>,
-    /// Feed mode: mesh-control's gRPC address, e.g. `http://10.210.0.1:15012`.
+    /// Feed mode: mesh-control's gRPC address, e.g.
+    /// `https://mesh-control.weft-system.svc:15012` (`http://` is plaintext, for labs only).
     #[arg(long, env = "WEFT_CONTROL_ADDRESS")]
     control_address: Option<String>,
+    /// The SPIFFE identity mesh-control's certificate must carry (default
+    /// `spiffe://<trust domain>/ns/weft-system/sa/mesh-control`).
+    #[arg(long, env = "WEFT_CONTROL_IDENTITY")]
+    control_identity: Option<SpiffeId>,
     /// Namespace of the waypoint (feed mode).
     #[arg(long, env = "POD_NAMESPACE", required_unless_present = "config")]
     namespace: Option<String>,
@@ -67,7 +74,8 @@ struct Args {
     /// Bearer token for mesh-control (feed and CA).
     #[arg(long, env = "WEFT_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// PEM trust bundle (feed mode).
+    /// PEM trust bundle (feed mode): peers and mesh-control are verified with it; re-read for
+    /// every connection to mesh-control.
     #[arg(
         long,
         env = "WEFT_TRUST_BUNDLE_FILE",
@@ -161,10 +169,16 @@ async fn feed_config(args: &Args, control: &str) -> anyhow::Result<AppConfig> {
     let token = args.token_file.clone().map(BearerToken::file);
     let id = SpiffeId::new(&args.trust_domain, namespace, &args.service_account)
         .context("waypoint identity")?;
-    let channel = tonic::transport::Endpoint::from_shared(control.to_owned())
-        .with_context(|| format!("--control-address {control:?}"))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect_lazy();
+    let control_identity = match &args.control_identity {
+        Some(identity) => identity.clone(),
+        None => control::default_identity(&args.trust_domain).context("mesh-control identity")?,
+    };
+    let tls = ControlTls {
+        trust_bundle_file: bundle_path.clone(),
+        identity: control_identity,
+    };
+    let endpoint = ControlEndpoint::new(control, Some(tls)).context("--control-address")?;
+    let channel = endpoint.connect_lazy(Duration::from_secs(10));
     let source: Arc<dyn CertificateSource> = Arc::new(GrpcSource::with_token(
         channel,
         token.clone(),
@@ -179,8 +193,9 @@ async fn feed_config(args: &Args, control: &str) -> anyhow::Result<AppConfig> {
         namespace: namespace.to_owned(),
         name: args.name.clone(),
     });
-    let mut feed = FeedClientConfig::new(control, namespace, &args.name);
-    feed.token = token;
+    let mut connection = ControlConnection::new(endpoint);
+    connection.token = token;
+    let feed = FeedClientConfig::new(connection, namespace, &args.name);
     let mut config = AppConfig::new(([0, 0, 0, 0], 0).into(), WaypointConfig::default());
     config.listen = args.listen;
     config.feed = Some(feed);

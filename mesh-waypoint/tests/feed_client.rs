@@ -9,7 +9,11 @@ use std::{
 };
 
 use mesh::{FakeFeed, WAIT};
-use mesh_core::{drain, proto::control::v1 as pb};
+use mesh_core::{
+    control::{ControlConnection, ControlEndpoint},
+    drain,
+    proto::control::v1 as pb,
+};
 use mesh_waypoint::feed::{
     client::{self, ConfigSink},
     FeedClientConfig, FeedStatus,
@@ -53,8 +57,9 @@ async fn refusals_retry_and_rejected_versions_keep_the_resume_point() {
     let feed = FakeFeed::default();
     feed.refuse.store(1, Ordering::SeqCst);
     let (url, _control) = feed.serve().await;
-    let mut config = FeedClientConfig::new(url, "mesh", "waypoint");
-    config.initial_backoff = Duration::from_millis(5);
+    let mut control = ControlConnection::new(ControlEndpoint::new(&url, None).expect("address"));
+    control.initial_backoff = Duration::from_millis(5);
+    let config = FeedClientConfig::new(control, "mesh", "waypoint");
     let sink = Arc::new(Recorder {
         reject: vec![2],
         ..Default::default()

@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use mesh::{id, node_inbound, FakeFeed, Pki, Source, WAIT};
 use mesh_core::{
+    control::{ControlConnection, ControlEndpoint},
     identity::{
         ca::CertificateAuthority, cert::generate_csr, grpc::BearerToken, source::DEFAULT_VALIDITY,
         WorkloadCert,
@@ -198,8 +199,10 @@ impl Mesh {
             namespace: "default".into(),
             name: "waypoint".into(),
         });
-        let mut feed_config = FeedClientConfig::new(url, "default", "waypoint");
-        feed_config.token = Some(BearerToken::inline("node-token").expect("token"));
+        let endpoint = ControlEndpoint::new(&url, None).expect("control address");
+        let mut connection = ControlConnection::new(endpoint);
+        connection.token = Some(BearerToken::inline("node-token").expect("token"));
+        let feed_config = FeedClientConfig::new(connection, "default", "waypoint");
         let mut app = AppConfig::new(
             "127.0.0.1:0".parse().expect("addr"),
             WaypointConfig::default(),

@@ -33,6 +33,13 @@ pub const BACKEND_VIP: &str = "10.96.0.20:8080";
 /// Where mesh-control runs (node n1) and its ports.
 const CONTROL_IP: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 1);
 const CONTROL_GRPC_PORT: u16 = 15012;
+
+/// mesh-control's gRPC port, TLS with the lab CA's certificate for
+/// `spiffe://cluster.local/ns/weft-system/sa/mesh-control` (mesh-control's default identity,
+/// which nodes and the waypoint expect by default).
+fn control_address() -> String {
+    format!("https://{CONTROL_IP}:{CONTROL_GRPC_PORT}")
+}
 const CONTROL_HTTP_PORT: u16 = 15014;
 /// mesh-node's HBONE, metrics and readiness ports.
 const HBONE_PORT: u16 = 15008;
@@ -220,7 +227,7 @@ impl MeshLab {
         let node_ip = self.lab.node(node)?.ip.to_string();
         let cgroup = format!("weft-lab/{}/{node}", self.options.prefix);
         let config_arg = config.display().to_string();
-        let control = format!("http://{CONTROL_IP}:{CONTROL_GRPC_PORT}");
+        let control = control_address();
         let args = [
             "--config",
             &config_arg,
@@ -252,10 +259,9 @@ impl MeshLab {
     /// waits until the client reaches `website` through it.
     fn start_waypoint(&mut self) -> anyhow::Result<()> {
         let ip = self.pod_ip(WAYPOINT_POD)?;
-        let control = format!("http://{CONTROL_IP}:{CONTROL_GRPC_PORT}");
         let args = [
             "--control-address".to_string(),
-            control,
+            control_address(),
             "--namespace".into(),
             "demo".into(),
             "--name".into(),
@@ -302,9 +308,10 @@ impl MeshLab {
     /// The node's own settings; workloads, services and policies come from mesh-control's feed.
     fn node_config(&self, node: &str) -> String {
         let work = self.options.work_dir.display();
+        let control = control_address();
         format!(
             "node_name: {node}\n\
-             ca:\n  address: http://{CONTROL_IP}:{CONTROL_GRPC_PORT}\n  \
+             ca:\n  address: {control}\n  \
              token_file: {work}/{node}.token\n  trust_bundle_file: {work}/ca-cert.pem\n"
         )
     }

@@ -111,6 +111,14 @@ impl Registry {
         }
     }
 
+    /// The Namespace objects held, in name order.
+    pub fn namespaces(&self) -> impl Iterator<Item = &k8s_openapi::api::core::v1::Namespace> {
+        of_kind(&self.objects, Kind::Namespace).filter_map(|(_, stored)| match &stored.resource {
+            Resource::Namespace(ns) => Some(ns),
+            _ => None,
+        })
+    }
+
     /// How many objects are held.
     pub fn len(&self) -> usize {
         self.objects.len()
@@ -147,6 +155,21 @@ impl Registry {
     }
 }
 
+/// Objects of one kind, in key order.
+fn of_kind(
+    objects: &BTreeMap<ObjectKey, Stored>,
+    kind: Kind,
+) -> impl Iterator<Item = (&ObjectKey, &Stored)> {
+    let start = ObjectKey {
+        kind,
+        namespace: String::new(),
+        name: String::new(),
+    };
+    objects
+        .range(start..)
+        .take_while(move |(key, _)| key.kind == kind)
+}
+
 /// Read access to the objects during one translation.
 pub struct Ctx<'a> {
     config: &'a RegistryConfig,
@@ -156,14 +179,7 @@ pub struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     /// Objects of one kind, in key order.
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = (&'a ObjectKey, &'a Stored)> {
-        let start = ObjectKey {
-            kind,
-            namespace: String::new(),
-            name: String::new(),
-        };
-        self.objects
-            .range(start..)
-            .take_while(move |(key, _)| key.kind == kind)
+        of_kind(self.objects, kind)
     }
 
     /// One object.

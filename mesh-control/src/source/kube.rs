@@ -7,6 +7,7 @@
 //! kind's objects wholesale. Nothing is published until every kind finished its first list
 //! ([`InitialSync`], which also says what is still missing and why).
 
+pub mod root_cert;
 mod sync;
 
 use std::sync::Arc;

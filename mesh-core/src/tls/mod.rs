@@ -8,6 +8,8 @@
 //! - [`IdentityCert`]: the current certificate for one identity, swapped atomically on rotation
 //!   ([`IdentityCert::rotate`] renews at half-life from a [`CertificateSource`]).
 //! - [`client_config`] / [`server_config`]: rustls configs over an [`IdentityCert`].
+//! - [`server_auth_client_config`] / [`server_auth_server_config`]: the control-plane connection,
+//!   where only the server (mesh-control) has a certificate and callers send bearer tokens.
 //!
 //! [`CertificateSource`]: crate::identity::CertificateSource
 
@@ -17,7 +19,10 @@ mod verify;
 
 use std::sync::Arc;
 
-pub use config::{client_config, client_config_with_time, server_config, server_config_with_time};
+pub use config::{
+    client_config, client_config_with_time, server_auth_client_config, server_auth_server_config,
+    server_config, server_config_with_time,
+};
 use rustls::crypto::CryptoProvider;
 pub use store::{IdentityCert, RenewError};
 

@@ -165,21 +165,27 @@ fn load(cert: &WorkloadCert) -> Result<Loaded, TlsError> {
     };
     let key = CertifiedKey::from_der(cert.chain().to_vec(), cert.key(), &provider())
         .map_err(config_err)?;
-    let anchors = cert
-        .roots()
-        .iter()
-        .map(|root| {
-            webpki::anchor_from_trusted_cert(root)
-                .map(|a| a.to_owned())
-                .map_err(TlsError::TrustAnchor)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let anchors = trust_anchors(cert.roots())?;
     Ok(Loaded {
         key: Arc::new(key),
         anchors,
         refresh_at: cert.refresh_at(),
         not_after: cert.not_after(),
     })
+}
+
+/// The trust anchors of a trust bundle.
+pub(crate) fn trust_anchors(
+    roots: &[rustls_pki_types::CertificateDer<'_>],
+) -> Result<Vec<TrustAnchor<'static>>, TlsError> {
+    roots
+        .iter()
+        .map(|root| {
+            webpki::anchor_from_trusted_cert(root)
+                .map(|anchor| anchor.to_owned())
+                .map_err(TlsError::TrustAnchor)
+        })
+        .collect()
 }
 
 impl ResolvesClientCert for IdentityCert {

@@ -1,9 +1,11 @@
 //! Certificate verifiers for SPIFFE mTLS.
 //!
 //! Both sides verify the chain to the trust anchors of their own current [`IdentityCert`] (so a
-//! rotated trust bundle applies to the next handshake). Hostname checks do not apply: identity is
-//! the leaf's URI SAN. The client accepts only the expected identities; the server accepts any
-//! identity of its own trust domain and leaves authorization to policy.
+//! rotated trust bundle applies to the next handshake); a client with no identity yet (a node or
+//! waypoint calling mesh-control for its first certificate) verifies against a trust bundle it was
+//! given. Hostname checks do not apply: identity is the leaf's URI SAN. The client accepts only
+//! the expected identities; the server accepts any identity of its own trust domain and leaves
+//! authorization to policy.
 
 use std::{fmt, sync::Arc};
 
@@ -13,26 +15,59 @@ use rustls::{
     server::danger::{ClientCertVerified, ClientCertVerifier},
     CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme,
 };
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 use webpki::{EndEntityCert, KeyUsage};
 
 use super::IdentityCert;
 use crate::identity::{cert::LeafInfo, SpiffeId};
 
-/// Verifies `end_entity` up to the anchors of `local` and returns the leaf identity.
+/// Where a verifier finds the roots it trusts.
+pub(crate) enum Anchors {
+    /// Those that came with the local identity's current certificate (they rotate with it).
+    Local(Arc<IdentityCert>),
+    /// A trust bundle given on its own, for a client that has no certificate.
+    Bundle(Vec<TrustAnchor<'static>>),
+}
+
+impl Anchors {
+    /// Verifies `end_entity` up to these anchors and returns the leaf identity.
+    fn verify_chain(
+        &self,
+        provider: &CryptoProvider,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: KeyUsage,
+    ) -> Result<SpiffeId, rustls::Error> {
+        match self {
+            Self::Local(local) => verify_chain(
+                &local.loaded().anchors,
+                provider,
+                end_entity,
+                intermediates,
+                now,
+                usage,
+            ),
+            Self::Bundle(anchors) => {
+                verify_chain(anchors, provider, end_entity, intermediates, now, usage)
+            }
+        }
+    }
+}
+
+/// Verifies `end_entity` up to `anchors` and returns the leaf identity.
 fn verify_chain(
-    local: &IdentityCert,
+    anchors: &[TrustAnchor<'_>],
     provider: &CryptoProvider,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
     usage: KeyUsage,
 ) -> Result<SpiffeId, rustls::Error> {
-    let loaded = local.loaded();
     let cert = EndEntityCert::try_from(end_entity).map_err(pki_error)?;
     cert.verify_for_usage(
         provider.signature_verification_algorithms.all,
-        &loaded.anchors,
+        anchors,
         intermediates,
         now,
         usage,
@@ -58,9 +93,40 @@ fn pki_error(error: webpki::Error) -> rustls::Error {
     rustls::Error::InvalidCertificate(kind)
 }
 
+/// The handshake signature checks, the same for both verifiers: the provider's algorithms.
+macro_rules! signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let algorithms = &self.provider.signature_verification_algorithms;
+            verify_tls12_signature(message, cert, dss, algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let algorithms = &self.provider.signature_verification_algorithms;
+            verify_tls13_signature(message, cert, dss, algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
+}
+
 /// Client side: the server must prove one of the expected identities.
 pub(crate) struct ServerVerifier {
-    pub(crate) local: Arc<IdentityCert>,
+    pub(crate) anchors: Anchors,
     pub(crate) expected: Vec<SpiffeId>,
     pub(crate) provider: Arc<CryptoProvider>,
 }
@@ -83,14 +149,9 @@ impl ServerCertVerifier for ServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let usage = KeyUsage::server_auth();
-        let peer = verify_chain(
-            &self.local,
-            &self.provider,
-            end_entity,
-            intermediates,
-            now,
-            usage,
-        )?;
+        let peer =
+            self.anchors
+                .verify_chain(&self.provider, end_entity, intermediates, now, usage)?;
         if self.expected.contains(&peer) {
             Ok(ServerCertVerified::assertion())
         } else {
@@ -101,39 +162,7 @@ impl ServerCertVerifier for ServerVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    signature_checks!();
 }
 
 /// Server side: a client certificate is mandatory and must be from the local trust domain.
@@ -167,7 +196,7 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let usage = KeyUsage::client_auth();
         let peer = verify_chain(
-            &self.local,
+            &self.local.loaded().anchors,
             &self.provider,
             end_entity,
             intermediates,
@@ -184,37 +213,5 @@ impl ClientCertVerifier for ClientVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    signature_checks!();
 }

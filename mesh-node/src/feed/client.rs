@@ -1,12 +1,12 @@
 //! Keeps the node subscribed to mesh-control and publishes each complete snapshot.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 pub use mesh_core::feed::FeedStatus;
 use mesh_core::{
+    control::{ControlConnection, OpenError},
     drain::DrainWatch,
-    feed::{self, Backoff, ConnectError},
-    identity::grpc::{BearerToken, TokenError},
+    feed::Resubscriber,
     proto::control::v1 as pb,
 };
 use pb::node_feed_client::NodeFeedClient;
@@ -17,40 +17,17 @@ use super::store::{FeedStore, MeshSnapshot};
 /// Where and how to subscribe.
 #[derive(Debug, Clone)]
 pub struct FeedClientConfig {
-    /// mesh-control's gRPC address, e.g. `http://10.210.0.1:15012`.
-    pub endpoint: String,
+    /// mesh-control, the node's token, timeouts and backoff.
+    pub control: ControlConnection,
     /// This node's name, as pods' `spec.nodeName` says it.
     pub node_name: String,
-    /// Bearer token proving the node's identity to mesh-control; a token file is re-read for
-    /// every subscription, since projected service-account tokens rotate.
-    pub token: Option<BearerToken>,
-    /// Bound on establishing the connection.
-    pub connect_timeout: Duration,
-    /// First retry delay after a failure; doubles up to `max_backoff`.
-    pub initial_backoff: Duration,
-    /// Longest delay between retries.
-    pub max_backoff: Duration,
-}
-
-impl FeedClientConfig {
-    /// Defaults: 5 s connect timeout, backoff from 250 ms to 30 s.
-    pub fn new(endpoint: impl Into<String>, node_name: impl Into<String>) -> Self {
-        Self {
-            endpoint: endpoint.into(),
-            node_name: node_name.into(),
-            token: None,
-            connect_timeout: Duration::from_secs(5),
-            initial_backoff: Duration::from_millis(250),
-            max_backoff: Duration::from_secs(30),
-        }
-    }
 }
 
 /// Why one subscription attempt ended.
 #[derive(Debug, thiserror::Error)]
 enum AttemptError {
     #[error(transparent)]
-    Connect(#[from] ConnectError),
+    Open(#[from] OpenError),
     #[error("mesh-control refused the subscription: {0}")]
     Refused(tonic::Status),
     #[error("feed stream broke: {0}")]
@@ -59,8 +36,6 @@ enum AttemptError {
     Ended,
     #[error("inconsistent feed, resubscribing from scratch: {0}")]
     Inconsistent(#[from] super::store::FeedError),
-    #[error("bearer token: {0}")]
-    Token(#[from] TokenError),
 }
 
 /// Runs until the drain starts, publishing every complete snapshot on `snapshots` and the
@@ -69,29 +44,22 @@ pub async fn run(
     config: FeedClientConfig,
     snapshots: watch::Sender<Arc<MeshSnapshot>>,
     status: watch::Sender<FeedStatus>,
-    mut drain: DrainWatch,
+    drain: DrainWatch,
 ) {
     let mut store = FeedStore::default();
-    let mut backoff = Backoff::new(config.initial_backoff, config.max_backoff);
+    let mut retry = Resubscriber::new(&config.control, "node", drain);
     loop {
-        let attempt = subscribe(&config, &mut store, &snapshots, &status);
         let error = tokio::select! {
-            _ = drain.signaled() => return,
-            error = attempt => error,
+            _ = retry.drained() => return,
+            error = subscribe(&config, &mut store, &snapshots, &status) => error,
         };
         store.abandon_pending();
         if matches!(error, AttemptError::Inconsistent(_)) {
             // Forget the resume point so the next subscription is a full resend.
             store = FeedStore::default();
         }
-        // A version applied during the attempt means control was healthy: start over.
-        let progressed = status.borrow().consecutive_failures == 0;
-        let delay = backoff.next(progressed);
-        tracing::warn!(%error, retry_in = ?delay, "control feed disconnected; keeping last config");
-        status.send_modify(|s| s.record_failure(&error));
-        tokio::select! {
-            _ = drain.signaled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        if !retry.wait_after(&error, &status).await {
+            return;
         }
     }
 }
@@ -103,21 +71,16 @@ async fn subscribe(
     snapshots: &watch::Sender<Arc<MeshSnapshot>>,
     status: &watch::Sender<FeedStatus>,
 ) -> AttemptError {
-    let channel = match feed::connect(&config.endpoint, config.connect_timeout).await {
-        Ok(channel) => channel,
-        Err(error) => return error.into(),
-    };
     let (feed_id, resume_version) = store.resume_point();
-    let mut request = tonic::Request::new(pb::NodeSubscribeRequest {
+    let message = pb::NodeSubscribeRequest {
         node_name: config.node_name.clone(),
         feed_id,
         resume_version,
-    });
-    if let Some(token) = &config.token {
-        if let Err(error) = token.attach(&mut request).await {
-            return error.into();
-        }
-    }
+    };
+    let (channel, request) = match config.control.open(message).await {
+        Ok(opened) => opened,
+        Err(error) => return error.into(),
+    };
     let mut stream = match NodeFeedClient::new(channel).subscribe(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => return AttemptError::Refused(status),

@@ -9,7 +9,12 @@ use std::{
     time::Duration,
 };
 
-use mesh_core::{drain, identity::grpc::BearerToken, proto::control::v1 as pb};
+use mesh_core::{
+    control::{ControlConnection, ControlEndpoint},
+    drain,
+    identity::grpc::BearerToken,
+    proto::control::v1 as pb,
+};
 use pb::node_feed_server::{NodeFeed, NodeFeedServer};
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -214,11 +219,15 @@ async fn serve(fake: Arc<FakeControl>) -> (String, tokio::task::JoinHandle<()>) 
 }
 
 fn config(endpoint: &str) -> FeedClientConfig {
+    let endpoint = ControlEndpoint::new(endpoint, None).unwrap();
     FeedClientConfig {
-        token: Some(BearerToken::inline("node-token").unwrap()),
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-        ..FeedClientConfig::new(endpoint, "n1")
+        control: ControlConnection {
+            token: Some(BearerToken::inline("node-token").unwrap()),
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+            ..ControlConnection::new(endpoint)
+        },
+        node_name: "n1".into(),
     }
 }
 

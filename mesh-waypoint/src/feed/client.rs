@@ -3,13 +3,11 @@
 //! waypoint keeps serving the last good version while it reconnects with jittered, capped
 //! exponential backoff, resuming from the feed id and version it has.
 
-use std::time::Duration;
-
 pub use mesh_core::feed::FeedStatus;
 use mesh_core::{
+    control::{ControlConnection, OpenError},
     drain::DrainWatch,
-    feed::{self, Backoff, ConnectError},
-    identity::grpc::{BearerToken, TokenError},
+    feed::Resubscriber,
     proto::control::v1 as pb,
 };
 use pb::waypoint_feed_client::WaypointFeedClient;
@@ -18,34 +16,21 @@ use tokio::sync::watch;
 /// Where and how to subscribe.
 #[derive(Debug, Clone)]
 pub struct FeedClientConfig {
-    /// mesh-control's gRPC address, e.g. `http://10.210.0.1:15012`.
-    pub endpoint: String,
+    /// mesh-control, the waypoint's token, timeouts and backoff.
+    pub control: ControlConnection,
     /// Namespace of the waypoint Service.
     pub namespace: String,
     /// Name of the waypoint Service.
     pub name: String,
-    /// Bearer token proving the caller to mesh-control; a token file is re-read for every
-    /// subscription, since projected service-account tokens rotate.
-    pub token: Option<BearerToken>,
-    /// Bound on establishing the connection.
-    pub connect_timeout: Duration,
-    /// First retry delay after a failure; doubles up to `max_backoff`.
-    pub initial_backoff: Duration,
-    /// Longest delay between retries.
-    pub max_backoff: Duration,
 }
 
 impl FeedClientConfig {
-    /// Defaults: 5 s connect timeout, backoff from 250 ms to 30 s.
-    pub fn new(endpoint: impl Into<String>, namespace: &str, name: &str) -> Self {
+    /// Subscribes to the feed of waypoint `namespace/name`.
+    pub fn new(control: ControlConnection, namespace: &str, name: &str) -> Self {
         Self {
-            endpoint: endpoint.into(),
+            control,
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            token: None,
-            connect_timeout: Duration::from_secs(5),
-            initial_backoff: Duration::from_millis(250),
-            max_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -61,15 +46,13 @@ pub trait ConfigSink: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 enum AttemptError {
     #[error(transparent)]
-    Connect(#[from] ConnectError),
+    Open(#[from] OpenError),
     #[error("mesh-control refused the waypoint subscription (is the token allowed to read this waypoint?): {0}")]
     Refused(tonic::Status),
     #[error("feed stream broke: {0}")]
     Stream(tonic::Status),
     #[error("feed stream ended by mesh-control")]
     Ended,
-    #[error("bearer token: {0}")]
-    Token(#[from] TokenError),
 }
 
 /// Runs until the drain starts. The last applied configuration stays in force throughout.
@@ -77,22 +60,16 @@ pub async fn run(
     config: FeedClientConfig,
     sink: &dyn ConfigSink,
     status: watch::Sender<FeedStatus>,
-    mut drain: DrainWatch,
+    drain: DrainWatch,
 ) {
-    let mut backoff = Backoff::new(config.initial_backoff, config.max_backoff);
+    let mut retry = Resubscriber::new(&config.control, "waypoint", drain);
     loop {
         let error = tokio::select! {
-            _ = drain.signaled() => return,
+            _ = retry.drained() => return,
             error = subscribe(&config, sink, &status) => error,
         };
-        // A version applied during the attempt means control was healthy: start over.
-        let progressed = status.borrow().consecutive_failures == 0;
-        let delay = backoff.next(progressed);
-        tracing::warn!(%error, retry_in = ?delay, "waypoint feed disconnected; keeping last config");
-        status.send_modify(|s| s.record_failure(&error));
-        tokio::select! {
-            _ = drain.signaled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        if !retry.wait_after(&error, &status).await {
+            return;
         }
     }
 }
@@ -103,25 +80,20 @@ async fn subscribe(
     sink: &dyn ConfigSink,
     status: &watch::Sender<FeedStatus>,
 ) -> AttemptError {
-    let channel = match feed::connect(&config.endpoint, config.connect_timeout).await {
-        Ok(channel) => channel,
-        Err(error) => return error.into(),
-    };
     let (feed_id, resume_version) = {
         let s = status.borrow();
         (s.feed_id.clone(), s.version)
     };
-    let mut request = tonic::Request::new(pb::WaypointSubscribeRequest {
+    let message = pb::WaypointSubscribeRequest {
         namespace: config.namespace.clone(),
         name: config.name.clone(),
         feed_id,
         resume_version,
-    });
-    if let Some(token) = &config.token {
-        if let Err(error) = token.attach(&mut request).await {
-            return error.into();
-        }
-    }
+    };
+    let (channel, request) = match config.control.open(message).await {
+        Ok(opened) => opened,
+        Err(error) => return error.into(),
+    };
     let mut stream = match WaypointFeedClient::new(channel).subscribe(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => return AttemptError::Refused(status),

@@ -1,0 +1,153 @@
+//! The server side of mesh-control's TLS gRPC port: accepted TCP connections go through a TLS
+//! handshake (bounded in time and in how many run at once) before tonic sees them. A failed
+//! handshake is logged and dropped; it never stops the listener.
+
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use rustls::ServerConfig;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, Semaphore},
+};
+use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::drain::DrainWatch;
+
+/// Limits of the TLS front of a gRPC listener.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsIncomingSettings {
+    /// Longest a client may take to complete its handshake.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress at once; accepting pauses beyond it.
+    pub max_handshakes: usize,
+    /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
+    pub accept_error_pause: Duration,
+}
+
+impl Default for TlsIncomingSettings {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 128,
+            accept_error_pause: Duration::from_millis(100),
+        }
+    }
+}
+
+/// One TLS connection accepted for tonic.
+#[derive(Debug)]
+pub struct TlsServerStream(TlsStream<TcpStream>);
+
+/// Serves `listener` as TLS with `config` until `drain` fires: the returned stream yields each
+/// connection whose handshake completed, for `serve_with_incoming_shutdown`.
+pub fn tls_incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    settings: TlsIncomingSettings,
+    mut drain: DrainWatch,
+) -> ReceiverStream<io::Result<TlsServerStream>> {
+    // Small: tonic takes connections as fast as they come; this only decouples the tasks.
+    let (accepted, incoming) = mpsc::channel(16);
+    let acceptor = TlsAcceptor::from(config);
+    let handshakes = Arc::new(Semaphore::new(settings.max_handshakes));
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                _ = drain.signaled() => return,
+                permit = Arc::clone(&handshakes).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let (tcp, peer) = tokio::select! {
+                _ = drain.signaled() => return,
+                result = listener.accept() => match result {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        tracing::warn!(%error, "grpc accept failed");
+                        tokio::time::sleep(settings.accept_error_pause).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp));
+                let stream = match handshake.await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => return handshake_failed(peer, &error),
+                    Err(_) => return handshake_failed(peer, &"timed out"),
+                };
+                drop(permit);
+                let _ = accepted.send(Ok(TlsServerStream(stream))).await;
+            });
+        }
+    });
+    ReceiverStream::new(incoming)
+}
+
+fn handshake_failed(peer: SocketAddr, error: &dyn std::fmt::Display) {
+    // Debug, not warn: anything on the network can open a connection and hang up.
+    tracing::debug!(%peer, %error, "grpc tls handshake failed");
+}
+
+impl Connected for TlsServerStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.0.get_ref().0.connect_info()
+    }
+}
+
+impl AsyncRead for TlsServerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsServerStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
