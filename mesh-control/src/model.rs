@@ -42,6 +42,12 @@ pub struct Workload {
     pub uid: String,
     /// Pod name.
     pub name: String,
+    /// The controller the pod belongs to, as Istio names workloads in telemetry: a
+    /// Deployment's name (through its ReplicaSet), a CronJob's (through its Job), a StatefulSet's,
+    /// DaemonSet's, Job's or ReplicaSet's; the pod's own name when it has no controller.
+    pub workload_name: String,
+    /// Kind of `workload_name`, lowercase (`deployment`, `cronjob`, ..., `pod`).
+    pub workload_kind: String,
     /// The pod's Kubernetes object uid (`metadata.uid`; empty when it has none, e.g. in local
     /// mode or for ServiceEntry endpoints). Checked against a workload token's pod binding.
     pub pod_uid: String,

@@ -3,11 +3,11 @@
 //! channel itself is [`crate::control`]; what a feed carries, and how it is applied, stays with
 //! each client.
 
-use std::{fmt, time::Duration};
+use std::fmt;
 
 use tokio::sync::watch;
 
-use crate::{control::ControlConnection, drain::DrainWatch};
+use crate::{backoff::Backoff, control::ControlConnection, drain::DrainWatch};
 
 /// What a feed subscription is doing, for readiness, config dumps and operators.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,37 +30,6 @@ impl FeedStatus {
         self.connected = false;
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         self.last_error = Some(error.to_string());
-    }
-}
-
-/// Capped exponential backoff with 50-100 % jitter, so a fleet of nodes or waypoints does not
-/// reconnect in lockstep after a control-plane restart.
-#[derive(Debug)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    /// Starts at `initial`, doubling up to `max`.
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            current: initial,
-        }
-    }
-
-    /// The delay before the next attempt; `reset` (the last attempt made progress) restarts
-    /// from the initial delay.
-    pub fn next(&mut self, reset: bool) -> Duration {
-        if reset {
-            self.current = self.initial;
-        }
-        let base = self.current;
-        self.current = (self.current * 2).min(self.max);
-        base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
     }
 }
 
@@ -119,24 +88,6 @@ impl Resubscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_caps_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        for (reset, base) in [
-            (false, 100),
-            (false, 200),
-            (false, 350),
-            (false, 350),
-            (true, 100),
-        ] {
-            let delay = backoff.next(reset).as_millis();
-            assert!(
-                (base / 2..=base).contains(&delay),
-                "{delay} ms not within jitter of {base} ms"
-            );
-        }
-    }
 
     #[test]
     fn a_failure_is_recorded_for_operators() {

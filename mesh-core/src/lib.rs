@@ -12,6 +12,7 @@
 //! - [`authz`]: authorization policy decisions (Istio semantics) for nodes (L4) and waypoints (L7).
 
 pub mod authz;
+pub mod backoff;
 pub mod control;
 pub mod drain;
 pub mod feed;

@@ -14,7 +14,9 @@ use std::{net::SocketAddr, sync::Arc};
 
 use mesh_core::{
     drain::DrainWatch,
-    hbone::{self, headers::forwarded_for, Accepted, ConnectRequest, Rejection},
+    hbone::{
+        self, baggage::WorkloadMeta, headers::forwarded_for, Accepted, ConnectRequest, Rejection,
+    },
     tls::{self, IdentityCert, TlsError},
 };
 use tokio::net::TcpListener;
@@ -74,52 +76,6 @@ fn peer(request: &ConnectRequest) -> Peer {
         addr,
         identity: Some(request.peer_identity.to_string()),
         authority: Some(request.authority),
-        workload: workload_name(&request.headers),
-    }
-}
-
-/// Baggage keys naming the source workload, most stable first (Istio's `source_workload` is the
-/// owning controller's name; the pod name is the fallback).
-const WORKLOAD_KEYS: [&str; 5] = [
-    "k8s.deployment.name",
-    "k8s.statefulset.name",
-    "k8s.daemonset.name",
-    "k8s.job.name",
-    "k8s.pod.name",
-];
-
-/// The source workload's name from the CONNECT `baggage` header, when present.
-fn workload_name(headers: &http::HeaderMap) -> Option<String> {
-    let baggage = headers.get(hbone::headers::BAGGAGE)?.to_str().ok()?;
-    let pairs: Vec<(&str, &str)> = baggage
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.trim(), v.trim()))
-        .collect();
-    WORKLOAD_KEYS.iter().find_map(|key| {
-        let value = pairs.iter().find(|(k, _)| k == key)?.1;
-        (!value.is_empty() && value.len() <= 253).then(|| value.to_owned())
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn workload_name_prefers_the_controller_over_the_pod() {
-        let cases = [
-            ("k8s.namespace.name=a,k8s.pod.name=p-1", Some("p-1")),
-            ("k8s.pod.name=p-1, k8s.deployment.name=p", Some("p")),
-            ("k8s.namespace.name=a", None),
-            ("k8s.pod.name=", None),
-            ("garbage", None),
-        ];
-        for (baggage, want) in cases {
-            let mut headers = http::HeaderMap::new();
-            headers.insert(hbone::headers::BAGGAGE, baggage.parse().expect("value"));
-            assert_eq!(workload_name(&headers).as_deref(), want, "{baggage}");
-        }
-        assert_eq!(workload_name(&http::HeaderMap::new()), None);
+        workload: WorkloadMeta::from_headers(&request.headers),
     }
 }

@@ -16,7 +16,7 @@ use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time
 
 use http::{uri::Authority, HeaderMap, HeaderValue, Uri};
 use mesh_core::{
-    hbone::{self, headers, ClientError, OutboundRequest, Tunnel},
+    hbone::{self, baggage::WorkloadMeta, headers, ClientError, OutboundRequest, Tunnel},
     identity::SpiffeId,
     tls::IdentityCert,
 };
@@ -43,12 +43,14 @@ pub async fn with_downstream<F: Future>(client: Option<SocketAddr>, sending: F) 
 /// `baggage` describing the waypoint (its Deployment is named after the waypoint, as Istio's
 /// is); none when a name has characters a header part may not carry.
 pub fn baggage(me: &WaypointName) -> Option<HeaderValue> {
-    let pairs = [
-        ("k8s.namespace.name", me.namespace.as_str()),
-        ("k8s.deployment.name", me.name.as_str()),
-        ("service.name", me.name.as_str()),
-    ];
-    headers::baggage(&pairs).ok()
+    let meta = WorkloadMeta {
+        namespace: me.namespace.clone(),
+        workload_name: me.name.clone(),
+        workload_kind: "deployment".into(),
+        canonical_service: me.name.clone(),
+        canonical_revision: "latest".into(),
+    };
+    meta.to_baggage().ok()
 }
 
 /// Istio's HBONE port, where node tunnels accept inbound tunnels.

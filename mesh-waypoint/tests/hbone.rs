@@ -329,6 +329,56 @@ async fn upstream_connect_names_the_client_and_the_waypoint() {
     }
 }
 
+/// The waypoint's `/metrics` text.
+async fn scrape(waypoint: &Bound) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = waypoint.metrics_addr.expect("metrics listener");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("read");
+    text
+}
+
+/// Request metrics carry the source workload the node named in the CONNECT `baggage`, beside
+/// the verified principal.
+#[tokio::test]
+async fn request_metrics_name_the_source_workload() {
+    let mesh = Mesh::start().await;
+    let (status, _, body) = mesh
+        .source("productpage")
+        .get(vip(), "/h", &[("x-version", "v1")])
+        .await
+        .expect("request");
+    assert_eq!(status, 200, "{body}");
+    let wanted = [
+        "source_principal=\"spiffe://cluster.local/ns/default/sa/productpage\"",
+        "source_workload=\"productpage\"",
+        "source_workload_namespace=\"default\"",
+        "source_canonical_service=\"productpage\"",
+        "source_canonical_revision=\"v1\"",
+    ];
+    // A request is recorded when its response body is dropped, a moment after the client read.
+    let recorded = tokio::time::timeout(WAIT, async {
+        loop {
+            let text = scrape(&mesh.waypoint).await;
+            let found = text.lines().any(|line| {
+                line.starts_with("istio_requests_total{") && wanted.iter().all(|w| line.contains(w))
+            });
+            if found {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    recorded
+        .await
+        .expect("a request line with the source's labels");
+}
+
 #[tokio::test]
 async fn new_feed_versions_swap_in_and_survive_control_loss() {
     let mesh = Mesh::start().await;

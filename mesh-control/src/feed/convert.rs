@@ -53,6 +53,8 @@ pub fn workload(w: &model::Workload) -> pb::Workload {
     pb::Workload {
         uid: w.uid.clone(),
         name: w.name.clone(),
+        workload_name: w.workload_name.clone(),
+        workload_kind: w.workload_kind.clone(),
         namespace: w.namespace.clone(),
         addresses: w.ips.iter().map(ip_bytes).collect(),
         node: w.node.clone(),

@@ -265,6 +265,8 @@ mod tests {
             let workload = Workload {
                 uid: uid.clone(),
                 name: format!("pod-{i}"),
+                workload_name: format!("pod-{i}"),
+                workload_kind: "pod".into(),
                 pod_uid: String::new(),
                 namespace: "ns".into(),
                 ips: Vec::new(),

@@ -280,6 +280,8 @@ fn entry_workloads(
         out.push(Workload {
             uid: format!("{}/ServiceEntry/{}/{ip}", key.namespace, key.name),
             name: format!("{}-{i}", key.name),
+            workload_name: key.name.clone(),
+            workload_kind: "serviceentry".into(),
             pod_uid: String::new(),
             namespace: key.namespace.clone(),
             ips: vec![ip],

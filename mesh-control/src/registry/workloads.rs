@@ -55,6 +55,50 @@ fn pod_ips(pod: &Pod) -> Result<Vec<IpAddr>, String> {
         .collect()
 }
 
+/// The pod's controller as Istio's telemetry names it: (name, lowercase kind). A ReplicaSet
+/// made by a Deployment (its name is `<deployment>-<pod-template-hash>`) names the Deployment; a
+/// Job made by a CronJob (`<cronjob>-<scheduled minute>`) names the CronJob.
+fn controller(pod: &Pod, pod_name: &str) -> (String, String) {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true));
+    let Some(owner) = owner else {
+        return (pod_name.to_owned(), "pod".to_owned());
+    };
+    let kind = owner.kind.to_ascii_lowercase();
+    let name = owner.name.as_str();
+    match kind.as_str() {
+        "replicaset" => {
+            let hash = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get("pod-template-hash"));
+            match hash.and_then(|hash| name.strip_suffix(hash.as_str())?.strip_suffix('-')) {
+                Some(deployment) if !deployment.is_empty() => {
+                    (deployment.to_owned(), "deployment".to_owned())
+                }
+                _ => (name.to_owned(), kind),
+            }
+        }
+        "job" => match cronjob_of(name) {
+            Some(cronjob) => (cronjob.to_owned(), "cronjob".to_owned()),
+            None => (name.to_owned(), kind),
+        },
+        _ => (name.to_owned(), kind),
+    }
+}
+
+/// The CronJob of a Job it scheduled: the name less a `-<8 to 10 digits>` suffix.
+fn cronjob_of(job: &str) -> Option<&str> {
+    let (cronjob, stamp) = job.rsplit_once('-')?;
+    let stamp_ok = (8..=10).contains(&stamp.len()) && stamp.bytes().all(|b| b.is_ascii_digit());
+    (stamp_ok && !cronjob.is_empty()).then_some(cronjob)
+}
+
 fn is_finished(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     matches!(phase, Some("Succeeded" | "Failed"))
@@ -98,9 +142,12 @@ fn translate_pod(
         .map(|p| p.key.clone())
         .collect();
     let (mtls, port_mtls) = effective_mtls(inputs.peers, root, namespace, &labels);
+    let (workload_name, workload_kind) = controller(pod, &key.name);
     Some(Workload {
         uid: format!("{namespace}/{}", key.name),
         name: key.name.clone(),
+        workload_name,
+        workload_kind,
         pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
         namespace: namespace.to_string(),
         ips,
@@ -147,4 +194,54 @@ pub fn named_ports(pod: &Pod) -> BTreeMap<String, u16> {
             Some((name, port))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml::from_str(&format!("metadata:\n  name: web-1\n{yaml}")).expect("pod yaml")
+    }
+
+    #[test]
+    fn workloads_are_named_after_their_controller() {
+        let owned = |kind: &str, name: &str, labels: &str| {
+            pod(&format!(
+                "  labels: {{{labels}}}\n  ownerReferences:\n  - {{apiVersion: apps/v1, kind: {kind}, name: {name}, uid: u, controller: true}}\n"
+            ))
+        };
+        let cases = [
+            (
+                owned("ReplicaSet", "web-7d9f8c", "pod-template-hash: 7d9f8c"),
+                ("web", "deployment"),
+            ),
+            // A ReplicaSet made by hand: no hash suffix to strip.
+            (
+                owned("ReplicaSet", "web-rs", "pod-template-hash: 7d9f8c"),
+                ("web-rs", "replicaset"),
+            ),
+            (owned("ReplicaSet", "web-rs", ""), ("web-rs", "replicaset")),
+            (owned("StatefulSet", "db", ""), ("db", "statefulset")),
+            (owned("DaemonSet", "agent", ""), ("agent", "daemonset")),
+            (owned("Job", "backup-28911540", ""), ("backup", "cronjob")),
+            (owned("Job", "migrate", ""), ("migrate", "job")),
+            (owned("Job", "migrate-2024", ""), ("migrate-2024", "job")),
+            (pod(""), ("web-1", "pod")),
+            // An owner that is not the controller does not name the workload.
+            (
+                pod("  ownerReferences:\n  - {apiVersion: v1, kind: Node, name: n1, uid: u}\n"),
+                ("web-1", "pod"),
+            ),
+        ];
+        for (pod, (name, kind)) in cases {
+            let got = controller(&pod, "web-1");
+            assert_eq!(
+                got,
+                (name.to_owned(), kind.to_owned()),
+                "{:?}",
+                pod.metadata
+            );
+        }
+    }
 }

@@ -15,7 +15,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use http::Uri;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::feed::Backoff;
+use crate::backoff::Backoff;
 use crate::identity::{
     grpc::{BearerToken, TokenError},
     IdentityError, SpiffeId,

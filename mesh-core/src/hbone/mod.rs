@@ -14,6 +14,7 @@
 //! - [`copy_bidirectional`]: bounded, half-close aware copying between a tunnel and a socket.
 
 pub mod authority;
+pub mod baggage;
 mod client;
 pub mod headers;
 mod server;

@@ -20,11 +20,12 @@ use rustls_pki_types::TrustAnchor;
 
 use super::{provider, TlsError};
 use crate::{
+    backoff::Backoff,
     drain::DrainWatch,
     identity::{CertificateSource, SpiffeId, WorkloadCert},
 };
 
-/// First retry delay after a failed renewal; doubles up to [`MAX_RETRY`].
+/// First retry delay after a failed renewal (jittered); doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 /// Cap on the renewal retry delay.
 const MAX_RETRY: Duration = Duration::from_secs(30);
@@ -101,7 +102,7 @@ impl IdentityCert {
         source: Arc<dyn CertificateSource>,
         mut drain: DrainWatch,
     ) {
-        let mut retry = FIRST_RETRY;
+        let mut retry = Backoff::new(FIRST_RETRY, MAX_RETRY);
         loop {
             let wait = self
                 .refresh_at()
@@ -112,14 +113,14 @@ impl IdentityCert {
                 _ = tokio::time::sleep(wait) => {}
             }
             match self.renew(source.as_ref()).await {
-                Ok(()) => retry = FIRST_RETRY,
+                Ok(()) => retry.reset(),
                 Err(error) => {
-                    tracing::warn!(identity = %self.identity, %error, ?retry, "certificate renewal failed, will retry");
+                    let delay = retry.next(false);
+                    tracing::warn!(identity = %self.identity, %error, retry_in = ?delay, "certificate renewal failed, will retry");
                     tokio::select! {
                         _ = drain.signaled() => return,
-                        _ = tokio::time::sleep(retry) => {}
+                        _ = tokio::time::sleep(delay) => {}
                     }
-                    retry = (retry * 2).min(MAX_RETRY);
                 }
             }
         }

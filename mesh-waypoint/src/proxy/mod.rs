@@ -15,6 +15,7 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use http::{request::Parts, Request, Response};
 use hyper::{body::Incoming, upgrade::OnUpgrade};
+use mesh_core::hbone::baggage::WorkloadMeta;
 use tower::{ServiceBuilder, ServiceExt};
 
 pub use self::{
@@ -50,8 +51,8 @@ pub struct Peer {
     /// The HBONE `CONNECT` authority (service VIP and port; `None` on plain HTTP). When set it
     /// selects the virtual host, keyed `vip:port`, whatever the `Host` header says.
     pub authority: Option<SocketAddr>,
-    /// Source workload name from the HBONE `baggage` (`None` on plain HTTP or when not sent).
-    pub workload: Option<String>,
+    /// Source workload from the HBONE `baggage` (`None` on plain HTTP or when not sent).
+    pub workload: Option<WorkloadMeta>,
 }
 
 /// Errors building the proxy from configuration.

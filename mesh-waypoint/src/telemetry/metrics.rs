@@ -28,8 +28,14 @@ pub struct RequestLabels {
     pub reporter: &'static str,
     /// Peer SPIFFE identity without the scheme, or `unknown`.
     pub source_principal: String,
-    /// Source workload; `unknown` until the HBONE layer supplies workload metadata.
+    /// Source workload (its controller's name), from the HBONE `baggage`, or `unknown`.
     pub source_workload: String,
+    /// Source namespace, from the HBONE `baggage`, or `unknown`.
+    pub source_workload_namespace: String,
+    /// Source canonical service, from the HBONE `baggage`, or `unknown`.
+    pub source_canonical_service: String,
+    /// Source canonical revision, from the HBONE `baggage`, or `unknown`.
+    pub source_canonical_revision: String,
     /// The requested host (authority without port).
     pub destination_service: String,
     /// The destination the route chose, or `unknown` for local answers.
@@ -150,6 +156,9 @@ mod tests {
             reporter: "waypoint",
             source_principal: "unknown".into(),
             source_workload: "unknown".into(),
+            source_workload_namespace: "unknown".into(),
+            source_canonical_service: "unknown".into(),
+            source_canonical_revision: "unknown".into(),
             destination_service: "reviews".into(),
             destination_service_name: "reviews".into(),
             destination_version: "v2".into(),

@@ -18,6 +18,7 @@ use std::{
 };
 
 use http::{Response, StatusCode};
+use mesh_core::hbone::baggage::WorkloadMeta;
 use tokio::time::Instant;
 
 use self::metrics::RequestLabels;
@@ -42,8 +43,8 @@ pub struct RequestLog {
     pub protocol: &'static str,
     /// Peer SPIFFE ID (`spiffe://td/ns/x/sa/y`), as Istio's `source_principal` label has it.
     pub principal: Option<String>,
-    /// Source workload name, when the HBONE peer sent it (`baggage`).
-    pub workload: Option<String>,
+    /// Source workload, when the HBONE peer sent it (`baggage`).
+    pub workload: Option<WorkloadMeta>,
     /// Downstream address.
     pub peer: std::net::SocketAddr,
     /// Matched route and rule, when any.
@@ -110,6 +111,15 @@ impl RequestLog {
     }
 }
 
+/// A `source_*` label from the peer's workload metadata; `unknown` when not sent.
+fn source(log: &RequestLog, field: impl Fn(&WorkloadMeta) -> &String) -> String {
+    log.workload
+        .as_ref()
+        .map(field)
+        .filter(|value| !value.is_empty())
+        .map_or_else(|| "unknown".to_owned(), Clone::clone)
+}
+
 struct Completion {
     log: Option<RequestLog>,
     status: StatusCode,
@@ -129,7 +139,10 @@ impl Drop for Completion {
         let labels = RequestLabels {
             reporter: "waypoint",
             source_principal: log.principal.clone().unwrap_or_else(|| "unknown".into()),
-            source_workload: log.workload.clone().unwrap_or_else(|| "unknown".into()),
+            source_workload: source(&log, |w| &w.workload_name),
+            source_workload_namespace: source(&log, |w| &w.namespace),
+            source_canonical_service: source(&log, |w| &w.canonical_service),
+            source_canonical_revision: source(&log, |w| &w.canonical_revision),
             destination_service: log.host.clone(),
             destination_service_name: if destination.is_empty() {
                 "unknown".into()

@@ -22,7 +22,10 @@ use hyper_util::{
 };
 use mesh_core::{
     drain::{self, DrainTrigger},
-    hbone::{self, Accepted, ConnectRequest, OutboundRequest, Rejection, TcpDialer},
+    hbone::{
+        self, baggage::WorkloadMeta, Accepted, ConnectRequest, OutboundRequest, Rejection,
+        TcpDialer,
+    },
     identity::{ca::CertificateAuthority, source::DEFAULT_VALIDITY, InProcessSource, SpiffeId},
     proto::control::v1::{self as pb, waypoint_feed_server},
     tls::{self, IdentityCert},
@@ -172,15 +175,19 @@ impl Source {
         }
     }
 
-    /// CONNECT headers as a node sends them: `baggage` naming the source pod.
+    /// CONNECT headers as a node sends them: `baggage` naming the source workload (a
+    /// Deployment named after the service account, canonical revision `v1`).
     fn connect_headers(&self) -> http::HeaderMap {
-        let pod = format!("{}-pod", self.cert.identity().service_account());
-        let pairs = [
-            ("k8s.namespace.name", "default"),
-            ("k8s.pod.name", pod.as_str()),
-        ];
+        let name = self.cert.identity().service_account().to_owned();
+        let meta = WorkloadMeta {
+            namespace: "default".into(),
+            workload_name: name.clone(),
+            workload_kind: "deployment".into(),
+            canonical_service: name,
+            canonical_revision: "v1".into(),
+        };
         let mut headers = http::HeaderMap::new();
-        let value = hbone::headers::baggage(&pairs).expect("baggage");
+        let value = meta.to_baggage().expect("baggage");
         headers.insert(hbone::headers::BAGGAGE, value);
         if let Some(client) = self.forwarded {
             let value = hbone::headers::forwarded(client, None).expect("forwarded");

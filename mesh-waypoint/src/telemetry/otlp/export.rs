@@ -3,7 +3,7 @@
 
 use std::{future::Future, pin::Pin, time::Duration};
 
-use mesh_core::drain::DrainWatch;
+use mesh_core::{backoff::Backoff, drain::DrainWatch};
 use tokio::{sync::mpsc, time::timeout};
 
 use super::{
@@ -90,7 +90,7 @@ impl<E: Export> Task<E> {
                 break;
             }
             if !self.send(std::mem::take(&mut pending)).await {
-                let wait = self.backoff.next();
+                let wait = self.backoff.next(false);
                 tokio::select! {
                     _ = drain.signaled() => break,
                     () = tokio::time::sleep(wait) => {}
@@ -196,33 +196,6 @@ fn resource(service_name: &str) -> Resource {
                 value: Some(any_value::Value::StringValue(service_name.to_owned())),
             }),
         }],
-    }
-}
-
-/// Exponential backoff: `min`, doubling per failure, capped at `max`.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max: max.max(min),
-            current: min,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let wait = self.current;
-        self.current = (self.current * 2).min(self.max);
-        wait
-    }
-
-    fn reset(&mut self) {
-        self.current = self.min;
     }
 }
 

@@ -35,7 +35,8 @@ pub struct OtlpConfig {
     pub batch_delay: Duration,
     /// Deadline of one export call (connect included).
     pub export_timeout: Duration,
-    /// First wait after a failed export; doubles per failure up to `max_backoff`.
+    /// First wait after a failed export (jittered to 50-100 %); doubles per failure up to
+    /// `max_backoff`.
     pub min_backoff: Duration,
     /// Longest wait between failed exports.
     pub max_backoff: Duration,

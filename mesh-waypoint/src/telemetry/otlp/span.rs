@@ -84,7 +84,10 @@ fn attributes(log: &RequestLog, outcome: Outcome<'_>) -> Vec<KeyValue> {
     let optional = [
         ("http.route", log.route.as_deref()),
         ("source.principal", log.principal.as_deref()),
-        ("source.workload", log.workload.as_deref()),
+        (
+            "source.workload",
+            log.workload.as_ref().map(|w| w.workload_name.as_str()),
+        ),
         (
             "destination.service",
             Some(destination.as_str()).filter(|d| !d.is_empty()),
