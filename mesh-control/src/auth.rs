@@ -244,6 +244,21 @@ impl Authenticator for TokenAuthenticator {
     }
 }
 
+/// Authenticates the caller of a service that answers from the registry: refuses the caller
+/// (`UNAUTHENTICATED`/`PERMISSION_DENIED`), or everyone while the registry has not synced yet
+/// (`UNAVAILABLE`: retry).
+pub async fn caller_when_synced(
+    auth: &dyn Authenticator,
+    hub: &crate::feed::hub::Hub,
+    metadata: &MetadataMap,
+) -> Result<Caller, tonic::Status> {
+    let caller = auth.authenticate(metadata).await.map_err(to_status)?;
+    if !hub.is_ready() {
+        return Err(crate::feed::node::not_synced());
+    }
+    Ok(caller)
+}
+
 /// Maps an authentication error to a gRPC status (the one place this happens).
 pub fn to_status(err: AuthError) -> tonic::Status {
     let message = err.to_string();

@@ -19,9 +19,8 @@ use mesh_core::identity::SpiffeId;
 use mesh_core::proto::control::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{to_status, workload, Authenticator, Caller};
+use crate::auth::{caller_when_synced, workload, Authenticator, Caller};
 use crate::feed::hub::Hub;
-use crate::feed::node::not_synced;
 use crate::model::Snapshot;
 
 /// Where the CA key comes from.
@@ -177,14 +176,7 @@ impl pb::certificate_service_server::CertificateService for CaService {
         &self,
         request: Request<pb::CreateCertificateRequest>,
     ) -> Result<Response<pb::CreateCertificateResponse>, Status> {
-        let who = self
-            .auth
-            .authenticate(request.metadata())
-            .await
-            .map_err(to_status)?;
-        if !self.hub.is_ready() {
-            return Err(not_synced());
-        }
+        let who = caller_when_synced(self.auth.as_ref(), &self.hub, request.metadata()).await?;
         let request = request.into_inner();
         let identity = SpiffeId::from_str(&request.identity)
             .map_err(|e| Status::invalid_argument(format!("invalid identity: {e}")))?;

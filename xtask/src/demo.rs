@@ -88,6 +88,15 @@ fn describe(mesh: &MeshLab) {
             .collect();
         println!("      node {} {}: {}", node.name, node.ip, pods.join(", "));
     }
+    // The control connection: what mesh-control said when it bound its gRPC port.
+    let log = std::fs::read_to_string(mesh.log_dir().join("mesh-control.log")).unwrap_or_default();
+    if let Some(line) = log
+        .lines()
+        .find(|line| line.contains("mesh-control listening"))
+    {
+        println!("      mesh-control: {}", shorten(line, 220));
+        println!("      (nodes and the waypoint verify that identity against the mesh root before sending their tokens)");
+    }
 }
 
 fn walk_through(show: &mut Walkthrough, mesh: &MeshLab) -> anyhow::Result<()> {

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use super::full_sync::{encode, FullSyncCache};
 use super::hub::Hub;
 use super::state::Delta;
-use crate::auth::{to_status, Authenticator};
+use crate::auth::{caller_when_synced, Authenticator};
 
 /// Tunables of a feed stream.
 #[derive(Debug, Clone)]
@@ -218,15 +218,8 @@ impl NodeFeedService {
         &self,
         request: Request<pb::NodeSubscribeRequest>,
     ) -> Result<Response<EncodedStream>, Status> {
-        let caller = self
-            .auth
-            .authenticate(request.metadata())
-            .await
-            .map_err(to_status)?;
+        let caller = caller_when_synced(self.auth.as_ref(), &self.hub, request.metadata()).await?;
         let who = caller.node_only()?.clone();
-        if !self.hub.is_ready() {
-            return Err(not_synced());
-        }
         let request = request.into_inner();
         if request.node_name != who.node {
             return Err(Status::permission_denied(format!(

@@ -22,8 +22,8 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::hub::Hub;
 use super::ingress;
-use super::node::{not_synced, StreamSettings};
-use crate::auth::{to_status, workload, Authenticator, Caller};
+use super::node::StreamSettings;
+use crate::auth::{caller_when_synced, workload, Authenticator, Caller};
 use crate::model::{PolicyScope, Snapshot};
 
 fn is_target(kind: &str, namespace: &str, name: &str, t: &crate::model::PolicyTarget) -> bool {
@@ -215,14 +215,7 @@ impl pb::waypoint_feed_server::WaypointFeed for WaypointFeedService {
         &self,
         request: Request<pb::WaypointSubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let who = self
-            .auth
-            .authenticate(request.metadata())
-            .await
-            .map_err(to_status)?;
-        if !self.hub.is_ready() {
-            return Err(not_synced());
-        }
+        let who = caller_when_synced(self.auth.as_ref(), &self.hub, request.metadata()).await?;
         let request = request.into_inner();
         if request.namespace.is_empty() || request.name.is_empty() {
             return Err(Status::invalid_argument(
