@@ -220,6 +220,7 @@ impl Server {
         peer: SocketAddr,
         mut drain: DrainWatch,
     ) -> Result<(), ServerError> {
+        set_nodelay(&stream, peer);
         let config = self
             .selector
             .select(&stream)
@@ -252,6 +253,16 @@ impl Server {
             }
         };
         result.map_err(|source| ServerError::Http2 { peer, source })
+    }
+}
+
+/// Turns Nagle's algorithm off. Streams carry request/response traffic whose last bytes (a short
+/// DATA frame, END_STREAM) are small writes; with Nagle each waits for the peer to ACK the
+/// previous segment, and a delayed ACK holds it up to 40 ms (Linux `TCP_DELACK_MIN`) per
+/// request. The client side sets the same option on the connections it dials.
+fn set_nodelay(stream: &TcpStream, peer: SocketAddr) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, %error, "hbone connection: setting TCP_NODELAY failed");
     }
 }
 

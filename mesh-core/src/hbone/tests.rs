@@ -28,6 +28,21 @@ struct Fixture {
     server_addr: SocketAddr,
     echo_addr: SocketAddr,
     trigger: Option<DrainTrigger>,
+    /// Whether each connection the server accepted had `TCP_NODELAY` when it was served.
+    accepted_nodelay: tokio::sync::mpsc::Receiver<bool>,
+}
+
+/// The server's certificate selector, noting each accepted socket's `TCP_NODELAY` on the way.
+struct NodelayProbe {
+    config: Arc<rustls::ServerConfig>,
+    seen: tokio::sync::mpsc::Sender<bool>,
+}
+
+impl ServerCertSelector for NodelayProbe {
+    fn select(&self, stream: &tokio::net::TcpStream) -> Option<Arc<rustls::ServerConfig>> {
+        let _ = self.seen.try_send(stream.nodelay().unwrap());
+        Some(self.config.clone())
+    }
 }
 
 /// An echo server: copies every connection back to itself until EOF, then closes.
@@ -70,8 +85,9 @@ async fn fixture() -> Fixture {
             .unwrap(),
     )
     .unwrap();
+    let (seen, accepted_nodelay) = tokio::sync::mpsc::channel(64);
     let config = tls::server_config(server_cert).unwrap();
-    let server = Server::new(Arc::new(config), Arc::new(route));
+    let server = Server::new(Arc::new(NodelayProbe { config, seen }), Arc::new(route));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server_addr = listener.local_addr().unwrap();
     let (trigger, watch) = drain::channel();
@@ -83,6 +99,7 @@ async fn fixture() -> Fixture {
         server_addr,
         echo_addr: echo_server().await,
         trigger: Some(trigger),
+        accepted_nodelay,
     }
 }
 
@@ -134,6 +151,24 @@ async fn tunnel_carries_bytes_both_ways_with_half_close() {
         .expect("eof never arrived")
         .unwrap();
     assert_eq!(n, 0);
+}
+
+/// Without `TCP_NODELAY` on the server side, the response's last small write (the final DATA
+/// frame, END_STREAM) waits for the client's delayed ACK: ~40 ms per request through the mesh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_disables_nagle_on_accepted_connections() {
+    let mut fx = fixture().await;
+    let client = Client::new(Arc::new(TcpDialer));
+    let mut tunnel = tokio::time::timeout(WAIT, client.connect(fx.echo_request()))
+        .await
+        .unwrap()
+        .unwrap();
+    round_trip(&mut tunnel, b"small request").await;
+    let nodelay = tokio::time::timeout(WAIT, fx.accepted_nodelay.recv())
+        .await
+        .expect("server never selected a certificate")
+        .unwrap();
+    assert!(nodelay, "accepted hbone connection without TCP_NODELAY");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

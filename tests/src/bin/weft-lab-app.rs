@@ -128,12 +128,13 @@ fn answer(stream: TcpStream, identity: &str, upstream: Option<&str>) -> anyhow::
     }
     eprintln!("{request_line} from {peer}");
     body.push('\n');
-    let mut stream = stream;
-    write!(
-        stream,
+    // One write: `write!` on the bare socket sends each formatted piece as its own segment.
+    let response = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
-    )?;
+    );
+    let mut stream = stream;
+    stream.write_all(response.as_bytes())?;
     Ok(())
 }
 
