@@ -14,8 +14,12 @@
 pub mod maps {
     /// `Array<RedirectConfig>` with one entry.
     pub const CONFIG: &str = "CONFIG";
-    /// `HashMap<u64 netns cookie, u32 EnrollMode>`.
+    /// `HashMap<u64 netns cookie, u32>`: an [`crate::enroll_mode`] value, plus
+    /// [`crate::enroll_flags::PORT_OVERRIDES`] when the pod has entries in `PORT_MTLS`.
     pub const ENROLLED: &str = "ENROLLED";
+    /// `HashMap<PortKey, u32 enroll_mode>`: per-port inbound mode overrides (PeerAuthentication
+    /// `portLevelMtls`) of enrolled pods, by netns cookie and listener port.
+    pub const PORT_MTLS: &str = "PORT_MTLS";
     /// `HashMap<u16 network-order port, u8>`: destination ports never redirected.
     pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
     /// `LpmTrie<[u8; 4], u8>`: IPv4 destination CIDRs never redirected.
@@ -38,6 +42,10 @@ pub mod maps {
 pub mod capacity {
     /// `ENROLLED`: enrolled pods per node.
     pub const ENROLLED: u32 = 4_096;
+    /// `PORT_MTLS`: port overrides per node, over all pods (4 per pod at full `ENROLLED`). When it
+    /// is full the loader reports an error and enrolls the pod at its strictest mode, never a
+    /// weaker one.
+    pub const PORT_MTLS: u32 = 16_384;
     /// `EXCLUDED_PORTS`.
     pub const EXCLUDED_PORTS: u32 = 256;
     /// `EXCLUDED_V4` and `EXCLUDED_V6`, each.
@@ -86,14 +94,14 @@ pub mod counter {
     pub const ORIG_DST_MISSED: u32 = 7;
     /// `cgroup/getpeername4|6`: peer address rewritten to the original destination.
     pub const PEERNAME_REWRITTEN: u32 = 8;
-    /// `cgroup_skb/ingress`: packets dropped by strict inbound.
+    /// `cgroup_skb/ingress`: packets dropped by strict inbound (strict pods and strict ports).
     pub const STRICT_DROPPED: u32 = 9;
     /// `sock_ops`: sockets added to the splice map.
     pub const SPLICE_ADDED: u32 = 10;
     /// `sk_msg`: messages spliced straight to the peer socket.
     pub const SPLICE_REDIRECTED: u32 = 11;
-    /// `cgroup_skb/ingress`: connection attempts into strict pods let through (HBONE port, node
-    /// or probe source, loopback).
+    /// `cgroup_skb/ingress`: connection attempts into strict pods or ports let through (HBONE
+    /// port, node or probe source, loopback).
     pub const STRICT_ALLOWED: u32 = 12;
     /// Number of counters; the size of the `COUNTERS` map.
     pub const COUNT: u32 = 13;
@@ -105,6 +113,15 @@ pub mod enroll_mode {
     pub const CAPTURE: u32 = 1;
     /// As [`CAPTURE`], and inbound plaintext TCP that did not come through the tunnel is dropped.
     pub const STRICT: u32 = 2;
+}
+
+/// Bits of an `ENROLLED` value above the [`enroll_mode`].
+pub mod enroll_flags {
+    /// The bits holding the [`crate::enroll_mode`] value.
+    pub const MODE_MASK: u32 = 0xff;
+    /// The pod has per-port overrides in `PORT_MTLS`: strict inbound looks its listener port up
+    /// there. Pods without this bit never pay for the lookup.
+    pub const PORT_OVERRIDES: u32 = 0x100;
 }
 
 /// `RedirectConfig::flags` bits.
@@ -186,6 +203,29 @@ pub struct TupleKey {
     pub _pad: u16,
 }
 
+/// A `PORT_MTLS` key: a pod's listener port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    /// Network namespace cookie of the pod (as in `ENROLLED`).
+    pub netns_cookie: u64,
+    /// The listening socket's local port (the workload's container port), network byte order.
+    pub port: u16,
+    /// Explicit padding.
+    pub _pad: [u16; 3],
+}
+
+impl PortKey {
+    /// The key of `port` (host byte order) in the pod with `netns_cookie`.
+    pub const fn new(netns_cookie: u64, port: u16) -> Self {
+        Self {
+            netns_cookie,
+            port: port.to_be(),
+            _pad: [0; 3],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all three are `#[repr(C)]`, made only of integers, with explicit padding fields, so
@@ -195,6 +235,8 @@ mod pod {
     unsafe impl aya::Pod for super::OrigDst {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TupleKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortKey {}
 }
 
 #[cfg(test)]
@@ -211,6 +253,18 @@ mod tests {
         );
         assert_eq!(size_of::<OrigDst>(), 16 + 2 + 2);
         assert_eq!(size_of::<TupleKey>(), 16 + 16 + 2 + 2 + 2 + 2);
+        assert_eq!(size_of::<PortKey>(), 8 + 2 + 6);
+    }
+
+    #[test]
+    fn port_keys_hold_the_port_in_network_order_and_flags_miss_the_modes() {
+        let key = PortKey::new(7, 9090);
+        assert_eq!(key.port.to_ne_bytes(), 9090u16.to_be_bytes());
+        assert_eq!(key._pad, [0; 3]);
+        for mode in [enroll_mode::CAPTURE, enroll_mode::STRICT] {
+            assert_eq!(mode & enroll_flags::MODE_MASK, mode);
+            assert_eq!(mode & enroll_flags::PORT_OVERRIDES, 0);
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! - [`connect`]: `cgroup/connect4|6` send enrolled pods' TCP connects to the node tunnel.
 //! - [`orig`]: `sock_ops`, `cgroup/getsockopt` and `cgroup/getpeername4|6` keep the original
 //!   destination reachable for the tunnel (`SO_ORIGINAL_DST`) and visible to the client.
-//! - [`strict`]: `cgroup_skb/ingress` drops plaintext inbound connects into strict pods.
+//! - [`strict`]: `cgroup_skb/ingress` drops plaintext inbound connects into strict pods and
+//!   strict ports (per-port overrides in `PORT_MTLS`).
 //! - [`splice`]: `sk_msg` splices app and tunnel sockets on the same node.
 //!
 //! The ABI (map names, key/value layouts, counter indexes) lives in `mesh-ebpf-common`.

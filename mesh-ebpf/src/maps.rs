@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
-use mesh_ebpf_common::{capacity, counter, OrigDst, RedirectConfig, TupleKey};
+use mesh_ebpf_common::{capacity, counter, OrigDst, PortKey, RedirectConfig, TupleKey};
 
 /// Enrolled pods: tracked connections per node are bounded by this.
 const MAX_CONNECTIONS: u32 = capacity::CONNECTIONS;
@@ -17,9 +17,13 @@ const MAX_CONNECTIONS: u32 = capacity::CONNECTIONS;
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<RedirectConfig> = Array::with_max_entries(1, 0);
 
-/// Enrolled network namespaces: cookie -> `enroll_mode`.
+/// Enrolled network namespaces: cookie -> `enroll_mode`, plus `enroll_flags`.
 #[map(name = "ENROLLED")]
 pub static ENROLLED: HashMap<u64, u32> = HashMap::with_max_entries(capacity::ENROLLED, 0);
+
+/// Per-port inbound modes of enrolled pods: (cookie, listener port) -> `enroll_mode`.
+#[map(name = "PORT_MTLS")]
+pub static PORT_MTLS: HashMap<PortKey, u32> = HashMap::with_max_entries(capacity::PORT_MTLS, 0);
 
 /// Destination ports (network order) never redirected.
 #[map(name = "EXCLUDED_PORTS")]
@@ -69,7 +73,19 @@ pub fn config() -> Option<&'static RedirectConfig> {
     CONFIG.get(0)
 }
 
-/// The enrollment mode of a network namespace, if enrolled.
+/// The mode override of a pod's listener `port` (network order), if any.
+#[inline(always)]
+pub fn port_mode(netns_cookie: u64, port: u16) -> Option<u32> {
+    let key = PortKey {
+        netns_cookie,
+        port,
+        _pad: [0; 3],
+    };
+    // SAFETY: the value is a plain u32 copied out immediately.
+    unsafe { PORT_MTLS.get(&key) }.copied()
+}
+
+/// The `ENROLLED` value (mode and flags) of a network namespace, if enrolled.
 #[inline(always)]
 pub fn enroll_mode(netns_cookie: u64) -> Option<u32> {
     // SAFETY: the value is a plain u32 copied out immediately.

@@ -1,4 +1,11 @@
-//! `cgroup_skb/ingress`: strict inbound for enrolled pods in `STRICT` mode.
+//! `cgroup_skb/ingress`: strict inbound for enrolled pods in `STRICT` mode, and for the `STRICT`
+//! ports of any enrolled pod.
+//!
+//! Which listeners are strict: a pod's mode applies to every port, except the ports listed for it
+//! in `PORT_MTLS` (PeerAuthentication `portLevelMtls`, by the listening socket's port, i.e. the
+//! container port), whose own mode wins. Only pods whose `ENROLLED` value carries
+//! `PORT_OVERRIDES` are looked up there, so capture pods without overrides are judged on the
+//! `ENROLLED` lookup alone, and strict pods without overrides pay no extra lookup.
 //!
 //! Connection attempts are recognised by the socket that receives them, not by parsing TCP flags:
 //! a packet delivered to a TCP socket in `LISTEN` state is a handshake packet (a SYN, or the ACK
@@ -22,9 +29,9 @@ use aya_ebpf::{
     programs::SkBuffContext,
     EbpfContext,
 };
-use mesh_ebpf_common::{counter, enroll_mode, RedirectConfig};
+use mesh_ebpf_common::{counter, enroll_flags, enroll_mode, RedirectConfig};
 
-use crate::maps::{bump, config, enroll_mode as mode_of};
+use crate::maps::{bump, config, enroll_mode as mode_of, port_mode};
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
@@ -53,15 +60,21 @@ pub fn weft_ingress(ctx: SkBuffContext) -> i32 {
     }
 }
 
-/// `None`: not a connection attempt into a strict pod. `Some(allowed)` otherwise.
+/// `None`: not a connection attempt into a strict pod or port. `Some(allowed)` otherwise.
 fn verdict(ctx: &SkBuffContext) -> Option<bool> {
     let cfg = config()?;
     // SAFETY: helper valid for cgroup_skb programs on this kernel (checked at load).
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    if mode_of(netns)? != enroll_mode::STRICT {
+    let enrolled = mode_of(netns)?;
+    let overrides = enrolled & enroll_flags::PORT_OVERRIDES != 0;
+    let pod_strict = enrolled & enroll_flags::MODE_MASK == enroll_mode::STRICT;
+    if !pod_strict && !overrides {
         return None;
     }
     let listener = tcp_listener(ctx)?;
+    if !listener_strict(netns, &listener, pod_strict, overrides) {
+        return None;
+    }
     // SAFETY: kernel context pointer.
     let (protocol, ifindex) = unsafe { ((*ctx.skb.skb).protocol, (*ctx.skb.skb).ingress_ifindex) };
     if ifindex == LOOPBACK_IFINDEX || is_tunnel_hbone(&listener, cfg) {
@@ -72,6 +85,19 @@ fn verdict(ctx: &SkBuffContext) -> Option<bool> {
         ETH_P_IPV6 => ipv6_source_allowed(ctx, cfg),
         _ => false,
     })
+}
+
+/// Whether a listener of the pod is strict: its port's override when the pod has overrides and
+/// one exists for this port, else the pod's mode. An override other than `CAPTURE` (permissive)
+/// is strict (fail closed).
+fn listener_strict(netns: u64, listener: &Listener, pod_strict: bool, overrides: bool) -> bool {
+    if !overrides {
+        return pod_strict;
+    }
+    match port_mode(netns, listener.port) {
+        Some(mode) => mode != enroll_mode::CAPTURE,
+        None => pod_strict,
+    }
 }
 
 /// The receiving listening socket: its local port (network order) and `SO_MARK`.

@@ -226,6 +226,13 @@ pub struct PeerAuthentication {
 pub struct WorkloadConfig {
     /// Pod name.
     pub name: String,
+    /// The controller it belongs to, as telemetry names workloads (a Deployment's name, ...);
+    /// the pod name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_name: Option<String>,
+    /// Lowercase kind of `workload_name` (`deployment`, ...); `pod` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_kind: Option<String>,
     /// Namespace.
     pub namespace: String,
     /// Service account (identity).
@@ -251,19 +258,12 @@ pub struct WorkloadConfig {
 }
 
 impl WorkloadConfig {
-    /// The mode of the pod as a whole, which is what the kernel can enforce: STRICT when its
-    /// own (or inherited) mode or any port override is. A PERMISSIVE port of a STRICT pod is
-    /// then refused plaintext too (fail closed).
-    pub fn strictest_mtls(&self, peer: &PeerAuthentication) -> MtlsMode {
-        let own = self
-            .mtls
-            .unwrap_or_else(|| peer.namespace_mode(&self.namespace));
-        let any_strict_port = self.port_mtls.values().any(|m| *m == MtlsMode::Strict);
-        if any_strict_port {
-            MtlsMode::Strict
-        } else {
-            own
-        }
+    /// The mode of the workload's ports without a [`Self::port_mtls`] override: its own mode,
+    /// else its namespace's, else the mesh default (Istio precedence; a port override wins for
+    /// its port).
+    pub fn pod_mtls(&self, peer: &PeerAuthentication) -> MtlsMode {
+        self.mtls
+            .unwrap_or_else(|| peer.namespace_mode(&self.namespace))
     }
 }
 

@@ -4,7 +4,8 @@
 //! by network-namespace cookie. Whenever the wanted pods or the shared namespace scan
 //! ([`crate::pod_scan`]) change, a pass works out the changes ([`crate::pod_netns::plan`]) and
 //! applies them to the [`Redirect`] maps. A pod whose namespace is not up yet is picked up when
-//! it appears; a pod that left is unenrolled.
+//! it appears; a pod that left is unenrolled. Each pod is enrolled with its mode and per-port
+//! overrides ([`EnrollPolicy`]); the redirect module keeps the port map in step.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -21,7 +22,7 @@ use crate::{
     ebpf_metrics::CounterSource,
     pod_netns::{self, PodNetns},
     pod_scan::Scan,
-    redirect::{Counters, EnrollMode, Redirect, RedirectError},
+    redirect::{Counters, EnrollMode, EnrollPolicy, Redirect, RedirectError},
 };
 
 /// Errors of one reconciliation pass; the next pass retries.
@@ -32,29 +33,38 @@ pub enum EnrollmentError {
     Map(#[from] RedirectError),
 }
 
-/// The local pods that must be captured, by IP, with how strictly: from the node's config (a
-/// pod is STRICT in the kernel when its mode or any of its port modes is).
-pub fn wanted_from_config(config: &Config) -> BTreeMap<IpAddr, EnrollMode> {
+/// The local pods that must be captured, by IP, with how strictly: from the node's config. A
+/// pod's mode is its own, else its namespace's, else the mesh default; each `port_mtls` entry
+/// sets the mode of that listener port (Istio `portLevelMtls`: the port's mode wins there).
+pub fn wanted_from_config(config: &Config) -> BTreeMap<IpAddr, EnrollPolicy> {
     let peer = &config.peer_authentication;
     config
         .workloads
         .iter()
         .filter(|workload| workload.node == config.node_name)
         .map(|workload| {
-            let enroll = match workload.strictest_mtls(peer) {
-                MtlsMode::Strict => EnrollMode::Strict,
-                MtlsMode::Permissive => EnrollMode::Capture,
-            };
-            (workload.ip, enroll)
+            let mode = enroll_mode(workload.pod_mtls(peer));
+            let ports = workload
+                .port_mtls
+                .iter()
+                .map(|(p, m)| (*p, enroll_mode(*m)));
+            (workload.ip, EnrollPolicy::new(mode, ports))
         })
         .collect()
+}
+
+fn enroll_mode(mode: MtlsMode) -> EnrollMode {
+    match mode {
+        MtlsMode::Strict => EnrollMode::Strict,
+        MtlsMode::Permissive => EnrollMode::Capture,
+    }
 }
 
 /// The redirect programs plus what this node has enrolled in them.
 #[derive(Debug)]
 pub struct Enrollment {
     redirect: Redirect,
-    enrolled: BTreeMap<u64, EnrollMode>,
+    enrolled: BTreeMap<u64, EnrollPolicy>,
     leftovers_removed: bool,
 }
 
@@ -68,8 +78,8 @@ impl Enrollment {
         }
     }
 
-    /// Netns cookies enrolled now, with their mode.
-    pub fn enrolled(&self) -> &BTreeMap<u64, EnrollMode> {
+    /// Netns cookies enrolled now, with their mode and port overrides.
+    pub fn enrolled(&self) -> &BTreeMap<u64, EnrollPolicy> {
         &self.enrolled
     }
 
@@ -81,14 +91,29 @@ impl Enrollment {
     /// Enrolls and unenrolls so that the map matches `wanted` given the namespaces `found`.
     pub fn apply(
         &mut self,
-        wanted: &BTreeMap<IpAddr, EnrollMode>,
+        wanted: &BTreeMap<IpAddr, EnrollPolicy>,
         found: &HashMap<IpAddr, PodNetns>,
     ) -> Result<(), EnrollmentError> {
-        let plan = pod_netns::plan(&self.enrolled, wanted, found);
-        for (cookie, mode, ip) in plan.enroll {
-            self.redirect.enroll(cookie, mode)?;
-            self.enrolled.insert(cookie, mode);
-            tracing::info!(pod.ip = %ip, netns.cookie = cookie, ?mode, "pod enrolled in the mesh");
+        let plan = self.plan(wanted, found);
+        for (cookie, policy, ip) in plan.enroll {
+            if let Err(error) = self.redirect.enroll(cookie, policy.clone()) {
+                // A pod with overrides is now held at its strictest mode: track that, so the
+                // next pass retries (it differs from `policy`) or unenrolls it if it leaves.
+                if !policy.port_overrides().is_empty() {
+                    let fallback = EnrollPolicy::from(policy.strictest());
+                    self.enrolled.insert(cookie, fallback);
+                }
+                return Err(error.into());
+            }
+            let (mode, ports) = (policy.mode(), policy.port_overrides());
+            tracing::info!(
+                pod.ip = %ip,
+                netns.cookie = cookie,
+                ?mode,
+                ?ports,
+                "pod enrolled in the mesh"
+            );
+            self.enrolled.insert(cookie, policy);
         }
         for cookie in plan.unenroll {
             self.redirect.unenroll(cookie)?;
@@ -105,10 +130,31 @@ impl Enrollment {
         self.remove_leftovers()
     }
 
+    /// [`pod_netns::plan`] over references (policies are compared by value), owned.
+    fn plan(
+        &self,
+        wanted: &BTreeMap<IpAddr, EnrollPolicy>,
+        found: &HashMap<IpAddr, PodNetns>,
+    ) -> pod_netns::EnrollmentPlan<EnrollPolicy> {
+        let enrolled: BTreeMap<u64, &EnrollPolicy> =
+            self.enrolled.iter().map(|(c, p)| (*c, p)).collect();
+        let wanted: BTreeMap<IpAddr, &EnrollPolicy> = wanted.iter().map(|(i, p)| (*i, p)).collect();
+        let plan = pod_netns::plan(&enrolled, &wanted, found);
+        pod_netns::EnrollmentPlan {
+            enroll: plan
+                .enroll
+                .into_iter()
+                .map(|(cookie, policy, ip)| (cookie, policy.clone(), ip))
+                .collect(),
+            unenroll: plan.unenroll,
+        }
+    }
+
     /// Once, after the first complete pass: unenrolls every namespace this process did not
     /// enroll. After adopting pinned maps ([`crate::redirect::Config::pin_path`]) these are pods
     /// that left the mesh while the tunnel was down; until then they stayed captured (fail
-    /// closed), and the pods still wanted were never out of the map.
+    /// closed), and the pods still wanted were never out of the map. Port overrides of the
+    /// removed namespaces go with them ([`Redirect::retain_enrolled`]).
     fn remove_leftovers(&mut self) -> Result<(), EnrollmentError> {
         if self.leftovers_removed {
             return Ok(());
@@ -139,7 +185,7 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Option<Enrollment>> {
 
 /// The pods to capture; `None` until known (a node following mesh-control before its first
 /// feed version): nothing is enrolled or unenrolled meanwhile.
-type Wanted = Option<BTreeMap<IpAddr, EnrollMode>>;
+type Wanted = Option<BTreeMap<IpAddr, EnrollPolicy>>;
 
 /// One pass on a blocking thread (map updates are syscalls). Nothing happens before the pods to
 /// capture and their namespaces are known (`scanned`): an early pass would take an empty scan
@@ -219,33 +265,10 @@ impl CounterSource for EnrollmentCounters {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    #[test]
-    fn wanted_pods_are_the_local_ones_with_their_strictest_mode() {
-        let yaml = r#"
-node_name: n1
-peer_authentication:
-  mode: PERMISSIVE
-  namespaces: {demo: STRICT}
-workloads:
-  - {name: a, namespace: demo, service_account: a, ip: 10.0.0.1, node: n1}
-  - {name: b, namespace: other, service_account: b, ip: 10.0.0.2, node: n1}
-  - {name: c, namespace: demo, service_account: c, ip: 10.0.0.3, node: n2}
-  - {name: d, namespace: demo, service_account: d, ip: 10.0.0.4, node: n1, mtls: PERMISSIVE}
-  - {name: e, namespace: other, service_account: e, ip: 10.0.0.5, node: n1, port_mtls: {5432: STRICT}}
-"#;
-        let config = Config::from_yaml(yaml).unwrap();
-        let wanted = wanted_from_config(&config);
-        let expected = BTreeMap::from([
-            ("10.0.0.1".parse().unwrap(), EnrollMode::Strict),
-            ("10.0.0.2".parse().unwrap(), EnrollMode::Capture),
-            ("10.0.0.4".parse().unwrap(), EnrollMode::Capture),
-            ("10.0.0.5".parse().unwrap(), EnrollMode::Strict),
-        ]);
-        assert_eq!(wanted, expected);
-    }
+fn policies<P: Into<EnrollPolicy>>(wanted: BTreeMap<IpAddr, P>) -> BTreeMap<IpAddr, EnrollPolicy> {
+    wanted.into_iter().map(|(ip, p)| (ip, p.into())).collect()
 }
 
 /// A failed pass (map update) is retried after this.
@@ -262,13 +285,14 @@ pub struct EnrollmentHandle {
 
 impl EnrollmentHandle {
     /// Attaches the redirect programs and starts enrolling `wanted`, finding pods' namespaces
-    /// in `scans` (from [`crate::pod_scan::PodScanner::results`]).
-    pub fn start(
+    /// in `scans` (from [`crate::pod_scan::PodScanner::results`]). `wanted` maps pod IPs to an
+    /// [`EnrollPolicy`] (or a bare [`EnrollMode`]: no port overrides).
+    pub fn start<P: Into<EnrollPolicy>>(
         config: &crate::redirect::Config,
-        wanted: BTreeMap<IpAddr, EnrollMode>,
+        wanted: BTreeMap<IpAddr, P>,
         scans: watch::Receiver<Scan>,
     ) -> Result<Self, RedirectError> {
-        Self::start_with(config, Some(wanted), scans)
+        Self::start_with(config, Some(policies(wanted)), scans)
     }
 
     /// As [`Self::start`] when the pods to capture are not known yet (following mesh-control):
@@ -299,9 +323,9 @@ impl EnrollmentHandle {
         })
     }
 
-    /// Replaces the set of pods to capture (after a config change).
-    pub fn set_wanted(&self, wanted: BTreeMap<IpAddr, EnrollMode>) {
-        self.wanted.send_replace(Some(wanted));
+    /// Replaces the set of pods to capture (after a config change); as in [`Self::start`].
+    pub fn set_wanted<P: Into<EnrollPolicy>>(&self, wanted: BTreeMap<IpAddr, P>) {
+        self.wanted.send_replace(Some(policies(wanted)));
     }
 
     /// The programs' counters, for [`crate::metrics::Metrics::install_ebpf_counters`]; reads

@@ -38,16 +38,24 @@ impl EncodeLabelValue for Reporter {
 pub struct TcpLabels {
     /// Reporting side.
     pub reporter: Reporter,
-    /// Source workload name (`unknown` when not in the mesh).
+    /// Source workload: its controller's name (`unknown` when not in the mesh).
     pub source_workload: String,
     /// Source namespace.
     pub source_workload_namespace: String,
+    /// Source canonical service (Istio: label `service.istio.io/canonical-name`, `app`, ...).
+    pub source_canonical_service: String,
+    /// Source canonical revision (`version` label, ..., `latest`).
+    pub source_canonical_revision: String,
     /// Source SPIFFE principal.
     pub source_principal: String,
-    /// Destination workload name.
+    /// Destination workload: its controller's name.
     pub destination_workload: String,
     /// Destination namespace.
     pub destination_workload_namespace: String,
+    /// Destination canonical service.
+    pub destination_canonical_service: String,
+    /// Destination canonical revision.
+    pub destination_canonical_revision: String,
     /// Destination SPIFFE principal.
     pub destination_principal: String,
     /// `mutual_tls` or `none`.
@@ -204,9 +212,13 @@ mod tests {
         let labels = TcpLabels {
             reporter: Reporter::Destination,
             source_workload: "a".into(),
+            source_canonical_service: "a".into(),
+            source_canonical_revision: "latest".into(),
             source_workload_namespace: "ns".into(),
             source_principal: "spiffe://cluster.local/ns/ns/sa/a".into(),
             destination_workload: "b".into(),
+            destination_canonical_service: "b".into(),
+            destination_canonical_revision: "v1".into(),
             destination_workload_namespace: "ns".into(),
             destination_principal: "spiffe://cluster.local/ns/ns/sa/b".into(),
             connection_security_policy: "mutual_tls".into(),

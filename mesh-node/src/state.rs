@@ -12,9 +12,10 @@ use std::{
     },
 };
 
+use mesh_core::hbone::baggage::{canonical_revision, canonical_service, WorkloadMeta};
 use mesh_core::identity::{IdentityError, SpiffeId};
 
-use crate::config::{Config, MtlsMode, WaypointConfig};
+use crate::config::{Config, MtlsMode, WaypointConfig, WorkloadConfig};
 
 /// Configuration that is well-formed YAML but inconsistent.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,9 @@ pub struct Waypoint {
 pub struct Workload {
     /// Pod name.
     pub name: String,
+    /// How telemetry names it: controller, canonical service and revision (also sent as the
+    /// CONNECT `baggage`).
+    pub meta: WorkloadMeta,
     /// Namespace.
     pub namespace: String,
     /// Pod IP.
@@ -73,6 +77,19 @@ pub struct Workload {
     pub mtls: Option<MtlsMode>,
     /// Per-port overrides of its mode.
     pub port_mtls: BTreeMap<u16, MtlsMode>,
+}
+
+/// Telemetry's names for `w`: its controller (the pod itself when the feed names none), and
+/// Istio's canonical service and revision from its labels.
+fn workload_meta(w: &WorkloadConfig) -> WorkloadMeta {
+    let workload_name = w.workload_name.clone().unwrap_or_else(|| w.name.clone());
+    WorkloadMeta {
+        namespace: w.namespace.clone(),
+        canonical_service: canonical_service(&w.labels, &workload_name).to_owned(),
+        canonical_revision: canonical_revision(&w.labels).to_owned(),
+        workload_kind: w.workload_kind.clone().unwrap_or_else(|| "pod".to_owned()),
+        workload_name,
+    }
 }
 
 /// A service.
@@ -144,6 +161,7 @@ impl State {
                 })?;
             let workload = Workload {
                 name: w.name.clone(),
+                meta: workload_meta(w),
                 namespace: w.namespace.clone(),
                 ip: w.ip,
                 node: w.node.clone(),
@@ -303,5 +321,43 @@ workloads:
         assert_eq!(mode("10.0.0.2", 80), MtlsMode::Strict, "workload");
         assert_eq!(mode("10.0.0.2", 8080), MtlsMode::Permissive, "port");
         assert_eq!(mode("10.0.0.3", 80), MtlsMode::Strict, "mesh default");
+    }
+
+    #[test]
+    fn workloads_carry_their_telemetry_names() {
+        let yaml = r#"
+node_name: n1
+workloads:
+  - { name: web-7d9f8c-x2k9q, workload_name: web, workload_kind: deployment, namespace: shop,
+      service_account: web, ip: 10.0.0.1, node: n1, labels: { app: storefront, version: v3 } }
+  - { name: lone, namespace: shop, service_account: lone, ip: 10.0.0.2, node: n1 }
+"#;
+        let state = State::from_config(&Config::from_yaml(yaml).unwrap()).unwrap();
+        let meta = |ip: &str| state.workload(ip.parse().unwrap()).unwrap().meta.clone();
+        let web = meta("10.0.0.1");
+        assert_eq!(
+            (web.workload_name.as_str(), web.workload_kind.as_str()),
+            ("web", "deployment")
+        );
+        assert_eq!(
+            (
+                web.canonical_service.as_str(),
+                web.canonical_revision.as_str()
+            ),
+            ("storefront", "v3")
+        );
+        let lone = meta("10.0.0.2");
+        assert_eq!(
+            (lone.workload_name.as_str(), lone.workload_kind.as_str()),
+            ("lone", "pod"),
+            "a pod without a controller is its own workload"
+        );
+        assert_eq!(
+            (
+                lone.canonical_service.as_str(),
+                lone.canonical_revision.as_str()
+            ),
+            ("lone", "latest")
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! from the tunnel's node address and the kubelet probe address only; another pod reaching it
 //! directly (plaintext, bypassing the tunnel) cannot connect, except to the tunnel's own HBONE
 //! listener (HBONE port and tunnel mark): an app's unmarked listener on 15008 stays protected.
-//! Capture mode does not filter.
+//! Capture mode does not filter. Per-port modes: `redirect_port_mtls`.
 
 #[path = "redirect_support/mod.rs"]
 mod support;

@@ -63,7 +63,7 @@ fn enrollment_follows_the_scan_and_exports_counters() {
     let seen = counters.read().expect("counters while attached");
     assert!(seen.connect_redirected >= 1, "{seen:?}");
 
-    handle.set_wanted(BTreeMap::new());
+    handle.set_wanted(BTreeMap::<IpAddr, EnrollMode>::new());
     wait_for_path(&pod, &tunnel, &server, false);
 
     runtime.block_on(async {

@@ -91,15 +91,29 @@ fn waypoint_applies_routes_faults_and_l7_policy(mesh: &MeshLab) {
     assert!(admin.starts_with("403"), "L7 deny on /admin: {admin}");
 
     // The waypoint saw the client's identity over mTLS and counted the requests.
+    // n1 named the client in the CONNECT baggage (namespace, workload, canonical service).
     let metrics = mesh.waypoint_metrics().unwrap();
     let from_client = metrics.lines().any(|line| {
         line.starts_with("istio_requests_total{")
             && line.contains("spiffe://cluster.local/ns/demo/sa/client")
+            && line.contains("source_workload=\"client\"")
+            && line.contains("source_workload_namespace=\"demo\"")
+            && line.contains("source_canonical_service=\"client\"")
     });
     assert!(
         from_client,
-        "waypoint metrics lack the client principal:\n{metrics}"
+        "waypoint metrics lack the client principal and workload:\n{metrics}"
     );
+    // n2 reported the canary's v2 pod by its canonical service and revision (labels app and
+    // version), not by its pod name.
+    let metrics = mesh.node_metrics("n2").unwrap();
+    let to_v2 = metrics.lines().any(|line| {
+        line.starts_with("istio_tcp_connections_opened_total{")
+            && line.contains("reporter=\"destination\"")
+            && line.contains("destination_canonical_service=\"website\"")
+            && line.contains("destination_canonical_revision=\"v2\"")
+    });
+    assert!(to_v2, "n2 metrics lack website v2:\n{metrics}");
 }
 
 fn options(prefix: &str) -> MeshLabOptions {

@@ -184,6 +184,8 @@ fn workloads(
         };
         out.push(WorkloadConfig {
             name: w.name.clone(),
+            workload_name: Some(w.workload_name.clone()).filter(|n| !n.is_empty()),
+            workload_kind: Some(w.workload_kind.clone()).filter(|k| !k.is_empty()),
             namespace: w.namespace.clone(),
             service_account: w.service_account.clone(),
             ip,

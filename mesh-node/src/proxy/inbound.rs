@@ -5,7 +5,8 @@ use std::{net::SocketAddr, sync::Arc};
 
 use futures::future::BoxFuture;
 use mesh_core::hbone::{
-    headers, Accepted, ConnectHandler, ConnectRequest, Rejection, ServerCertSelector,
+    baggage::WorkloadMeta, headers, Accepted, ConnectHandler, ConnectRequest, Rejection,
+    ServerCertSelector,
 };
 use tokio::{net::TcpStream, time::Instant};
 use tracing::Instrument;
@@ -59,9 +60,12 @@ impl Proxy {
             .map(|addr| addr.ip())
             .unwrap_or(request.peer_addr.ip());
         let source = state.workload(source_ip).cloned();
+        // A source this node does not know (another cluster's, a waypoint's) may still have
+        // named itself in the CONNECT's baggage.
+        let baggage = WorkloadMeta::from_headers(&request.headers);
         let labels = labels(
             Reporter::Destination,
-            source.as_deref(),
+            source.as_deref().map(|w| &w.meta).or(baggage.as_ref()),
             Some(request.peer_identity.to_string()),
             Some(&dest),
             true,

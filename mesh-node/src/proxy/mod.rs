@@ -11,7 +11,7 @@ pub mod plaintext;
 
 use std::{sync::Arc, time::Duration};
 
-use mesh_core::hbone;
+use mesh_core::hbone::{self, baggage::WorkloadMeta};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
@@ -137,23 +137,31 @@ where
     }
 }
 
-/// Labels with workload fields filled from what is known.
+/// Labels with workload fields filled from what is known (`unknown` otherwise).
 pub fn labels(
     reporter: crate::metrics::Reporter,
-    source: Option<&Workload>,
+    source: Option<&WorkloadMeta>,
     source_principal: Option<String>,
     dest: Option<&Workload>,
     mtls: bool,
 ) -> TcpLabels {
-    let name = |w: Option<&Workload>| w.map_or("unknown".to_owned(), |w| w.name.clone());
-    let ns = |w: Option<&Workload>| w.map_or("unknown".to_owned(), |w| w.namespace.clone());
+    let dest_meta = dest.map(|w| &w.meta);
+    let field = |meta: Option<&WorkloadMeta>, get: fn(&WorkloadMeta) -> &String| {
+        meta.map(get)
+            .filter(|value| !value.is_empty())
+            .map_or_else(|| "unknown".to_owned(), Clone::clone)
+    };
     TcpLabels {
         reporter,
-        source_workload: name(source),
-        source_workload_namespace: ns(source),
+        source_workload: field(source, |m| &m.workload_name),
+        source_workload_namespace: field(source, |m| &m.namespace),
+        source_canonical_service: field(source, |m| &m.canonical_service),
+        source_canonical_revision: field(source, |m| &m.canonical_revision),
         source_principal: source_principal.unwrap_or_else(|| "unknown".into()),
-        destination_workload: name(dest),
-        destination_workload_namespace: ns(dest),
+        destination_workload: field(dest_meta, |m| &m.workload_name),
+        destination_workload_namespace: field(dest_meta, |m| &m.namespace),
+        destination_canonical_service: field(dest_meta, |m| &m.canonical_service),
+        destination_canonical_revision: field(dest_meta, |m| &m.canonical_revision),
         destination_principal: dest.map_or("unknown".into(), |w| w.identity.to_string()),
         connection_security_policy: if mtls { "mutual_tls" } else { "none" }.into(),
     }

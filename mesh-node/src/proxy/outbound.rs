@@ -100,7 +100,7 @@ impl Proxy {
         };
         let labels = labels(
             Reporter::Source,
-            Some(source),
+            Some(&source.meta),
             Some(source.identity.to_string()),
             dest.as_deref(),
             true,
@@ -141,7 +141,7 @@ impl Proxy {
         };
         let labels = labels(
             Reporter::Source,
-            Some(source),
+            Some(&source.meta),
             Some(source.identity.to_string()),
             None,
             false,
@@ -161,7 +161,7 @@ impl Proxy {
     fn fail(&self, source: &Workload, dest: Option<&Workload>, start: Instant, reason: String) {
         let labels = labels(
             Reporter::Source,
-            Some(source),
+            Some(&source.meta),
             Some(source.identity.to_string()),
             dest,
             true,
@@ -193,11 +193,8 @@ fn connect_headers(peer: SocketAddr, source: &Workload) -> HeaderMap {
         headers::TRACEPARENT,
         headers::TraceParent::generate().to_header(),
     );
-    let pairs = [
-        ("k8s.namespace.name", source.namespace.as_str()),
-        ("k8s.pod.name", source.name.as_str()),
-    ];
-    if let Ok(value) = headers::baggage(&pairs) {
+    // ztunnel's keys: namespace, controller, canonical service and revision.
+    if let Ok(value) = source.meta.to_baggage() {
         map.insert(headers::BAGGAGE, value);
     }
     map

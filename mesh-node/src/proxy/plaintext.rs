@@ -27,7 +27,7 @@ impl Proxy {
         let source = state.workload(peer.ip()).cloned();
         let labels = labels(
             Reporter::Destination,
-            source.as_deref(),
+            source.as_deref().map(|w| &w.meta),
             None,
             Some(&dest),
             false,

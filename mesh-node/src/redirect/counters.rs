@@ -13,7 +13,7 @@
 //! | `sock_ops` | `tuple_recorded` / `tuple_removed` | redirected connections' 4-tuples recorded / forgotten |
 //! | `getsockopt` | `original_destination_answered` / `original_destination_missed` | `SO_ORIGINAL_DST` answers / unknown connections |
 //! | `getpeername` | `rewritten` | peer addresses shown as the original destination |
-//! | `strict_ingress` | `dropped` / `allowed` | connection attempts into STRICT pods dropped / let through (HBONE port, node, probe, loopback) |
+//! | `strict_ingress` | `dropped` / `allowed` | connection attempts into STRICT pods or ports dropped / let through (HBONE port, node, probe, loopback) |
 //! | `sock_ops` | `splice_added` | sockets added to the same-node splice map |
 //! | `sk_msg` | `spliced` | messages spliced socket to socket |
 

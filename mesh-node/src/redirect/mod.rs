@@ -6,6 +6,9 @@
 //! unless [`Config::pin_path`] is set: then links and maps are pinned in bpffs, stay attached
 //! when the loader exits (enrolled pods keep failing closed while mesh-node restarts), and the
 //! next load adopts them ([`pin`]); [`pin::remove_all`] removes everything.
+//!
+//! A pod is enrolled with an [`EnrollPolicy`]: its mode plus per-port overrides, kept in the
+//! `PORT_MTLS` map in step with `ENROLLED` ([`ports`]).
 
 pub mod attach;
 pub mod bpf_sys;
@@ -15,29 +18,36 @@ pub mod counters;
 pub mod logger;
 pub mod netns;
 pub mod pin;
+pub mod ports;
 pub mod programs;
 mod settings;
 
-use std::{net::IpAddr, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::Path,
+};
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     Ebpf,
 };
-use mesh_ebpf_common::{counter, enroll_mode, maps};
+use mesh_ebpf_common::{counter, enroll_flags, enroll_mode, maps};
 use tokio::task::JoinHandle;
 
+use self::ports::PortOverrides;
 pub use self::{
     cgroup::CgroupError,
     config::{Cidr, Config},
     counters::{CounterSample, Counters, COUNTER_LABELS},
     netns::NetnsError,
     pin::{PinDir, PinError},
+    ports::EnrollPolicy,
     programs::ProgramsError,
 };
 
-/// How an enrolled pod is treated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How an enrolled pod (or one of its ports, see [`EnrollPolicy`]) is treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EnrollMode {
     /// Outbound TCP goes through the tunnel; inbound is not filtered.
     Capture,
@@ -53,8 +63,9 @@ impl EnrollMode {
         }
     }
 
+    /// The mode of an `ENROLLED` or `PORT_MTLS` value (flags ignored).
     fn from_abi(value: u32) -> Option<Self> {
-        match value {
+        match value & enroll_flags::MODE_MASK {
             enroll_mode::CAPTURE => Some(Self::Capture),
             enroll_mode::STRICT => Some(Self::Strict),
             _ => None,
@@ -85,6 +96,18 @@ pub enum RedirectError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// `PORT_MTLS` has no room for another port override.
+    #[error(
+        "eBPF map PORT_MTLS is full ({capacity} port overrides on this node): pod netns \
+         {netns_cookie} enforced at its strictest mode on every port; fewer portLevelMtls \
+         entries that differ from their workload's mode free room"
+    )]
+    PortOverridesFull {
+        /// The map's capacity.
+        capacity: u32,
+        /// The pod that did not fit.
+        netns_cookie: u64,
+    },
     /// An excluded CIDR has an impossible prefix length.
     #[error("excluded cidr {addr}/{prefix_len} has a prefix longer than the address")]
     BadCidr {
@@ -100,6 +123,7 @@ pub struct Redirect {
     ebpf: Ebpf,
     log_task: Option<JoinHandle<()>>,
     pins: Option<PinDir>,
+    ports: PortOverrides,
 }
 
 impl std::fmt::Debug for Redirect {
@@ -128,6 +152,7 @@ impl Redirect {
         }
         let mut ebpf = programs::load_object(config.ebpf_log_level(), pins.as_ref())?;
         settings::write(&mut ebpf, config)?;
+        let ports = PortOverrides::read(&mut ebpf)?;
         programs::attach_all(&mut ebpf, &cgroup_dir, config.splice, pins.as_ref())?;
         if let Some(pins) = &pins {
             pins.retire_links(&programs::pinned_programs(config.splice))?;
@@ -141,6 +166,7 @@ impl Redirect {
             ebpf,
             log_task,
             pins,
+            ports,
         })
     }
 
@@ -149,7 +175,8 @@ impl Redirect {
         self.pins.as_ref().map(PinDir::root)
     }
 
-    /// Every enrolled network namespace cookie with its mode. After adopting pinned maps this
+    /// Every enrolled network namespace cookie with its pod mode (port overrides:
+    /// [`Self::port_overrides`]). After adopting pinned maps this
     /// includes pods enrolled by the previous loader: reconcile it with the wanted set.
     /// Entries with a mode this build does not know are left out (the programs treat them as
     /// capture); [`Self::retain_enrolled`] still sees them.
@@ -167,41 +194,112 @@ impl Redirect {
         entries.map_err(|source| map_error(maps::ENROLLED, "read", source))
     }
 
-    /// Enrolls the pod whose network namespace has `netns_cookie`.
-    pub fn enroll(&mut self, netns_cookie: u64, mode: EnrollMode) -> Result<(), RedirectError> {
-        let mut enrolled = self.enrolled()?;
-        enrolled
-            .insert(netns_cookie, mode.abi(), 0)
-            .map_err(|source| map_error(maps::ENROLLED, "insert", source))?;
-        tracing::debug!(netns_cookie, ?mode, "pod enrolled");
+    /// Every port override in the kernel, by netns cookie then listener port.
+    pub fn port_overrides(
+        &mut self,
+    ) -> Result<BTreeMap<u64, BTreeMap<u16, EnrollMode>>, RedirectError> {
+        ports::entries(&mut self.ebpf)
+    }
+
+    /// Enrolls (or re-enrolls) the pod whose network namespace has `netns_cookie`, with its
+    /// port overrides; overrides it no longer has are removed.
+    ///
+    /// Order: the wanted overrides, then the `ENROLLED` value, then stale overrides, so every
+    /// port is under its old or its new mode at any moment. On any failure (e.g. `PORT_MTLS`
+    /// full) the pod is enrolled at [`EnrollPolicy::strictest`] without overrides, never a
+    /// weaker mode, and the error is returned (the caller retries).
+    pub fn enroll(
+        &mut self,
+        netns_cookie: u64,
+        policy: impl Into<EnrollPolicy>,
+    ) -> Result<(), RedirectError> {
+        let policy = policy.into();
+        if let Err(error) = self.write_policy(netns_cookie, &policy) {
+            self.fail_closed(netns_cookie, &policy);
+            return Err(error);
+        }
+        tracing::debug!(netns_cookie, ?policy, "pod enrolled");
         Ok(())
     }
 
-    /// Removes a pod's enrollment; unknown cookies are not an error (idempotent).
+    fn write_policy(&mut self, cookie: u64, policy: &EnrollPolicy) -> Result<(), RedirectError> {
+        self.ports.write(&mut self.ebpf, cookie, policy)?;
+        self.insert_enrolled(cookie, policy.abi())?;
+        let wanted = policy.port_overrides();
+        self.ports
+            .remove(&mut self.ebpf, cookie, |port| wanted.contains_key(&port))
+    }
+
+    /// After a failed [`Self::enroll`]: the pod at its strictest mode, no overrides consulted.
+    /// When even that cannot be written, overrides are only dropped if the pod is not enrolled
+    /// (a new pod: they would be orphans); an enrolled pod keeps its previous state whole.
+    fn fail_closed(&mut self, cookie: u64, policy: &EnrollPolicy) {
+        let mode = policy.strictest();
+        let fallback = self.insert_enrolled(cookie, EnrollPolicy::from(mode).abi());
+        let drop_overrides = fallback.is_ok() || !self.is_enrolled(cookie).unwrap_or(true);
+        let removed = match drop_overrides {
+            true => self.ports.remove(&mut self.ebpf, cookie, |_| false),
+            false => Ok(()),
+        };
+        match fallback.and(removed) {
+            Ok(()) => tracing::warn!(
+                netns_cookie = cookie,
+                ?mode,
+                "port overrides not stored: pod enforced at its strictest mode on every port"
+            ),
+            Err(error) => tracing::error!(
+                netns_cookie = cookie,
+                %error,
+                "cannot fall back to the strictest mode; the pod keeps its previous enrollment"
+            ),
+        }
+    }
+
+    fn is_enrolled(&mut self, cookie: u64) -> Result<bool, RedirectError> {
+        match self.enrolled()?.get(&cookie, 0) {
+            Ok(_) => Ok(true),
+            Err(source) if is_not_found(&source) => Ok(false),
+            Err(source) => Err(map_error(maps::ENROLLED, "read", source)),
+        }
+    }
+
+    fn insert_enrolled(&mut self, cookie: u64, value: u32) -> Result<(), RedirectError> {
+        self.enrolled()?
+            .insert(cookie, value, 0)
+            .map_err(|source| map_error(maps::ENROLLED, "insert", source))
+    }
+
+    /// Removes a pod's enrollment and port overrides; unknown cookies are not an error
+    /// (idempotent, so a failed removal is retried by calling it again).
     pub fn unenroll(&mut self, netns_cookie: u64) -> Result<(), RedirectError> {
         let mut enrolled = self.enrolled()?;
         match enrolled.remove(&netns_cookie) {
-            Ok(()) => Ok(()),
-            Err(source) if is_not_found(&source) => Ok(()),
-            Err(source) => Err(map_error(maps::ENROLLED, "remove", source)),
+            Ok(()) => {}
+            Err(source) if is_not_found(&source) => {}
+            Err(source) => return Err(map_error(maps::ENROLLED, "remove", source)),
         }
+        self.ports.remove(&mut self.ebpf, netns_cookie, |_| false)
     }
 
     /// Unenrolls every network namespace whose cookie `keep` rejects; returns how many. After
     /// adopting pinned maps, call it with the cookies this loader enrolled so pods that left the
-    /// mesh while mesh-node was down stop being captured.
+    /// mesh while mesh-node was down stop being captured. Port overrides of namespaces that
+    /// are not enrolled (any more) are removed too.
     pub fn retain_enrolled(
         &mut self,
         mut keep: impl FnMut(u64) -> bool,
     ) -> Result<usize, RedirectError> {
-        let stale: Vec<u64> = self
-            .enrolled_entries()?
-            .into_iter()
-            .map(|(cookie, _)| cookie)
-            .filter(|cookie| !keep(*cookie))
-            .collect();
+        let (stale, kept): (Vec<u64>, BTreeSet<u64>) = {
+            let all = self.enrolled_entries()?.into_iter().map(|(c, _)| c);
+            let (stale, kept): (Vec<u64>, Vec<u64>) = all.partition(|cookie| !keep(*cookie));
+            (stale, kept.into_iter().collect())
+        };
         for cookie in &stale {
             self.unenroll(*cookie)?;
+        }
+        let orphans: Vec<u64> = self.ports.pods().filter(|c| !kept.contains(c)).collect();
+        for cookie in orphans {
+            self.ports.remove(&mut self.ebpf, cookie, |_| false)?;
         }
         Ok(stale.len())
     }

@@ -6,7 +6,8 @@
 //! the same maps (aya's `map_pin_path`), then swaps each pinned link's program for the new one
 //! with `BPF_LINK_UPDATE`, which is atomic, so there is no moment in which enrolled pods are not
 //! redirected. Pinned maps are only adopted when their key size, value size and capacity match
-//! this build's ABI; anything else needs [`remove_all`] first (which does open a window).
+//! this build's ABI; anything else needs [`remove_all`] first (which does open a window). A map
+//! this build adds (e.g. `PORT_MTLS`) and not pinned yet is created and pinned at load.
 //!
 //! The splice `sk_msg` link (when splicing is on) is attached to the pinned `SPLICE` sockhash
 //! (a sockmap bpf link, Linux >= 6.10). Not pinned: the aya-log ring buffer.
@@ -19,7 +20,7 @@ use std::{
 };
 
 use aya::maps::MapInfo;
-use mesh_ebpf_common::{capacity, counter, maps, OrigDst, RedirectConfig, TupleKey};
+use mesh_ebpf_common::{capacity, counter, maps, OrigDst, PortKey, RedirectConfig, TupleKey};
 
 use super::bpf_sys;
 
@@ -49,9 +50,10 @@ const fn layout<K, V>(name: &'static str, max_entries: u32) -> MapLayout {
 }
 
 /// Every map that is pinned and adopted, with the layout this build expects.
-pub const PINNED_MAPS: [MapLayout; 10] = [
+pub const PINNED_MAPS: [MapLayout; 11] = [
     layout::<u32, RedirectConfig>(maps::CONFIG, 1),
     layout::<u64, u32>(maps::ENROLLED, capacity::ENROLLED),
+    layout::<PortKey, u32>(maps::PORT_MTLS, capacity::PORT_MTLS),
     layout::<u16, u8>(maps::EXCLUDED_PORTS, capacity::EXCLUDED_PORTS),
     layout::<(u32, [u8; 4]), u8>(maps::EXCLUDED_V4, capacity::EXCLUDED_CIDRS),
     layout::<(u32, [u8; 16]), u8>(maps::EXCLUDED_V6, capacity::EXCLUDED_CIDRS),

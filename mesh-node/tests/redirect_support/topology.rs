@@ -2,11 +2,15 @@
 //! re-homed into `server`, so the outsider reaches the server directly, as another pod on the
 //! node would, without passing any tunnel. Used by the strict-inbound tests.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    time::Duration,
+};
 
 use anyhow::Result;
 
-use super::{add_addr6, run, ula, Pod};
+use super::{add_addr6, connect_from, run, ula, Pod};
 
 /// A server pod and an outsider pod with a direct link.
 pub struct DirectPair {
@@ -66,6 +70,17 @@ impl DirectPair {
     /// The server's IPv6 address on the direct link.
     pub fn server_end_v6(&self) -> Ipv6Addr {
         ula(self.outsider_subnet, 1)
+    }
+
+    /// Connects from the outsider, over the direct link, to `port` in the server (IPv6 when
+    /// `ipv6`, which needs [`Self::add_ipv6`]), waiting at most `wait`.
+    pub fn connect_direct(&self, port: u16, ipv6: bool, wait: Duration) -> io::Result<TcpStream> {
+        let (from, to): (IpAddr, IpAddr) = match ipv6 {
+            false => (self.outsider.ip.into(), self.server_end_v4().into()),
+            true => (self.outsider.ip6().into(), self.server_end_v6().into()),
+        };
+        let to = SocketAddr::new(to, port);
+        self.outsider.run_in(|| connect_from(from, to, wait))
     }
 }
 
