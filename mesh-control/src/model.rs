@@ -185,8 +185,42 @@ pub struct Gateway {
     pub key: String,
     /// Pods serving it.
     pub selector: BTreeMap<String, String>,
-    /// Listeners: (port, protocol, hosts).
-    pub listeners: Vec<(u16, String, Vec<String>)>,
+    /// Listeners (servers that failed validation are left out).
+    pub listeners: Vec<GatewayListener>,
+}
+
+/// One listener of a [`Gateway`]: an Istio server or a Gateway API listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayListener {
+    /// Port.
+    pub port: u16,
+    /// `HTTP`, `HTTPS`, ...
+    pub protocol: String,
+    /// Hosts, `[<namespace rule>/]<host>` (`*` and `*.suffix` wildcards).
+    pub hosts: Vec<String>,
+    /// The certificate TLS is terminated with; none for plain HTTP.
+    pub tls: Option<ServerTls>,
+}
+
+/// A server certificate from a `kubernetes.io/tls` Secret, validated as PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// `<namespace>/<name>` of the Secret.
+    pub secret: String,
+    /// PEM certificate chain, leaf first.
+    pub cert_chain_pem: String,
+    /// PEM private key.
+    pub key_pem: PrivateKeyPem,
+}
+
+/// A PEM private key. `Debug` never prints it, so snapshots and diagnostics can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PrivateKeyPem(pub String);
+
+impl std::fmt::Debug for PrivateKeyPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrivateKeyPem(<redacted>)")
+    }
 }
 
 /// A resource that was rejected, and why.

@@ -239,10 +239,10 @@ async fn kubernetes_mode_serves_only_after_every_kind_is_listed() {
     let err = feed.subscribe(request()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
 
-    // Answer every list (13 kinds) with an empty list; keep watches open.
+    // Answer every list (one per kind) with an empty list; keep watches open.
     let mut held = Vec::new();
     let mut lists = 0;
-    while lists < 13 {
+    while lists < mesh_control::source::kube::ALL_KINDS.len() {
         let (request, send) = tokio::time::timeout(WAIT, api.next_request())
             .await
             .expect("request in time")

@@ -22,9 +22,10 @@ use crate::{
     config::WaypointConfig,
     feed::{self, FeedClientConfig, FeedStatus, Reloader, WaypointName},
     inbound,
+    ingress_tls::{self, IngressTls, IngressTlsError},
     proxy::{BuildError, Peer, Proxy},
     rng::{SharedRng, ThreadRandom},
-    serve::{http_builder, serve_http, SharedProxy},
+    serve::{accept_loop, http_builder, serve_http, SharedProxy},
     telemetry::{
         otlp::{self, OtlpConfig, OtlpError},
         Metrics,
@@ -86,6 +87,9 @@ impl HboneConfig {
 pub struct AppConfig {
     /// Plain HTTP proxy listener; none disables it (feed mode behind HBONE).
     pub listen: Option<SocketAddr>,
+    /// HTTPS ingress listener, certificates from the feed's `tls_credentials` (feed mode); none
+    /// disables it.
+    pub tls_listen: Option<SocketAddr>,
     /// Metrics and readiness listener (`/metrics`, `/stats/prometheus`, `/healthz/ready`);
     /// none disables it.
     pub metrics: Option<SocketAddr>,
@@ -108,6 +112,7 @@ impl AppConfig {
     pub fn new(listen: SocketAddr, waypoint: WaypointConfig) -> Self {
         Self {
             listen: Some(listen),
+            tls_listen: None,
             metrics: None,
             waypoint,
             feed: None,
@@ -138,6 +143,9 @@ pub enum AppError {
     /// The OTLP exporter cannot be set up.
     #[error(transparent)]
     Otlp(#[from] OtlpError),
+    /// The HTTPS ingress listener cannot be set up.
+    #[error(transparent)]
+    IngressTls(#[from] IngressTlsError),
 }
 
 /// A running waypoint.
@@ -145,6 +153,8 @@ pub enum AppError {
 pub struct Bound {
     /// Where the plain HTTP proxy listens, when enabled.
     pub proxy_addr: Option<SocketAddr>,
+    /// Where the HTTPS ingress listener listens, when enabled.
+    pub tls_addr: Option<SocketAddr>,
     /// Where HBONE is accepted, when enabled.
     pub hbone_addr: Option<SocketAddr>,
     /// Where metrics are served, when enabled.
@@ -166,6 +176,10 @@ pub async fn build(config: AppConfig) -> Result<Bound, AppError> {
     let mut registry = Registry::default();
     let (trigger, watch) = drain::channel();
     let metrics = metrics(&mut registry, config.otlp.as_ref(), &watch)?;
+    let ingress_tls = match config.tls_listen {
+        Some(_) => Some(IngressTls::new(&mut registry)?),
+        None => None,
+    };
     let transport = transport(config.hbone.as_ref());
     let proxy = Proxy::with_transport(
         &config.waypoint,
@@ -190,10 +204,19 @@ pub async fn build(config: AppConfig) -> Result<Bound, AppError> {
     let proxy_addr = match config.listen {
         Some(addr) => {
             let (listener, bound) = bind(sockets, addr)?;
-            tokio::spawn(accept_loop(listener, proxy.clone(), watch.clone()));
+            tokio::spawn(accept_plain(listener, proxy.clone(), watch.clone()));
             Some(bound)
         }
         None => None,
+    };
+    let tls_addr = match (config.tls_listen, &ingress_tls) {
+        (Some(addr), Some(tls)) => {
+            let (listener, bound) = bind(sockets, addr)?;
+            let serve = ingress_tls::serve(listener, tls.clone(), proxy.clone(), watch.clone());
+            tokio::spawn(serve);
+            Some(bound)
+        }
+        _ => None,
     };
     let hbone_addr = match config.hbone {
         Some(hbone) => Some(start_hbone(hbone, sockets, &proxy, &watch)?),
@@ -211,6 +234,7 @@ pub async fn build(config: AppConfig) -> Result<Bound, AppError> {
                     name: feed.name.clone(),
                 },
                 readiness: Some(readiness.clone()),
+                tls: ingress_tls.map(|t| t.resolver),
             };
             Some(start_feed(feed, reloader, watch))
         }
@@ -221,12 +245,14 @@ pub async fn build(config: AppConfig) -> Result<Bound, AppError> {
     };
     tracing::info!(
         ?proxy_addr,
+        ?tls_addr,
         ?hbone_addr,
         ?metrics_addr,
         "waypoint listening"
     );
     Ok(Bound {
         proxy_addr,
+        tls_addr,
         hbone_addr,
         metrics_addr,
         feed_status,
@@ -299,37 +325,17 @@ fn bind(
 /// Downstream connections served at once; each costs a task and hyper's buffers.
 pub const MAX_DOWNSTREAM_CONNECTIONS: usize = 16 * 1024;
 
-async fn accept_loop(listener: TcpListener, proxy: SharedProxy, mut drain: DrainWatch) {
+async fn accept_plain(listener: TcpListener, proxy: SharedProxy, drain: DrainWatch) {
     let builder = http_builder();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_DOWNSTREAM_CONNECTIONS));
-    loop {
-        // At the cap, stop accepting: new connections wait in the kernel backlog.
-        let slot = tokio::select! {
-            _ = drain.signaled() => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
+    let watch = drain.clone();
+    let serve = move |stream, addr| {
+        let peer = Peer {
+            addr,
+            identity: None,
+            authority: None,
+            workload: None,
         };
-        tokio::select! {
-            _ = drain.signaled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    let peer = Peer { addr, identity: None, authority: None, workload: None };
-                    let conn = serve_http(builder.clone(), stream, peer, proxy.clone(), drain.clone());
-                    tokio::spawn(async move {
-                        conn.await;
-                        drop(slot);
-                    });
-                }
-                Err(error) => {
-                    // Typically EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-    tracing::info!("proxy listener closed for drain");
+        serve_http(builder.clone(), stream, peer, proxy.clone(), watch.clone())
+    };
+    accept_loop(listener, "proxy", drain, serve).await;
 }

@@ -11,6 +11,7 @@
 //! - [`feed`]: feed mode: subscribing to mesh-control and converting its wire config.
 //! - [`upstream`]: plain TCP or HBONE connections to endpoints.
 //! - [`inbound`]: the HBONE front end; [`serve`]: downstream HTTP on any stream.
+//! - [`ingress_tls`]: the HTTPS ingress listener, certificates chosen by SNI.
 //! - [`identity`]: the waypoint's own certificate from mesh-control's CA.
 //! - [`app`]: wiring listeners, drain and the proxy into a running waypoint.
 
@@ -22,6 +23,7 @@ pub mod destination;
 pub mod feed;
 pub mod identity;
 pub mod inbound;
+pub mod ingress_tls;
 pub mod proxy;
 pub mod resilience;
 pub mod rng;

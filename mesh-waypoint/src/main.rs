@@ -14,7 +14,8 @@
 //!   (identity `--control-identity`), are verified with. `--listen` is off unless
 //!   given; when given it is the ingress-gateway listener: plain HTTP selected by `Host` against
 //!   the feed's routes whose hosts are no bound service (an Istio `Gateway`'s VirtualServices),
-//!   never against the mesh virtual hosts.
+//!   never against the mesh virtual hosts. `--tls-listen` (off unless given) is its HTTPS
+//!   twin: TLS terminated with the Gateway's certificates from the feed, chosen by SNI.
 //!
 //! `--otlp-endpoint` (env `OTEL_EXPORTER_OTLP_ENDPOINT`, plain `http://collector:4317`) turns on
 //! OTLP/gRPC export of one server span per sampled request (`--otlp-service-name`).
@@ -96,6 +97,12 @@ struct Args {
     /// listener, off unless set).
     #[arg(long, env = "WEFT_WAYPOINT_LISTEN")]
     listen: Option<SocketAddr>,
+    /// HTTPS ingress listen address (feed mode; off unless set): TLS 1.2/1.3 terminated with
+    /// the Gateway's certificates from the feed (Istio `tls.mode: SIMPLE` `credentialName`,
+    /// Gateway API `Terminate` `certificateRefs`), chosen by SNI; then the same routes as
+    /// `--listen`. A client without SNI, or naming no configured host, fails the handshake.
+    #[arg(long, env = "WEFT_WAYPOINT_TLS_LISTEN", conflicts_with = "config")]
+    tls_listen: Option<SocketAddr>,
     /// Metrics and readiness address (Istio's 15020).
     #[arg(long, default_value = "0.0.0.0:15020", env = "WEFT_WAYPOINT_METRICS")]
     metrics: SocketAddr,
@@ -198,6 +205,7 @@ async fn feed_config(args: &Args, control: &str) -> anyhow::Result<AppConfig> {
     let feed = FeedClientConfig::new(connection, namespace, &args.name);
     let mut config = AppConfig::new(([0, 0, 0, 0], 0).into(), WaypointConfig::default());
     config.listen = args.listen;
+    config.tls_listen = args.tls_listen;
     config.feed = Some(feed);
     config.hbone = Some(hbone);
     Ok(config)
@@ -247,6 +255,15 @@ mod tests {
         assert_eq!(args.hbone_listen.port(), 15008);
         assert_eq!(args.upstream_hbone_port, 15008);
         assert!(args.listen.is_none(), "no plain listener unless asked");
+        assert!(args.tls_listen.is_none(), "no https listener unless asked");
+        let mut with_tls = feed.to_vec();
+        with_tls.push("--tls-listen=0.0.0.0:8443");
+        let tls = parse(&with_tls).expect("https listener parses");
+        assert_eq!(tls.tls_listen.map(|a| a.port()), Some(8443));
+        assert!(
+            parse(&["--config=/w.yaml", "--tls-listen=0.0.0.0:8443"]).is_err(),
+            "certificates come from the feed only"
+        );
         assert!(otlp_config(&args).is_none(), "no span export unless asked");
         let mut with_otlp = feed.to_vec();
         with_otlp.push("--otlp-endpoint=http://collector:4317");

@@ -1,9 +1,10 @@
 //! Serving downstream HTTP on any byte stream (a TCP connection or an HBONE `CONNECT` stream):
 //! HTTP/1.1 and h2c autodetected, under a drain watch, with the proxy that is current when each
 //! request starts. Swapping the configuration never touches requests already in flight: they
-//! hold their own `Arc` of the proxy they started with.
+//! hold their own `Arc` of the proxy they started with. [`accept_loop`] is every TCP
+//! listener's accept loop, with its connection cap.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
@@ -12,9 +13,16 @@ use hyper_util::{
     server::conn::auto,
 };
 use mesh_core::drain::DrainWatch;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
 
-use crate::proxy::{Peer, Proxy};
+use crate::{
+    app::MAX_DOWNSTREAM_CONNECTIONS,
+    proxy::{Peer, Proxy},
+};
 
 /// The proxy in force, swapped atomically on every applied configuration.
 pub type SharedProxy = Arc<ArcSwap<Proxy>>;
@@ -59,4 +67,49 @@ pub async fn serve_http<I>(
     if let Err(error) = result {
         tracing::debug!(peer = %addr, %error, "downstream connection ended with error");
     }
+}
+
+/// Accepts connections on `listener` until the drain starts and runs `serve` for each, with at
+/// most [`MAX_DOWNSTREAM_CONNECTIONS`] at once (a connection holds its slot until `serve`
+/// ends). `name` names the listener in logs.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    name: &'static str,
+    mut drain: DrainWatch,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(MAX_DOWNSTREAM_CONNECTIONS));
+    loop {
+        // At the cap, stop accepting: new connections wait in the kernel backlog.
+        let slot = tokio::select! {
+            _ = drain.signaled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = drain.signaled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                let conn = serve(stream, addr);
+                tokio::spawn(async move {
+                    conn.await;
+                    drop(slot);
+                });
+            }
+            Err(error) => {
+                // Typically EMFILE: back off briefly instead of spinning.
+                tracing::warn!(listener = name, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::info!(listener = name, "listener closed for drain");
 }

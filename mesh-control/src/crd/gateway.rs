@@ -79,6 +79,42 @@ pub struct Listener {
     /// Which routes may attach; routes of the Gateway's namespace when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_routes: Option<AllowedRoutes>,
+    /// TLS settings (`HTTPS` and `TLS` listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS settings of a listener (Gateway API `GatewayTLSConfig`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// `Terminate` (the default, supported) or `Passthrough`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Secrets holding the certificate and key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificate_refs: Vec<SecretObjectReference>,
+    /// Fields Weft does not implement (e.g. `options`, `frontendValidation`).
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+/// A reference to a Secret (Gateway API `SecretObjectReference`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretObjectReference {
+    /// API group; core (`""`) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Kind; `Secret` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name of the Secret.
+    pub name: String,
+    /// Namespace; the Gateway's when absent (another one needs a ReferenceGrant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// Routes a listener admits.

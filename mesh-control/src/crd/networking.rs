@@ -358,6 +358,30 @@ pub struct Server {
     /// Hosts served on this listener.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// TLS settings (HTTPS servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsSettings>,
+}
+
+/// TLS settings of a Gateway server (Istio `ServerTLSSettings`). Weft terminates `SIMPLE` TLS
+/// with the certificate of a `kubernetes.io/tls` Secret named by `credentialName`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerTlsSettings {
+    /// `SIMPLE` (supported), `PASSTHROUGH` (Istio's default), `MUTUAL`, `ISTIO_MUTUAL`,
+    /// `AUTO_PASSTHROUGH`, `OPTIONAL_MUTUAL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Name of the Secret (in the Gateway's namespace) holding `tls.crt` and `tls.key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    /// Redirect plain HTTP to HTTPS (HTTP servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<bool>,
+    /// Fields Weft does not implement (e.g. `serverCertificate`, `minProtocolVersion`).
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub unsupported: Unsupported,
 }
 
 /// Port of a Gateway listener.

@@ -7,10 +7,16 @@
 //! backend services of those routes with their endpoints and traffic policies. Its pods are
 //! [`Snapshot::gateway_pods`] (for a Gateway API Gateway: its namespace's pods labelled
 //! `gateway.networking.k8s.io/gateway-name: <name>`).
+//!
+//! Its HTTPS listeners' certificates ([`tls_credentials`]: the validated `kubernetes.io/tls`
+//! Secrets they name) go in its feed too, and in no other: the waypoint feed is readable only by
+//! the Gateway's own pods (and the nodes running them), see `feed::waypoint::authorise`.
 
 use std::collections::BTreeSet;
 
-use crate::model::{Gateway, Route, Snapshot};
+use mesh_core::proto::control::v1 as pb;
+
+use crate::model::{Gateway, GatewayListener, Route, Snapshot};
 
 /// Whether wildcard `pattern` (`*`, `*.suffix` or exact) covers `host` (itself possibly a
 /// wildcard).
@@ -43,8 +49,8 @@ fn listener_admits(listener: &str, gateway_ns: &str, route_ns: &str, host: &str)
 }
 
 fn serves(gateway: &Gateway, gateway_ns: &str, route: &Route) -> bool {
-    gateway.listeners.iter().any(|(_, _, hosts)| {
-        hosts.iter().any(|listener| {
+    gateway.listeners.iter().any(|l| {
+        l.hosts.iter().any(|listener| {
             route
                 .hosts
                 .iter()
@@ -64,6 +70,27 @@ pub fn routes<'a>(snapshot: &'a Snapshot, namespace: &str, name: &str) -> Vec<&'
         .values()
         .filter(|r| r.gateways.contains(&key) && serves(gateway, namespace, r))
         .collect()
+}
+
+/// The server certificates of the Gateway `namespace/name` for the waypoint deployed as it, one
+/// per HTTPS listener, with the hosts (SNI names) it is presented for. They carry private keys:
+/// only that waypoint's feed may include them.
+pub fn tls_credentials(snapshot: &Snapshot, namespace: &str, name: &str) -> Vec<pb::TlsCredential> {
+    let Some(gateway) = snapshot.gateways.get(&format!("{namespace}/{name}")) else {
+        return Vec::new();
+    };
+    let credential = |listener: &GatewayListener| {
+        let tls = listener.tls.as_ref()?;
+        // Drop the `<namespace rule>/` part: SNI carries the bare host name.
+        let host = |h: &String| h.split_once('/').map_or(h.as_str(), |(_, h)| h).to_string();
+        Some(pb::TlsCredential {
+            hosts: listener.hosts.iter().map(host).collect(),
+            cert_chain_pem: tls.cert_chain_pem.clone(),
+            key_pem: tls.key_pem.0.clone(),
+            name: tls.secret.clone(),
+        })
+    };
+    gateway.listeners.iter().filter_map(credential).collect()
 }
 
 /// Service hosts the routes forward or mirror to.
@@ -328,3 +355,6 @@ spec: {listeners: [{port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from:
         );
     }
 }
+
+#[cfg(test)]
+mod tls_tests;

@@ -4,7 +4,8 @@
 //! config, so an unchanged config is never resent and a reconnecting waypoint that already has
 //! it (same feed id and version) gets nothing until it changes. The caller's right to read it
 //! is checked again on every snapshot: a stream whose caller no longer runs (or is no longer)
-//! a pod of the waypoint ends with `PERMISSION_DENIED`.
+//! a pod of the waypoint ends with `PERMISSION_DENIED`. That check also guards the ingress
+//! Gateway's private keys (`tls_credentials`), which only its own feed carries.
 
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
@@ -98,6 +99,7 @@ pub fn config_for(snapshot: &Snapshot, namespace: &str, name: &str) -> pb::Waypo
             .filter(|t| hosts.contains(t.host.as_str()) || backends.contains(t.host.as_str()))
             .map(convert::traffic_policy)
             .collect(),
+        tls_credentials: ingress::tls_credentials(snapshot, namespace, name),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod policy;
 pub mod resource;
 pub mod routes;
+pub mod secret;
 pub mod services;
 pub mod workloads;
 

@@ -4,11 +4,12 @@
 //! whose kind is not one the mesh reads is skipped; one that fails to parse is reported with
 //! its origin and the path of the offending field.
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
 
+use super::secret::{TlsSecret, TLS_SECRET_TYPE};
 use crate::crd::gateway::{HttpRoute, K8sGateway};
 use crate::crd::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
 use crate::crd::security::{AuthorizationPolicy, PeerAuthentication};
@@ -43,6 +44,8 @@ pub enum Kind {
     HttpRoute,
     /// gateway.networking.k8s.io Gateway.
     K8sGateway,
+    /// core/v1 Secret of type `kubernetes.io/tls` (other types are skipped).
+    Secret,
 }
 
 impl Kind {
@@ -62,6 +65,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
             Kind::K8sGateway => "Gateway.gateway.networking.k8s.io",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -73,6 +77,7 @@ impl Kind {
             ("", "Pod") => Kind::Pod,
             ("", "Service") => Kind::Service,
             ("", "ServiceAccount") => Kind::ServiceAccount,
+            ("", "Secret") => Kind::Secret,
             ("discovery.k8s.io", "EndpointSlice") => Kind::EndpointSlice,
             ("security.istio.io", "AuthorizationPolicy") => Kind::AuthorizationPolicy,
             ("security.istio.io", "PeerAuthentication") => Kind::PeerAuthentication,
@@ -145,6 +150,8 @@ pub enum Resource {
     HttpRoute(HttpRoute),
     /// A Gateway API Gateway.
     K8sGateway(K8sGateway),
+    /// A `kubernetes.io/tls` Secret (its certificate and key only).
+    TlsSecret(TlsSecret),
 }
 
 /// Objects parsed from one source, plus what could not be parsed.
@@ -189,6 +196,7 @@ fn parse_kind(kind: Kind, value: serde_yaml::Value) -> Result<Resource, (String,
         Kind::Gateway => Resource::Gateway(typed(value)?),
         Kind::HttpRoute => Resource::HttpRoute(typed(value)?),
         Kind::K8sGateway => Resource::K8sGateway(typed(value)?),
+        Kind::Secret => Resource::TlsSecret(TlsSecret::from(typed::<Secret>(value)?)),
     })
 }
 
@@ -206,6 +214,10 @@ pub fn parse_document(
     let Some(kind) = Kind::from_type(&api_version, &kind_name) else {
         return Ok(None);
     };
+    if kind == Kind::Secret && str_at(&value, &["type"]) != TLS_SECRET_TYPE {
+        // Only server certificates are used; never hold other secrets in memory.
+        return Ok(None);
+    }
     let name = str_at(&value, &["metadata", "name"]).to_string();
     let mut namespace = str_at(&value, &["metadata", "namespace"]).to_string();
     if namespace.is_empty() && !is_cluster_scoped(kind) {

@@ -13,7 +13,7 @@ mod sync;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, Event};
@@ -25,6 +25,7 @@ use crate::crd::gateway::{HttpRoute, K8sGateway};
 use crate::crd::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
 use crate::crd::security::{AuthorizationPolicy, PeerAuthentication};
 use crate::registry::resource::parse_document;
+use crate::registry::secret::TLS_SECRET_TYPE;
 use crate::registry::{Kind, ObjectKey, Resource};
 use crate::store::Store;
 
@@ -34,7 +35,7 @@ pub use self::sync::InitialSync;
 pub const ORIGIN: &str = "kubernetes";
 
 /// Every kind the mesh watches.
-pub const ALL_KINDS: [Kind; 13] = [
+pub const ALL_KINDS: [Kind; 14] = [
     Kind::Namespace,
     Kind::Pod,
     Kind::Service,
@@ -48,6 +49,7 @@ pub const ALL_KINDS: [Kind; 13] = [
     Kind::Gateway,
     Kind::HttpRoute,
     Kind::K8sGateway,
+    Kind::Secret,
 ];
 
 /// The API resource (group, version, plural) of a kind.
@@ -66,6 +68,17 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         Kind::Gateway => ApiResource::erase::<Gateway>(&()),
         Kind::HttpRoute => ApiResource::erase::<HttpRoute>(&()),
         Kind::K8sGateway => ApiResource::erase::<K8sGateway>(&()),
+        Kind::Secret => ApiResource::erase::<Secret>(&()),
+    }
+}
+
+/// The watch of a kind: Secrets are listed by type on the API server, so only server
+/// certificates (`kubernetes.io/tls`) ever reach mesh-control, never every Secret of the cluster.
+pub fn watcher_config(kind: Kind) -> watcher::Config {
+    let config = watcher::Config::default();
+    match kind {
+        Kind::Secret => config.fields(&format!("type={TLS_SECRET_TYPE}")),
+        _ => config,
     }
 }
 
@@ -159,7 +172,7 @@ pub async fn watch_kind(
 ) {
     let ar = api_resource(kind);
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let stream = watcher::watcher(api, watcher_config(kind)).default_backoff();
     let mut stream = std::pin::pin!(stream);
     let mut buffer = Vec::new();
     loop {

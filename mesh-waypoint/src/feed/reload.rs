@@ -6,7 +6,8 @@ use mesh_core::{ops::Readiness, proto::control::v1 as pb};
 
 use super::{client::ConfigSink, convert};
 use crate::{
-    proxy::Proxy, rng::SharedRng, serve::SharedProxy, telemetry::Metrics, upstream::Transport,
+    ingress_tls::CertResolver, proxy::Proxy, rng::SharedRng, serve::SharedProxy,
+    telemetry::Metrics, upstream::Transport,
 };
 
 /// The [`ConfigSink`] that replaces the proxy in force.
@@ -23,6 +24,8 @@ pub struct Reloader {
     pub me: convert::WaypointName,
     /// Set once the first version is in force.
     pub readiness: Option<Readiness>,
+    /// The HTTPS ingress listener's certificates, replaced with each version (when it runs).
+    pub tls: Option<Arc<CertResolver>>,
 }
 
 impl ConfigSink for Reloader {
@@ -41,6 +44,9 @@ impl ConfigSink for Reloader {
         )
         .map_err(|e| format!("version {} does not compile: {e}", converted.version))?;
         self.proxy.store(Arc::new(proxy));
+        if let Some(tls) = &self.tls {
+            tls.apply(converted.version, &wire.tls_credentials);
+        }
         if let Some(readiness) = &self.readiness {
             readiness.set(true);
         }
@@ -92,6 +98,7 @@ mod tests {
             transport: Transport::Plain,
             me: WaypointName::default(),
             readiness: Some(readiness.clone()),
+            tls: None,
         };
         assert!(!readiness.is_ready());
         reloader.apply(&wire(1, "http")).expect("v1");

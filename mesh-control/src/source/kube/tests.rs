@@ -223,3 +223,18 @@ async fn kind_without_crd_counts_as_empty_instead_of_blocking_readiness() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn secrets_are_listed_by_type_only() {
+    let (store, mut api, _trigger) = start(&[Kind::Secret]);
+    let hub = Arc::clone(store.hub());
+    let (uri, send) = expect_request(&mut api, "/api/v1/secrets", false).await;
+    assert!(
+        uri.contains("fieldSelector=type%3Dkubernetes.io%2Ftls"),
+        "only tls secrets are asked for: {uri}"
+    );
+    let secret = json!({"metadata": {"name": "cert", "namespace": "edge", "resourceVersion": "1"},
+        "type": "kubernetes.io/tls", "data": {"tls.crt": "", "tls.key": ""}});
+    respond(send, list("SecretList", "1", vec![secret]));
+    wait_for(&hub, "secrets listed", |_| true).await;
+}
