@@ -110,7 +110,8 @@ mod tests {
     use crate::feed::waypoint::config_for;
     use crate::registry::{parse_yaml, Parsed, Registry, RegistryConfig};
 
-    const CONFIG: &str = r#"
+    /// A backend service `web` bound to the mesh waypoint `wp`: what every ingress test routes to.
+    pub(super) const BACKEND: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: app, labels: {weft.dev/use-waypoint: wp}}
@@ -126,7 +127,9 @@ apiVersion: v1
 kind: Service
 metadata: {name: wp, namespace: app}
 spec: {clusterIP: 10.96.0.99, ports: [{port: 15008}]}
----
+"#;
+
+    const CONFIG: &str = r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: gw-1, namespace: edge, labels: {istio: ingress}}
@@ -177,7 +180,7 @@ spec: {host: web, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
 
     fn snapshot() -> Snapshot {
         let mut parsed = Parsed::default();
-        parse_yaml("c.yaml", CONFIG, &mut parsed);
+        parse_yaml("c.yaml", &format!("{BACKEND}---\n{CONFIG}"), &mut parsed);
         let mut registry = Registry::new(RegistryConfig::default());
         registry.replace_all(parsed);
         let snap = registry.snapshot();

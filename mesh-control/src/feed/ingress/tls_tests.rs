@@ -12,24 +12,8 @@ use crate::model::Snapshot;
 use crate::registry::secret::tests::cert_and_key;
 use crate::registry::{parse_yaml, Parsed, Registry, RegistryConfig};
 
-/// A workload and a gateway pod, a mesh waypoint, and a backend service.
+/// A gateway pod and a route through it (beside [`super::tests::BACKEND`]).
 const BASE: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: app, labels: {weft.dev/use-waypoint: wp}}
-spec: {clusterIP: 10.96.0.10, selector: {app: web}, ports: [{name: http, port: 80}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web-1, namespace: app, labels: {app: web}}
-spec: {nodeName: node-a, containers: []}
-status: {podIP: 10.0.0.1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: wp, namespace: app}
-spec: {clusterIP: 10.96.0.99, ports: [{port: 15008}]}
----
 apiVersion: v1
 kind: Pod
 metadata: {name: gw-1, namespace: edge, labels: {istio: ingress, gateway.networking.k8s.io/gateway-name: shop}}
@@ -76,7 +60,7 @@ fn snapshot(docs: &[String]) -> Snapshot {
     let mut parsed = Parsed::default();
     parse_yaml(
         "c.yaml",
-        &[BASE.to_string()]
+        &[super::tests::BACKEND.to_string(), BASE.to_string()]
             .iter()
             .chain(docs)
             .cloned()
