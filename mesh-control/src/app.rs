@@ -282,14 +282,15 @@ pub async fn build_with_client(
         }
         None => None,
     };
+    let tls_settings = TlsIncomingSettings::default();
+    let accept_settings = tls_settings.clone();
     let mut grpc_drain = watch.clone();
     let accept_drain = watch.clone();
     tasks.push(tokio::spawn(async move {
         let shutdown = async move { grpc_drain.signaled().await };
         let served = match tls {
             Some(tls) => {
-                let incoming =
-                    tls_incoming(grpc, tls, TlsIncomingSettings::default(), accept_drain);
+                let incoming = tls_incoming(grpc, tls, accept_settings, accept_drain);
                 router
                     .serve_with_incoming_shutdown(incoming, shutdown)
                     .await
@@ -307,7 +308,10 @@ pub async fn build_with_client(
     tasks.push(tokio::spawn(http::serve(
         http_listener,
         hub,
-        Arc::new(Metrics::with_root_cert(&root_cert_stats)),
+        Arc::new(Metrics::with_counters(
+            &root_cert_stats,
+            &tls_settings.handshake_failures,
+        )),
         not_ready,
         watch,
     )));

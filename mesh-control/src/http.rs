@@ -9,6 +9,7 @@ use std::time::Duration;
 use mesh_core::drain::DrainWatch;
 use mesh_core::ops::{self, OpsRoutes, Page, Readiness};
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -114,10 +115,16 @@ fn count(n: usize) -> i64 {
 }
 
 impl Metrics {
-    /// The config gauges plus the trust bundle publisher's counters.
-    pub fn with_root_cert(stats: &RootCertStats) -> Self {
+    /// The config gauges plus the trust bundle publisher's counters and the gRPC port's failed
+    /// TLS handshakes.
+    pub fn with_counters(root_cert: &RootCertStats, grpc_tls_failures: &Counter) -> Self {
         let mut metrics = Self::default();
-        stats.register(&mut metrics.registry);
+        root_cert.register(&mut metrics.registry);
+        metrics.registry.register(
+            "grpc_tls_handshake_failures",
+            "tls handshakes on the grpc port that failed or timed out",
+            grpc_tls_failures.clone(),
+        );
         metrics
     }
 

@@ -144,6 +144,10 @@ async fn serves_feed_ca_health_and_metrics_and_reloads() {
     let metrics = http_get(&bound, "/metrics").await;
     assert!(metrics.contains("weft_control_workloads 2"), "{metrics}");
     assert!(
+        metrics.contains("weft_control_grpc_tls_handshake_failures_total 0"),
+        "{metrics}"
+    );
+    assert!(
         metrics.contains("weft_control_rejected_resources 0"),
         "{metrics}"
     );

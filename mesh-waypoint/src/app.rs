@@ -334,6 +334,7 @@ async fn accept_plain(listener: TcpListener, proxy: SharedProxy, drain: DrainWat
             identity: None,
             authority: None,
             workload: None,
+            edge_scheme: Some("http"),
         };
         serve_http(builder.clone(), stream, peer, proxy.clone(), watch.clone())
     };

@@ -77,5 +77,6 @@ fn peer(request: &ConnectRequest) -> Peer {
         identity: Some(request.peer_identity.to_string()),
         authority: Some(request.authority),
         workload: WorkloadMeta::from_headers(&request.headers),
+        edge_scheme: None,
     }
 }

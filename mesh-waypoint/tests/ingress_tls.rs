@@ -195,11 +195,14 @@ fn leaf_der(tls: &TlsStream<TcpStream>) -> Vec<u8> {
     certs[0].to_vec()
 }
 
-/// GET `path` with `Host: HOST` on an established TLS stream, over the negotiated protocol.
+/// GET `path` with `Host: HOST` on an established TLS stream, over the negotiated protocol. The
+/// client claims `x-forwarded-proto: http`; a request the backend answers must arrive with
+/// `https`, the scheme the client really used.
 async fn get(tls: TlsStream<TcpStream>, path: &str) -> (StatusCode, String) {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let request = http::Request::get(format!("https://{HOST}{path}"))
         .header("host", HOST)
+        .header("x-forwarded-proto", "http")
         .body(Empty::<Bytes>::new())
         .expect("request");
     let io = TokioIo::new(tls);
@@ -218,6 +221,15 @@ async fn get(tls: TlsStream<TcpStream>, path: &str) -> (StatusCode, String) {
     };
     let response = response.expect("answer in time").expect("answer");
     let status = response.status();
+    if let Some(seen) = response.headers().get("echo-x-forwarded-proto") {
+        assert_eq!(seen, "https", "x-forwarded-proto at the backend");
+    } else {
+        assert_ne!(
+            status,
+            StatusCode::OK,
+            "a backend answer echoes its headers"
+        );
+    }
     let body = response
         .into_body()
         .collect()

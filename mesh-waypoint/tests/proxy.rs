@@ -105,6 +105,8 @@ async fn rewrites_and_edits_headers() {
         .insert("connection", "x-hop".parse().expect("value"));
     req.headers_mut()
         .insert("x-hop", "1".parse().expect("value"));
+    req.headers_mut()
+        .insert("x-forwarded-proto", "https".parse().expect("value"));
     let (status, headers, body) = send(&http1(), req).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "v1 /new/item?id=3");
@@ -124,6 +126,11 @@ async fn rewrites_and_edits_headers() {
     assert_eq!(h("echo-x-route"), None, "response header removed");
     assert_eq!(h("x-served-by").as_deref(), Some("waypoint"));
     assert_eq!(h("echo-x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        h("echo-x-forwarded-proto").as_deref(),
+        Some("http"),
+        "the edge states the scheme the client really used"
+    );
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use prometheus_client::metrics::counter::Counter;
 use rustls::ServerConfig;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -23,8 +24,8 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::drain::DrainWatch;
 
-/// Limits of the TLS front of a gRPC listener.
-#[derive(Debug, Clone, Copy)]
+/// Limits of the TLS front of a gRPC listener, and its failure counter.
+#[derive(Debug, Clone)]
 pub struct TlsIncomingSettings {
     /// Longest a client may take to complete its handshake.
     pub handshake_timeout: Duration,
@@ -32,6 +33,8 @@ pub struct TlsIncomingSettings {
     pub max_handshakes: usize,
     /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
     pub accept_error_pause: Duration,
+    /// Counts handshakes that failed or timed out (register it to expose it).
+    pub handshake_failures: Counter,
 }
 
 impl Default for TlsIncomingSettings {
@@ -40,6 +43,7 @@ impl Default for TlsIncomingSettings {
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 128,
             accept_error_pause: Duration::from_millis(100),
+            handshake_failures: Counter::default(),
         }
     }
 }
@@ -83,13 +87,14 @@ pub fn tls_incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let accepted = accepted.clone();
+            let failures = settings.handshake_failures.clone();
+            let handshake_timeout = settings.handshake_timeout;
             tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp));
+                let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
                 let stream = match handshake.await {
                     Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => return handshake_failed(peer, &error),
-                    Err(_) => return handshake_failed(peer, &"timed out"),
+                    Ok(Err(error)) => return handshake_failed(&failures, peer, &error),
+                    Err(_) => return handshake_failed(&failures, peer, &"timed out"),
                 };
                 drop(permit);
                 let _ = accepted.send(Ok(TlsServerStream(stream))).await;
@@ -99,7 +104,8 @@ pub fn tls_incoming(
     ReceiverStream::new(incoming)
 }
 
-fn handshake_failed(peer: SocketAddr, error: &dyn std::fmt::Display) {
+fn handshake_failed(failures: &Counter, peer: SocketAddr, error: &dyn std::fmt::Display) {
+    failures.inc();
     // Debug, not warn: anything on the network can open a connection and hang up.
     tracing::debug!(%peer, %error, "grpc tls handshake failed");
 }

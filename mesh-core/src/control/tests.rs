@@ -204,6 +204,7 @@ async fn stalled_and_garbage_handshakes_do_not_block_the_port() {
         max_handshakes: 2,
         ..TlsIncomingSettings::default()
     };
+    let failures = settings.handshake_failures.clone();
     let fixture = Fixture::start(settings).await;
     // One client connects and never speaks; another sends garbage and hangs up.
     let _stalled = tokio::net::TcpStream::connect(fixture.addr).await.unwrap();
@@ -215,4 +216,5 @@ async fn stalled_and_garbage_handshakes_do_not_block_the_port() {
     let connection =
         ControlConnection::new(fixture.endpoint(&fixture.ca.trust_bundle_pem(), CONTROL));
     assert_eq!(call(&connection).await.unwrap(), "none");
+    assert_eq!(failures.get(), 1, "the garbage handshake is counted");
 }

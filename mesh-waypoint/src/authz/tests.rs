@@ -25,6 +25,7 @@ fn decide(
         identity: id.map(str::to_owned),
         authority: None,
         workload: None,
+        edge_scheme: None,
     };
     a.check(&parts, "reviews", &peer).is_ok()
 }
@@ -111,6 +112,7 @@ fn denial_names_the_policy() {
         identity: None,
         authority: None,
         workload: None,
+        edge_scheme: None,
     };
     assert_eq!(a.check(&parts, "h", &peer), Err("no-admin".to_owned()));
 }

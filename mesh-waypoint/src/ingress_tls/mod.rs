@@ -120,6 +120,7 @@ impl IngressTls {
             identity: None,
             authority: None,
             workload: None,
+            edge_scheme: Some("https"),
         };
         serve_http(http_builder(), tls, peer, proxy, drain).await;
     }

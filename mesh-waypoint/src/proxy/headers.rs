@@ -88,6 +88,14 @@ pub fn ensure_host(parts: &mut http::request::Parts) {
     }
 }
 
+/// `x-forwarded-proto`: the scheme the client used to reach the edge.
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Sets `x-forwarded-proto` to `scheme` (`http` or `https`), replacing what the client sent.
+pub fn set_forwarded_proto(headers: &mut HeaderMap, scheme: &'static str) {
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+}
+
 /// Appends the downstream peer to `x-forwarded-for`, as Envoy does at the edge of the mesh.
 pub fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     let ip = peer.ip().to_string();

@@ -53,6 +53,10 @@ pub struct Peer {
     pub authority: Option<SocketAddr>,
     /// Source workload from the HBONE `baggage` (`None` on plain HTTP or when not sent).
     pub workload: Option<WorkloadMeta>,
+    /// On an ingress listener (the edge of the mesh), the downstream scheme, `http` or `https`,
+    /// which replaces any `x-forwarded-proto` the client sent, as Envoy does at the edge.
+    /// `None` inside the mesh (HBONE), where the header passes through.
+    pub edge_scheme: Option<&'static str>,
 }
 
 /// Errors building the proxy from configuration.
@@ -298,6 +302,9 @@ fn prepare_request(
     let overrides = Overrides::take(&mut parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::append_forwarded_for(&mut parts.headers, peer.addr);
+    if let Some(scheme) = peer.edge_scheme {
+        headers::set_forwarded_proto(&mut parts.headers, scheme);
+    }
     parts.extensions.insert(DownstreamAddr(peer.addr));
     headers::ensure_host(parts);
     trace.inject(&mut parts.headers);
