@@ -33,9 +33,15 @@ pub enum EnrollmentError {
     Map(#[from] RedirectError),
 }
 
+/// Most port overrides one pod may hold in the kernel: beyond it the pod is enforced at its
+/// strictest mode on every port, so a single pod cannot fill the node's `PORT_MTLS` map and
+/// hold every other pod with overrides at its strictest mode.
+pub const MAX_PORT_OVERRIDES_PER_POD: usize = 64;
+
 /// The local pods that must be captured, by IP, with how strictly: from the node's config. A
 /// pod's mode is its own, else its namespace's, else the mesh default; each `port_mtls` entry
-/// sets the mode of that listener port (Istio `portLevelMtls`: the port's mode wins there).
+/// sets the mode of that listener port (Istio `portLevelMtls`: the port's mode wins there), up
+/// to [`MAX_PORT_OVERRIDES_PER_POD`].
 pub fn wanted_from_config(config: &Config) -> BTreeMap<IpAddr, EnrollPolicy> {
     let peer = &config.peer_authentication;
     config
@@ -48,7 +54,18 @@ pub fn wanted_from_config(config: &Config) -> BTreeMap<IpAddr, EnrollPolicy> {
                 .port_mtls
                 .iter()
                 .map(|(p, m)| (*p, enroll_mode(*m)));
-            (workload.ip, EnrollPolicy::new(mode, ports))
+            let policy = EnrollPolicy::new(mode, ports);
+            let count = policy.port_overrides().len();
+            if count > MAX_PORT_OVERRIDES_PER_POD {
+                tracing::warn!(
+                    pod = %format!("{}/{}", workload.namespace, workload.name),
+                    overrides = count,
+                    max = MAX_PORT_OVERRIDES_PER_POD,
+                    "too many port-level mtls overrides: the pod is enforced at its strictest mode on every port"
+                );
+                return (workload.ip, EnrollPolicy::from(policy.strictest()));
+            }
+            (workload.ip, policy)
         })
         .collect()
 }
@@ -95,6 +112,9 @@ impl Enrollment {
         found: &HashMap<IpAddr, PodNetns>,
     ) -> Result<(), EnrollmentError> {
         let plan = self.plan(wanted, found);
+        // One pod that cannot be enrolled as wanted must not keep the others out of the mesh:
+        // every pod in the plan is tried, and the first error is returned (the caller retries).
+        let mut first_error: Option<EnrollmentError> = None;
         for (cookie, policy, ip) in plan.enroll {
             if let Err(error) = self.redirect.enroll(cookie, policy.clone()) {
                 // A pod with overrides is now held at its strictest mode: track that, so the
@@ -103,7 +123,9 @@ impl Enrollment {
                     let fallback = EnrollPolicy::from(policy.strictest());
                     self.enrolled.insert(cookie, fallback);
                 }
-                return Err(error.into());
+                tracing::warn!(pod.ip = %ip, netns.cookie = cookie, %error, "pod not enrolled as wanted");
+                first_error.get_or_insert(error.into());
+                continue;
             }
             let (mode, ports) = (policy.mode(), policy.port_overrides());
             tracing::info!(
@@ -116,9 +138,15 @@ impl Enrollment {
             self.enrolled.insert(cookie, policy);
         }
         for cookie in plan.unenroll {
-            self.redirect.unenroll(cookie)?;
+            if let Err(error) = self.redirect.unenroll(cookie) {
+                first_error.get_or_insert(error.into());
+                continue;
+            }
             self.enrolled.remove(&cookie);
             tracing::info!(netns.cookie = cookie, "pod left the mesh");
+        }
+        if let Some(error) = first_error {
+            return Err(error);
         }
         let missing: Vec<&IpAddr> = wanted.keys().filter(|ip| !found.contains_key(ip)).collect();
         if !missing.is_empty() {

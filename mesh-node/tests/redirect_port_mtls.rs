@@ -9,7 +9,7 @@
 mod support;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap as StdHashMap},
     net::{IpAddr, SocketAddr, SocketAddrV4, TcpListener},
     path::Path,
     time::{Duration, Instant},
@@ -19,8 +19,8 @@ use aya::maps::{HashMap, Map, MapData};
 use mesh_core::drain;
 use mesh_ebpf_common::{capacity, enroll_mode, maps, PortKey};
 use mesh_node::{
-    enrollment::EnrollmentHandle,
-    pod_netns::ScanConfig,
+    enrollment::{Enrollment, EnrollmentHandle},
+    pod_netns::{PodNetns, ScanConfig},
     pod_scan::PodScanner,
     redirect::{pin, Config, EnrollMode, EnrollPolicy, Redirect},
 };
@@ -231,6 +231,55 @@ fn a_full_override_map_enrolls_the_pod_at_its_strictest_mode() {
     fx.redirect().unenroll(filler).expect("unenroll filler");
     fx.redirect().enroll(cookie, wanted).expect("room again");
     fx.assert_accepts(&metrics, 9090, false, "override stored");
+}
+
+/// A pod the kernel cannot take as wanted (no room left for its override) does not keep the
+/// pods after it out of the mesh: the pass tries every pod, holds that one at its strictest
+/// mode, and reports the error for a retry.
+#[test]
+fn a_pod_that_cannot_be_enrolled_does_not_block_the_others() {
+    let _serial = serial();
+    let mut fx = PortFixture::new(87, 88, "wfte-ports-pass", None);
+    let redirect = fx.loaded.take().expect("programs loaded");
+    let mut enrollment = Enrollment::new(redirect);
+    let ip = |last: u8| IpAddr::from([10, 99, 0, last]);
+    // The plan runs in cookie order: the pod that fails comes before the one that must follow.
+    let (filler, blocked, after) = (u64::MAX - 24, u64::MAX - 23, u64::MAX - 22);
+    let found: StdHashMap<IpAddr, PodNetns> = [(1, filler), (2, blocked), (3, after)]
+        .into_iter()
+        .map(|(last, cookie)| {
+            let netns = PodNetns {
+                cookie,
+                path: "/run/netns/none".into(),
+            };
+            (ip(last), netns)
+        })
+        .collect();
+    let every =
+        (1..=capacity::PORT_MTLS).map(|p| (u16::try_from(p).expect("fits"), EnrollMode::Strict));
+    let mut wanted = BTreeMap::from([(ip(1), EnrollPolicy::new(EnrollMode::Capture, every))]);
+    enrollment
+        .apply(&wanted, &found)
+        .expect("the filler takes every entry");
+
+    let override_9090 = EnrollPolicy::new(EnrollMode::Strict, [(9090, EnrollMode::Capture)]);
+    wanted.insert(ip(2), override_9090);
+    wanted.insert(ip(3), EnrollPolicy::from(EnrollMode::Capture));
+    let error = enrollment
+        .apply(&wanted, &found)
+        .expect_err("no room for the override");
+    assert!(error.to_string().contains("PORT_MTLS is full"), "{error}");
+    let enrolled = enrollment.enrolled();
+    assert_eq!(
+        enrolled.get(&blocked),
+        Some(&EnrollPolicy::from(EnrollMode::Strict)),
+        "held at its strictest mode"
+    );
+    assert_eq!(
+        enrolled.get(&after),
+        Some(&EnrollPolicy::from(EnrollMode::Capture)),
+        "the next pod is enrolled all the same"
+    );
 }
 
 #[test]

@@ -126,3 +126,32 @@ workloads:
     ]);
     assert_eq!(wanted, expected);
 }
+
+#[test]
+fn a_pod_with_too_many_port_overrides_is_enforced_at_its_strictest_mode() {
+    let ports = |n: u16| -> String {
+        (1..=n)
+            .map(|p| format!("{}: STRICT", 10_000 + p))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let max = u16::try_from(MAX_PORT_OVERRIDES_PER_POD).expect("small");
+    let yaml = format!(
+        "node_name: n1\nworkloads:\n\
+         - {{ name: a, namespace: ns, service_account: a, ip: 10.0.0.1, node: n1, port_mtls: {{ {} }} }}\n\
+         - {{ name: b, namespace: ns, service_account: b, ip: 10.0.0.2, node: n1, port_mtls: {{ {} }} }}\n",
+        ports(max),
+        ports(max + 1)
+    );
+    let wanted = wanted_from_config(&Config::from_yaml(&yaml).expect("config"));
+    let at_cap = &wanted[&"10.0.0.1".parse::<IpAddr>().expect("ip")];
+    assert_eq!(at_cap.port_overrides().len(), MAX_PORT_OVERRIDES_PER_POD);
+    assert_eq!(at_cap.mode(), EnrollMode::Capture);
+    let over = &wanted[&"10.0.0.2".parse::<IpAddr>().expect("ip")];
+    assert!(over.port_overrides().is_empty(), "no overrides stored");
+    assert_eq!(
+        over.mode(),
+        EnrollMode::Strict,
+        "strict on every port, never weaker than wanted"
+    );
+}
