@@ -6,6 +6,7 @@ use std::{
     path::{Path, PathBuf},
     pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
 };
 
 use http::Uri;
@@ -49,12 +50,30 @@ pub(super) enum TlsConnectError {
     },
 }
 
-pub(super) type ConnectFuture =
+type ConnectFuture =
     Pin<Box<dyn Future<Output = Result<TokioIo<TlsStream<TcpStream>>, TlsConnectError>> + Send>>;
+
+/// The connector a TLS channel to mesh-control dials with.
+#[derive(Debug, Clone)]
+pub(super) struct ControlConnector(pub(super) Arc<ControlTls>);
+
+impl tower::Service<Uri> for ControlConnector {
+    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Error = TlsConnectError;
+    type Future = ConnectFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> ConnectFuture {
+        connect_tls(uri, Arc::clone(&self.0))
+    }
+}
 
 /// TCP, then a TLS handshake verifying mesh-control against the trust bundle read now. The
 /// channel's connect timeout bounds the whole of it.
-pub(super) fn connect_tls(uri: Uri, tls: Arc<ControlTls>) -> ConnectFuture {
+fn connect_tls(uri: Uri, tls: Arc<ControlTls>) -> ConnectFuture {
     Box::pin(async move {
         let host = uri
             .host()

@@ -12,7 +12,6 @@ mod server_tls;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use http::Uri;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::backoff::Backoff;
@@ -20,7 +19,7 @@ use crate::identity::{
     grpc::{BearerToken, TokenError},
     IdentityError, SpiffeId,
 };
-use client_tls::connect_tls;
+use client_tls::ControlConnector;
 pub use server_tls::{tls_incoming, TlsIncomingSettings, TlsServerStream};
 
 /// Namespace of mesh-control's service account in the shipped manifests.
@@ -129,9 +128,7 @@ impl ControlEndpoint {
         let endpoint = self.endpoint.clone().connect_timeout(timeout);
         let connected = match &self.tls {
             Some(tls) => {
-                let tls = Arc::clone(tls);
-                let connector =
-                    tower::service_fn(move |uri: Uri| connect_tls(uri, Arc::clone(&tls)));
+                let connector = ControlConnector(Arc::clone(tls));
                 endpoint.connect_with_connector(connector).await
             }
             None => endpoint.connect().await,
@@ -147,12 +144,7 @@ impl ControlEndpoint {
     pub fn connect_lazy(&self, timeout: Duration) -> Channel {
         let endpoint = self.endpoint.clone().connect_timeout(timeout);
         match &self.tls {
-            Some(tls) => {
-                let tls = Arc::clone(tls);
-                let connector =
-                    tower::service_fn(move |uri: Uri| connect_tls(uri, Arc::clone(&tls)));
-                endpoint.connect_with_connector_lazy(connector)
-            }
+            Some(tls) => endpoint.connect_with_connector_lazy(ControlConnector(Arc::clone(tls))),
             None => endpoint.connect_lazy(),
         }
     }

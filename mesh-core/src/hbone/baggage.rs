@@ -86,6 +86,14 @@ impl WorkloadMeta {
     }
 }
 
+/// A telemetry label from `field` of `meta`: `unknown` when there is no metadata or the field
+/// is empty (Istio's value for what a proxy does not know).
+pub fn label(meta: Option<&WorkloadMeta>, field: fn(&WorkloadMeta) -> &String) -> String {
+    meta.map(field)
+        .filter(|value| !value.is_empty())
+        .map_or_else(|| "unknown".to_owned(), Clone::clone)
+}
+
 /// Istio's canonical service of a workload: label `service.istio.io/canonical-name`, else
 /// `app.kubernetes.io/name`, else `app`, else the workload name.
 pub fn canonical_service<'a>(

@@ -11,7 +11,10 @@ pub mod plaintext;
 
 use std::{sync::Arc, time::Duration};
 
-use mesh_core::hbone::{self, baggage::WorkloadMeta};
+use mesh_core::hbone::{
+    self,
+    baggage::{label, WorkloadMeta},
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
@@ -146,22 +149,17 @@ pub fn labels(
     mtls: bool,
 ) -> TcpLabels {
     let dest_meta = dest.map(|w| &w.meta);
-    let field = |meta: Option<&WorkloadMeta>, get: fn(&WorkloadMeta) -> &String| {
-        meta.map(get)
-            .filter(|value| !value.is_empty())
-            .map_or_else(|| "unknown".to_owned(), Clone::clone)
-    };
     TcpLabels {
         reporter,
-        source_workload: field(source, |m| &m.workload_name),
-        source_workload_namespace: field(source, |m| &m.namespace),
-        source_canonical_service: field(source, |m| &m.canonical_service),
-        source_canonical_revision: field(source, |m| &m.canonical_revision),
+        source_workload: label(source, |m| &m.workload_name),
+        source_workload_namespace: label(source, |m| &m.namespace),
+        source_canonical_service: label(source, |m| &m.canonical_service),
+        source_canonical_revision: label(source, |m| &m.canonical_revision),
         source_principal: source_principal.unwrap_or_else(|| "unknown".into()),
-        destination_workload: field(dest_meta, |m| &m.workload_name),
-        destination_workload_namespace: field(dest_meta, |m| &m.namespace),
-        destination_canonical_service: field(dest_meta, |m| &m.canonical_service),
-        destination_canonical_revision: field(dest_meta, |m| &m.canonical_revision),
+        destination_workload: label(dest_meta, |m| &m.workload_name),
+        destination_workload_namespace: label(dest_meta, |m| &m.namespace),
+        destination_canonical_service: label(dest_meta, |m| &m.canonical_service),
+        destination_canonical_revision: label(dest_meta, |m| &m.canonical_revision),
         destination_principal: dest.map_or("unknown".into(), |w| w.identity.to_string()),
         connection_security_policy: if mtls { "mutual_tls" } else { "none" }.into(),
     }

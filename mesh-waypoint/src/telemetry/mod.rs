@@ -18,7 +18,7 @@ use std::{
 };
 
 use http::{Response, StatusCode};
-use mesh_core::hbone::baggage::WorkloadMeta;
+use mesh_core::hbone::baggage::{label, WorkloadMeta};
 use tokio::time::Instant;
 
 use self::metrics::RequestLabels;
@@ -111,15 +111,6 @@ impl RequestLog {
     }
 }
 
-/// A `source_*` label from the peer's workload metadata; `unknown` when not sent.
-fn source(log: &RequestLog, field: impl Fn(&WorkloadMeta) -> &String) -> String {
-    log.workload
-        .as_ref()
-        .map(field)
-        .filter(|value| !value.is_empty())
-        .map_or_else(|| "unknown".to_owned(), Clone::clone)
-}
-
 struct Completion {
     log: Option<RequestLog>,
     status: StatusCode,
@@ -139,10 +130,10 @@ impl Drop for Completion {
         let labels = RequestLabels {
             reporter: "waypoint",
             source_principal: log.principal.clone().unwrap_or_else(|| "unknown".into()),
-            source_workload: source(&log, |w| &w.workload_name),
-            source_workload_namespace: source(&log, |w| &w.namespace),
-            source_canonical_service: source(&log, |w| &w.canonical_service),
-            source_canonical_revision: source(&log, |w| &w.canonical_revision),
+            source_workload: label(log.workload.as_ref(), |w| &w.workload_name),
+            source_workload_namespace: label(log.workload.as_ref(), |w| &w.namespace),
+            source_canonical_service: label(log.workload.as_ref(), |w| &w.canonical_service),
+            source_canonical_revision: label(log.workload.as_ref(), |w| &w.canonical_revision),
             destination_service: log.host.clone(),
             destination_service_name: if destination.is_empty() {
                 "unknown".into()
