@@ -36,6 +36,12 @@ pub mod maps {
     pub const SPLICE: &str = "SPLICE";
     /// `HashMap<TupleKey, u32>`: splice state of each socket in `SPLICE`.
     pub const SPLICE_STATE: &str = "SPLICE_STATE";
+    /// `SockHash<InboundKey>`: the tunnel's in-pod listeners (plaintext and HBONE) of each
+    /// enrolled pod address, where `sk_lookup` steers every inbound TCP connection attempt.
+    pub const INBOUND: &str = "INBOUND";
+    /// `HashMap<ProbeKey, u8>`: addresses of enrolled local pods, whose kubelet probes are sent
+    /// from the probe address (`cgroup/connect*` on the kubelet's cgroup).
+    pub const PROBED_PODS: &str = "PROBED_PODS";
 }
 
 /// Sizes (`max_entries`) of the maps, shared so the loader can check maps it adopts from bpffs.
@@ -52,6 +58,11 @@ pub mod capacity {
     pub const EXCLUDED_CIDRS: u32 = 1_024;
     /// `ORIG_BY_COOKIE`, `ORIG_BY_TUPLE`, `SPLICE` and `SPLICE_STATE`: tracked connections.
     pub const CONNECTIONS: u32 = 65_536;
+    /// `INBOUND`: two listeners (plaintext, HBONE) for each of two addresses (IPv4, IPv6) of
+    /// every enrolled pod.
+    pub const INBOUND: u32 = 4 * ENROLLED;
+    /// `PROBED_PODS`: two addresses (IPv4, IPv6) of every enrolled pod.
+    pub const PROBED_PODS: u32 = 2 * ENROLLED;
 }
 
 /// Names of the programs in the eBPF object.
@@ -72,6 +83,18 @@ pub mod programs {
     pub const INGRESS: &str = "weft_ingress";
     /// `sk_msg` attached to the `SPLICE` map.
     pub const SPLICE_MSG: &str = "weft_splice_msg";
+    /// `sk_lookup`, attached to each enrolled pod's network namespace.
+    pub const SK_LOOKUP: &str = "weft_sk_lookup";
+    /// `cgroup/connect4` on the kubelet's cgroup: probes to enrolled pods leave from the probe
+    /// address.
+    pub const PROBE_CONNECT4: &str = "weft_probe_connect4";
+    /// `cgroup/connect6` on the kubelet's cgroup.
+    pub const PROBE_CONNECT6: &str = "weft_probe_connect6";
+    /// `cgroup/bind4` on the pods' cgroup: no pod (hostNetwork pods included) binds the probe
+    /// address.
+    pub const GUARD_BIND4: &str = "weft_guard_bind4";
+    /// `cgroup/bind6` on the pods' cgroup.
+    pub const GUARD_BIND6: &str = "weft_guard_bind6";
 }
 
 /// Indexes of the per-CPU program counters (the `COUNTERS` map), exposed as metrics by mesh-node.
@@ -103,8 +126,17 @@ pub mod counter {
     /// `cgroup_skb/ingress`: connection attempts into strict pods or ports let through (HBONE
     /// port, node or probe source, loopback).
     pub const STRICT_ALLOWED: u32 = 12;
+    /// `sk_lookup`: inbound connection attempts steered to the tunnel's in-pod listener.
+    pub const INBOUND_STEERED: u32 = 13;
+    /// `sk_lookup`: inbound connection attempts dropped because the pod's in-pod listener is
+    /// not there (the tunnel is starting, restarting or failed to open it): fail closed.
+    pub const INBOUND_NO_LISTENER: u32 = 14;
+    /// `cgroup/connect*` on the kubelet's cgroup: probes bound to the probe address.
+    pub const PROBE_BOUND: u32 = 15;
+    /// `cgroup/bind*` on the pods' cgroup: binds of the probe address refused.
+    pub const PROBE_BIND_REFUSED: u32 = 16;
     /// Number of counters; the size of the `COUNTERS` map.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 17;
 }
 
 /// `EnrollMode` values stored in the `ENROLLED` map.
@@ -122,6 +154,14 @@ pub mod enroll_flags {
     /// The pod has per-port overrides in `PORT_MTLS`: strict inbound looks its listener port up
     /// there. Pods without this bit never pay for the lookup.
     pub const PORT_OVERRIDES: u32 = 0x100;
+}
+
+/// What an [`InboundKey`] names: which in-pod listener of the pod address.
+pub mod inbound_kind {
+    /// The plaintext listener: every port but the HBONE port.
+    pub const PLAINTEXT: u16 = 0;
+    /// The HBONE listener (the HBONE port).
+    pub const HBONE: u16 = 1;
 }
 
 /// `RedirectConfig::flags` bits.
@@ -157,19 +197,23 @@ pub struct RedirectConfig {
     /// `SO_MARK` carried by the tunnel's own sockets: never redirected, and the only listening
     /// sockets that get the strict HBONE-port exception. 0 disables both.
     pub tunnel_mark: u32,
-    /// Node address used by kubelet probes (IPv4, network order); allowed in strict mode. 0: none.
+    /// Source address of kubelet probes (IPv4, network order, 169.254.7.127 by default): the
+    /// kubelet's connects to enrolled pods are bound to it, no pod may bind it, and it is the
+    /// only source let through to a strict pod's own listeners. 0: none.
     pub probe_ip4: u32,
-    /// Tunnel node address (IPv4, network order) whose TCP is allowed into strict pods. 0: none.
-    pub tunnel_src_ip4: u32,
+    /// `SO_MARK` of the sockets the tunnel opens inside a pod to reach the app from the client's
+    /// address (the mark the pod's return-path rule matches): never redirected either. 0: none.
+    /// (Was the node address strict pods admitted: same offset, so the layout is unchanged.)
+    pub reply_mark: u32,
     /// HBONE port (network order): connection attempts to a listener on it that carries
     /// `tunnel_mark` (the tunnel's in-pod listener) are allowed into strict pods from anywhere,
     /// because HBONE is mTLS that the tunnel authenticates and authorises. 0: none.
     pub hbone_port: u16,
     /// Explicit padding.
     pub _pad: u16,
-    /// Tunnel node address (IPv6, network order words) allowed into strict pods. All zero: none.
-    pub tunnel_src_ip6: [u32; 4],
-    /// Kubelet probe address (IPv6, network order words) allowed into strict pods. All zero: none.
+    /// Unused (was the node's IPv6 address); kept for the layout.
+    pub _reserved_ip6: [u32; 4],
+    /// Kubelet probe source address (IPv6, network order words). All zero: none.
     pub probe_ip6: [u32; 4],
 }
 
@@ -203,6 +247,30 @@ pub struct TupleKey {
     pub _pad: u16,
 }
 
+/// An `INBOUND` key: one in-pod listener of one pod address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InboundKey {
+    /// The pod address, network byte order; IPv4 uses `ip[0]` only, the rest is zero.
+    pub ip: [u32; 4],
+    /// [`family`] value.
+    pub family: u16,
+    /// [`inbound_kind`] value.
+    pub kind: u16,
+}
+
+/// A `PROBED_PODS` key: a pod address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProbeKey {
+    /// The pod address, network byte order; IPv4 uses `ip[0]` only, the rest is zero.
+    pub ip: [u32; 4],
+    /// [`family`] value.
+    pub family: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+
 /// A `PORT_MTLS` key: a pod's listener port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -228,7 +296,7 @@ impl PortKey {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three are `#[repr(C)]`, made only of integers, with explicit padding fields, so
+    // SAFETY: all of them are `#[repr(C)]`, made only of integers, with explicit padding fields, so
     // every byte pattern is a valid value and there are no implicit padding bytes.
     unsafe impl aya::Pod for super::RedirectConfig {}
     // SAFETY: as above.
@@ -237,6 +305,10 @@ mod pod {
     unsafe impl aya::Pod for super::TupleKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PortKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InboundKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProbeKey {}
 }
 
 #[cfg(test)]
@@ -254,6 +326,8 @@ mod tests {
         assert_eq!(size_of::<OrigDst>(), 16 + 2 + 2);
         assert_eq!(size_of::<TupleKey>(), 16 + 16 + 2 + 2 + 2 + 2);
         assert_eq!(size_of::<PortKey>(), 8 + 2 + 6);
+        assert_eq!(size_of::<InboundKey>(), 16 + 2 + 2);
+        assert_eq!(size_of::<ProbeKey>(), 16 + 2 + 2);
     }
 
     #[test]
@@ -283,6 +357,10 @@ mod tests {
             counter::SPLICE_ADDED,
             counter::SPLICE_REDIRECTED,
             counter::STRICT_ALLOWED,
+            counter::INBOUND_STEERED,
+            counter::INBOUND_NO_LISTENER,
+            counter::PROBE_BOUND,
+            counter::PROBE_BIND_REFUSED,
         ];
         for (expected, index) in all.iter().enumerate() {
             assert_eq!(*index as usize, expected);

@@ -58,7 +58,7 @@ unsafe fn eligible(ctx: &SockAddrContext) -> Option<&'static RedirectConfig> {
     enroll_mode(netns)?;
     // SAFETY: `sk` is always a full socket in cgroup sock_addr programs.
     let mark = unsafe { (*(*sa).__bindgen_anon_1.sk).mark };
-    if cfg.tunnel_mark != 0 && mark == cfg.tunnel_mark {
+    if mark != 0 && (mark == cfg.tunnel_mark || mark == cfg.reply_mark) {
         bump(counter::CONNECT_EXCLUDED);
         return None;
     }

@@ -6,14 +6,20 @@
 //! - [`strict`]: `cgroup_skb/ingress` drops plaintext inbound connects into strict pods and
 //!   strict ports (per-port overrides in `PORT_MTLS`).
 //! - [`splice`]: `sk_msg` splices app and tunnel sockets on the same node.
+//! - [`inbound`]: `sk_lookup` in each enrolled pod's network namespace steers every inbound TCP
+//!   connection attempt to the tunnel's in-pod listeners.
+//! - [`probe`]: kubelet probes leave from the probe address (`cgroup/connect*` on the kubelet's
+//!   cgroup), which no pod may bind (`cgroup/bind*` on the pods' cgroup).
 //!
 //! The ABI (map names, key/value layouts, counter indexes) lives in `mesh-ebpf-common`.
 #![no_std]
 #![no_main]
 
 mod connect;
+mod inbound;
 mod maps;
 mod orig;
+mod probe;
 mod splice;
 mod strict;
 

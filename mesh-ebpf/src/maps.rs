@@ -8,7 +8,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
 };
-use mesh_ebpf_common::{capacity, counter, OrigDst, PortKey, RedirectConfig, TupleKey};
+use mesh_ebpf_common::{
+    capacity, counter, InboundKey, OrigDst, PortKey, ProbeKey, RedirectConfig, TupleKey,
+};
 
 /// Enrolled pods: tracked connections per node are bounded by this.
 const MAX_CONNECTIONS: u32 = capacity::CONNECTIONS;
@@ -53,6 +55,14 @@ pub static ORIG_BY_TUPLE: LruHashMap<TupleKey, OrigDst> =
 /// Same-node sockets eligible for splicing, keyed by their own tuple (see `splice`).
 #[map(name = "SPLICE")]
 pub static SPLICE: SockHash<TupleKey> = SockHash::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// The tunnel's in-pod listeners by pod address and kind, for `sk_lookup` (see `inbound`).
+#[map(name = "INBOUND")]
+pub static INBOUND: SockHash<InboundKey> = SockHash::with_max_entries(capacity::INBOUND, 0);
+
+/// Addresses of enrolled local pods, whose kubelet probes leave from the probe address.
+#[map(name = "PROBED_PODS")]
+pub static PROBED_PODS: HashMap<ProbeKey, u8> = HashMap::with_max_entries(capacity::PROBED_PODS, 0);
 
 /// Per-CPU event counters, indexed by `mesh_ebpf_common::counter`.
 #[map(name = "COUNTERS")]

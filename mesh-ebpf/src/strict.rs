@@ -17,8 +17,12 @@
 //! aimed at the tunnel's own in-pod HBONE listener (mutual TLS that the tunnel authenticates and
 //! authorises): the listener's port is the HBONE port *and* the listening socket carries the
 //! tunnel's `SO_MARK`, so an application listening on the HBONE port itself gets no exception;
-//! or it comes from the tunnel's node address or the kubelet probe address (IPv4 or IPv6). Every
-//! other one is dropped, so plaintext that bypassed the tunnel never gets a connection. Packets
+//! or it comes from the kubelet probe address (IPv4 or IPv6; see `probe` for why only the
+//! kubelet can use it). The node's own address gets no exception: the tunnel connects to the app
+//! from inside the pod (over loopback), so a node process or hostNetwork pod is just another
+//! client outside the mesh. Every other attempt is dropped, so plaintext that bypassed the tunnel
+//! never gets a connection. (`sk_lookup` already steers such attempts to the tunnel; this program
+//! is the second line, and the only one while no tunnel runs on a pinned node.) Packets
 //! of established connections and of non-TCP sockets pass. An unknown network protocol is
 //! dropped (fail closed).
 
@@ -146,13 +150,12 @@ fn ipv4_source_allowed(ctx: &SkBuffContext, cfg: &RedirectConfig) -> bool {
     let Ok(src) = ctx.load::<u32>(IPV4_SRC) else {
         return false;
     };
-    src != 0 && (src == cfg.tunnel_src_ip4 || src == cfg.probe_ip4)
+    src != 0 && src == cfg.probe_ip4
 }
 
 fn ipv6_source_allowed(ctx: &SkBuffContext, cfg: &RedirectConfig) -> bool {
     let Ok(src) = ctx.load::<[u32; 4]>(IPV6_SRC) else {
         return false;
     };
-    let unset = src == [0; 4];
-    !unset && (src == cfg.tunnel_src_ip6 || src == cfg.probe_ip6)
+    src != [0; 4] && src == cfg.probe_ip6
 }

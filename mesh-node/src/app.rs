@@ -22,13 +22,14 @@ use crate::{
     admin,
     certs::{CertManager, CertsError},
     config::{Config, PolicyConfig},
-    inpod::{self, InPodListeners},
+    inpod::{self, InPodListeners, InPodSettings},
     metrics::Metrics,
     pod_netns::ScanConfig,
     pod_scan::{self, PodScanner},
     policy::{Authorizer, Policies, PolicyError},
-    proxy::{accept_loop, inbound::InboundCerts, Proxy},
+    proxy::{accept_loop, inbound::InboundCerts, AppDial, Proxy},
     ready::{self, ReadyState},
+    redirect::Steering,
     socket::{FactoryDialer, SocketFactory, SystemSockets},
     state::{State, StateError},
 };
@@ -95,6 +96,7 @@ pub struct Bound {
     deadline: Duration,
     mesh_changed: Arc<Notify>,
     in_pod: watch::Receiver<BTreeMap<IpAddr, PathBuf>>,
+    steering: Arc<OnceLock<Arc<Steering>>>,
     scanner: OnceLock<PodScanner>,
     scan_config: ScanConfig,
 }
@@ -162,6 +164,15 @@ impl Bound {
                 self.drain.watch(),
             )
         })
+    }
+
+    /// Hands the in-pod listeners eBPF inbound steering (once the programs are loaded): every
+    /// local pod with listeners is steered from the next reconciliation on, which starts now.
+    pub fn set_steering(&self, steering: Arc<Steering>) {
+        if self.steering.set(steering).is_err() {
+            tracing::warn!("inbound steering was already set; keeping the first");
+        }
+        self.mesh_changed.notify_one();
     }
 
     /// The open in-pod HBONE listeners: pod IP -> the network namespace it listens in.
@@ -293,7 +304,16 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
         plaintext,
         watch.clone(),
         "inbound plaintext",
-        move |s, peer| p.clone().plaintext(s, peer),
+        move |s, peer| {
+            let p = p.clone();
+            async move {
+                // Only a connection redirected here has an original destination of its own.
+                let Ok(dst) = p.sockets.original_dst(&s) else {
+                    return;
+                };
+                p.plaintext(s, peer, dst, AppDial::FromNode).await;
+            }
+        },
     ));
     let server = hbone::Server::new(
         Arc::new(InboundCerts(proxy.clone())),
@@ -306,6 +326,7 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
         scan_proc: config.pod_netns.scan_proc,
     };
     let scanner = OnceLock::new();
+    let steering = Arc::new(OnceLock::new());
     let in_pod = match config.in_pod.enabled {
         true => {
             let scanner = scanner.get_or_init(|| {
@@ -315,7 +336,7 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
                     watch.clone(),
                 )
             });
-            spawn_in_pod(&proxy, &config, scanner, &mesh_changed, &watch)
+            spawn_in_pod(&proxy, &config, &steering, scanner, &mesh_changed, &watch)
         }
         false => watch::channel(BTreeMap::new()).1,
     };
@@ -348,6 +369,7 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
         deadline: config.drain_deadline,
         mesh_changed,
         in_pod,
+        steering,
         scanner,
         scan_config,
     })
@@ -368,16 +390,19 @@ fn spawn_outbound(proxy: &Proxy, listener: tokio::net::TcpListener, watch: &drai
 fn spawn_in_pod(
     proxy: &Proxy,
     config: &Config,
+    steering: &Arc<OnceLock<Arc<Steering>>>,
     scanner: &PodScanner,
     mesh_changed: &Arc<Notify>,
     watch: &drain::DrainWatch,
 ) -> watch::Receiver<BTreeMap<IpAddr, PathBuf>> {
-    let (listeners, view) = InPodListeners::new(
-        proxy.clone(),
-        config.hbone_port,
-        config.in_pod.mark,
-        config.drain_deadline,
-    );
+    let settings = InPodSettings {
+        hbone_port: config.hbone_port,
+        plaintext_port: config.in_pod.plaintext_port,
+        mark: config.in_pod.mark,
+        reply_mark: config.in_pod.reply_mark,
+        deadline: config.drain_deadline,
+    };
+    let (listeners, view) = InPodListeners::new(proxy.clone(), settings, steering.clone());
     let run = inpod::run(
         listeners,
         scanner.results(),

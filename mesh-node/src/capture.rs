@@ -5,7 +5,7 @@
 //! IPv6 outbound listener is bound on the port the IPv4 one got ([`crate::app::build`]).
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::Path,
 };
 
@@ -25,8 +25,8 @@ pub enum CaptureError {
     },
 }
 
-/// This node's addresses: where pods' connections are redirected to, and the sources strict
-/// pods accept plaintext from (the tunnel's and the kubelet's connections to local pods).
+/// This node's addresses: where pods' connections are redirected to; with either family set,
+/// the probe source address of that family is used too.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NodeAddresses {
     /// IPv4 node address; `None` leaves pods' IPv4 connects alone.
@@ -50,18 +50,19 @@ pub fn redirect_config(
     let mut redirect =
         redirect::Config::new(cgroup, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
     redirect.outbound_v4 = node.ipv4.map(|ip| SocketAddrV4::new(ip, port));
-    redirect.tunnel_source_v4 = node.ipv4;
-    redirect.probe_source_v4 = node.ipv4;
+    // Kubelet probes to enrolled pods leave from Istio's probe addresses; the node's own
+    // address is not let into strict pods (the tunnel reaches the app from inside the pod).
+    redirect.probe_source_v4 = node.ipv4.map(|_| redirect::DEFAULT_PROBE_SOURCE_V4);
     if let Some(ip) = node.ipv6 {
         let listener = ipv6_listener(bound)?;
         redirect.outbound_v6 = Some(SocketAddrV6::new(ip, listener.port(), 0, 0));
-        redirect.tunnel_source_v6 = Some(ip);
-        redirect.probe_source_v6 = Some(ip);
+        redirect.probe_source_v6 = Some(redirect::DEFAULT_PROBE_SOURCE_V6);
     }
     // Strict pods accept SYNs to this port on the tunnel's in-pod listeners only, which carry
     // this mark.
     redirect.hbone_port = config.hbone_port;
     redirect.tunnel_mark = config.in_pod.mark;
+    redirect.reply_mark = config.in_pod.reply_mark;
     Ok(redirect)
 }
 
@@ -71,4 +72,18 @@ fn ipv6_listener(bound: &Bound) -> Result<SocketAddr, CaptureError> {
         Some(addr @ SocketAddr::V6(_)) if addr.port() == bound.outbound.port() => Ok(addr),
         other => Err(CaptureError::NoIpv6Listener { bound: other }),
     }
+}
+
+/// Puts the probe source addresses `redirect` uses on this node's loopback (host scope), so the
+/// kubelet's probe sockets can bind them and pods' answers come back. Left in place on exit: the
+/// probe programs stay attached on a pinned node.
+pub fn add_probe_addresses(redirect: &redirect::Config) -> std::io::Result<()> {
+    let addresses: Vec<IpAddr> = [
+        redirect.probe_source_v4.map(IpAddr::V4),
+        redirect.probe_source_v6.map(IpAddr::V6),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    crate::pod_net::add_probe_addresses(&addresses)
 }

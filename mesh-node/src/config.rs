@@ -26,6 +26,9 @@ pub enum ConfigError {
     /// The YAML does not match the schema (the message names the key).
     #[error("parsing config: {0}")]
     Parse(#[from] serde_yaml::Error),
+    /// Values that parse but cannot work together.
+    #[error("invalid config: {0}")]
+    Invalid(String),
 }
 
 /// Top-level node tunnel configuration.
@@ -83,9 +86,12 @@ pub struct Config {
     pub follows_control_feed: bool,
 }
 
-/// In-pod HBONE listeners (Istio ambient's "in-pod" model): for every local pod whose network
-/// namespace is found, the tunnel listens on `0.0.0.0:<hbone_port>` inside that namespace, so
-/// peers reach `<pod ip>:15008` without any NAT towards the node.
+/// In-pod listeners (Istio ambient's "in-pod" model): for every local pod whose network
+/// namespace is found, the tunnel listens on `<hbone_port>` (HBONE) and `plaintext_port`
+/// (everything else) inside that namespace, so peers reach `<pod ip>:15008` without any NAT
+/// towards the node; with eBPF redirection, `sk_lookup` steers every inbound TCP connection to
+/// the pod to one of the two. The tunnel connects to the app from inside the pod, with the
+/// client's address (see [`crate::pod_net`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InPodConfig {
@@ -98,7 +104,20 @@ pub struct InPodConfig {
     /// carrying it are never redirected. Pick a value no CNI in the pods uses; 0 leaves the
     /// listeners unmarked, and then STRICT pods accept no HBONE at all (fail closed).
     pub mark: u32,
+    /// Port of the in-pod plaintext listener (Istio's 15006). Its only way in is `sk_lookup`.
+    pub plaintext_port: u16,
+    /// `SO_MARK` of the tunnel's connections to apps, and of the apps' answers (the return
+    /// path's policy rule, table [`crate::pod_net::REPLY_TABLE`], matches it). Must differ from
+    /// `mark`, whose sockets answer clients outside the pod; 0 disables client address
+    /// preservation (apps then see the pod's own address).
+    pub reply_mark: u32,
 }
+
+/// Istio's inbound plaintext port.
+pub const DEFAULT_IN_POD_PLAINTEXT_PORT: u16 = 15006;
+
+/// Mark of the tunnel's transparent connections to apps (and the apps' answers).
+pub const DEFAULT_REPLY_MARK: u32 = 0x53a;
 
 /// Istio ztunnel's in-pod socket mark (1337).
 pub const DEFAULT_IN_POD_MARK: u32 = 0x539;
@@ -108,6 +127,8 @@ impl Default for InPodConfig {
         Self {
             enabled: true,
             mark: DEFAULT_IN_POD_MARK,
+            plaintext_port: DEFAULT_IN_POD_PLAINTEXT_PORT,
+            reply_mark: DEFAULT_REPLY_MARK,
         }
     }
 }
@@ -420,7 +441,16 @@ fn default_action() -> PolicyAction {
 impl Config {
     /// Parses YAML text.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        Ok(serde_yaml::from_str(text)?)
+        let config: Self = serde_yaml::from_str(text)?;
+        let in_pod = &config.in_pod;
+        if in_pod.reply_mark != 0 && in_pod.reply_mark == in_pod.mark {
+            return Err(ConfigError::Invalid(format!(
+                "in_pod.reply_mark and in_pod.mark are both {:#x}: the return-path rule would \
+                 send the in-pod listeners' answers to remote clients back into the pod",
+                in_pod.mark
+            )));
+        }
+        Ok(config)
     }
 
     /// Reads and parses a YAML file.
@@ -523,6 +553,9 @@ authorization_policies:
             Some(Duration::from_secs(24 * 3600))
         );
         assert_eq!(config.in_pod.mark, DEFAULT_IN_POD_MARK);
+        let same = "node_name: n1\nin_pod: { mark: 0x600, reply_mark: 0x600 }\n";
+        let error = Config::from_yaml(same).unwrap_err().to_string();
+        assert!(error.contains("in_pod.reply_mark"), "{error}");
         assert_eq!(config.listeners.outbound_ipv6, None);
     }
 

@@ -22,7 +22,7 @@ use crate::{
     ebpf_metrics::CounterSource,
     pod_netns::{self, PodNetns},
     pod_scan::Scan,
-    redirect::{Counters, EnrollMode, EnrollPolicy, Redirect, RedirectError},
+    redirect::{Counters, EnrollMode, EnrollPolicy, Redirect, RedirectError, Steering},
 };
 
 /// Errors of one reconciliation pass; the next pass retries.
@@ -309,6 +309,7 @@ pub struct EnrollmentHandle {
     drain: mesh_core::drain::DrainTrigger,
     wanted: watch::Sender<Wanted>,
     shared: Shared,
+    steering: Arc<Steering>,
 }
 
 impl EnrollmentHandle {
@@ -338,6 +339,7 @@ impl EnrollmentHandle {
         scans: watch::Receiver<Scan>,
     ) -> Result<Self, RedirectError> {
         let redirect = Redirect::load(config)?;
+        let steering = redirect.steering();
         let (wanted_tx, wanted_rx) = watch::channel(wanted);
         let (drain, watch) = mesh_core::drain::channel();
         let shared = Arc::new(Mutex::new(Some(Enrollment::new(redirect))));
@@ -348,7 +350,13 @@ impl EnrollmentHandle {
             drain,
             wanted: wanted_tx,
             shared,
+            steering,
         })
+    }
+
+    /// Per-pod inbound steering, for [`crate::app::Bound::set_steering`].
+    pub fn steering(&self) -> Arc<Steering> {
+        self.steering.clone()
     }
 
     /// Replaces the set of pods to capture (after a config change); as in [`Self::start`].

@@ -30,6 +30,8 @@ pub mod enrollment;
 pub mod feed;
 pub mod inpod;
 pub mod metrics;
+pub mod netlink;
+pub mod pod_net;
 pub mod pod_netns;
 pub mod pod_scan;
 pub mod policy;

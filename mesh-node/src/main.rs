@@ -56,6 +56,11 @@ struct Args {
     redirect_cgroup: Option<PathBuf>,
     /// This node's IPv4 address: pods' IPv4 connections are redirected to it (outbound port) and
     /// strict pods accept plaintext only from it.
+    /// The kubelet's cgroup, relative to the cgroup2 mount (e.g. `system.slice/kubelet.service`):
+    /// its probes to enrolled pods are sent from the probe address (169.254.7.127), the only
+    /// plaintext source strict pods accept. Without it, strict pods refuse kubelet probes.
+    #[arg(long, env = "WEFT_KUBELET_CGROUP", requires = "redirect_cgroup")]
+    kubelet_cgroup: Option<PathBuf>,
     #[arg(long, env = "WEFT_NODE_IP")]
     node_ip: Option<Ipv4Addr>,
     /// This node's IPv6 address: the tunnel also listens for captured connections on
@@ -90,7 +95,13 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(&args.log)?;
     if let (true, Some(pins)) = (args.bpf_cleanup, &args.bpf_pin_path) {
         let removed = redirect::pin::remove_all(pins)?;
-        tracing::info!(pins = %pins.display(), ?removed, "pinned eBPF objects removed");
+        let probes = [
+            redirect::DEFAULT_PROBE_SOURCE_V4.into(),
+            redirect::DEFAULT_PROBE_SOURCE_V6.into(),
+        ];
+        mesh_node::pod_net::remove_probe_addresses(&probes)
+            .context("removing the probe source addresses from lo")?;
+        tracing::info!(pins = %pins.display(), ?removed, "pinned eBPF objects and probe addresses removed");
         return Ok(());
     }
     let config_path = args.config.as_deref().context("--config is required")?;
@@ -117,6 +128,11 @@ async fn main() -> anyhow::Result<()> {
             };
             let mut redirect = capture::redirect_config(cgroup, node, &bound, &base)?;
             redirect.pin_path = args.bpf_pin_path.clone();
+            redirect.kubelet_cgroup = args.kubelet_cgroup.clone();
+            if redirect.kubelet_cgroup.is_none() {
+                tracing::warn!("no --kubelet-cgroup: kubelet probes to STRICT pods are refused");
+            }
+            capture::add_probe_addresses(&redirect).context("adding the probe source address")?;
             let scans = bound.pod_scanner().results();
             // Following mesh-control, the pods to capture are known from its first version on.
             let handle = match args.control_address.is_some() {
@@ -125,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
             }
             .context("attaching eBPF redirection")?;
             bound.metrics().install_ebpf_counters(handle.counters());
+            bound.set_steering(handle.steering());
             Some(handle)
         }
         None => None,

@@ -8,7 +8,7 @@
 use std::{
     fs::File,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     os::fd::{AsFd, AsRawFd},
     path::Path,
     sync::Arc,
@@ -38,6 +38,14 @@ pub trait SocketFactory: Send + Sync + 'static {
         mark: u32,
     ) -> io::Result<std::net::TcpListener> {
         bind_in_netns(netns, addr, mark)
+    }
+    /// Sets up, inside the network namespace at `netns` (a pod's), the return path of the
+    /// tunnel's transparent connections to the app at `ip`, marked `reply_mark`
+    /// ([`crate::pod_net::prepare`]). Blocks like [`Self::bind_in_netns`].
+    fn prepare_in_netns(&self, netns: &Path, ip: IpAddr, reply_mark: u32) -> io::Result<()> {
+        let file = File::open(netns)?;
+        run_in(file.as_fd(), || crate::pod_net::prepare(ip, reply_mark))
+            .map_err(io::Error::other)?
     }
 }
 

@@ -130,6 +130,7 @@ pub struct State {
     pub hbone_port: u16,
     workloads: HashMap<IpAddr, Arc<Workload>>,
     services: HashMap<IpAddr, Arc<Service>>,
+    waypoint_identities: BTreeSet<SpiffeId>,
     mtls_default: MtlsMode,
     mtls_namespaces: BTreeMap<String, MtlsMode>,
 }
@@ -220,6 +221,7 @@ impl State {
             hbone_port: config.hbone_port,
             workloads,
             services,
+            waypoint_identities: waypoints.values().map(|w| w.identity.clone()).collect(),
             mtls_default: config.peer_authentication.mode,
             mtls_namespaces: config.peer_authentication.namespaces.clone(),
         })
@@ -233,6 +235,12 @@ impl State {
     /// A workload on this node by IP.
     pub fn local_workload(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
         self.workload(ip).filter(|w| w.node == self.node)
+    }
+
+    /// Whether `identity` is a waypoint's the control plane fed: only such a peer may speak for
+    /// the client it proxies (`forwarded`, `baggage`).
+    pub fn is_waypoint(&self, identity: &SpiffeId) -> bool {
+        self.waypoint_identities.contains(identity)
     }
 
     /// A service by VIP.

@@ -25,7 +25,7 @@ use mesh_node::redirect::{
 };
 use support::{bpffs::Bpffs, topology::DirectPair, *};
 
-const PROGRAMS: [&str; 7] = redirect_programs::CGROUP_PROGRAMS;
+const PROGRAMS: [&str; 9] = redirect_programs::CGROUP_PROGRAMS;
 
 fn links(pins: &Path) -> BTreeMap<&'static str, CgroupLinkInfo> {
     PROGRAMS

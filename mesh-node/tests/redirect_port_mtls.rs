@@ -41,7 +41,6 @@ impl PortFixture {
         let cg = TestCgroup::join(cgroup).expect("cgroup");
         let tunnel = listen_on(topo.server.host_ip);
         let mut config = Config::new(&cg.relative, v4(&tunnel));
-        config.tunnel_source_v4 = Some(topo.server.host_ip);
         config.pin_path = pins.map(Bpffs::pins);
         let redirect =
             Redirect::load(&config).unwrap_or_else(|e| panic!("eBPF programs must load: {e}"));
@@ -123,13 +122,13 @@ fn strict_pod_with_a_permissive_port_accepts_plaintext_there_only() {
         fx.assert_accepts(&metrics, 9090, ipv6, "permissive port of a strict pod");
         fx.assert_refuses(&app, 8080, ipv6, "strict pod");
     }
-    // The node's own address still reaches the strict port.
+    // The node's own address is outside the mesh like any other: dropped on the strict port.
     let app_addr = SocketAddr::V4(SocketAddrV4::new(fx.topo.server.ip, 8080));
-    let mut client = connect_from(fx.topo.server.host_ip, app_addr, WAIT).expect("node connects");
-    let mut accepted = accept_within(&app, WAIT).expect("poll").expect("accepted");
-    assert_carries(&mut client, &mut accepted, b"node");
+    let attempt = connect_from(fx.topo.server.host_ip, app_addr, DROPPED_WAIT);
+    assert_dropped(attempt, "the node's address on a strict port");
+    assert!(accept_within(&app, Duration::ZERO).expect("poll").is_none());
     let c = fx.redirect().counters().expect("counters");
-    assert!(c.strict_dropped >= 2 && c.strict_allowed >= 1, "{c:?}");
+    assert!(c.strict_dropped >= 3, "{c:?}");
 }
 
 #[test]
@@ -144,13 +143,9 @@ fn permissive_pod_with_a_strict_port_drops_plaintext_there_only() {
     fx.assert_refuses(&db, 5432, false, "strict port of a permissive pod");
     fx.assert_accepts(&web, 8080, false, "permissive pod");
     let db_addr = SocketAddr::V4(SocketAddrV4::new(fx.topo.server.ip, 5432));
-    let mut client = connect_from(fx.topo.server.host_ip, db_addr, WAIT).expect("node connects");
-    let mut accepted = accept_within(&db, WAIT).expect("poll").expect("accepted");
-    assert_carries(
-        &mut client,
-        &mut accepted,
-        b"tunnel node address on a strict port",
-    );
+    let attempt = connect_from(fx.topo.server.host_ip, db_addr, DROPPED_WAIT);
+    assert_dropped(attempt, "the node's address on a strict port");
+    assert!(accept_within(&db, Duration::ZERO).expect("poll").is_none());
 }
 
 #[test]

@@ -1,8 +1,9 @@
-//! Strict inbound with real eBPF (needs root; fails loudly otherwise): a STRICT pod accepts TCP
-//! from the tunnel's node address and the kubelet probe address only; another pod reaching it
-//! directly (plaintext, bypassing the tunnel) cannot connect, except to the tunnel's own HBONE
-//! listener (HBONE port and tunnel mark): an app's unmarked listener on 15008 stays protected.
-//! Capture mode does not filter. Per-port modes: `redirect_port_mtls`.
+//! Strict inbound with real eBPF (needs root; fails loudly otherwise): a STRICT pod's own
+//! listeners accept plaintext from the kubelet probe address only; the node's own address (a
+//! node process, a hostNetwork pod) and another pod reaching it directly (plaintext, bypassing
+//! the tunnel) cannot connect, except to the tunnel's own HBONE listener (HBONE port and tunnel
+//! mark): an app's unmarked listener on 15008 stays protected. Capture mode does not filter.
+//! Per-port modes: `redirect_port_mtls`. The probe address itself: `redirect_probe`.
 
 #[path = "redirect_support/mod.rs"]
 mod support;
@@ -27,10 +28,11 @@ fn strict_pod_rejects_plaintext_that_bypassed_the_tunnel() {
     topo.server
         .add_host_address(other_host_ip)
         .expect("other address");
+    // The kubelet's probe socket: bound outside the pods' cgroup.
+    let kubelet = bound_socket(probe_ip).expect("probe socket outside the pods' cgroup");
     let cg = TestCgroup::join("wfte-strict").expect("cgroup");
     let tunnel = listen_on(topo.server.host_ip);
     let mut config = Config::new(&cg.relative, v4(&tunnel));
-    config.tunnel_source_v4 = Some(topo.server.host_ip);
     config.probe_source_v4 = Some(probe_ip);
     let mut redirect =
         Redirect::load(&config).unwrap_or_else(|e| panic!("eBPF programs must load: {e}"));
@@ -43,17 +45,17 @@ fn strict_pod_rejects_plaintext_that_bypassed_the_tunnel() {
         .expect("app listens in the strict pod");
     let app_addr = SocketAddr::V4(SocketAddrV4::new(topo.server.ip, 8080));
 
-    for (source, who) in [
-        (topo.server.host_ip, "tunnel node address"),
-        (probe_ip, "kubelet probe"),
-    ] {
-        let mut client = connect_from(source, app_addr, WAIT)
-            .unwrap_or_else(|e| panic!("{who} must connect: {e}"));
-        let mut accepted = accept_within(&app, WAIT)
-            .expect("poll")
-            .unwrap_or_else(|| panic!("{who} not accepted"));
-        assert_carries(&mut client, &mut accepted, who.as_bytes());
-    }
+    let mut client = connect_bound(kubelet, app_addr, WAIT)
+        .unwrap_or_else(|e| panic!("probe must connect: {e}"));
+    let mut accepted = accept_within(&app, WAIT)
+        .expect("poll")
+        .expect("probe not accepted");
+    assert_carries(&mut client, &mut accepted, b"kubelet probe");
+    let node = connect_from(topo.server.host_ip, app_addr, DROPPED_WAIT);
+    assert_dropped(
+        node,
+        "the node's own address (node process, hostNetwork pod)",
+    );
 
     let via_outsider = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 201, 22, 1), 8080));
     let outsider = topo
@@ -62,9 +64,15 @@ fn strict_pod_rejects_plaintext_that_bypassed_the_tunnel() {
     assert_dropped(outsider, "direct plaintext from another pod");
     let other = connect_from(other_host_ip, app_addr, DROPPED_WAIT);
     assert_dropped(other, "another node address");
+    // A pod (or hostNetwork pod: same cgroup tree) cannot take the probe address for itself.
+    assert_bind_refused(probe_ip, "a pod binding the probe address");
     assert!(accept_within(&app, Duration::ZERO).expect("poll").is_none());
-    let dropped = redirect.counters().expect("counters").strict_dropped;
-    assert!(dropped >= 2, "strict drops counted: {dropped}");
+    let counters = redirect.counters().expect("counters");
+    assert!(
+        counters.strict_dropped >= 3,
+        "strict drops counted: {counters:?}"
+    );
+    assert!(counters.probe_bind_refused >= 1, "{counters:?}");
 
     // The same pod in capture mode accepts the outsider: the filter is strict-only.
     redirect
@@ -104,7 +112,6 @@ fn strict_pod_accepts_hbone_from_anywhere_and_nothing_else_in_plaintext() {
     let cg = TestCgroup::join("wfte-strict-hbone").expect("cgroup");
     let tunnel = listen_on(topo.server.host_ip);
     let mut config = Config::new(&cg.relative, v4(&tunnel));
-    config.tunnel_source_v4 = Some(topo.server.host_ip);
     config.tunnel_mark = TUNNEL_MARK;
     assert_eq!(config.hbone_port, 15008, "HBONE port defaults to 15008");
     let mut redirect =

@@ -2,7 +2,8 @@
 //! otherwise): plaintext from outside the mesh to the pod is dropped in the kernel, while HBONE
 //! from the same outside address to `<pod ip>:15008` reaches the tunnel's listener inside the
 //! pod's namespace (admitted because mesh-node marks it with `in_pod.mark`) and the tunnel
-//! delivers the stream to the pod, with no NAT anywhere.
+//! delivers the stream to the pod, with no NAT anywhere; the app sees the caller's address as
+//! its peer (the tunnel connects from inside the pod, transparently).
 //!
 //! Uses the `redirect_*` fixtures (pod `wfte-202`, addresses in 10.201.202.0/24).
 
@@ -19,15 +20,27 @@ use std::{
 
 use mesh_node::{
     app::{self, Bound, Deps},
-    config::{Config, DEFAULT_IN_POD_MARK},
+    config::{Config, DEFAULT_IN_POD_MARK, DEFAULT_REPLY_MARK},
     enrollment::EnrollmentHandle,
     redirect::{self, EnrollMode},
     socket::SystemSockets,
 };
 use support::{connect_from, Pod, TestCgroup, DROPPED_WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tunnel_support::{round_trip, spawn_echo, HboneCaller, TestCa, WAIT};
 
 const APP_PORT: u16 = 8080;
+/// An app that writes the peer address it sees and closes.
+const PEER_PORT: u16 = 8081;
+
+fn spawn_peer_reporter(listener: tokio::net::TcpListener) {
+    tokio::spawn(async move {
+        while let Ok((mut stream, peer)) = listener.accept().await {
+            let _ = stream.write_all(peer.ip().to_string().as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+}
 
 fn node_config(pod: &Pod) -> Config {
     let yaml = format!(
@@ -70,11 +83,10 @@ fn start_enrollment(node: &Bound, cgroup: &TestCgroup, pod: &Pod) -> EnrollmentH
         SocketAddr::V6(addr) => panic!("outbound listener is not IPv4: {addr}"),
     };
     let mut config = redirect::Config::new(&cgroup.relative, outbound);
-    // The tunnel's own connects to the pod come from the host end of the veth.
-    config.tunnel_source_v4 = Some(pod.host_ip);
-    config.probe_source_v4 = Some(pod.host_ip);
+    // The tunnel reaches the app from inside the pod (loopback): no source address is exempt.
     // What the binary sets from `in_pod.mark` (mesh_node::capture::redirect_config).
     config.tunnel_mark = DEFAULT_IN_POD_MARK;
+    config.reply_mark = DEFAULT_REPLY_MARK;
     let wanted = BTreeMap::from([(IpAddr::V4(pod.ip), EnrollMode::Strict)]);
     EnrollmentHandle::start(&config, wanted, node.pod_scanner().results())
         .unwrap_or_else(|e| panic!("eBPF programs must load: {e}"))
@@ -92,6 +104,11 @@ fn strict_pod_takes_hbone_on_its_in_pod_listener_and_drops_plaintext() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let _context = runtime.enter();
     spawn_echo(tokio::net::TcpListener::from_std(app_listener).expect("tokio listener"));
+    let peer_listener = pod
+        .listen(PEER_PORT)
+        .expect("peer-reporting app in the pod");
+    peer_listener.set_nonblocking(true).expect("nonblocking");
+    spawn_peer_reporter(tokio::net::TcpListener::from_std(peer_listener).expect("tokio"));
     let ca = TestCa::new();
     let deps = Deps {
         sockets: Arc::new(SystemSockets),
@@ -121,6 +138,17 @@ fn strict_pod_takes_hbone_on_its_in_pod_listener_and_drops_plaintext() {
         round_trip(&mut tunnel, b"strict and in-pod")
             .await
             .expect("echo through the tunnel");
+        // The app sees the client's address, not the node's or the pod's own.
+        let mut tunnel = caller
+            .call(IpAddr::V4(pod.ip), PEER_PORT)
+            .await
+            .expect("hbone to the peer-reporting app");
+        let mut seen = String::new();
+        tokio::time::timeout(WAIT, tunnel.read_to_string(&mut seen))
+            .await
+            .expect("peer report timed out")
+            .expect("peer report");
+        assert_eq!(seen, outsider.to_string(), "the app's peer address");
     });
     let counters = enrollment.counters().read().expect("counters");
     assert!(counters.strict_dropped >= 1, "{counters:?}");

@@ -1,7 +1,16 @@
 //! Inbound HBONE: checks each `CONNECT` (local destination, policy), connects to the pod and
 //! serves the stream; picks the certificate of the destination workload for each connection.
+//!
+//! Who the client is ([`client_of`]): the peer's verified identity, and the address of its
+//! socket. A peer's `forwarded` and `baggage` headers are believed only when that identity is a
+//! waypoint the control plane fed (the waypoint terminated the client's connection and speaks
+//! for it, as in Istio); from anyone else they are ignored, so a workload cannot pass itself off
+//! as another address to `ipBlocks` or as another workload in metrics. One narrow use remains: a
+//! peer tunnel that dials from its node's address (not a workload's) names its pod in
+//! `forwarded`, and telemetry takes that pod's names if, and only if, the pod carries the
+//! identity the peer proved. Policy and the app never see the claimed address.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use futures::future::BoxFuture;
 use mesh_core::hbone::{
@@ -11,11 +20,11 @@ use mesh_core::hbone::{
 use tokio::{net::TcpStream, time::Instant};
 use tracing::Instrument;
 
-use super::{copy_with_policy, labels, Proxy, UPSTREAM_CONNECT_TIMEOUT};
+use super::{copy_with_policy, labels, AppDial, Proxy};
 use crate::{
     metrics::{ConnectionRecord, Outcome, Reporter},
     policy::ConnectionInfo,
-    state::Workload,
+    state::{State, Workload},
 };
 
 /// The tunnel's own ports, which clients may not target (loop protection).
@@ -42,12 +51,61 @@ impl ConnectHandler for Proxy {
             identity = %request.peer_identity,
             authority = %request.authority,
         );
-        Box::pin(self.clone().inbound(request).instrument(span))
+        Box::pin(
+            self.clone()
+                .inbound(request, AppDial::FromNode)
+                .instrument(span),
+        )
     }
 }
 
+/// The client of an inbound `CONNECT`, as far as this node may believe it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Client {
+    /// Its address: the `forwarded` one from a waypoint, else the peer socket's.
+    pub ip: IpAddr,
+    /// Telemetry names: of the known workload at `ip` (whose identity must be the peer's
+    /// unless a waypoint speaks for it), else of a waypoint's `baggage`.
+    pub meta: Option<WorkloadMeta>,
+}
+
+/// Who the client of `request` is (see the module docs).
+pub fn client_of(state: &State, request: &ConnectRequest) -> Client {
+    let via_waypoint = state.is_waypoint(&request.peer_identity);
+    let peer = request.peer_addr.ip().to_canonical();
+    let ip = match via_waypoint {
+        true => headers::forwarded_for(&request.headers).map_or(peer, |a| a.ip().to_canonical()),
+        false => peer,
+    };
+    let known = state
+        .workload(ip)
+        .filter(|w| via_waypoint || w.identity == request.peer_identity)
+        .map(|w| w.meta.clone());
+    let meta = match via_waypoint {
+        true => known.or_else(|| WorkloadMeta::from_headers(&request.headers)),
+        // A peer tunnel that dials from its node's address says in `forwarded` which of its pods
+        // the connection is for. Telemetry takes that workload's names only when the workload
+        // carries the very identity the peer proved; policy and the app never see the claim.
+        false => known.or_else(|| {
+            let claimed = headers::forwarded_for(&request.headers)?
+                .ip()
+                .to_canonical();
+            state
+                .workload(claimed)
+                .filter(|w| w.identity == request.peer_identity)
+                .map(|w| w.meta.clone())
+        }),
+    };
+    Client { ip, meta }
+}
+
 impl Proxy {
-    async fn inbound(self, request: ConnectRequest) -> Result<Accepted, Rejection> {
+    /// Serves one `CONNECT`, reaching the app through `dial`.
+    pub(crate) async fn inbound(
+        self,
+        request: ConnectRequest,
+        dial: AppDial,
+    ) -> Result<Accepted, Rejection> {
         let start = Instant::now();
         let dst = request.authority;
         let state = self.state();
@@ -56,16 +114,10 @@ impl Proxy {
                 "{dst} is not a workload on this node"
             )));
         };
-        let source_ip = headers::forwarded_for(&request.headers)
-            .map(|addr| addr.ip())
-            .unwrap_or(request.peer_addr.ip());
-        let source = state.workload(source_ip).cloned();
-        // A source this node does not know (another cluster's, a waypoint's) may still have
-        // named itself in the CONNECT's baggage.
-        let baggage = WorkloadMeta::from_headers(&request.headers);
+        let client = client_of(&state, &request);
         let labels = labels(
             Reporter::Destination,
-            source.as_deref().map(|w| &w.meta).or(baggage.as_ref()),
+            client.meta.as_ref(),
             Some(request.peer_identity.to_string()),
             Some(&dest),
             true,
@@ -88,7 +140,7 @@ impl Proxy {
         }
         let info = connection_info(
             Some(request.peer_identity.clone()),
-            source_ip,
+            client.ip,
             &dest,
             dst.port(),
         );
@@ -101,7 +153,7 @@ impl Proxy {
             return Err(reject(Rejection::BadRequest(gone)));
         }
         let mut upstream = self
-            .connect_pod(dst)
+            .connect_app(&dial, dst, client.ip)
             .await
             .map_err(|e| reject(Rejection::Unavailable(e)))?;
         self.metrics.opened(&labels);
@@ -117,15 +169,6 @@ impl Proxy {
                 outcome,
             });
         }))
-    }
-
-    /// Connects to a local pod, bounded by [`UPSTREAM_CONNECT_TIMEOUT`].
-    pub(crate) async fn connect_pod(&self, dst: SocketAddr) -> Result<TcpStream, String> {
-        match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, self.sockets.connect(dst)).await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(error)) => Err(format!("connecting to {dst}: {error}")),
-            Err(_) => Err(format!("connecting to {dst}: timed out")),
-        }
     }
 }
 
@@ -144,5 +187,116 @@ pub(crate) fn connection_info(
         dest_ip: dest.ip,
         dest_workload: dest.name.clone(),
         dest_port: port,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use mesh_core::identity::SpiffeId;
+
+    const MESH: &str = r#"
+node_name: n1
+workloads:
+  - { name: web-0, namespace: shop, service_account: web, ip: 10.0.0.1, node: n2 }
+  - { name: web-1, namespace: shop, service_account: web, ip: 10.0.0.2, node: n2 }
+  - { name: admin-0, namespace: ops, service_account: admin, ip: 10.0.0.3, node: n2 }
+  - { name: db-0, namespace: data, service_account: db, ip: 10.0.1.1, node: n1, waypoint: wp }
+waypoints:
+  - { name: wp, namespace: data, service_account: wp-sa, address: "10.0.9.9:15008" }
+"#;
+
+    fn state() -> State {
+        State::from_config(&Config::from_yaml(MESH).unwrap()).unwrap()
+    }
+
+    fn id(ns: &str, sa: &str) -> SpiffeId {
+        format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
+            .parse()
+            .unwrap()
+    }
+
+    fn request(peer: (&str, &str), peer_ip: &str, headers: &[(&str, &str)]) -> ConnectRequest {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        ConnectRequest {
+            authority: "10.0.1.1:8080".parse().unwrap(),
+            peer_identity: id(peer.0, peer.1),
+            peer_addr: format!("{peer_ip}:40000").parse().unwrap(),
+            headers: map,
+        }
+    }
+
+    const ADMIN_BAGGAGE: &str = "k8s.namespace.name=ops,k8s.deployment.name=admin";
+
+    #[test]
+    fn a_workload_peer_cannot_move_its_address_or_borrow_another_identity() {
+        let state = state();
+        // web-0 (identity web) claims to be admin-0's address, with admin's baggage.
+        let lying = [
+            ("forwarded", "for=\"10.0.0.3:5555\""),
+            ("baggage", ADMIN_BAGGAGE),
+        ];
+        let client = client_of(&state, &request(("shop", "web"), "10.0.0.1", &lying));
+        assert_eq!(
+            client.ip,
+            "10.0.0.1".parse::<IpAddr>().unwrap(),
+            "socket address"
+        );
+        assert_eq!(client.meta.unwrap().workload_name, "web-0");
+        // From a node address (not a workload), the claim names no workload of another identity.
+        let client = client_of(&state, &request(("shop", "web"), "192.168.0.7", &lying));
+        assert_eq!(client.ip, "192.168.0.7".parse::<IpAddr>().unwrap());
+        assert!(client.meta.is_none(), "admin's names not taken: {client:?}");
+        // A workload address whose identity is not the peer's is not its workload either.
+        let client = client_of(&state, &request(("shop", "web"), "10.0.0.3", &[]));
+        assert!(client.meta.is_none());
+    }
+
+    #[test]
+    fn a_node_address_peer_is_named_by_a_claimed_workload_of_its_own_identity_only() {
+        let state = state();
+        let claim = [("forwarded", "for=\"10.0.0.2:5555\"")];
+        let client = client_of(&state, &request(("shop", "web"), "192.168.0.7", &claim));
+        assert_eq!(
+            client.ip,
+            "192.168.0.7".parse::<IpAddr>().unwrap(),
+            "policy: socket"
+        );
+        assert_eq!(
+            client.meta.unwrap().workload_name,
+            "web-1",
+            "telemetry names"
+        );
+    }
+
+    #[test]
+    fn a_fed_waypoint_speaks_for_its_client() {
+        let state = state();
+        let headers = [
+            ("forwarded", "for=\"10.0.0.3:5555\""),
+            ("baggage", ADMIN_BAGGAGE),
+        ];
+        let client = client_of(&state, &request(("data", "wp-sa"), "10.0.9.9", &headers));
+        assert_eq!(client.ip, "10.0.0.3".parse::<IpAddr>().unwrap());
+        assert_eq!(client.meta.unwrap().workload_name, "admin-0");
+        // A client unknown to this node: the waypoint's baggage names it.
+        let headers = [
+            ("forwarded", "for=\"10.9.9.9:5555\""),
+            ("baggage", ADMIN_BAGGAGE),
+        ];
+        let client = client_of(&state, &request(("data", "wp-sa"), "10.0.9.9", &headers));
+        assert_eq!(client.ip, "10.9.9.9".parse::<IpAddr>().unwrap());
+        assert_eq!(client.meta.unwrap().workload_name, "admin");
+        // The same headers from an identity that merely looks like a waypoint's are ignored.
+        let client = client_of(&state, &request(("data", "wp"), "10.0.9.8", &headers));
+        assert_eq!(client.ip, "10.0.9.8".parse::<IpAddr>().unwrap());
+        assert!(client.meta.is_none());
     }
 }

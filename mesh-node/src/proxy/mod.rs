@@ -4,6 +4,9 @@
 //! - [`inbound`]: HBONE `CONNECT` streams (15008) -> local workload, after policy.
 //! - [`plaintext`]: captured inbound plaintext (15006) -> local workload, honouring the
 //!   PeerAuthentication mode and policy.
+//!
+//! Both inbound paths reach the app through an [`AppDial`]: from inside the pod with the
+//! client's address (in-pod listeners), or from the node (the node-level listeners).
 
 pub mod inbound;
 pub mod outbound;
@@ -23,6 +26,7 @@ use tokio::{
 use crate::{
     certs::CertManager,
     metrics::{Metrics, Outcome, TcpLabels},
+    pod_net::PodNet,
     policy::{Authorizer, ConnectionGuard},
     socket::SocketFactory,
     state::{State, Workload},
@@ -56,6 +60,16 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
+/// How the tunnel reaches a local app.
+#[derive(Debug, Clone)]
+pub enum AppDial {
+    /// From the node's network namespace, with the node's address (the node-level listeners,
+    /// which eBPF never steers to; tests without pod namespaces).
+    FromNode,
+    /// From inside the pod, transparently with the client's address.
+    InPod(Arc<PodNet>),
+}
+
 /// Connections one listener serves at once; beyond this new connections are closed, so memory
 /// stays bounded under a connection flood.
 pub const MAX_CONNECTIONS_PER_LISTENER: usize = 16_384;
@@ -64,6 +78,26 @@ impl Proxy {
     /// The current mesh view (a consistent snapshot for one connection).
     pub fn state(&self) -> Arc<State> {
         self.state.load_full()
+    }
+
+    /// Connects to the local app at `dst` for `client`, bounded by [`UPSTREAM_CONNECT_TIMEOUT`].
+    pub(crate) async fn connect_app(
+        &self,
+        dial: &AppDial,
+        dst: std::net::SocketAddr,
+        client: std::net::IpAddr,
+    ) -> Result<tokio::net::TcpStream, String> {
+        let connect = async {
+            match dial {
+                AppDial::FromNode => self.sockets.connect(dst).await,
+                AppDial::InPod(pod) => pod.connect(dst, Some(client)).await,
+            }
+        };
+        match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(error)) => Err(format!("connecting to {dst} for {client}: {error}")),
+            Err(_) => Err(format!("connecting to {dst} for {client}: timed out")),
+        }
     }
 
     /// Whether `name` is still the local workload at `ip` in the current view. Checked right

@@ -1,24 +1,33 @@
 //! Inbound plaintext (15006): connections to a local workload that did not come over HBONE.
 //! STRICT refuses them; PERMISSIVE admits them subject to policy (with no peer identity, so
-//! principal- and namespace-based ALLOW rules cannot match).
+//! principal- and namespace-based ALLOW rules cannot match), with the client's real address.
+//!
+//! In-pod, `sk_lookup` steers every such connection to the pod's plaintext listener without
+//! rewriting anything, so the accepted socket's local address is the original destination and
+//! its peer the real client (a node process or hostNetwork pod shows the node's address).
 
 use std::net::SocketAddr;
 
 use tokio::{net::TcpStream, time::Instant};
 
-use super::{copy_with_policy, inbound::connection_info, labels, Proxy};
+use super::{copy_with_policy, inbound::connection_info, labels, AppDial, Proxy};
 use crate::{
     config::MtlsMode,
     metrics::{ConnectionRecord, Outcome, Reporter},
 };
 
 impl Proxy {
-    /// Handles one connection accepted on the inbound plaintext listener.
-    pub async fn plaintext(self, mut stream: TcpStream, peer: SocketAddr) {
+    /// Handles one connection accepted on an inbound plaintext listener, addressed to `dst`,
+    /// reaching the app through `dial`.
+    pub async fn plaintext(
+        self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        dial: AppDial,
+    ) {
         let start = Instant::now();
-        let Ok(dst) = self.sockets.original_dst(&stream) else {
-            return;
-        };
+        let (peer, dst) = (canonical(peer), canonical(dst));
         let state = self.state();
         let Some(dest) = state.local_workload(dst.ip()).cloned() else {
             tracing::debug!(%peer, %dst, "plaintext to non-local destination, closing");
@@ -57,7 +66,7 @@ impl Proxy {
         if !self.still_local(dest.ip, &dest.name) {
             return fail(format!("workload {} left the mesh", dest.name));
         }
-        let mut upstream = match self.connect_pod(dst).await {
+        let mut upstream = match self.connect_app(&dial, dst, peer.ip()).await {
             Ok(upstream) => upstream,
             Err(reason) => return fail(reason),
         };
@@ -72,4 +81,9 @@ impl Proxy {
             outcome,
         });
     }
+}
+
+/// IPv4-mapped IPv6 addresses (dual-stack listeners) as IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }

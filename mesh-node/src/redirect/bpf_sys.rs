@@ -33,6 +33,12 @@ pub mod attach_type {
     pub const INET4_CONNECT: u32 = 10;
     /// `BPF_CGROUP_INET6_CONNECT`.
     pub const INET6_CONNECT: u32 = 11;
+    /// `BPF_CGROUP_INET4_BIND`.
+    pub const INET4_BIND: u32 = 8;
+    /// `BPF_CGROUP_INET6_BIND`.
+    pub const INET6_BIND: u32 = 9;
+    /// `BPF_SK_LOOKUP` (the target is a network namespace).
+    pub const SK_LOOKUP: u32 = 36;
     /// `BPF_CGROUP_GETSOCKOPT`.
     pub const GETSOCKOPT: u32 = 21;
     /// `BPF_CGROUP_INET4_GETPEERNAME`.

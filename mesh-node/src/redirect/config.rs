@@ -19,6 +19,15 @@ pub struct Cidr {
 /// The HBONE port strict pods accept connection attempts on by default (Istio ambient's).
 pub const DEFAULT_HBONE_PORT: u16 = 15008;
 
+/// The source address of kubelet probes to enrolled pods (Istio ambient's): link-local, never a
+/// pod's, put on the node's loopback by mesh-node ([`crate::probe_address`]).
+pub const DEFAULT_PROBE_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
+
+/// The IPv6 source address of kubelet probes (Istio ambient's).
+pub const DEFAULT_PROBE_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(
+    0xfd16, 0x9254, 0x7127, 0x1337, 0xffff, 0xffff, 0xffff, 0xffff,
+);
+
 /// Everything the loader needs to attach and configure the programs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -31,14 +40,19 @@ pub struct Config {
     /// `SO_MARK` set on the tunnel's own sockets: they are never redirected, and in strict pods
     /// only listeners carrying it get the HBONE-port exception. 0 disables both (fail closed).
     pub tunnel_mark: u32,
-    /// Node address the tunnel uses to reach local pods; allowed into strict pods.
-    pub tunnel_source_v4: Option<Ipv4Addr>,
-    /// Address kubelet probes come from; allowed into strict pods.
+    /// `SO_MARK` of the tunnel's transparent connections to apps inside pods
+    /// ([`crate::pod_net`]): never redirected either. 0: none.
+    pub reply_mark: u32,
+    /// Source address of kubelet probes: the kubelet's connects to enrolled pods are bound to
+    /// it, no pod may bind it, and it is the only plaintext source strict pods' own listeners
+    /// accept. `None`: no probe gets through to a strict pod.
     pub probe_source_v4: Option<Ipv4Addr>,
-    /// Node IPv6 address the tunnel uses to reach local pods; allowed into strict pods.
-    pub tunnel_source_v6: Option<Ipv6Addr>,
-    /// IPv6 address kubelet probes come from; allowed into strict pods.
+    /// IPv6 source address of kubelet probes.
     pub probe_source_v6: Option<Ipv6Addr>,
+    /// The kubelet's cgroup (relative to the cgroup2 mount), where the programs that bind its
+    /// probes to the probe address attach. `None`: probes keep the node's address, so strict
+    /// pods refuse them.
+    pub kubelet_cgroup: Option<PathBuf>,
     /// Port of the tunnel's in-pod HBONE listeners: connection attempts to a listener on it that
     /// carries `tunnel_mark` are allowed into strict pods from any source (HBONE is mTLS,
     /// authorised by the tunnel). 0 allows none.
@@ -64,10 +78,10 @@ impl Config {
             outbound_v4: Some(outbound),
             outbound_v6: None,
             tunnel_mark: 0,
-            tunnel_source_v4: None,
+            reply_mark: 0,
             probe_source_v4: None,
-            tunnel_source_v6: None,
             probe_source_v6: None,
+            kubelet_cgroup: None,
             hbone_port: DEFAULT_HBONE_PORT,
             pin_path: None,
             excluded_ports: Vec::new(),
@@ -81,12 +95,9 @@ impl Config {
     pub fn to_abi(&self) -> RedirectConfig {
         let mut abi = RedirectConfig {
             tunnel_mark: self.tunnel_mark,
+            reply_mark: self.reply_mark,
             probe_ip4: self.probe_source_v4.map_or(0, ip4_abi),
-            tunnel_src_ip4: self.tunnel_source_v4.map_or(0, ip4_abi),
             hbone_port: self.hbone_port.to_be(),
-            tunnel_src_ip6: self
-                .tunnel_source_v6
-                .map_or([0; 4], |ip| ip6_abi(ip.octets())),
             probe_ip6: self
                 .probe_source_v6
                 .map_or([0; 4], |ip| ip6_abi(ip.octets())),
@@ -154,20 +165,21 @@ mod tests {
             "15008 by default"
         );
         assert_eq!(
-            abi.tunnel_src_ip6, [0; 4],
-            "no IPv6 source unless configured"
+            (abi.probe_ip4, abi.probe_ip6),
+            (0, [0; 4]),
+            "no probe source unless configured"
         );
     }
 
     #[test]
-    fn ipv6_strict_sources_are_network_order_words() {
+    fn probe_sources_are_network_order_words() {
         let mut config = Config::new("", SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1));
-        config.tunnel_source_v6 = Some("fd00:201::1".parse().expect("v6"));
         config.probe_source_v6 = Some("fd00:201::3".parse().expect("v6"));
+        config.probe_source_v4 = Some(DEFAULT_PROBE_SOURCE_V4);
         let abi = config.to_abi();
-        assert_eq!(abi.tunnel_src_ip6[0].to_ne_bytes(), [0xfd, 0, 0x02, 0x01]);
-        assert_eq!(abi.tunnel_src_ip6[3].to_ne_bytes(), [0, 0, 0, 1]);
+        assert_eq!(abi.probe_ip6[0].to_ne_bytes(), [0xfd, 0, 0x02, 0x01]);
         assert_eq!(abi.probe_ip6[3].to_ne_bytes(), [0, 0, 0, 3]);
+        assert_eq!(abi.probe_ip4.to_ne_bytes(), [169, 254, 7, 127]);
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //! | `sock_ops` | `tuple_recorded` / `tuple_removed` | redirected connections' 4-tuples recorded / forgotten |
 //! | `getsockopt` | `original_destination_answered` / `original_destination_missed` | `SO_ORIGINAL_DST` answers / unknown connections |
 //! | `getpeername` | `rewritten` | peer addresses shown as the original destination |
-//! | `strict_ingress` | `dropped` / `allowed` | connection attempts into STRICT pods or ports dropped / let through (HBONE port, node, probe, loopback) |
+//! | `strict_ingress` | `dropped` / `allowed` | connection attempts into STRICT pods or ports dropped / let through (HBONE port, probe, loopback) |
+//! | `sk_lookup` | `steered` / `no_listener_dropped` | inbound connection attempts to enrolled pods steered to the tunnel's in-pod listeners / dropped because none was registered (fail closed) |
+//! | `probe_connect` | `bound_to_probe_address` | kubelet connects to enrolled pods bound to the probe source address |
+//! | `guard_bind` | `probe_address_refused` | binds of the probe address by a pod's socket refused |
 //! | `sock_ops` | `splice_added` | sockets added to the same-node splice map |
 //! | `sk_msg` | `spliced` | messages spliced socket to socket |
 
@@ -61,6 +64,22 @@ pub const COUNTER_LABELS: [(u32, &str, &str); SAMPLES] = [
     (counter::STRICT_DROPPED, "strict_ingress", "dropped"),
     (counter::SPLICE_REDIRECTED, "sk_msg", "spliced"),
     (counter::STRICT_ALLOWED, "strict_ingress", "allowed"),
+    (counter::INBOUND_STEERED, "sk_lookup", "steered"),
+    (
+        counter::INBOUND_NO_LISTENER,
+        "sk_lookup",
+        "no_listener_dropped",
+    ),
+    (
+        counter::PROBE_BOUND,
+        "probe_connect",
+        "bound_to_probe_address",
+    ),
+    (
+        counter::PROBE_BIND_REFUSED,
+        "guard_bind",
+        "probe_address_refused",
+    ),
 ];
 
 /// Counter totals since the programs were loaded. Monotonic; export as Prometheus counters.
@@ -90,8 +109,16 @@ pub struct Counters {
     pub splice_added: u64,
     /// Messages spliced socket to socket.
     pub splice_redirected: u64,
-    /// Inbound connection attempts into strict pods let through (HBONE port, node, probe).
+    /// Inbound connection attempts into strict pods let through (HBONE port, probe, loopback).
     pub strict_allowed: u64,
+    /// Inbound connection attempts steered to the tunnel's in-pod listeners.
+    pub inbound_steered: u64,
+    /// Inbound connection attempts dropped for want of a registered in-pod listener.
+    pub inbound_no_listener: u64,
+    /// Kubelet connects bound to the probe source address.
+    pub probe_bound: u64,
+    /// Binds of the probe address by pods refused.
+    pub probe_bind_refused: u64,
 }
 
 impl Counters {
@@ -112,6 +139,10 @@ impl Counters {
             splice_added: at(counter::SPLICE_ADDED),
             splice_redirected: at(counter::SPLICE_REDIRECTED),
             strict_allowed: at(counter::STRICT_ALLOWED),
+            inbound_steered: at(counter::INBOUND_STEERED),
+            inbound_no_listener: at(counter::INBOUND_NO_LISTENER),
+            probe_bound: at(counter::PROBE_BOUND),
+            probe_bind_refused: at(counter::PROBE_BIND_REFUSED),
         }
     }
 
@@ -132,6 +163,10 @@ impl Counters {
         set(counter::SPLICE_ADDED, self.splice_added);
         set(counter::SPLICE_REDIRECTED, self.splice_redirected);
         set(counter::STRICT_ALLOWED, self.strict_allowed);
+        set(counter::INBOUND_STEERED, self.inbound_steered);
+        set(counter::INBOUND_NO_LISTENER, self.inbound_no_listener);
+        set(counter::PROBE_BOUND, self.probe_bound);
+        set(counter::PROBE_BIND_REFUSED, self.probe_bind_refused);
         totals
     }
 

@@ -21,11 +21,13 @@ pub mod pin;
 pub mod ports;
 pub mod programs;
 mod settings;
+pub mod steering;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::Path,
+    sync::Arc,
 };
 
 use aya::{
@@ -38,12 +40,13 @@ use tokio::task::JoinHandle;
 use self::ports::PortOverrides;
 pub use self::{
     cgroup::CgroupError,
-    config::{Cidr, Config},
+    config::{Cidr, Config, DEFAULT_PROBE_SOURCE_V4, DEFAULT_PROBE_SOURCE_V6},
     counters::{CounterSample, Counters, COUNTER_LABELS},
     netns::NetnsError,
     pin::{PinDir, PinError},
     ports::EnrollPolicy,
     programs::ProgramsError,
+    steering::{ListenerKind, Steering},
 };
 
 /// How an enrolled pod (or one of its ports, see [`EnrollPolicy`]) is treated.
@@ -108,6 +111,15 @@ pub enum RedirectError {
         /// The pod that did not fit.
         netns_cookie: u64,
     },
+    /// Attaching `sk_lookup` to a pod's network namespace failed.
+    #[error("attaching inbound steering (sk_lookup) to pod netns {netns_cookie}: {source}")]
+    Steer {
+        /// The pod's namespace.
+        netns_cookie: u64,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// An excluded CIDR has an impossible prefix length.
     #[error("excluded cidr {addr}/{prefix_len} has a prefix longer than the address")]
     BadCidr {
@@ -124,6 +136,7 @@ pub struct Redirect {
     log_task: Option<JoinHandle<()>>,
     pins: Option<PinDir>,
     ports: PortOverrides,
+    steering: Arc<Steering>,
 }
 
 impl std::fmt::Debug for Redirect {
@@ -154,20 +167,36 @@ impl Redirect {
         settings::write(&mut ebpf, config)?;
         let ports = PortOverrides::read(&mut ebpf)?;
         programs::attach_all(&mut ebpf, &cgroup_dir, config.splice, pins.as_ref())?;
-        if let Some(pins) = &pins {
-            pins.retire_links(&programs::pinned_programs(config.splice))?;
+        if let Some(kubelet) = &config.kubelet_cgroup {
+            let kubelet_dir = cgroup::open(&cgroup::resolve(&mount, kubelet)?)?;
+            programs::attach_kubelet(&mut ebpf, &kubelet_dir, pins.as_ref())?;
         }
+        if let Some(pins) = &pins {
+            let kubelet = config.kubelet_cgroup.is_some();
+            pins.retire_links(&programs::pinned_programs(config.splice, kubelet))?;
+        }
+        let steering = Arc::new(Steering::take(&mut ebpf)?);
         // After attaching, so a failed load leaves no forwarding task behind; records written in
         // between wait in the ring buffer.
         let log_task = start_logging(&mut ebpf);
         let pinned = pins.as_ref().map(|p| p.root().display().to_string());
-        tracing::info!(cgroup = %path.display(), splice = config.splice, ?pinned, "ebpf redirection attached");
+        let kubelet = config
+            .kubelet_cgroup
+            .as_ref()
+            .map(|p| p.display().to_string());
+        tracing::info!(cgroup = %path.display(), ?kubelet, splice = config.splice, ?pinned, "ebpf redirection attached");
         Ok(Self {
             ebpf,
             log_task,
             pins,
             ports,
+            steering,
         })
+    }
+
+    /// Per-pod inbound steering (`sk_lookup`), for the in-pod listener manager.
+    pub fn steering(&self) -> Arc<Steering> {
+        self.steering.clone()
     }
 
     /// The pin directory, when links and maps are pinned.

@@ -3,7 +3,7 @@
 use std::{fs::File, os::fd::AsFd};
 
 use aya::{
-    programs::{CgroupSkb, CgroupSockAddr, CgroupSockopt, ProgramError, SkMsg, SockOps},
+    programs::{CgroupSkb, CgroupSockAddr, CgroupSockopt, ProgramError, SkLookup, SkMsg, SockOps},
     util::KernelVersion,
     Ebpf,
 };
@@ -108,7 +108,7 @@ pub fn load_object(log_level: u8, pins: Option<&PinDir>) -> Result<Ebpf, Program
 }
 
 /// The cgroup programs [`attach_all`] attaches (with pinning, each has a pinned link).
-pub const CGROUP_PROGRAMS: [&str; 7] = [
+pub const CGROUP_PROGRAMS: [&str; 9] = [
     programs::CONNECT4,
     programs::CONNECT6,
     programs::GETPEERNAME4,
@@ -116,7 +116,12 @@ pub const CGROUP_PROGRAMS: [&str; 7] = [
     programs::SOCK_OPS,
     programs::GETSOCKOPT,
     programs::INGRESS,
+    programs::GUARD_BIND4,
+    programs::GUARD_BIND6,
 ];
+
+/// Programs attached to the kubelet's cgroup, when one is configured.
+pub const KUBELET_PROGRAMS: [&str; 2] = [programs::PROBE_CONNECT4, programs::PROBE_CONNECT6];
 
 /// Whether [`step`] verifies and loads a program or attaches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +145,8 @@ pub fn attach_all(
             (programs::CONNECT6, attach_type::INET6_CONNECT),
             (programs::GETPEERNAME4, attach_type::INET4_GETPEERNAME),
             (programs::GETPEERNAME6, attach_type::INET6_GETPEERNAME),
+            (programs::GUARD_BIND4, attach_type::INET4_BIND),
+            (programs::GUARD_BIND6, attach_type::INET6_BIND),
         ] {
             step::<CgroupSockAddr>(ebpf, phase, (name, hook), cgroup, pins)?;
         }
@@ -151,6 +158,26 @@ pub fn attach_all(
         step::<CgroupSkb>(ebpf, phase, ingress, cgroup, pins)?;
         if splice {
             splice_step(ebpf, phase, pins)?;
+        }
+    }
+    let sk_lookup: &mut SkLookup = program(ebpf, programs::SK_LOOKUP)?;
+    sk_lookup
+        .load()
+        .map_err(|e| verifier(programs::SK_LOOKUP, e))
+}
+
+/// Loads and attaches the probe programs to the kubelet's cgroup.
+pub fn attach_kubelet(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    pins: Option<&PinDir>,
+) -> Result<(), ProgramsError> {
+    for phase in [Phase::Load, Phase::Attach] {
+        for (name, hook) in [
+            (programs::PROBE_CONNECT4, attach_type::INET4_CONNECT),
+            (programs::PROBE_CONNECT6, attach_type::INET6_CONNECT),
+        ] {
+            step::<CgroupSockAddr>(ebpf, phase, (name, hook), cgroup, pins)?;
         }
     }
     Ok(())
@@ -226,8 +253,11 @@ fn sockmap_links_supported() -> bool {
 
 /// The programs that have pinned links with `splice` on or off (what
 /// [`PinDir::retire_links`] keeps).
-pub fn pinned_programs(splice: bool) -> Vec<&'static str> {
+pub fn pinned_programs(splice: bool, kubelet: bool) -> Vec<&'static str> {
     let mut names = CGROUP_PROGRAMS.to_vec();
+    if kubelet {
+        names.extend(KUBELET_PROGRAMS);
+    }
     if splice {
         names.push(programs::SPLICE_MSG);
     }

@@ -73,11 +73,20 @@ pub struct TestCgroup {
     pub relative: PathBuf,
     path: PathBuf,
     previous: PathBuf,
+    joined: bool,
 }
 
 impl TestCgroup {
     /// Creates `<mount>/<name>` and moves this process into it.
     pub fn join(name: &str) -> Result<Self> {
+        let mut guard = Self::create(name)?;
+        move_self(&guard.path)?;
+        guard.joined = true;
+        Ok(guard)
+    }
+
+    /// Creates `<mount>/<name>` without joining it: a cgroup this process stays out of.
+    pub fn create(name: &str) -> Result<Self> {
         let mount = cgroup::cgroup2_mount()?;
         let path = mount.join(name);
         if path.exists() {
@@ -85,19 +94,20 @@ impl TestCgroup {
         }
         fs::create_dir(&path).with_context(|| format!("create cgroup {}", path.display()))?;
         let previous = mount.join(current_cgroup()?.trim_start_matches('/'));
-        let guard = Self {
+        Ok(Self {
             relative: PathBuf::from(name),
             path,
             previous,
-        };
-        move_self(&guard.path)?;
-        Ok(guard)
+            joined: false,
+        })
     }
 }
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        if let Err(error) = move_self(&self.previous) {
+        if !self.joined {
+            // Nothing to leave.
+        } else if let Err(error) = move_self(&self.previous) {
             eprintln!(
                 "cannot leave test cgroup {}: {error:#}",
                 self.path.display()
@@ -246,6 +256,11 @@ impl Pod {
         netns::cookie_of_fd(self.fd.as_fd()).expect("netns cookie of test pod")
     }
 
+    /// The namespace.
+    pub fn netns(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// Runs `f` on a thread inside this namespace.
     pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         netns::run_in(self.fd.as_fd(), f).expect("enter test pod netns")
@@ -321,6 +336,44 @@ pub fn connect_from(
     let stream: TcpStream = socket.into();
     stream.set_read_timeout(Some(WAIT))?;
     Ok(stream)
+}
+
+/// A TCP socket bound to `local` now, to connect later with [`connect_bound`]. A socket belongs
+/// to the cgroup of the process that created it: made before [`TestCgroup::join`], it stands
+/// for a process outside the pods' cgroup (the kubelet, say), which may bind the probe address.
+pub fn bound_socket(local: impl Into<IpAddr>) -> io::Result<socket2::Socket> {
+    let local = SocketAddr::new(local.into(), 0);
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(local),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.bind(&local.into())?;
+    Ok(socket)
+}
+
+/// Connects a socket from [`bound_socket`] with a bounded wait.
+pub fn connect_bound(
+    socket: socket2::Socket,
+    to: SocketAddr,
+    wait: Duration,
+) -> io::Result<TcpStream> {
+    socket.connect_timeout(&to.into(), wait)?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT))?;
+    Ok(stream)
+}
+
+/// Asserts that binding `local` from this process (inside the pods' cgroup) is refused.
+pub fn assert_bind_refused(local: impl Into<IpAddr>, what: &str) {
+    match bound_socket(local) {
+        Ok(socket) => panic!("{what}: bound {:?}", socket.local_addr()),
+        Err(error) => assert_eq!(
+            error.raw_os_error(),
+            Some(libc::EPERM),
+            "{what}: refused by the bind guard, not {error}"
+        ),
+    }
 }
 
 /// Asserts a connect attempt was dropped silently (timed out), neither refused nor accepted.

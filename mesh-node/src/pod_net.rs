@@ -1,0 +1,238 @@
+//! The tunnel's side of a pod's network namespace: connecting to the app from inside the pod
+//! with the client's address, and the routing that brings the app's answers back.
+//!
+//! Istio ambient (in-pod mode) connects to the app with the original client address; so does
+//! Weft. For each connection it admits, the tunnel creates a socket inside the pod's namespace
+//! (the thread enters the namespace for the `socket()` call only, [`socket_in`]), makes it
+//! transparent (`IP_TRANSPARENT`), binds it to the client's address and connects to the app over
+//! the pod's loopback. The app sees the client's address as its peer.
+//!
+//! The socket is bound to `lo` (`SO_BINDTODEVICE`): a pod's own address routes through the
+//! device that holds it (`eth0`), and the inbound `sk_lookup` program, which sees that device,
+//! would take the tunnel's connection for a client's and steer it back to the tunnel. Bound to
+//! `lo`, the route comes from the reply table (`local default dev lo`) and the program lets it
+//! through to the app. Without a reply mark there is no reply table: the tunnel then connects
+//! from the pod's own address, which the program also lets through (source = destination).
+//!
+//! Return path, without iptables ([`prepare`], once per pod): the tunnel's socket carries
+//! `SO_MARK` = the reply mark, so its SYN does too; with `net.ipv4.tcp_fwmark_accept = 1` the
+//! app's accepted socket takes that mark; a policy rule sends packets with the mark to a table
+//! whose only route delivers every destination locally. So the app's answers to the client's
+//! address reach the tunnel's socket instead of leaving the pod. Nothing else in the pod is
+//! marked (marks are cleared when packets cross namespaces), so its other traffic is untouched.
+//!
+//! The probe address ([`add_probe_addresses`]) goes on the node's loopback with host scope, so
+//! the kubelet's probe sockets can bind it and the pods' answers come back to the node.
+
+use std::{
+    fs::File,
+    io,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    sync::OnceLock,
+};
+
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::netlink::{self, Netlink};
+
+/// Routing table of the return path inside pods (unused by anything else there).
+pub const REPLY_TABLE: u32 = 15_006;
+/// Priority of the return-path rule: before the main table (32766).
+pub const REPLY_RULE_PRIORITY: u32 = 100;
+/// `net.ipv4.tcp_fwmark_accept` of the calling thread's namespace (also governs IPv6 TCP).
+const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
+const IP_TRANSPARENT: libc::c_int = 19;
+const IPV6_TRANSPARENT: libc::c_int = 75;
+const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
+
+/// Sets up the return path of transparent connections in the calling thread's network
+/// namespace (a pod's) for `family`'s addresses, with reply mark `mark`. Idempotent.
+pub fn prepare(ip: IpAddr, mark: u32) -> io::Result<()> {
+    std::fs::write(FWMARK_ACCEPT, b"1")
+        .map_err(|e| io::Error::new(e.kind(), format!("writing {FWMARK_ACCEPT}: {e}")))?;
+    let family = family_of(ip);
+    let mut netlink = Netlink::open()?;
+    netlink
+        .add_fwmark_rule(family, mark, REPLY_TABLE, REPLY_RULE_PRIORITY)
+        .map_err(|e| context(e, "adding the reply fwmark rule"))?;
+    netlink
+        .add_local_default_route(family, REPLY_TABLE)
+        .map_err(|e| context(e, "adding the reply table's local route"))
+}
+
+/// Puts the probe source addresses on the calling thread's (the node's) loopback, host scope.
+pub fn add_probe_addresses(addresses: &[IpAddr]) -> io::Result<()> {
+    let mut netlink = Netlink::open()?;
+    for ip in addresses {
+        netlink
+            .add_address(netlink::LOOPBACK_IFINDEX, *ip, netlink::SCOPE_HOST)
+            .map_err(|e| context(e, &format!("adding probe address {ip} to lo")))?;
+    }
+    Ok(())
+}
+
+/// Removes the probe source addresses from the node's loopback.
+pub fn remove_probe_addresses(addresses: &[IpAddr]) -> io::Result<()> {
+    let mut netlink = Netlink::open()?;
+    for ip in addresses {
+        netlink.remove_address(netlink::LOOPBACK_IFINDEX, *ip)?;
+    }
+    Ok(())
+}
+
+/// A local pod's network namespace, held open while the tunnel serves the pod.
+#[derive(Debug)]
+pub struct PodNet {
+    netns: File,
+    reply_mark: u32,
+}
+
+impl PodNet {
+    /// The pod whose namespace `netns` is; connections are marked `reply_mark`.
+    pub fn new(netns: File, reply_mark: u32) -> Self {
+        Self { netns, reply_mark }
+    }
+
+    /// The namespace.
+    pub fn netns(&self) -> BorrowedFd<'_> {
+        self.netns.as_fd()
+    }
+
+    /// Connects to `dst` (the app) from inside the pod, transparently from `client` when it is
+    /// of `dst`'s family and the reply mark is set (the return path exists); otherwise from the
+    /// pod's own address. The caller bounds the wait.
+    pub async fn connect(&self, dst: SocketAddr, client: Option<IpAddr>) -> io::Result<TcpStream> {
+        let client = client
+            .map(|ip| ip.to_canonical())
+            .filter(|ip| ip.is_ipv4() == dst.is_ipv4());
+        let socket = socket_in(self.netns.as_fd(), dst)?;
+        let client = client.filter(|_| self.reply_mark != 0);
+        if self.reply_mark != 0 {
+            set_mark(&socket, self.reply_mark)?;
+            bind_to_loopback(&socket)?;
+        }
+        if let Some(ip) = client {
+            set_transparent(&socket, ip)?;
+            set_int(&socket, libc::SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)?;
+        }
+        let socket = {
+            // SAFETY: `socket` is a fresh, unconnected TCP socket that we own and hand over.
+            let std = unsafe { std::net::TcpStream::from_raw_fd(into_raw(socket)) };
+            TcpSocket::from_std_stream(std)
+        };
+        if let Some(ip) = client {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = socket.connect(dst).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// The node's own network namespace, where every tokio thread lives.
+fn home() -> io::Result<BorrowedFd<'static>> {
+    static HOME: OnceLock<File> = OnceLock::new();
+    if let Some(file) = HOME.get() {
+        return Ok(file.as_fd());
+    }
+    // The thread group leader's namespace: mesh-node's main thread never changes namespace.
+    let file = File::open("/proc/self/ns/net")?;
+    Ok(HOME.get_or_init(|| file).as_fd())
+}
+
+/// A non-blocking TCP socket of `dst`'s family created inside `netns`. The calling thread enters
+/// the namespace for the `socket()` call only and returns to the node's at once.
+pub fn socket_in(netns: BorrowedFd<'_>, dst: SocketAddr) -> io::Result<OwnedFd> {
+    let home = home()?;
+    setns(netns)?;
+    let domain = if dst.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let kind = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: plain socket(2); the result is checked below.
+    let raw = unsafe { libc::socket(domain, kind, libc::IPPROTO_TCP) };
+    let created = match raw {
+        -1 => Err(io::Error::last_os_error()),
+        // SAFETY: a fresh descriptor that nothing else owns.
+        fd => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+    };
+    if let Err(error) = setns(home) {
+        // A tokio worker left in a pod's namespace would open later sockets (other pods'
+        // upstreams, HBONE dials) there: stopping is the only safe answer.
+        tracing::error!(%error, "cannot return to the node's network namespace; aborting");
+        std::process::abort();
+    }
+    created
+}
+
+fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: setns on a valid namespace descriptor; affects only the calling thread.
+    match unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+fn set_transparent(socket: &OwnedFd, ip: IpAddr) -> io::Result<()> {
+    match ip {
+        IpAddr::V4(_) => set_int(socket, libc::SOL_IP, IP_TRANSPARENT, 1),
+        IpAddr::V6(_) => set_int(socket, libc::SOL_IPV6, IPV6_TRANSPARENT, 1),
+    }
+}
+
+fn set_mark(socket: &OwnedFd, mark: u32) -> io::Result<()> {
+    crate::socket::set_mark(socket, mark)
+}
+
+fn set_int(socket: &OwnedFd, level: libc::c_int, name: libc::c_int, value: i32) -> io::Result<()> {
+    // SAFETY: `value` lives across the call and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+fn into_raw(fd: OwnedFd) -> libc::c_int {
+    std::os::fd::IntoRawFd::into_raw_fd(fd)
+}
+
+fn family_of(ip: IpAddr) -> u8 {
+    match ip.to_canonical() {
+        IpAddr::V4(_) => libc::AF_INET as u8,
+        IpAddr::V6(_) => libc::AF_INET6 as u8,
+    }
+}
+
+fn context(error: io::Error, what: &str) -> io::Error {
+    io::Error::new(error.kind(), format!("{what}: {error}"))
+}
+
+fn bind_to_loopback(socket: &OwnedFd) -> io::Result<()> {
+    let name = b"lo\0";
+    // SAFETY: the name lives across the call and its length is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}

@@ -1,0 +1,202 @@
+//! Inbound steering: the `sk_lookup` program attached to each enrolled pod's network namespace,
+//! the `INBOUND` SOCKHASH of the tunnel's in-pod listeners it selects from, and the
+//! `PROBED_PODS` addresses whose kubelet probes leave from the probe address.
+//!
+//! The in-pod listener manager ([`crate::inpod`]) drives it per pod: [`Steering::steer`] first
+//! (from then on every inbound TCP connection attempt to the pod is steered to the tunnel, or
+//! refused while its listeners are missing: fail closed), then [`Steering::listeners`] once they
+//! are bound; [`Steering::release`] when the pod leaves the mesh or its namespace goes.
+//!
+//! Neither map is pinned, and the links are owned here: when mesh-node exits, the links detach and
+//! the listeners close. A pinned node's strict pods stay closed to plaintext meanwhile (the
+//! pinned `cgroup_skb` program), permissive pods are reachable directly until the next start
+//! attaches again, and kubelet probes keep the node's address (refused by strict pods) until then.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    sync::{Mutex, MutexGuard},
+};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, SockHash},
+    programs::{ProgramFd, SkLookup},
+    Ebpf,
+};
+use mesh_ebpf_common::{family, inbound_kind, maps, programs, InboundKey, ProbeKey};
+
+use super::{
+    bpf_sys::{self, attach_type},
+    config::{ip4_abi, ip6_abi},
+    is_not_found, map_error, not_in_object, programs as loader, RedirectError,
+};
+
+/// Which in-pod listener of a pod address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Every port but the HBONE port.
+    Plaintext,
+    /// The HBONE port.
+    Hbone,
+}
+
+impl ListenerKind {
+    fn abi(self) -> u16 {
+        match self {
+            Self::Plaintext => inbound_kind::PLAINTEXT,
+            Self::Hbone => inbound_kind::HBONE,
+        }
+    }
+}
+
+struct Inner {
+    program: ProgramFd,
+    inbound: SockHash<MapData, InboundKey>,
+    probed: BpfHashMap<MapData, ProbeKey, u8>,
+    links: HashMap<u64, OwnedFd>,
+}
+
+/// Per-pod inbound steering. Shared by the in-pod listener manager; operations are rare (a pod
+/// joining or leaving), so one lock serves them all.
+pub struct Steering {
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Steering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Steering")
+            .field("pods", &self.lock().links.len())
+            .finish()
+    }
+}
+
+impl Steering {
+    /// Takes the loaded `sk_lookup` program's descriptor and the two maps out of `ebpf`.
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, RedirectError> {
+        let program = {
+            let sk_lookup: &mut SkLookup = ebpf
+                .program_mut(programs::SK_LOOKUP)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| loader::missing_map(programs::SK_LOOKUP, "program not in object"))?;
+            sk_lookup
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(Into::into))
+                .map_err(|e| loader::missing_map(programs::SK_LOOKUP, e))?
+        };
+        let inbound = ebpf
+            .take_map(maps::INBOUND)
+            .ok_or_else(|| not_in_object(maps::INBOUND))?;
+        let probed = ebpf
+            .take_map(maps::PROBED_PODS)
+            .ok_or_else(|| not_in_object(maps::PROBED_PODS))?;
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                program,
+                inbound: SockHash::try_from(inbound)
+                    .map_err(|source| map_error(maps::INBOUND, "open", source))?,
+                probed: BpfHashMap::try_from(probed)
+                    .map_err(|source| map_error(maps::PROBED_PODS, "open", source))?,
+                links: HashMap::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every operation is a single map or link call: a panic cannot leave a half change.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts steering the pod at `ip`, whose network namespace is `netns` (cookie
+    /// `netns_cookie`): attaches `sk_lookup` there (once per namespace) and marks the address
+    /// for kubelet probes. Until its listeners are registered, connection attempts are refused.
+    pub fn steer(
+        &self,
+        netns_cookie: u64,
+        netns: BorrowedFd<'_>,
+        ip: IpAddr,
+    ) -> Result<(), RedirectError> {
+        let mut inner = self.lock();
+        if !inner.links.contains_key(&netns_cookie) {
+            let link = bpf_sys::link_create(inner.program.as_fd(), netns, attach_type::SK_LOOKUP)
+                .map_err(|source| RedirectError::Steer {
+                netns_cookie,
+                source,
+            })?;
+            inner.links.insert(netns_cookie, link);
+        }
+        inner
+            .probed
+            .insert(probe_key(ip), 1, 0)
+            .map_err(|source| map_error(maps::PROBED_PODS, "insert", source))
+    }
+
+    /// Registers the pod's listener of `kind` for `ip`: connection attempts go to it from now on.
+    pub fn listener(
+        &self,
+        ip: IpAddr,
+        kind: ListenerKind,
+        listener: BorrowedFd<'_>,
+    ) -> Result<(), RedirectError> {
+        self.lock()
+            .inbound
+            .insert(inbound_key(ip, kind), listener.as_raw_fd(), 0)
+            .map_err(|source| map_error(maps::INBOUND, "insert", source))
+    }
+
+    /// Stops steering: the namespace's link goes (connection attempts reach the pod's own
+    /// listeners again, for a pod that left the mesh), and so do the address's entries.
+    pub fn release(&self, netns_cookie: u64, ip: IpAddr) -> Result<(), RedirectError> {
+        let mut inner = self.lock();
+        if let Some(link) = inner.links.remove(&netns_cookie) {
+            // The namespace may be gone already, which detached the link: closing it is enough.
+            let _ = bpf_sys::link_detach(link.as_fd());
+        }
+        for kind in [ListenerKind::Plaintext, ListenerKind::Hbone] {
+            match inner.inbound.remove(&inbound_key(ip, kind)) {
+                Err(source) if !is_not_found(&source) => {
+                    return Err(map_error(maps::INBOUND, "remove", source))
+                }
+                _ => {}
+            }
+        }
+        match inner.probed.remove(&probe_key(ip)) {
+            Err(source) if !is_not_found(&source) => {
+                Err(map_error(maps::PROBED_PODS, "remove", source))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Network namespace cookies steered now.
+    pub fn steered(&self) -> Vec<u64> {
+        let mut cookies: Vec<u64> = self.lock().links.keys().copied().collect();
+        cookies.sort_unstable();
+        cookies
+    }
+}
+
+fn words(ip: IpAddr) -> ([u32; 4], u16) {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => ([ip4_abi(v4), 0, 0, 0], family::INET),
+        IpAddr::V6(v6) => (ip6_abi(v6.octets()), family::INET6),
+    }
+}
+
+fn inbound_key(ip: IpAddr, kind: ListenerKind) -> InboundKey {
+    let (ip, family) = words(ip);
+    InboundKey {
+        ip,
+        family,
+        kind: kind.abi(),
+    }
+}
+
+fn probe_key(ip: IpAddr) -> ProbeKey {
+    let (ip, family) = words(ip);
+    ProbeKey {
+        ip,
+        family,
+        _pad: 0,
+    }
+}
