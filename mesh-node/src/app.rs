@@ -254,6 +254,7 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
         sockets: deps.sockets.clone(),
         authz: Authorizer::new(policies),
         metrics: Metrics::new(),
+        pods: Default::default(),
     };
     let (trigger, watch) = drain::channel();
     certs.spawn_rotation(deps.certs.clone(), &watch);

@@ -339,7 +339,8 @@ impl InPodListeners {
                 return;
             }
         };
-        let net = Arc::new(PodNet::new(file, self.settings.reply_mark));
+        let net =
+            Arc::new(PodNet::new(file, self.settings.reply_mark).with_mark(self.settings.mark));
         if let Some(steering) = self.steering.get() {
             match steering.steer(netns.cookie, net.netns(), ip) {
                 Ok(()) => {
@@ -368,6 +369,7 @@ impl InPodListeners {
                     sockets,
                     stop,
                 };
+                self.proxy.pods.insert(ip, listener.net.clone());
                 self.open.insert(ip, listener);
             }
             Err(error) => {
@@ -458,6 +460,7 @@ impl InPodListeners {
         let Some(listener) = self.open.remove(&ip) else {
             return;
         };
+        self.proxy.pods.remove(ip);
         tracing::info!(pod = %listener.name, pod.ip = %ip, netns = %listener.netns.path.display(), ?reason, "in-pod listeners closed");
         let (deadline, hold) = (self.settings.deadline, drain.clone());
         tokio::spawn(async move {

@@ -21,17 +21,24 @@
 //! address reach the tunnel's socket instead of leaving the pod. Nothing else in the pod is
 //! marked (marks are cleared when packets cross namespaces), so its other traffic is untouched.
 //!
+//! Outbound, the tunnel dials peers' HBONE ports from inside the source pod too
+//! ([`PodNet::connect_out`], found by address in [`PodNets`]), so the peer tunnel, its policy
+//! and the destination app see the source pod's address, not the node's.
+//!
 //! The probe address ([`add_probe_addresses`]) goes on the node's loopback with host scope, so
 //! the kubelet's probe sockets can bind it and the pods' answers come back to the node.
 
 use std::{
+    collections::HashMap,
     fs::File,
     io,
     net::{IpAddr, SocketAddr},
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-    sync::OnceLock,
+    sync::{Arc, OnceLock, RwLock},
 };
 
+use futures::future::BoxFuture;
+use mesh_core::hbone::Dialer;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::netlink::{self, Netlink};
@@ -86,12 +93,36 @@ pub fn remove_probe_addresses(addresses: &[IpAddr]) -> io::Result<()> {
 pub struct PodNet {
     netns: File,
     reply_mark: u32,
+    mark: u32,
 }
 
 impl PodNet {
-    /// The pod whose namespace `netns` is; connections are marked `reply_mark`.
+    /// The pod whose namespace `netns` is; connections to its app are marked `reply_mark`.
     pub fn new(netns: File, reply_mark: u32) -> Self {
-        Self { netns, reply_mark }
+        Self {
+            netns,
+            reply_mark,
+            mark: 0,
+        }
+    }
+
+    /// Marks the tunnel's outgoing connections from the pod with `mark` (the tunnel mark, which
+    /// the eBPF programs never redirect).
+    pub fn with_mark(mut self, mark: u32) -> Self {
+        self.mark = mark;
+        self
+    }
+
+    /// Connects to `dst` (a peer tunnel's HBONE port) from inside the pod, with the pod's own
+    /// address as the kernel picks it, as the pod itself would. The caller bounds the wait.
+    pub async fn connect_out(&self, dst: SocketAddr) -> io::Result<TcpStream> {
+        let socket = socket_in(self.netns.as_fd(), dst)?;
+        set_mark(&socket, self.mark)?;
+        // SAFETY: `socket` is a fresh, unconnected TCP socket that we own and hand over.
+        let std = unsafe { std::net::TcpStream::from_raw_fd(into_raw(socket)) };
+        let stream = TcpSocket::from_std_stream(std).connect(dst).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
     }
 
     /// The namespace.
@@ -127,6 +158,47 @@ impl PodNet {
         let stream = socket.connect(dst).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+}
+
+/// Dials a pod's HBONE tunnels from inside the pod ([`PodNet::connect_out`]).
+#[derive(Debug, Clone)]
+pub struct FromPod(pub Arc<PodNet>);
+
+impl Dialer for FromPod {
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<TcpStream>> {
+        let net = self.0.clone();
+        Box::pin(async move { net.connect_out(addr).await })
+    }
+}
+
+/// The network namespaces of the local pods the tunnel serves in-pod, by pod address: where the
+/// outbound path dials from. Written by the in-pod listener manager, read per connection.
+#[derive(Debug, Default)]
+pub struct PodNets {
+    by_ip: RwLock<HashMap<IpAddr, Arc<PodNet>>>,
+}
+
+impl PodNets {
+    /// `ip`'s namespace from now on.
+    pub fn insert(&self, ip: IpAddr, net: Arc<PodNet>) {
+        self.write().insert(ip.to_canonical(), net);
+    }
+
+    /// Forgets `ip`'s namespace.
+    pub fn remove(&self, ip: IpAddr) {
+        self.write().remove(&ip.to_canonical());
+    }
+
+    /// The namespace of the pod at `ip`, if it is served in-pod.
+    pub fn get(&self, ip: IpAddr) -> Option<Arc<PodNet>> {
+        let map = self.by_ip.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&ip.to_canonical()).cloned()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<IpAddr, Arc<PodNet>>> {
+        // Single insert/remove calls: a panic cannot leave the map half changed.
+        self.by_ip.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -201,6 +201,7 @@ mod tests {
             sockets,
             authz: Authorizer::new(Policies::compile("istio-system", &[]).unwrap()),
             metrics: Metrics::new(),
+            pods: Default::default(),
         }
     }
 

@@ -174,6 +174,17 @@ peer_authentication:
         .await
         .unwrap();
     round_trip(&mut accepted, b"plain").await.unwrap();
+    // The tunnel's own ports are never dialled for a plaintext client (in a pod, 15006 would
+    // be the tunnel's plaintext listener again: a loop).
+    for port in [15006, 15008, 15020] {
+        let reserved = std::net::SocketAddr::new(permissive.db.ip(), port);
+        let mut refused = permissive
+            .net
+            .plaintext_connect(outsider, reserved)
+            .await
+            .unwrap();
+        expect_closed(&mut refused).await;
+    }
     let metrics = permissive.b.metrics().encode();
     assert!(
         metrics.contains("connection_security_policy=\"none\""),

@@ -163,6 +163,7 @@ impl HboneConnector {
             dial: SocketAddr::new(endpoint.ip(), self.upstream.port),
             authority,
             headers: self.connect_headers(client),
+            origin: None,
         };
         let connecting = self.upstream.client.connect(request);
         match tokio::time::timeout(self.connect_timeout, connecting).await {

@@ -40,6 +40,80 @@ fn answers_from(tally: &str, version: &str) -> u32 {
         .sum()
 }
 
+/// Makes `backend` PERMISSIVE and lets the intruder's address in by `ipBlocks`.
+fn permissive_backend(intruder: std::net::Ipv4Addr) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: backend-permissive, namespace: demo}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  mtls: {{mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: backend-intruder, namespace: demo}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  action: ALLOW
+  rules:
+    - from: [{{source: {{ipBlocks: [\"{intruder}/32\"]}}}}]
+"
+    )
+}
+
+/// Denies the intruder's address at `backend`.
+fn deny_intruder(intruder: std::net::Ipv4Addr) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: backend-deny-intruder, namespace: demo}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  action: DENY
+  rules:
+    - from: [{{source: {{ipBlocks: [\"{intruder}/32\"]}}}}]
+"
+    )
+}
+
+/// Plaintext from outside the mesh into a PERMISSIVE pod goes through the destination tunnel,
+/// which applies L4 policy with the caller's real address; the app sees that address.
+fn permissive_plaintext_passes_the_tunnels_policy(mesh: &MeshLab) {
+    let intruder = mesh.pod_ip("intruder").unwrap();
+    let backend_direct = format!("{}:8080", mesh.pod_ip("backend").unwrap());
+    let get = || {
+        mesh.get(
+            "intruder",
+            &backend_direct,
+            &["--body", "--timeout-ms", "2000"],
+        )
+        .unwrap_or_default()
+    };
+    let allow = mesh.config_dir().join("96-permissive-backend.yaml");
+    std::fs::write(&allow, permissive_backend(intruder)).unwrap();
+    let admitted = wait_until(Duration::from_secs(15), || {
+        get().contains(&format!("(peer {intruder}:"))
+    });
+    assert!(
+        admitted,
+        "PERMISSIVE backend with an ipBlocks ALLOW: {}",
+        get()
+    );
+    // A DENY on the caller's address closes it: the plaintext went through the tunnel's policy.
+    let deny = mesh.config_dir().join("97-deny-intruder.yaml");
+    std::fs::write(&deny, deny_intruder(intruder)).unwrap();
+    let denied = wait_until(Duration::from_secs(15), || !get().starts_with("200"));
+    assert!(
+        denied,
+        "a DENY on the intruder's address did not apply to plaintext"
+    );
+    std::fs::remove_file(&deny).unwrap();
+    std::fs::remove_file(&allow).unwrap();
+    let strict_again = wait_until(Duration::from_secs(15), || !get().starts_with("200"));
+    assert!(strict_again, "backend did not return to STRICT");
+}
+
 /// `website` is bound to the waypoint, which applies 10-routing.yaml (90/10 canary, header
 /// route to v3, abort fault on /fault) and 20-policy.yaml's L7 DENY on /admin.
 fn waypoint_applies_routes_faults_and_l7_policy(mesh: &MeshLab) {
@@ -74,6 +148,21 @@ fn waypoint_applies_routes_faults_and_l7_policy(mesh: &MeshLab) {
         answers_from(&jason, "v3"),
         10,
         "end-user jason -> v3:\n{jason}"
+    );
+
+    // After the waypoint too, the app sees the client pod's address (the waypoint says it in
+    // `forwarded`, which n2 believes from the waypoint's identity only).
+    let client_ip = mesh.pod_ip("client").unwrap();
+    let v3 = mesh
+        .get(
+            "client",
+            WEBSITE_VIP,
+            &["--body", "--header", "end-user: jason"],
+        )
+        .unwrap();
+    assert!(
+        v3.contains("website v3") && v3.contains(&format!("(peer {client_ip}:")),
+        "website v3 behind the waypoint did not see the client's address: {v3}"
     );
 
     let fault = mesh
@@ -152,6 +241,28 @@ fn sample_mesh_carries_policy_checked_mtls_traffic() {
         "same node: {same_node}"
     );
 
+    // The backend app sees the client pod's own address: the source tunnel dials from inside
+    // the client pod, the destination tunnel connects to the app transparently.
+    let client_ip = mesh.pod_ip("client").unwrap();
+    let seen = mesh.get("client", BACKEND_VIP, &["--body"]).unwrap();
+    assert!(
+        seen.contains(&format!("(peer {client_ip}:")),
+        "backend did not see the client pod's address: {seen}"
+    );
+
+    // A node process (or hostNetwork pod), on the backend's node or another, is outside the
+    // mesh: no plaintext into the STRICT backend.
+    let backend_direct = format!("{}:8080", mesh.pod_ip("backend").unwrap());
+    for node in ["n1", "n2"] {
+        let from_node = mesh
+            .node_get(node, &backend_direct, "/")
+            .unwrap_or_default();
+        assert!(
+            !from_node.starts_with("200"),
+            "{node}'s host reached the STRICT backend in plaintext: {from_node}"
+        );
+    }
+
     // The destination tunnel saw the client's SPIFFE identity over mTLS.
     let n2_log = mesh.log("mesh-node-n2");
     assert!(
@@ -166,7 +277,6 @@ fn sample_mesh_carries_policy_checked_mtls_traffic() {
     assert!(!guest.starts_with("200"), "guest reached backend: {guest}");
 
     // A pod outside the mesh cannot bypass the tunnel into a STRICT pod.
-    let backend_direct = format!("{}:8080", mesh.pod_ip("backend").unwrap());
     let intruder = mesh
         .get("intruder", &backend_direct, &["--timeout-ms", "2000"])
         .unwrap();
@@ -183,6 +293,7 @@ fn sample_mesh_carries_policy_checked_mtls_traffic() {
     );
 
     waypoint_applies_routes_faults_and_l7_policy(&mesh);
+    permissive_plaintext_passes_the_tunnels_policy(&mesh);
 
     // Broken config is rejected with a message naming the file; the rest of the config and the
     // traffic are untouched.

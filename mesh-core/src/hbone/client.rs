@@ -1,6 +1,8 @@
 //! HBONE client: opens `CONNECT` tunnels over pooled mTLS HTTP/2 connections.
 //!
-//! Pool key: (source identity, acceptable destination identities, tunnel address). A pooled
+//! Pool key: (source identity, acceptable destination identities, tunnel address, origin
+//! address). Tunnels that leave from different addresses ([`Origin`]: a node tunnel dials from
+//! inside each source pod, so the peer sees the pod's address) never share a connection. A pooled
 //! connection carries at most [`MAX_STREAMS_PER_CONN`] streams; when all are busy a new one is
 //! dialled (one dial per key at a time). A connection with no stream for [`POOL_IDLE_TIMEOUT`]
 //! is closed; HTTP/2 PINGs detect dead peers.
@@ -8,7 +10,7 @@
 use std::{
     collections::HashMap,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, Weak,
@@ -47,6 +49,21 @@ impl Dialer for TcpDialer {
     }
 }
 
+/// Where a tunnel's TCP connection leaves from, when not from the client's own dialer.
+#[derive(Clone)]
+pub struct Origin {
+    /// The source address the dialer connects from.
+    pub ip: IpAddr,
+    /// Connects from `ip`.
+    pub dialer: Arc<dyn Dialer>,
+}
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Origin").field("ip", &self.ip).finish()
+    }
+}
+
 /// One tunnel to open.
 #[derive(Debug, Clone)]
 pub struct OutboundRequest {
@@ -60,6 +77,8 @@ pub struct OutboundRequest {
     pub authority: Authority,
     /// Extra headers (`forwarded`, `traceparent`, `baggage`).
     pub headers: HeaderMap,
+    /// Where the connection leaves from; `None`: the client's dialer.
+    pub origin: Option<Origin>,
 }
 
 /// Why a tunnel could not be opened; each variant maps to a distinct operator action.
@@ -126,6 +145,7 @@ struct PoolKey {
     source: SpiffeId,
     destinations: Vec<SpiffeId>,
     dial: SocketAddr,
+    origin: Option<IpAddr>,
 }
 
 struct PooledConn {
@@ -193,6 +213,7 @@ impl Client {
             source: request.source.identity().clone(),
             destinations: request.destination_identities.clone(),
             dial: request.dial,
+            origin: request.origin.as_ref().map(|o| o.ip),
         };
         let (send, slot) = match self.checkout(&key) {
             Ok(found) => found,
@@ -242,7 +263,8 @@ impl Client {
     async fn open(&self, request: &OutboundRequest, key: PoolKey) -> Result<Stream, ClientError> {
         let addr = request.dial;
         let timeout = |stage| move |_| ClientError::Timeout { addr, stage };
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, self.dialer.dial(addr))
+        let dialer = request.origin.as_ref().map_or(&self.dialer, |o| &o.dialer);
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, dialer.dial(addr))
             .await
             .map_err(timeout("tcp connect"))?
             .map_err(|source| ClientError::Dial { addr, source })?;

@@ -22,7 +22,7 @@ mod tunnel;
 
 use std::time::Duration;
 
-pub use client::{Client, ClientError, Dialer, OutboundRequest, TcpDialer};
+pub use client::{Client, ClientError, Dialer, Origin, OutboundRequest, TcpDialer};
 pub use server::{
     Accepted, ConnectHandler, ConnectRequest, Rejection, Server, ServerCertSelector, ServerError,
 };

@@ -114,6 +114,7 @@ impl Fixture {
             dial: self.server_addr,
             authority: authority.parse().unwrap(),
             headers,
+            origin: None,
         }
     }
 
@@ -279,4 +280,48 @@ async fn drain_stops_accepting_and_waits_for_open_tunnels() {
     // New connections are refused once the listener is gone.
     let fresh = Client::new(Arc::new(TcpDialer));
     assert!(fresh.connect(fx.echo_request()).await.is_err());
+}
+
+/// Counts its dials, then connects like [`TcpDialer`].
+#[derive(Default)]
+struct CountingDialer(std::sync::atomic::AtomicUsize);
+
+impl Dialer for CountingDialer {
+    fn dial(
+        &self,
+        addr: SocketAddr,
+    ) -> futures::future::BoxFuture<'static, std::io::Result<tokio::net::TcpStream>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        TcpDialer.dial(addr)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_from_different_origins_never_share_a_connection() {
+    let fx = fixture().await;
+    let default = Arc::new(CountingDialer::default());
+    let client = Client::new(default.clone());
+    let pod_a = Arc::new(CountingDialer::default());
+    let pod_b = Arc::new(CountingDialer::default());
+    let from = |ip: &str, dialer: &Arc<CountingDialer>| {
+        let mut request = fx.echo_request();
+        request.origin = Some(Origin {
+            ip: ip.parse().unwrap(),
+            dialer: dialer.clone(),
+        });
+        request
+    };
+    let mut a = client.connect(from("10.0.0.1", &pod_a)).await.unwrap();
+    let _a2 = client.connect(from("10.0.0.1", &pod_a)).await.unwrap();
+    let mut b = client.connect(from("10.0.0.2", &pod_b)).await.unwrap();
+    let _node = client.connect(fx.echo_request()).await.unwrap();
+    round_trip(&mut a, b"from a").await;
+    round_trip(&mut b, b"from b").await;
+    let count = |d: &Arc<CountingDialer>| d.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        (count(&pod_a), count(&pod_b), count(&default)),
+        (1, 1, 1),
+        "each origin dials with its own dialer, once"
+    );
+    assert_eq!(client.pooled_connections(), 3);
 }

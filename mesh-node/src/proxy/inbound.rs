@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// The tunnel's own ports, which clients may not target (loop protection).
-const RESERVED_PORTS: [u16; 6] = [15000, 15001, 15006, 15008, 15020, 15021];
+pub(crate) const RESERVED_PORTS: [u16; 6] = [15000, 15001, 15006, 15008, 15020, 15021];
 
 /// Server certificate of the destination workload, chosen by the connection's original
 /// destination IP (the pod the peer dialled).

@@ -26,7 +26,7 @@ use tokio::{
 use crate::{
     certs::CertManager,
     metrics::{Metrics, Outcome, TcpLabels},
-    pod_net::PodNet,
+    pod_net::{PodNet, PodNets},
     policy::{Authorizer, ConnectionGuard},
     socket::SocketFactory,
     state::{State, Workload},
@@ -50,6 +50,8 @@ pub struct Proxy {
     pub authz: Authorizer,
     /// Metrics and access log.
     pub metrics: Arc<Metrics>,
+    /// Local pods' network namespaces, where their outbound tunnels leave from.
+    pub pods: Arc<PodNets>,
 }
 
 impl std::fmt::Debug for Proxy {

@@ -3,13 +3,14 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use http::HeaderMap;
-use mesh_core::hbone::{headers, OutboundRequest};
+use mesh_core::hbone::{headers, Origin, OutboundRequest};
 use tokio::{net::TcpStream, time::Instant};
 use tracing::Instrument;
 
 use super::{copy_with_policy, labels, Proxy, UPSTREAM_CONNECT_TIMEOUT};
 use crate::{
     metrics::{ConnectionRecord, Outcome, Reporter},
+    pod_net::FromPod,
     policy::ConnectionGuard,
     route::{self, HboneRoute, Route},
     state::Workload,
@@ -93,6 +94,11 @@ impl Proxy {
                 Err(_) => return self.fail(source, dest.as_deref(), start, "bad authority".into()),
             },
             headers: connect_headers(conn.peer, source),
+            // From inside the source pod when it is served in-pod: the peer sees its address.
+            origin: self.pods.get(source.ip).map(|net| Origin {
+                ip: source.ip,
+                dialer: Arc::new(FromPod(net)),
+            }),
         };
         let mut tunnel = match self.client.connect(request).await {
             Ok(tunnel) => tunnel,

@@ -10,7 +10,11 @@ use std::net::SocketAddr;
 
 use tokio::{net::TcpStream, time::Instant};
 
-use super::{copy_with_policy, inbound::connection_info, labels, AppDial, Proxy};
+use super::{
+    copy_with_policy,
+    inbound::{connection_info, RESERVED_PORTS},
+    labels, AppDial, Proxy,
+};
 use crate::{
     config::MtlsMode,
     metrics::{ConnectionRecord, Outcome, Reporter},
@@ -50,6 +54,11 @@ impl Proxy {
                 outcome: Outcome::Failed(reason),
             });
         };
+        if RESERVED_PORTS.contains(&dst.port()) {
+            // The tunnel's own ports: dialling `<pod>:15006` from inside the pod would land on
+            // this listener again, a loop.
+            return fail(format!("port {} is reserved", dst.port()));
+        }
         if state.mtls_mode_for(&dest, dst.port()) == MtlsMode::Strict {
             return fail(format!(
                 "plaintext refused: {}/{} port {} is STRICT",

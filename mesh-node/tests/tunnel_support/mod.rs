@@ -499,6 +499,7 @@ impl HboneCaller {
             dial: SocketAddr::new(pod, 15008),
             authority: authority.to_string().parse()?,
             headers: Default::default(),
+            origin: None,
         };
         Ok(tokio::time::timeout(WAIT, self.client.connect(request)).await??)
     }

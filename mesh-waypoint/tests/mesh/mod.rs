@@ -209,6 +209,7 @@ impl Source {
             dial: self.waypoint,
             authority: vip.to_string().parse().expect("authority"),
             headers: self.connect_headers(),
+            origin: None,
         };
         let tunnel = tokio::time::timeout(WAIT, self.client.connect(request))
             .await
