@@ -209,8 +209,11 @@ pub struct RedirectConfig {
     /// `tunnel_mark` (the tunnel's in-pod listener) are allowed into strict pods from anywhere,
     /// because HBONE is mTLS that the tunnel authenticates and authorises. 0: none.
     pub hbone_port: u16,
-    /// Explicit padding.
-    pub _pad: u16,
+    /// Port of the tunnel's in-pod plaintext listener (network order), where `sk_lookup` steers
+    /// every other port: a listener on it carrying `tunnel_mark` is admitted like the HBONE
+    /// one, because the tunnel itself enforces each original port's mode there. 0: none. (Was
+    /// padding: the layout is unchanged.)
+    pub plaintext_port: u16,
     /// Unused (was the node's IPv6 address); kept for the layout.
     pub _reserved_ip6: [u32; 4],
     /// Kubelet probe source address (IPv6, network order words). All zero: none.

@@ -14,9 +14,11 @@
 //! listener's own port.
 //!
 //! Into a strict pod's listeners, a connection attempt passes when it arrives on loopback, or is
-//! aimed at the tunnel's own in-pod HBONE listener (mutual TLS that the tunnel authenticates and
-//! authorises): the listener's port is the HBONE port *and* the listening socket carries the
-//! tunnel's `SO_MARK`, so an application listening on the HBONE port itself gets no exception;
+//! aimed at one of the tunnel's own in-pod listeners (HBONE: mutual TLS that the tunnel
+//! authenticates and authorises; plaintext, where `sk_lookup` steers every other port: the
+//! tunnel refuses each STRICT original port itself, and admits PERMISSIVE port overrides after
+//! policy): the listener's port is the HBONE or plaintext port *and* the listening socket carries
+//! the tunnel's `SO_MARK`, so an application listening on those ports itself gets no exception;
 //! or it comes from the kubelet probe address (IPv4 or IPv6; see `probe` for why only the
 //! kubelet can use it). The node's own address gets no exception: the tunnel connects to the app
 //! from inside the pod (over loopback), so a node process or hostNetwork pod is just another
@@ -81,7 +83,7 @@ fn verdict(ctx: &SkBuffContext) -> Option<bool> {
     }
     // SAFETY: kernel context pointer.
     let (protocol, ifindex) = unsafe { ((*ctx.skb.skb).protocol, (*ctx.skb.skb).ingress_ifindex) };
-    if ifindex == LOOPBACK_IFINDEX || is_tunnel_hbone(&listener, cfg) {
+    if ifindex == LOOPBACK_IFINDEX || is_tunnel_listener(&listener, cfg) {
         return Some(true);
     }
     Some(match u32::from_be(protocol) >> 16 {
@@ -110,13 +112,15 @@ struct Listener {
     mark: u32,
 }
 
-/// Whether the listener is the tunnel's in-pod HBONE listener: the HBONE port and the tunnel's
-/// mark (neither check can be turned off alone; 0 in either turns the exception off).
-fn is_tunnel_hbone(listener: &Listener, cfg: &RedirectConfig) -> bool {
-    cfg.hbone_port != 0
-        && listener.port == cfg.hbone_port
-        && cfg.tunnel_mark != 0
-        && listener.mark == cfg.tunnel_mark
+/// Whether the listener is one of the tunnel's in-pod listeners: the HBONE port or the
+/// plaintext port, and the tunnel's mark (neither check can be turned off alone; a 0 port or
+/// mark turns the exception off). The tunnel authenticates HBONE itself, and refuses plaintext
+/// for each original destination port that is STRICT.
+fn is_tunnel_listener(listener: &Listener, cfg: &RedirectConfig) -> bool {
+    let port = listener.port;
+    let tunnel_port = (cfg.hbone_port != 0 && port == cfg.hbone_port)
+        || (cfg.plaintext_port != 0 && port == cfg.plaintext_port);
+    tunnel_port && cfg.tunnel_mark != 0 && listener.mark == cfg.tunnel_mark
 }
 
 /// The receiving socket when it is a listening TCP socket.

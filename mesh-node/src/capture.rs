@@ -63,6 +63,7 @@ pub fn redirect_config(
     redirect.hbone_port = config.hbone_port;
     redirect.tunnel_mark = config.in_pod.mark;
     redirect.reply_mark = config.in_pod.reply_mark;
+    redirect.plaintext_port = config.in_pod.plaintext_port;
     Ok(redirect)
 }
 

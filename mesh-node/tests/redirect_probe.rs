@@ -97,3 +97,16 @@ fn kubelet_connects_to_enrolled_pods_leave_from_the_probe_address() {
     drop(kubelet);
     drop(pods);
 }
+
+#[test]
+fn a_missing_kubelet_cgroup_costs_the_probes_not_the_node() {
+    let _serial = serial();
+    let pods = TestCgroup::create("wfte-probe-missing").expect("pods cgroup");
+    let tunnel = listen_on(Ipv4Addr::LOCALHOST);
+    let mut config = Config::new(&pods.relative, v4(&tunnel));
+    config.kubelet_cgroup = Some("wfte-no-such-kubelet.slice".into());
+    let redirect = Redirect::load(&config).expect("loads without the probe programs");
+    assert_eq!(redirect.counters().expect("counters").probe_bound, 0);
+    drop(redirect);
+    drop(pods);
+}

@@ -21,7 +21,7 @@ use std::{
 
 use mesh_node::{
     pod_net,
-    redirect::{Config, ListenerKind, Redirect},
+    redirect::{Config, EnrollMode, EnrollPolicy, ListenerKind, Redirect},
 };
 
 const REPLY_MARK: u32 = 0x53a;
@@ -239,3 +239,81 @@ fn assert_refused(attempt: std::io::Result<std::net::TcpStream>, what: &str) {
         ),
     }
 }
+
+/// In Kubernetes mesh-node's own pod is inside the pods' cgroup, so the strict `cgroup_skb`
+/// program judges the tunnel's in-pod listeners too (this process joins the cgroup to be in the
+/// same place). A STRICT pod with a PERMISSIVE port: whatever the port, the connection attempt
+/// is steered to the tunnel's marked plaintext listener and admitted there (the tunnel enforces
+/// each original port's mode); with no plaintext port configured it would be dropped, and the
+/// PERMISSIVE port unreachable.
+#[test]
+fn strict_pods_admit_steered_plaintext_into_the_tunnels_marked_listener_only() {
+    let _serial = serial();
+    let pair = DirectPair::new(76, 77).expect("pods");
+    let pods = TestCgroup::join("wfte-steer-strict").expect("cgroup");
+    let tunnel = listen_on(pair.server.host_ip);
+    let mut config = Config::new(&pods.relative, v4(&tunnel));
+    config.tunnel_mark = TUNNEL_MARK;
+    config.plaintext_port = 15006;
+    let mut redirect = Redirect::load(&config).unwrap_or_else(|e| panic!("eBPF must load: {e}"));
+    let policy = EnrollPolicy::new(EnrollMode::Strict, [(9090, EnrollMode::Capture)]);
+    redirect
+        .enroll(pair.server.cookie(), policy)
+        .expect("enroll strict with a permissive port");
+    let pod = IpAddr::from(pair.server_end_v4());
+    let listener = |port: u16, mark: u32| {
+        let socket = pair
+            .server
+            .run_in(|| TcpListener::bind((pod, port)))
+            .expect("listener in the pod");
+        if mark != 0 {
+            socket2::SockRef::from(&socket)
+                .set_mark(mark)
+                .expect("SO_MARK (CAP_NET_ADMIN)");
+        }
+        socket
+    };
+    let steering = redirect.steering();
+    steering
+        .steer(pair.server.cookie(), pair.server.netns(), pod)
+        .expect("steer");
+    let outsider = IpAddr::from(pair.outsider.ip);
+    let dial = |port: u16, wait: Duration| {
+        let to = SocketAddr::new(pod, port);
+        pair.outsider
+            .run_in(move || connect_from(outsider, to, wait))
+    };
+
+    // An unmarked listener standing in as the plaintext listener gets nothing past the strict
+    // program: only the tunnel's mark opens the exception.
+    let unmarked = listener(15006, 0);
+    steering
+        .listener(pod, ListenerKind::Plaintext, unmarked.as_fd())
+        .expect("register");
+    assert_dropped(
+        dial(9090, DROPPED_WAIT),
+        "plaintext into an unmarked listener",
+    );
+    drop(unmarked);
+
+    let plaintext = listener(15006, TUNNEL_MARK);
+    steering
+        .listener(pod, ListenerKind::Plaintext, plaintext.as_fd())
+        .expect("register");
+    for port in [9090u16, 8080] {
+        let mut client = dial(port, WAIT).unwrap_or_else(|e| panic!("port {port}: {e}"));
+        let mut got = accept_within(&plaintext, WAIT)
+            .expect("poll")
+            .unwrap_or_else(|| panic!("port {port} not on the tunnel's plaintext listener"));
+        assert_eq!(got.local_addr().unwrap(), SocketAddr::new(pod, port));
+        assert_carries(&mut client, &mut got, b"to the tunnel");
+    }
+    steering
+        .release(pair.server.cookie(), pod)
+        .expect("release");
+    drop(plaintext);
+    drop(redirect);
+    drop(pods);
+}
+
+const TUNNEL_MARK: u32 = 0x539;

@@ -149,6 +149,11 @@ fn strict_pod_takes_hbone_on_its_in_pod_listener_and_drops_plaintext() {
             .expect("peer report timed out")
             .expect("peer report");
         assert_eq!(seen, outsider.to_string(), "the app's peer address");
+        // The tunnel's own ports are not destinations (15006 would loop into the tunnel).
+        for port in [15006, 15008, 15020] {
+            let refused = caller.call(IpAddr::V4(pod.ip), port).await;
+            assert!(refused.is_err(), "CONNECT to reserved port {port} accepted");
+        }
     });
     let counters = enrollment.counters().read().expect("counters");
     assert!(counters.strict_dropped >= 1, "{counters:?}");

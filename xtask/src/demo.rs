@@ -130,7 +130,7 @@ fn walk_through(show: &mut Walkthrough, mesh: &MeshLab) -> anyhow::Result<()> {
             let target = format!("{}:8080", mesh.pod_ip("backend")?);
             print_indented(&mesh.get("intruder", &target, &["--timeout-ms", "2000"])?);
             println!(
-                "      backend is STRICT: eBPF on n2 drops plaintext that bypassed the tunnel"
+                "      backend is STRICT: eBPF on n2 steers every port of backend's pod to the tunnel, which refuses plaintext"
             );
             Ok(())
         },

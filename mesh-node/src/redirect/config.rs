@@ -57,6 +57,10 @@ pub struct Config {
     /// carries `tunnel_mark` are allowed into strict pods from any source (HBONE is mTLS,
     /// authorised by the tunnel). 0 allows none.
     pub hbone_port: u16,
+    /// Port of the tunnel's in-pod plaintext listeners: a listener on it that carries
+    /// `tunnel_mark` is admitted into strict pods like the HBONE one (the tunnel enforces each
+    /// original port's mode itself). 0 admits none.
+    pub plaintext_port: u16,
     /// bpffs directory to pin links and maps in (e.g. `/sys/fs/bpf/weft`): programs then stay
     /// attached when the loader exits, and the next load adopts them. `None`: detach on drop.
     pub pin_path: Option<PathBuf>,
@@ -83,6 +87,7 @@ impl Config {
             probe_source_v6: None,
             kubelet_cgroup: None,
             hbone_port: DEFAULT_HBONE_PORT,
+            plaintext_port: 0,
             pin_path: None,
             excluded_ports: Vec::new(),
             excluded_cidrs: Vec::new(),
@@ -98,6 +103,7 @@ impl Config {
             reply_mark: self.reply_mark,
             probe_ip4: self.probe_source_v4.map_or(0, ip4_abi),
             hbone_port: self.hbone_port.to_be(),
+            plaintext_port: self.plaintext_port.to_be(),
             probe_ip6: self
                 .probe_source_v6
                 .map_or([0; 4], |ip| ip6_abi(ip.octets())),

@@ -167,12 +167,23 @@ impl Redirect {
         settings::write(&mut ebpf, config)?;
         let ports = PortOverrides::read(&mut ebpf)?;
         programs::attach_all(&mut ebpf, &cgroup_dir, config.splice, pins.as_ref())?;
-        if let Some(kubelet) = &config.kubelet_cgroup {
-            let kubelet_dir = cgroup::open(&cgroup::resolve(&mount, kubelet)?)?;
-            programs::attach_kubelet(&mut ebpf, &kubelet_dir, pins.as_ref())?;
+        // A wrong kubelet cgroup costs the probes of STRICT pods, not the whole node's traffic:
+        // logged, and the tunnel runs without the probe programs.
+        let kubelet_dir = config.kubelet_cgroup.as_ref().and_then(|kubelet| {
+            let opened = cgroup::resolve(&mount, kubelet).and_then(|path| cgroup::open(&path));
+            match opened {
+                Ok(dir) => Some(dir),
+                Err(error) => {
+                    tracing::error!(kubelet_cgroup = %kubelet.display(), %error, "kubelet cgroup not found: kubelet probes keep the node's address, so STRICT pods refuse them; fix --kubelet-cgroup (systemctl show -p ControlGroup kubelet)");
+                    None
+                }
+            }
+        });
+        if let Some(kubelet_dir) = &kubelet_dir {
+            programs::attach_kubelet(&mut ebpf, kubelet_dir, pins.as_ref())?;
         }
         if let Some(pins) = &pins {
-            let kubelet = config.kubelet_cgroup.is_some();
+            let kubelet = kubelet_dir.is_some();
             pins.retire_links(&programs::pinned_programs(config.splice, kubelet))?;
         }
         let steering = Arc::new(Steering::take(&mut ebpf)?);
