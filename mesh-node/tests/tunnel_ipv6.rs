@@ -3,7 +3,8 @@
 //! ([`mesh_node::capture::redirect_config`]), an enrolled pod's native IPv6 connect to another
 //! mesh workload is redirected to the IPv6 outbound listener, its original destination is read
 //! with `IP6T_SO_ORIGINAL_DST`, carried over HBONE (`:authority [v6]:port`) to the destination's
-//! in-pod listener and delivered; both tunnel ends log it.
+//! in-pod listener and delivered; both tunnel ends log it. The HBONE connection leaves from
+//! inside the client pod, over a direct pod-to-pod link.
 //!
 //! Uses the `redirect_*` fixtures (pods `wfte-66`/`wfte-67`, ULA `fd00:201::/32`, `nodad`).
 
@@ -85,6 +86,60 @@ fn echo_from(client: &Pod, to: SocketAddr, payload: &[u8]) -> bool {
     matches!(attempt, Ok(back) if back == payload)
 }
 
+/// A direct link between two pods, routing each one's IPv6 address to the other: the pod-to-pod
+/// path a CNI provides, which the tunnel's HBONE dial from inside the client pod takes (the test
+/// host does not forward IPv6). Removed on drop.
+struct PodToPod(String);
+
+impl PodToPod {
+    fn wire(client: &Pod, server: &Pod) -> Self {
+        let (a, b) = ("wfte66x", "wfte67x");
+        let _ = support::run("ip", &["link", "del", a]);
+        let ip = |args: &[&str]| support::run("ip", args).expect("ip (pod-to-pod link)");
+        ip(&[
+            "link",
+            "add",
+            a,
+            "netns",
+            &client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b,
+            "netns",
+            &server.name,
+        ]);
+        for (pod, dev, own, peer, to) in [
+            (client, a, "fe80::66:1", "fe80::67:1", server.ip6()),
+            (server, b, "fe80::67:1", "fe80::66:1", client.ip6()),
+        ] {
+            let ns = pod.name.as_str();
+            ip(&[
+                "-n",
+                ns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{own}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            let to = format!("{to}/128");
+            ip(&["-n", ns, "-6", "route", "add", &to, "via", peer, "dev", dev]);
+        }
+        Self(client.name.clone())
+    }
+}
+
+impl Drop for PodToPod {
+    fn drop(&mut self) {
+        let _ = support::run("ip", &["-n", &self.0, "link", "del", "wfte66x"]);
+    }
+}
+
 #[test]
 fn enrolled_pod_ipv6_connect_goes_through_the_tunnel_over_hbone() {
     let _serial = support::serial();
@@ -93,6 +148,7 @@ fn enrolled_pod_ipv6_connect_goes_through_the_tunnel_over_hbone() {
     client.add_ipv6().expect("client ipv6");
     let server = Pod::new(67).expect("server pod");
     server.add_ipv6().expect("server ipv6");
+    let _pod_to_pod = PodToPod::wire(&client, &server);
     let cgroup = TestCgroup::join("wfte-tunnel-ipv6").expect("create and join test cgroup");
     let app_listener = server.listen6(APP_PORT).expect("app listens on [::]");
     app_listener.set_nonblocking(true).expect("nonblocking");
