@@ -402,6 +402,38 @@ impl MeshLab {
         )
     }
 
+    /// Starts a pod in the lab and tells mesh-control about it at once (a Pod in namespace
+    /// `namespace` with `service_account`, on `node`, at `ip`), as a scheduler and CNI would
+    /// in a cluster: nothing waits for the mesh.
+    pub fn add_pod(
+        &mut self,
+        name: &str,
+        node: &str,
+        ip: Ipv4Addr,
+        namespace: &str,
+        service_account: &str,
+    ) -> anyhow::Result<()> {
+        let spec = PodSpec {
+            name: name.into(),
+            node: node.into(),
+        };
+        self.lab.add_pod(&spec, ip)?;
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}\nspec: {{nodeName: {node}, serviceAccountName: {service_account}, containers: [{{name: app, image: weft-lab-app}}]}}\nstatus: {{podIP: {ip}}}\n"
+        );
+        std::fs::write(self.pod_file(name), yaml).context("write the pod's YAML")
+    }
+
+    /// Removes a pod added with [`MeshLab::add_pod`]: from mesh-control's config, then the lab.
+    pub fn remove_pod(&mut self, name: &str) -> anyhow::Result<()> {
+        std::fs::remove_file(self.pod_file(name)).context("remove the pod's YAML")?;
+        self.lab.remove_pod(name)
+    }
+
+    fn pod_file(&self, name: &str) -> PathBuf {
+        self.config_dir().join(format!("80-pod-{name}.yaml"))
+    }
+
     /// Where process logs are.
     pub fn log_dir(&self) -> &Path {
         self.lab.log_dir()

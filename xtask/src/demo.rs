@@ -239,7 +239,7 @@ fn print_indented(text: &str) {
     }
 }
 
-fn build() -> anyhow::Result<()> {
+pub(crate) fn build() -> anyhow::Result<()> {
     ebpf::build(&ebpf::BuildArgs { no_setup: false })?;
     workspace::run(
         Command::new(setup::cargo())

@@ -5,7 +5,9 @@
 //! - `test`: set-up, eBPF build, then the whole test suite (the README's test command).
 //! - `demo`: the local lab, the README's main command.
 //! - `fuzz`: bounded fuzzing of parsers (cargo-fuzz, nightly).
+//! - `capture-window`: measures how long a new pod runs before the mesh captures it (lab).
 
+mod capture_window;
 mod demo;
 mod ebpf;
 mod fuzz;
@@ -35,6 +37,8 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Fuzz the parsers of network and user input for a bounded time (nightly, cargo-fuzz).
     Fuzz(fuzz::FuzzArgs),
+    /// Measure, in the lab, how long a new pod in an enrolled namespace runs uncaptured (root).
+    CaptureWindow(capture_window::CaptureWindowArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::CaptureWindow(args) => capture_window::run(&args),
     }
 }

@@ -87,6 +87,7 @@ pub struct Lab {
     fabric: NetNs,
     root_cgroup: Cgroup,
     log_dir: PathBuf,
+    prefix: String,
 }
 
 impl Lab {
@@ -108,13 +109,16 @@ impl Lab {
             fabric,
             root_cgroup,
             log_dir: log_dir.to_path_buf(),
+            prefix: spec.prefix.clone(),
         };
         for (index, name) in spec.nodes.iter().enumerate() {
             lab.add_node(&spec.prefix, name, index + 1)?;
         }
         lab.route_between_nodes()?;
         for (index, pod) in spec.pods.iter().enumerate() {
-            lab.add_pod(&spec.prefix, pod, index + 1)?;
+            let node_index = lab.node_index(&pod.node)?;
+            let ip = Ipv4Addr::new(10, 211, octet(node_index + 1)?, octet(index + 11)?);
+            lab.add_pod(pod, ip)?;
         }
         Ok(lab)
     }
@@ -158,16 +162,22 @@ impl Lab {
         Ok(())
     }
 
-    fn add_pod(&mut self, prefix: &str, spec: &PodSpec, index: usize) -> anyhow::Result<()> {
-        let (node_index, node) = self
-            .nodes
+    fn node_index(&self, name: &str) -> anyhow::Result<usize> {
+        self.nodes
             .iter()
-            .enumerate()
-            .find(|(_, node)| node.name == spec.node)
-            .with_context(|| format!("pod {} names unknown node {}", spec.name, spec.node))?;
-        let ip = Ipv4Addr::new(10, 211, octet(node_index + 1)?, octet(index + 10)?);
-        let netns = NetNs::create(&format!("{prefix}-{}", spec.name))?;
-        let node_end = format!("p{index}");
+            .position(|node| node.name == name)
+            .with_context(|| format!("unknown lab node {name}"))
+    }
+
+    /// Adds pod `spec` with address `ip` (in `10.211.<node>.0/24`, the node's pod range) to a
+    /// running lab, wired like the others.
+    pub fn add_pod(&mut self, spec: &PodSpec, ip: Ipv4Addr) -> anyhow::Result<()> {
+        let node = &self.nodes[self.node_index(&spec.node)?];
+        if self.pods.iter().any(|p| p.name == spec.name || p.ip == ip) {
+            bail!("lab pod {} or address {ip} exists already", spec.name);
+        }
+        let netns = NetNs::create(&format!("{}-{}", self.prefix, spec.name))?;
+        let node_end = format!("p{}", ip.octets()[3]);
         veth((&node.netns, &node_end), (&netns, "eth0"))?;
         let node_ns = node.netns.name();
         ip_in(
@@ -201,6 +211,17 @@ impl Lab {
             cgroup,
             netns,
         });
+        Ok(())
+    }
+
+    /// Removes pod `name` (its processes must have ended): namespace, veth and cgroup.
+    pub fn remove_pod(&mut self, name: &str) -> anyhow::Result<()> {
+        let position = self
+            .pods
+            .iter()
+            .position(|pod| pod.name == name)
+            .with_context(|| format!("no lab pod {name}"))?;
+        drop(self.pods.remove(position));
         Ok(())
     }
 
