@@ -10,7 +10,7 @@
 //! `ip:port` is refused with 400 before the tunnel is up (HBONE.md); whether the principal may
 //! reach a bound one is decided per request (403).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use mesh_core::{
     drain::DrainWatch,
@@ -68,12 +68,18 @@ fn accept(
     }))
 }
 
-/// The request's peer: the original client address from `forwarded` when the node sent one
-/// (else the node tunnel's address), the verified SPIFFE identity, and the CONNECT authority.
+/// The request's peer: the address of the tunnel's socket, the verified SPIFFE identity, and
+/// the CONNECT authority. A node tunnel dials the waypoint from inside the client pod (as
+/// ztunnel does), so the socket address is the client's; a `forwarded` header is not believed
+/// (any mesh identity could name any address in it and pass `ipBlocks` or `remoteIpBlocks`).
 fn peer(request: &ConnectRequest) -> Peer {
-    let addr: SocketAddr = forwarded_for(&request.headers).unwrap_or(request.peer_addr);
+    if let Some(claimed) = forwarded_for(&request.headers) {
+        if claimed.ip() != request.peer_addr.ip() {
+            tracing::debug!(%claimed, peer = %request.peer_addr, "forwarded address ignored: the socket's address is the client's");
+        }
+    }
     Peer {
-        addr,
+        addr: request.peer_addr,
         identity: Some(request.peer_identity.to_string()),
         authority: Some(request.authority),
         workload: WorkloadMeta::from_headers(&request.headers),

@@ -304,20 +304,26 @@ async fn routes_by_weight_header_fault_and_policy_over_hbone() {
 #[tokio::test]
 async fn upstream_connect_names_the_client_and_the_waypoint() {
     let mesh = Mesh::start().await;
-    // Two clients, interleaved: pooled upstream tunnels are never shared between them, so each
-    // request arrives on a tunnel whose `forwarded` names its own client.
-    let clients = ["10.1.2.3:4567", "10.9.8.7:6543"];
+    // Two clients, interleaved, each dialling from its own address (as a node dials from inside
+    // each client pod) and each lying in its own `forwarded`: pooled upstream tunnels are never
+    // shared between them, and each request arrives on a tunnel whose `forwarded` names its own
+    // client's real address, never the claim.
+    let clients = ["127.1.2.3", "127.9.8.7"];
     for round in 0..3 {
         for client in clients {
             let mut source = mesh.source("productpage");
-            source.forwarded = Some(client.parse().expect("addr"));
+            source.from = Some(client.parse().expect("addr"));
+            source.forwarded = Some("10.66.6.6:1".parse().expect("addr"));
             let (status, headers, body) = source
                 .get(vip(), "/h", &[("x-version", "v1")])
                 .await
                 .expect("request");
             assert_eq!(status, 200, "{body}");
-            let forwarded = &headers["x-connect-forwarded"];
-            assert_eq!(forwarded, &format!("for=\"{client}\""), "round {round}");
+            let forwarded = headers["x-connect-forwarded"].to_str().expect("ascii");
+            assert!(
+                forwarded.starts_with(&format!("for=\"{client}:")),
+                "round {round}: {forwarded}"
+            );
             let baggage = headers["x-connect-baggage"].to_str().expect("ascii");
             for pair in [
                 "k8s.namespace.name=default",

@@ -159,8 +159,31 @@ pub struct Source {
     cert: Arc<IdentityCert>,
     waypoint: SocketAddr,
     waypoint_id: SpiffeId,
-    /// Sent as the CONNECT's `forwarded: for=` (the original client), when set.
+    /// Sent as the CONNECT's `forwarded: for=` (a claim the waypoint must not believe).
     pub forwarded: Option<SocketAddr>,
+    /// The address the tunnel's connection leaves from (a client pod's, as a node dials from
+    /// inside the pod); `None`: the kernel's choice.
+    pub from: Option<std::net::IpAddr>,
+}
+
+/// Dials from a fixed local address.
+struct BoundDialer(std::net::IpAddr);
+
+impl hbone::Dialer for BoundDialer {
+    fn dial(
+        &self,
+        addr: SocketAddr,
+    ) -> futures::future::BoxFuture<'static, std::io::Result<tokio::net::TcpStream>> {
+        let from = self.0;
+        Box::pin(async move {
+            let socket = match from {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(from, 0))?;
+            socket.connect(addr).await
+        })
+    }
 }
 
 impl Source {
@@ -172,6 +195,7 @@ impl Source {
             waypoint,
             waypoint_id,
             forwarded: None,
+            from: None,
         }
     }
 
@@ -209,7 +233,10 @@ impl Source {
             dial: self.waypoint,
             authority: vip.to_string().parse().expect("authority"),
             headers: self.connect_headers(),
-            origin: None,
+            origin: self.from.map(|ip| hbone::Origin {
+                ip,
+                dialer: Arc::new(BoundDialer(ip)),
+            }),
         };
         let tunnel = tokio::time::timeout(WAIT, self.client.connect(request))
             .await
