@@ -11,17 +11,17 @@
 //! Left to the normal lookup: connections the pod opens to itself (source address = destination
 //! address, or to 127.0.0.1/::1), the tunnel's own connections to the app (it opens them inside
 //! the pod from the client's address, on a socket bound to `lo`), and kubelet probes (source =
-//! the probe address, which only the kubelet's sockets can use: see `probe`).
+//! the probe address, which only the kubelet's sockets can use: see `probe`). Everything else
+//! for which no listener is registered (the tunnel is starting or restarting, or failed to open
+//! it) is refused: `SK_DROP` makes the lookup find no socket, so the kernel answers the SYN with
+//! a reset, whatever listens in the pod. Fail closed. UDP is not steered.
 //!
 //! The interface the kernel reports here is the device of the route that delivered the packet:
 //! `lo` for 127.0.0.1 and for the tunnel's `lo`-bound sockets, but the pod's `eth0` when the pod
 //! dials its own address (the local route's device). Hence the source = destination test. A
 //! forged SYN with the pod's own address as source only makes the app answer itself: no
 //! handshake completes for the forger, and a strict pod's `cgroup_skb` program drops it anyway
-//! (it did not arrive on loopback). Everything else for which no listener is registered (the tunnel is starting
-//! or restarting, or failed to open it) is refused: `SK_DROP` makes the lookup find no socket,
-//! so the kernel answers the SYN with a reset, whatever listens in the pod. Fail closed.
-//! UDP is not steered.
+//! (it did not arrive on loopback).
 
 use core::ptr::{addr_of, read_volatile};
 

@@ -325,17 +325,7 @@ pub fn connect_from(
     to: SocketAddr,
     wait: Duration,
 ) -> io::Result<TcpStream> {
-    let local = SocketAddr::new(local.into(), 0);
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(local),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.bind(&local.into())?;
-    socket.connect_timeout(&to.into(), wait)?;
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT))?;
-    Ok(stream)
+    connect_bound(bound_socket(local)?, to, wait)
 }
 
 /// A TCP socket bound to `local` now, to connect later with [`connect_bound`]. A socket belongs
