@@ -5,7 +5,10 @@ use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::{Arc, OnceLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+    },
     time::Duration,
 };
 
@@ -97,6 +100,8 @@ pub struct Bound {
     mesh_changed: Arc<Notify>,
     in_pod: watch::Receiver<BTreeMap<IpAddr, PathBuf>>,
     steering: Arc<OnceLock<Arc<Steering>>>,
+    /// The mesh view names the node's pods (static config, or the first feed version applied).
+    mesh_known: Arc<AtomicBool>,
     scanner: OnceLock<PodScanner>,
     scan_config: ScanConfig,
 }
@@ -187,6 +192,10 @@ impl Bound {
         config: &Config,
     ) -> Result<usize, AppError> {
         let result = self.update_mesh(config).await;
+        if result.is_ok() {
+            self.mesh_known.store(true, Ordering::Release);
+            self.mesh_changed.notify_one();
+        }
         let outcome = result.as_ref().map(|_| ()).map_err(ToString::to_string);
         self.ready.feed_outcome(version, outcome);
         result
@@ -328,6 +337,7 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
     };
     let scanner = OnceLock::new();
     let steering = Arc::new(OnceLock::new());
+    let mesh_known = Arc::new(AtomicBool::new(!config.follows_control_feed));
     let in_pod = match config.in_pod.enabled {
         true => {
             let scanner = scanner.get_or_init(|| {
@@ -337,7 +347,12 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
                     watch.clone(),
                 )
             });
-            spawn_in_pod(&proxy, &config, &steering, scanner, &mesh_changed, &watch)
+            let shared = InPodShared {
+                steering: &steering,
+                mesh_known: &mesh_known,
+                mesh_changed: &mesh_changed,
+            };
+            spawn_in_pod(&proxy, &config, shared, scanner, &watch)
         }
         false => watch::channel(BTreeMap::new()).1,
     };
@@ -371,6 +386,7 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
         mesh_changed,
         in_pod,
         steering,
+        mesh_known,
         scanner,
         scan_config,
     })
@@ -388,14 +404,25 @@ fn spawn_outbound(proxy: &Proxy, listener: tokio::net::TcpListener, watch: &drai
 }
 
 /// Starts the in-pod listeners; returns the view of the open ones.
+/// What the in-pod listener manager shares with [`Bound`].
+struct InPodShared<'a> {
+    steering: &'a Arc<OnceLock<Arc<Steering>>>,
+    mesh_known: &'a Arc<AtomicBool>,
+    mesh_changed: &'a Arc<Notify>,
+}
+
 fn spawn_in_pod(
     proxy: &Proxy,
     config: &Config,
-    steering: &Arc<OnceLock<Arc<Steering>>>,
+    shared: InPodShared<'_>,
     scanner: &PodScanner,
-    mesh_changed: &Arc<Notify>,
     watch: &drain::DrainWatch,
 ) -> watch::Receiver<BTreeMap<IpAddr, PathBuf>> {
+    let InPodShared {
+        steering,
+        mesh_known,
+        mesh_changed,
+    } = shared;
     let settings = InPodSettings {
         hbone_port: config.hbone_port,
         plaintext_port: config.in_pod.plaintext_port,
@@ -403,7 +430,12 @@ fn spawn_in_pod(
         reply_mark: config.in_pod.reply_mark,
         deadline: config.drain_deadline,
     };
-    let (listeners, view) = InPodListeners::new(proxy.clone(), settings, steering.clone());
+    let (listeners, view) = InPodListeners::new(
+        proxy.clone(),
+        settings,
+        steering.clone(),
+        mesh_known.clone(),
+    );
     let run = inpod::run(
         listeners,
         scanner.results(),

@@ -26,7 +26,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsFd, OwnedFd},
     path::PathBuf,
-    sync::{Arc, OnceLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+    },
     time::Duration,
 };
 
@@ -226,15 +229,19 @@ pub struct InPodListeners {
     /// Pods whose namespace is steered now, by IP, with the namespace's cookie.
     steered: HashMap<IpAddr, u64>,
     published: watch::Sender<BTreeMap<IpAddr, PathBuf>>,
+    /// Whether the mesh view names the node's pods yet (static config, or a feed version in).
+    mesh_known: Arc<AtomicBool>,
 }
 
 impl InPodListeners {
     /// Listeners with `settings` for `proxy`'s local pods, steered by eBPF once `steering` is
     /// set. Returns the manager and a view of the open listeners (pod IP -> namespace path).
+    /// Steering links adopted from pins that no pod claims are retired once `mesh_known`.
     pub fn new(
         proxy: Proxy,
         settings: InPodSettings,
         steering: Arc<OnceLock<Arc<Steering>>>,
+        mesh_known: Arc<AtomicBool>,
     ) -> (Self, watch::Receiver<BTreeMap<IpAddr, PathBuf>>) {
         let (published, view) = watch::channel(BTreeMap::new());
         let manager = Self {
@@ -244,6 +251,7 @@ impl InPodListeners {
             open: HashMap::new(),
             steered: HashMap::new(),
             published,
+            mesh_known,
         };
         (manager, view)
     }
@@ -267,7 +275,19 @@ impl InPodListeners {
             self.open_one(ip, name, netns).await;
         }
         self.steer_open();
+        self.retire_unclaimed();
         self.publish();
+    }
+
+    /// Once the node knows its pods and has steered those it serves, pinned steering adopted
+    /// from an earlier process that no pod claimed belongs to pods that left the mesh.
+    fn retire_unclaimed(&self) {
+        if !self.mesh_known.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(steering) = self.steering.get() {
+            steering.retire_unclaimed();
+        }
     }
 
     /// Stops steering pods that left, or whose namespace went or changed.

@@ -21,7 +21,7 @@ use mesh_ebpf_common::{maps, programs};
 use mesh_node::redirect::{
     bpf_sys::{self, CgroupLinkInfo},
     pin::{self, PINNED_MAPS},
-    programs as redirect_programs, Config, EnrollMode, Redirect, RedirectError,
+    programs as redirect_programs, Config, EnrollMode, ListenerKind, Redirect, RedirectError,
 };
 use support::{bpffs::Bpffs, topology::DirectPair, *};
 
@@ -387,4 +387,122 @@ fn links_of_programs_this_build_no_longer_has_are_retired() {
     drop(redirect);
     pin::remove_all(&bpffs.pins()).expect("cleanup");
     drop(cg);
+}
+
+/// Inbound steering with a pin directory: while no loader runs, a steered pod refuses every
+/// connection attempt (its pinned `sk_lookup` link stays, the tunnel's listeners are gone), even
+/// a PERMISSIVE one's; the next loader adopts the link, the pod's new listeners get the
+/// connections; a pinned link no pod claims (the pod left the mesh meanwhile) is retired and
+/// its pin removed, and the pod is reached directly again.
+#[test]
+fn pinned_steering_refuses_while_the_loader_is_gone_and_is_adopted() {
+    let _serial = serial();
+    let bpffs = Bpffs::mount("wfte-bpffs-steer");
+    let pair = DirectPair::new(79, 80).expect("pods");
+    let pods = TestCgroup::create("wfte-pin-steer").expect("cgroup");
+    let tunnel = listen_on(pair.server.host_ip);
+    let mut config = Config::new(&pods.relative, v4(&tunnel));
+    config.pin_path = Some(bpffs.pins());
+    let pod = std::net::IpAddr::from(pair.server_end_v4());
+    let (cookie, netns) = (pair.server.cookie(), pair.server.netns());
+    let app = pair.server.listen(8080).expect("app listens");
+    let outsider = pair.outsider.ip;
+    let dial = || {
+        let to = SocketAddr::new(pod, 8080);
+        pair.outsider
+            .run_in(move || connect_from(outsider, to, WAIT))
+    };
+    let tunnel_listener = || {
+        pair.server
+            .run_in(|| TcpListener::bind((pod, 15006)))
+            .expect("plaintext listener in the pod")
+    };
+    let pin = bpffs.pins().join("steering").join(cookie.to_string());
+
+    let redirect = Redirect::load(&config).expect("pinned load");
+    let steering = redirect.steering();
+    steering.steer(cookie, netns, pod).expect("steer");
+    let plaintext = tunnel_listener();
+    steering
+        .listener(pod, ListenerKind::Plaintext, plaintext.as_fd())
+        .expect("register");
+    let mut client = dial().expect("steered");
+    let mut got = accept_within(&plaintext, WAIT)
+        .expect("poll")
+        .expect("on the tunnel");
+    assert_carries(&mut client, &mut got, b"first loader");
+    assert!(pin.exists(), "steering link pinned at {}", pin.display());
+    drop((client, got, plaintext, steering, redirect));
+
+    let refused = dial();
+    assert!(
+        matches!(&refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "no loader: refused, not {refused:?}"
+    );
+    assert!(accept_within(&app, Duration::ZERO).expect("poll").is_none());
+
+    let redirect = Redirect::load(&config).expect("adopting load");
+    let steering = redirect.steering();
+    assert_eq!(steering.steered(), vec![cookie], "pinned link adopted");
+    assert!(dial().is_err(), "adopted, no listener yet: still refused");
+    steering.steer(cookie, netns, pod).expect("claim");
+    assert_eq!(steering.retire_unclaimed(), 0, "claimed links stay");
+    let plaintext = tunnel_listener();
+    steering
+        .listener(pod, ListenerKind::Plaintext, plaintext.as_fd())
+        .expect("register");
+    let mut client = dial().expect("steered again");
+    let mut got = accept_within(&plaintext, WAIT)
+        .expect("poll")
+        .expect("new listener");
+    assert_carries(&mut client, &mut got, b"second loader");
+    drop((client, got, plaintext, steering, redirect));
+
+    // The pod left the mesh while no loader ran: nobody claims its link.
+    let redirect = Redirect::load(&config).expect("adopting load");
+    let steering = redirect.steering();
+    assert_eq!(steering.retire_unclaimed(), 1);
+    assert!(!pin.exists(), "pin removed");
+    let mut client = dial().expect("direct again");
+    let mut got = accept_within(&app, WAIT)
+        .expect("poll")
+        .expect("the app itself");
+    assert_carries(&mut client, &mut got, b"left the mesh");
+    drop((client, got, steering, redirect));
+    pin::remove_all(&bpffs.pins()).expect("cleanup");
+    drop(pods);
+}
+
+/// A pinned steering link whose pod's namespace went away while no loader ran is not adopted:
+/// its pin is removed at the next load.
+#[test]
+fn pinned_steering_of_a_vanished_namespace_is_dropped_at_adoption() {
+    let _serial = serial();
+    let bpffs = Bpffs::mount("wfte-bpffs-vanish");
+    let pods = TestCgroup::create("wfte-pin-vanish").expect("cgroup");
+    let pod = Pod::new(81).expect("pod");
+    let tunnel = listen_on(pod.host_ip);
+    let mut config = Config::new(&pods.relative, v4(&tunnel));
+    config.pin_path = Some(bpffs.pins());
+    let cookie = pod.cookie();
+    let pin = bpffs.pins().join("steering").join(cookie.to_string());
+    let redirect = Redirect::load(&config).expect("pinned load");
+    redirect
+        .steering()
+        .steer(cookie, pod.netns(), pod.ip.into())
+        .expect("steer");
+    drop(redirect);
+    assert!(pin.exists());
+    drop(pod);
+    // The namespace goes once nothing holds it; give the kernel a moment to tear it down.
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let redirect = Redirect::load(&config).expect("adopting load");
+        let steered = redirect.steering().steered();
+        steered.is_empty()
+    });
+    assert!(gone, "the vanished namespace's link was adopted");
+    assert!(!pin.exists(), "its pin removed");
+    pin::remove_all(&bpffs.pins()).expect("cleanup");
+    drop(pods);
 }

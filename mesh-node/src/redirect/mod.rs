@@ -186,7 +186,7 @@ impl Redirect {
             let kubelet = kubelet_dir.is_some();
             pins.retire_links(&programs::pinned_programs(config.splice, kubelet))?;
         }
-        let steering = Arc::new(Steering::take(&mut ebpf)?);
+        let steering = Arc::new(Steering::take(&mut ebpf, pins.as_ref())?);
         // After attaching, so a failed load leaves no forwarding task behind; records written in
         // between wait in the ring buffer.
         let log_task = start_logging(&mut ebpf);

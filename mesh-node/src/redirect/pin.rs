@@ -112,7 +112,10 @@ pub enum PinError {
     },
 }
 
-/// A pin directory on bpffs, with its `maps/` and `links/` subdirectories.
+/// Subdirectory of the per-pod inbound steering links (`sk_lookup`, one per netns cookie).
+const STEERING: &str = "steering";
+
+/// A pin directory on bpffs, with its `maps/`, `links/` and `steering/` subdirectories.
 #[derive(Clone, Debug)]
 pub struct PinDir {
     root: PathBuf,
@@ -123,7 +126,13 @@ impl PinDir {
     pub fn open(root: &Path) -> Result<Self, PinError> {
         let parent = root.parent().unwrap_or(Path::new("/"));
         require_bpffs(parent)?;
-        for dir in [root.to_path_buf(), root.join("maps"), root.join("links")] {
+        let dirs = [
+            root.to_path_buf(),
+            root.join("maps"),
+            root.join("links"),
+            root.join(STEERING),
+        ];
+        for dir in dirs {
             fs::create_dir_all(&dir).map_err(|source| io_error("create", &dir, source))?;
         }
         Ok(Self {
@@ -139,6 +148,11 @@ impl PinDir {
     /// Where map `name` is pinned.
     pub fn map_path(&self, name: &str) -> PathBuf {
         self.root.join("maps").join(name)
+    }
+
+    /// Where each enrolled pod's inbound steering link is pinned, by netns cookie.
+    pub fn steering_dir(&self) -> PathBuf {
+        self.root.join(STEERING)
     }
 
     /// Where the link of program `name` is pinned.
@@ -216,7 +230,12 @@ pub fn remove_all(root: &Path) -> Result<Removed, PinError> {
     }
     require_bpffs(root)?;
     detach_links(&root.join("links"))?;
-    let links = remove_entries(&root.join("links"))?;
+    // A steering link whose namespace is gone is already detached: detaching it again may fail,
+    // which must not keep the rest in place.
+    for path in pinned_files(&root.join(STEERING))? {
+        let _ = detach_link(&path);
+    }
+    let links = remove_entries(&root.join("links"))? + remove_entries(&root.join(STEERING))?;
     let maps = remove_entries(&root.join("maps"))?;
     fs::remove_dir(root).map_err(|source| io_error("remove", root, source))?;
     Ok(Removed { links, maps })

@@ -7,15 +7,23 @@
 //! refused while its listeners are missing: fail closed), then [`Steering::listeners`] once they
 //! are bound; [`Steering::release`] when the pod leaves the mesh or its namespace goes.
 //!
-//! Neither map is pinned, and the links are owned here: when mesh-node exits, the links detach and
-//! the listeners close. A pinned node's strict pods stay closed to plaintext meanwhile (the
-//! pinned `cgroup_skb` program), permissive pods are reachable directly until the next start
-//! attaches again, and kubelet probes keep the node's address (refused by strict pods) until then.
+//! Without a pin directory the links are owned here: when mesh-node exits they detach, and the
+//! pods are reached directly until the next start (strict ones stay closed by the pinned
+//! `cgroup_skb` program only if that is pinned). With one, each pod's link is pinned at
+//! `<pins>/steering/<netns cookie>` and outlives the process: its program keeps running on the
+//! old `INBOUND` map, whose entries go as the old listeners close, so every connection attempt
+//! to a steered pod is refused while no tunnel runs (fail closed, as ztunnel's in-pod rules
+//! do). The next start adopts the pins ([`Steering::take`]), swapping each link to its own
+//! program (`BPF_LINK_UPDATE`); [`Steering::steer`] claims an adopted link, and once the node
+//! knows its pods, [`Steering::retire_unclaimed`] detaches those of pods that left meanwhile.
+//! Links whose namespace is gone cannot be updated; their pins are removed at adoption.
+//! The maps themselves are not pinned.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    path::{Path, PathBuf},
     sync::{Mutex, MutexGuard},
 };
 
@@ -29,7 +37,9 @@ use mesh_ebpf_common::{family, inbound_kind, maps, programs, InboundKey, ProbeKe
 use super::{
     bpf_sys::{self, attach_type},
     config::{ip4_abi, ip6_abi},
-    is_not_found, map_error, not_in_object, programs as loader, RedirectError,
+    is_not_found, map_error, not_in_object,
+    pin::PinDir,
+    programs as loader, RedirectError,
 };
 
 /// Which in-pod listener of a pod address.
@@ -55,12 +65,16 @@ struct Inner {
     inbound: SockHash<MapData, InboundKey>,
     probed: BpfHashMap<MapData, ProbeKey, u8>,
     links: HashMap<u64, OwnedFd>,
+    /// Adopted pinned links no pod has claimed yet.
+    unclaimed: HashSet<u64>,
 }
 
 /// Per-pod inbound steering. Shared by the in-pod listener manager; operations are rare (a pod
 /// joining or leaving), so one lock serves them all.
 pub struct Steering {
     inner: Mutex<Inner>,
+    /// Where each pod's link is pinned, when links outlive the process.
+    pins: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Steering {
@@ -72,8 +86,9 @@ impl std::fmt::Debug for Steering {
 }
 
 impl Steering {
-    /// Takes the loaded `sk_lookup` program's descriptor and the two maps out of `ebpf`.
-    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, RedirectError> {
+    /// Takes the loaded `sk_lookup` program's descriptor and the two maps out of `ebpf`; with
+    /// `pins`, adopts the links pinned there by an earlier process.
+    pub(super) fn take(ebpf: &mut Ebpf, pins: Option<&PinDir>) -> Result<Self, RedirectError> {
         let program = {
             let sk_lookup: &mut SkLookup = ebpf
                 .program_mut(programs::SK_LOOKUP)
@@ -90,6 +105,14 @@ impl Steering {
         let probed = ebpf
             .take_map(maps::PROBED_PODS)
             .ok_or_else(|| not_in_object(maps::PROBED_PODS))?;
+        let pins = pins.map(PinDir::steering_dir);
+        let links = match &pins {
+            Some(dir) => adopt(dir, program.as_fd()),
+            None => HashMap::new(),
+        };
+        if !links.is_empty() {
+            tracing::info!(links = links.len(), "adopted pinned inbound steering; pods refuse connections until their listeners are back");
+        }
         Ok(Self {
             inner: Mutex::new(Inner {
                 program,
@@ -97,9 +120,17 @@ impl Steering {
                     .map_err(|source| map_error(maps::INBOUND, "open", source))?,
                 probed: BpfHashMap::try_from(probed)
                     .map_err(|source| map_error(maps::PROBED_PODS, "open", source))?,
-                links: HashMap::new(),
+                unclaimed: links.keys().copied().collect(),
+                links,
             }),
+            pins,
         })
+    }
+
+    fn pin_path(&self, netns_cookie: u64) -> Option<PathBuf> {
+        self.pins
+            .as_ref()
+            .map(|dir| dir.join(netns_cookie.to_string()))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -117,12 +148,20 @@ impl Steering {
         ip: IpAddr,
     ) -> Result<(), RedirectError> {
         let mut inner = self.lock();
+        inner.unclaimed.remove(&netns_cookie);
         if !inner.links.contains_key(&netns_cookie) {
-            let link = bpf_sys::link_create(inner.program.as_fd(), netns, attach_type::SK_LOOKUP)
-                .map_err(|source| RedirectError::Steer {
+            let steer_error = |source| RedirectError::Steer {
                 netns_cookie,
                 source,
-            })?;
+            };
+            let link = bpf_sys::link_create(inner.program.as_fd(), netns, attach_type::SK_LOOKUP)
+                .map_err(steer_error)?;
+            if let Some(path) = self.pin_path(netns_cookie) {
+                if let Err(source) = bpf_sys::obj_pin(link.as_fd(), &path) {
+                    let _ = bpf_sys::link_detach(link.as_fd());
+                    return Err(steer_error(source));
+                }
+            }
             inner.links.insert(netns_cookie, link);
         }
         inner
@@ -148,9 +187,13 @@ impl Steering {
     /// listeners again, for a pod that left the mesh), and so do the address's entries.
     pub fn release(&self, netns_cookie: u64, ip: IpAddr) -> Result<(), RedirectError> {
         let mut inner = self.lock();
+        inner.unclaimed.remove(&netns_cookie);
         if let Some(link) = inner.links.remove(&netns_cookie) {
             // The namespace may be gone already, which detached the link: closing it is enough.
             let _ = bpf_sys::link_detach(link.as_fd());
+        }
+        if let Some(path) = self.pin_path(netns_cookie) {
+            remove_pin(&path);
         }
         for kind in [ListenerKind::Plaintext, ListenerKind::Hbone] {
             match inner.inbound.remove(&inbound_key(ip, kind)) {
@@ -168,11 +211,73 @@ impl Steering {
         }
     }
 
+    /// Detaches the adopted links no pod claimed: pods that left the mesh while no tunnel ran.
+    /// Call once the node knows its pods and has steered those it serves; returns how many.
+    pub fn retire_unclaimed(&self) -> usize {
+        let mut inner = self.lock();
+        let unclaimed: Vec<u64> = inner.unclaimed.drain().collect();
+        for cookie in &unclaimed {
+            if let Some(link) = inner.links.remove(cookie) {
+                let _ = bpf_sys::link_detach(link.as_fd());
+            }
+            if let Some(path) = self.pin_path(*cookie) {
+                remove_pin(&path);
+            }
+            tracing::info!(
+                netns.cookie = cookie,
+                "inbound steering of a pod that left the mesh retired"
+            );
+        }
+        unclaimed.len()
+    }
+
     /// Network namespace cookies steered now.
     pub fn steered(&self) -> Vec<u64> {
         let mut cookies: Vec<u64> = self.lock().links.keys().copied().collect();
         cookies.sort_unstable();
         cookies
+    }
+}
+
+/// Opens the links pinned in `dir` and swaps each to `program`; a link whose namespace is gone
+/// (it cannot be updated) or whose pin is not a cookie loses its pin. Never fails: what cannot
+/// be adopted is logged and left to `retire_unclaimed` or to the namespace's end.
+fn adopt(dir: &Path, program: BorrowedFd<'_>) -> HashMap<u64, OwnedFd> {
+    let mut links = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return links;
+    };
+    for path in entries.flatten().map(|e| e.path()) {
+        let cookie = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u64>().ok());
+        let adopted = cookie
+            .ok_or_else(|| std::io::Error::other("not a netns cookie"))
+            .and_then(|cookie| {
+                let link = bpf_sys::obj_get(&path)?;
+                bpf_sys::link_update(link.as_fd(), program)?;
+                Ok((cookie, link))
+            });
+        match adopted {
+            Ok((cookie, link)) => {
+                links.insert(cookie, link);
+            }
+            Err(error) => {
+                tracing::info!(pin = %path.display(), %error, "pinned inbound steering not adopted (namespace gone?); pin removed");
+                remove_pin(&path);
+            }
+        }
+    }
+    links
+}
+
+fn remove_pin(path: &Path) {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(pin = %path.display(), %error, "cannot remove the inbound steering pin");
+        }
+        _ => {}
     }
 }
 
