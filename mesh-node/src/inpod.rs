@@ -275,18 +275,19 @@ impl InPodListeners {
             self.open_one(ip, name, netns).await;
         }
         self.steer_open();
-        self.retire_unclaimed();
+        self.retire_unclaimed(found);
         self.publish();
     }
 
     /// Once the node knows its pods and has steered those it serves, pinned steering adopted
     /// from an earlier process that no pod claimed belongs to pods that left the mesh.
-    fn retire_unclaimed(&self) {
+    fn retire_unclaimed(&self, found: &Scan) {
         if !self.mesh_known.load(Ordering::Acquire) {
             return;
         }
         if let Some(steering) = self.steering.get() {
-            steering.retire_unclaimed();
+            let scanned = found.values().map(|netns| netns.cookie).collect();
+            steering.retire_unclaimed(&scanned);
         }
     }
 

@@ -446,7 +446,8 @@ fn pinned_steering_refuses_while_the_loader_is_gone_and_is_adopted() {
     assert_eq!(steering.steered(), vec![cookie], "pinned link adopted");
     assert!(dial().is_err(), "adopted, no listener yet: still refused");
     steering.steer(cookie, netns, pod).expect("claim");
-    assert_eq!(steering.retire_unclaimed(), 0, "claimed links stay");
+    let scanned = std::collections::HashSet::from([cookie]);
+    assert_eq!(steering.retire_unclaimed(&scanned), 0, "claimed links stay");
     let plaintext = tunnel_listener();
     steering
         .listener(pod, ListenerKind::Plaintext, plaintext.as_fd())
@@ -461,7 +462,14 @@ fn pinned_steering_refuses_while_the_loader_is_gone_and_is_adopted() {
     // The pod left the mesh while no loader ran: nobody claims its link.
     let redirect = Redirect::load(&config).expect("adopting load");
     let steering = redirect.steering();
-    assert_eq!(steering.retire_unclaimed(), 1);
+    let not_scanned = std::collections::HashSet::new();
+    assert_eq!(
+        steering.retire_unclaimed(&not_scanned),
+        0,
+        "not scanned yet: kept"
+    );
+    assert!(dial().is_err(), "kept: still refused");
+    assert_eq!(steering.retire_unclaimed(&scanned), 1);
     assert!(!pin.exists(), "pin removed");
     let mut client = dial().expect("direct again");
     let mut got = accept_within(&app, WAIT)

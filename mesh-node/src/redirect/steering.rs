@@ -15,7 +15,8 @@
 //! to a steered pod is refused while no tunnel runs (fail closed, as ztunnel's in-pod rules
 //! do). The next start adopts the pins ([`Steering::take`]), swapping each link to its own
 //! program (`BPF_LINK_UPDATE`); [`Steering::steer`] claims an adopted link, and once the node
-//! knows its pods, [`Steering::retire_unclaimed`] detaches those of pods that left meanwhile.
+//! knows its pods, [`Steering::retire_unclaimed`] detaches those of pods that left meanwhile
+//! (only for namespaces the scan has seen, so a pod not scanned yet stays closed).
 //! Links whose namespace is gone cannot be updated; their pins are removed at adoption.
 //! The maps themselves are not pinned.
 
@@ -211,12 +212,20 @@ impl Steering {
         }
     }
 
-    /// Detaches the adopted links no pod claimed: pods that left the mesh while no tunnel ran.
-    /// Call once the node knows its pods and has steered those it serves; returns how many.
-    pub fn retire_unclaimed(&self) -> usize {
+    /// Detaches the adopted links no pod claimed whose namespace is in `scanned` (the latest
+    /// namespace scan): pods that left the mesh while no tunnel ran. Call once the node knows
+    /// its pods and has steered those it serves; returns how many. A namespace the scan has not
+    /// seen (yet) keeps its link: refused rather than opened.
+    pub fn retire_unclaimed(&self, scanned: &HashSet<u64>) -> usize {
         let mut inner = self.lock();
-        let unclaimed: Vec<u64> = inner.unclaimed.drain().collect();
+        let unclaimed: Vec<u64> = inner
+            .unclaimed
+            .iter()
+            .copied()
+            .filter(|cookie| scanned.contains(cookie))
+            .collect();
         for cookie in &unclaimed {
+            inner.unclaimed.remove(cookie);
             if let Some(link) = inner.links.remove(cookie) {
                 let _ = bpf_sys::link_detach(link.as_fd());
             }
