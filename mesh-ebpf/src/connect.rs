@@ -18,8 +18,9 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use mesh_ebpf_common::{config_flags, counter, family, OrigDst, RedirectConfig};
 
-use crate::maps::{
-    bump, config, enroll_mode, EXCLUDED_PORTS, EXCLUDED_V4, EXCLUDED_V6, ORIG_BY_COOKIE,
+use crate::{
+    maps::{bump, config, enroll_mode, EXCLUDED_PORTS, EXCLUDED_V4, EXCLUDED_V6, ORIG_BY_COOKIE},
+    orig::is_v4_mapped,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -165,12 +166,6 @@ fn remember(ctx: &SockAddrContext, orig: &OrigDst) {
             "original destination not stored for socket cookie {}", cookie
         );
     }
-}
-
-/// `::ffff:a.b.c.d` (words in network order as stored by the kernel).
-#[inline(always)]
-fn is_v4_mapped(ip: &[u32; 4]) -> bool {
-    ip[0] == 0 && ip[1] == 0 && ip[2] == u32::from_be(0x0000_ffff)
 }
 
 #[inline(always)]

@@ -162,7 +162,9 @@ pub fn v6_key(client: [u32; 4], client_port: u16, tunnel: [u32; 4], tunnel_port:
     }
 }
 
-fn is_v4_mapped(ip: &[u32; 4]) -> bool {
+/// `::ffff:a.b.c.d` (words in network order as stored by the kernel).
+#[inline(always)]
+pub fn is_v4_mapped(ip: &[u32; 4]) -> bool {
     ip[0] == 0 && ip[1] == 0 && ip[2] == u32::from_be(0x0000_ffff)
 }
 

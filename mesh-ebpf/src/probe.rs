@@ -23,7 +23,7 @@ use mesh_ebpf_common::{counter, family, ProbeKey};
 
 use crate::{
     maps::{bump, config, PROBED_PODS},
-    orig::read_words,
+    orig::{is_v4_mapped, read_words},
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -169,8 +169,4 @@ fn bind(ctx: &SockAddrContext, addr: *mut aya_ebpf::bindings::sockaddr, len: usi
     if unsafe { bpf_bind(sa, addr, len as i32) } == 0 {
         bump(counter::PROBE_BOUND);
     }
-}
-
-fn is_v4_mapped(ip: &[u32; 4]) -> bool {
-    ip[0] == 0 && ip[1] == 0 && ip[2] == u32::from_be(0x0000_ffff)
 }
