@@ -2,14 +2,20 @@
 //! this node's addresses (`--node-ip`, `--node-ipv6`) and the listeners the tunnel actually bound.
 //!
 //! Both families are redirected to one port (the programs' ABI stores one listener port), so the
-//! IPv6 outbound listener is bound on the port the IPv4 one got ([`crate::app::build`]).
+//! IPv6 outbound listener is bound on the port the IPv4 one got ([`crate::app::build`]). The
+//! kubelet probe addresses go on the node's loopback ([`add_probe_addresses`]).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::Path,
 };
 
-use crate::{app::Bound, config::Config, redirect};
+use crate::{
+    app::Bound,
+    config::Config,
+    netlink::{self, Netlink},
+    redirect,
+};
 
 /// Why the redirect configuration cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -77,14 +83,33 @@ fn ipv6_listener(bound: &Bound) -> Result<SocketAddr, CaptureError> {
 
 /// Puts the probe source addresses `redirect` uses on this node's loopback (host scope), so the
 /// kubelet's probe sockets can bind them and pods' answers come back. Left in place on exit: the
-/// probe programs stay attached on a pinned node.
+/// probe programs stay attached on a pinned node ([`remove_probe_addresses`] on cleanup).
 pub fn add_probe_addresses(redirect: &redirect::Config) -> std::io::Result<()> {
-    let addresses: Vec<IpAddr> = [
+    let addresses = [
         redirect.probe_source_v4.map(IpAddr::V4),
         redirect.probe_source_v6.map(IpAddr::V6),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    crate::pod_net::add_probe_addresses(&addresses)
+    ];
+    let mut netlink = Netlink::open()?;
+    for ip in addresses.into_iter().flatten() {
+        netlink
+            .add_address(netlink::LOOPBACK_IFINDEX, ip, netlink::SCOPE_HOST)
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("adding probe address {ip} to lo: {e}"))
+            })?;
+    }
+    Ok(())
+}
+
+/// Removes the default probe source addresses (the only ones mesh-node adds) from this node's
+/// loopback; a missing one is fine.
+pub fn remove_probe_addresses() -> std::io::Result<()> {
+    let mut netlink = Netlink::open()?;
+    let addresses: [IpAddr; 2] = [
+        redirect::DEFAULT_PROBE_SOURCE_V4.into(),
+        redirect::DEFAULT_PROBE_SOURCE_V6.into(),
+    ];
+    for ip in addresses {
+        netlink.remove_address(netlink::LOOPBACK_IFINDEX, ip)?;
+    }
+    Ok(())
 }

@@ -54,18 +54,16 @@ struct Args {
     /// process. Without it, only traffic sent to the listeners directly is handled.
     #[arg(long, env = "WEFT_REDIRECT_CGROUP")]
     redirect_cgroup: Option<PathBuf>,
-    /// This node's IPv4 address: pods' IPv4 connections are redirected to it (outbound port) and
-    /// strict pods accept plaintext only from it.
     /// The kubelet's cgroup, relative to the cgroup2 mount (e.g. `system.slice/kubelet.service`):
     /// its probes to enrolled pods are sent from the probe address (169.254.7.127), the only
     /// plaintext source strict pods accept. Without it, strict pods refuse kubelet probes.
     #[arg(long, env = "WEFT_KUBELET_CGROUP", requires = "redirect_cgroup")]
     kubelet_cgroup: Option<PathBuf>,
+    /// This node's IPv4 address: pods' IPv4 connections are redirected to it (outbound port).
     #[arg(long, env = "WEFT_NODE_IP")]
     node_ip: Option<Ipv4Addr>,
     /// This node's IPv6 address: the tunnel also listens for captured connections on
-    /// `[<it>]:<outbound port>`, pods' native IPv6 connections are redirected there, and strict
-    /// pods accept IPv6 plaintext only from it.
+    /// `[<it>]:<outbound port>`, and pods' native IPv6 connections are redirected there.
     #[arg(long, env = "WEFT_NODE_IPV6")]
     node_ipv6: Option<Ipv6Addr>,
     /// Also find pod network namespaces through /proc/<pid>/ns/net (needs the host PID
@@ -95,12 +93,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(&args.log)?;
     if let (true, Some(pins)) = (args.bpf_cleanup, &args.bpf_pin_path) {
         let removed = redirect::pin::remove_all(pins)?;
-        let probes = [
-            redirect::DEFAULT_PROBE_SOURCE_V4.into(),
-            redirect::DEFAULT_PROBE_SOURCE_V6.into(),
-        ];
-        mesh_node::pod_net::remove_probe_addresses(&probes)
-            .context("removing the probe source addresses from lo")?;
+        capture::remove_probe_addresses().context("removing the probe source addresses from lo")?;
         tracing::info!(pins = %pins.display(), ?removed, "pinned eBPF objects and probe addresses removed");
         return Ok(());
     }

@@ -24,9 +24,6 @@
 //! Outbound, the tunnel dials peers' HBONE ports from inside the source pod too
 //! ([`PodNet::connect_out`], found by address in [`PodNets`]), so the peer tunnel, its policy
 //! and the destination app see the source pod's address, not the node's.
-//!
-//! The probe address ([`add_probe_addresses`]) goes on the node's loopback with host scope, so
-//! the kubelet's probe sockets can bind it and the pods' answers come back to the node.
 
 use std::{
     collections::HashMap,
@@ -39,9 +36,10 @@ use std::{
 
 use futures::future::BoxFuture;
 use mesh_core::hbone::Dialer;
+use nix::sys::socket::sockopt;
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::netlink::{self, Netlink};
+use crate::{netlink::Netlink, socket::set_mark};
 
 /// Routing table of the return path inside pods (unused by anything else there).
 pub const REPLY_TABLE: u32 = 15_006;
@@ -49,9 +47,7 @@ pub const REPLY_TABLE: u32 = 15_006;
 pub const REPLY_RULE_PRIORITY: u32 = 100;
 /// `net.ipv4.tcp_fwmark_accept` of the calling thread's namespace (also governs IPv6 TCP).
 const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
-const IP_TRANSPARENT: libc::c_int = 19;
 const IPV6_TRANSPARENT: libc::c_int = 75;
-const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
 
 /// Sets up the return path of transparent connections in the calling thread's network
 /// namespace (a pod's) for `family`'s addresses, with reply mark `mark`. Idempotent.
@@ -66,26 +62,6 @@ pub fn prepare(ip: IpAddr, mark: u32) -> io::Result<()> {
     netlink
         .add_local_default_route(family, REPLY_TABLE)
         .map_err(|e| context(e, "adding the reply table's local route"))
-}
-
-/// Puts the probe source addresses on the calling thread's (the node's) loopback, host scope.
-pub fn add_probe_addresses(addresses: &[IpAddr]) -> io::Result<()> {
-    let mut netlink = Netlink::open()?;
-    for ip in addresses {
-        netlink
-            .add_address(netlink::LOOPBACK_IFINDEX, *ip, netlink::SCOPE_HOST)
-            .map_err(|e| context(e, &format!("adding probe address {ip} to lo")))?;
-    }
-    Ok(())
-}
-
-/// Removes the probe source addresses from the node's loopback.
-pub fn remove_probe_addresses(addresses: &[IpAddr]) -> io::Result<()> {
-    let mut netlink = Netlink::open()?;
-    for ip in addresses {
-        netlink.remove_address(netlink::LOOPBACK_IFINDEX, *ip)?;
-    }
-    Ok(())
 }
 
 /// A local pod's network namespace, held open while the tunnel serves the pod.
@@ -118,11 +94,7 @@ impl PodNet {
     pub async fn connect_out(&self, dst: SocketAddr) -> io::Result<TcpStream> {
         let socket = socket_in(self.netns.as_fd(), dst)?;
         set_mark(&socket, self.mark)?;
-        // SAFETY: `socket` is a fresh, unconnected TCP socket that we own and hand over.
-        let std = unsafe { std::net::TcpStream::from_raw_fd(into_raw(socket)) };
-        let stream = TcpSocket::from_std_stream(std).connect(dst).await?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+        connect(socket, None, dst).await
     }
 
     /// The namespace.
@@ -145,20 +117,26 @@ impl PodNet {
         }
         if let Some(ip) = client {
             set_transparent(&socket, ip)?;
-            set_int(&socket, libc::SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)?;
+            setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)?;
         }
-        let socket = {
-            // SAFETY: `socket` is a fresh, unconnected TCP socket that we own and hand over.
-            let std = unsafe { std::net::TcpStream::from_raw_fd(into_raw(socket)) };
-            TcpSocket::from_std_stream(std)
-        };
-        if let Some(ip) = client {
-            socket.bind(SocketAddr::new(ip, 0))?;
-        }
-        let stream = socket.connect(dst).await?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+        connect(socket, client.map(|ip| SocketAddr::new(ip, 0)), dst).await
     }
+}
+
+/// Binds `socket` (made by [`socket_in`]) to `local` when given, connects it to `dst` and turns
+/// Nagle off.
+async fn connect(
+    socket: OwnedFd,
+    local: Option<SocketAddr>,
+    dst: SocketAddr,
+) -> io::Result<TcpStream> {
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+    if let Some(local) = local {
+        socket.bind(local)?;
+    }
+    let stream = socket.connect(dst).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// Dials a pod's HBONE tunnels from inside the pod ([`PodNet::connect_out`]).
@@ -250,24 +228,22 @@ fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 fn set_transparent(socket: &OwnedFd, ip: IpAddr) -> io::Result<()> {
     match ip {
-        IpAddr::V4(_) => set_int(socket, libc::SOL_IP, IP_TRANSPARENT, 1),
-        IpAddr::V6(_) => set_int(socket, libc::SOL_IPV6, IPV6_TRANSPARENT, 1),
+        IpAddr::V4(_) => setsockopt(socket, sockopt::IpTransparent, &true),
+        IpAddr::V6(_) => set_ipv6_transparent(socket),
     }
 }
 
-fn set_mark(socket: &OwnedFd, mark: u32) -> io::Result<()> {
-    crate::socket::set_mark(socket, mark)
-}
-
-fn set_int(socket: &OwnedFd, level: libc::c_int, name: libc::c_int, value: i32) -> io::Result<()> {
-    // SAFETY: `value` lives across the call and its size is passed.
+/// `IPV6_TRANSPARENT`, which nix has no option for.
+fn set_ipv6_transparent(socket: &OwnedFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` lives across the call and its size is passed.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
+            libc::SOL_IPV6,
+            IPV6_TRANSPARENT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     match rc {
@@ -276,8 +252,12 @@ fn set_int(socket: &OwnedFd, level: libc::c_int, name: libc::c_int, value: i32) 
     }
 }
 
-fn into_raw(fd: OwnedFd) -> libc::c_int {
-    std::os::fd::IntoRawFd::into_raw_fd(fd)
+fn setsockopt<O: nix::sys::socket::SetSockOpt>(
+    socket: &OwnedFd,
+    option: O,
+    value: &O::Val,
+) -> io::Result<()> {
+    nix::sys::socket::setsockopt(socket, option, value).map_err(io::Error::from)
 }
 
 fn family_of(ip: IpAddr) -> u8 {
@@ -292,19 +272,9 @@ fn context(error: io::Error, what: &str) -> io::Error {
 }
 
 fn bind_to_loopback(socket: &OwnedFd) -> io::Result<()> {
-    let name = b"lo\0";
-    // SAFETY: the name lives across the call and its length is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            name.as_ptr().cast(),
-            name.len() as libc::socklen_t,
-        )
-    };
-    match rc {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
+    setsockopt(
+        socket,
+        sockopt::BindToDevice,
+        &std::ffi::OsString::from("lo"),
+    )
 }

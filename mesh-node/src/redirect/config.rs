@@ -20,7 +20,7 @@ pub struct Cidr {
 pub const DEFAULT_HBONE_PORT: u16 = 15008;
 
 /// The source address of kubelet probes to enrolled pods (Istio ambient's): link-local, never a
-/// pod's, put on the node's loopback by mesh-node ([`crate::probe_address`]).
+/// pod's, put on the node's loopback by mesh-node ([`crate::capture::add_probe_addresses`]).
 pub const DEFAULT_PROBE_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 7, 127);
 
 /// The IPv6 source address of kubelet probes (Istio ambient's).
