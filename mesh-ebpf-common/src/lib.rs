@@ -123,12 +123,12 @@ pub mod counter {
     pub const SPLICE_ADDED: u32 = 10;
     /// `sk_msg`: messages spliced straight to the peer socket.
     pub const SPLICE_REDIRECTED: u32 = 11;
-    /// `cgroup_skb/ingress`: connection attempts into strict pods or ports let through (HBONE
-    /// port, node or probe source, loopback).
+    /// `cgroup_skb/ingress`: connection attempts into strict pods or ports let through (the
+    /// tunnel's marked HBONE and plaintext listeners, probe source, loopback).
     pub const STRICT_ALLOWED: u32 = 12;
     /// `sk_lookup`: inbound connection attempts steered to the tunnel's in-pod listener.
     pub const INBOUND_STEERED: u32 = 13;
-    /// `sk_lookup`: inbound connection attempts dropped because the pod's in-pod listener is
+    /// `sk_lookup`: inbound connection attempts refused because the pod's in-pod listener is
     /// not there (the tunnel is starting, restarting or failed to open it): fail closed.
     pub const INBOUND_NO_LISTENER: u32 = 14;
     /// `cgroup/connect*` on the kubelet's cgroup: probes bound to the probe address.

@@ -347,12 +347,15 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
                     watch.clone(),
                 )
             });
-            let shared = InPodShared {
-                steering: &steering,
-                mesh_known: &mesh_known,
-                mesh_changed: &mesh_changed,
-            };
-            spawn_in_pod(&proxy, &config, shared, scanner, &watch)
+            spawn_in_pod(
+                &proxy,
+                &config,
+                &steering,
+                &mesh_known,
+                scanner,
+                &mesh_changed,
+                &watch,
+            )
         }
         false => watch::channel(BTreeMap::new()).1,
     };
@@ -404,25 +407,15 @@ fn spawn_outbound(proxy: &Proxy, listener: tokio::net::TcpListener, watch: &drai
 }
 
 /// Starts the in-pod listeners; returns the view of the open ones.
-/// What the in-pod listener manager shares with [`Bound`].
-struct InPodShared<'a> {
-    steering: &'a Arc<OnceLock<Arc<Steering>>>,
-    mesh_known: &'a Arc<AtomicBool>,
-    mesh_changed: &'a Arc<Notify>,
-}
-
 fn spawn_in_pod(
     proxy: &Proxy,
     config: &Config,
-    shared: InPodShared<'_>,
+    steering: &Arc<OnceLock<Arc<Steering>>>,
+    mesh_known: &Arc<AtomicBool>,
     scanner: &PodScanner,
+    mesh_changed: &Arc<Notify>,
     watch: &drain::DrainWatch,
 ) -> watch::Receiver<BTreeMap<IpAddr, PathBuf>> {
-    let InPodShared {
-        steering,
-        mesh_known,
-        mesh_changed,
-    } = shared;
     let settings = InPodSettings {
         hbone_port: config.hbone_port,
         plaintext_port: config.in_pod.plaintext_port,

@@ -394,7 +394,7 @@ impl InPodListeners {
                 self.open.insert(ip, listener);
             }
             Err(error) => {
-                tracing::warn!(pod = %name, pod.ip = %ip, netns = %path, %error, "in-pod listeners failed; inbound to the pod is dropped until they open; retrying");
+                tracing::warn!(pod = %name, pod.ip = %ip, netns = %path, %error, "in-pod listeners failed; inbound to the pod is refused until they open; retrying");
             }
         }
     }

@@ -13,8 +13,8 @@
 //! | `sock_ops` | `tuple_recorded` / `tuple_removed` | redirected connections' 4-tuples recorded / forgotten |
 //! | `getsockopt` | `original_destination_answered` / `original_destination_missed` | `SO_ORIGINAL_DST` answers / unknown connections |
 //! | `getpeername` | `rewritten` | peer addresses shown as the original destination |
-//! | `strict_ingress` | `dropped` / `allowed` | connection attempts into STRICT pods or ports dropped / let through (HBONE port, probe, loopback) |
-//! | `sk_lookup` | `steered` / `no_listener_dropped` | inbound connection attempts to enrolled pods steered to the tunnel's in-pod listeners / dropped because none was registered (fail closed) |
+//! | `strict_ingress` | `dropped` / `allowed` | connection attempts into STRICT pods or ports dropped / let through (the tunnel's marked HBONE and plaintext listeners, probe, loopback) |
+//! | `sk_lookup` | `steered` / `no_listener_refused` | inbound connection attempts to enrolled pods steered to the tunnel's in-pod listeners / refused because none was registered (fail closed) |
 //! | `probe_connect` | `bound_to_probe_address` | kubelet connects to enrolled pods bound to the probe source address |
 //! | `guard_bind` | `probe_address_refused` | binds of the probe address by a pod's socket refused |
 //! | `sock_ops` | `splice_added` | sockets added to the same-node splice map |
@@ -68,7 +68,7 @@ pub const COUNTER_LABELS: [(u32, &str, &str); SAMPLES] = [
     (
         counter::INBOUND_NO_LISTENER,
         "sk_lookup",
-        "no_listener_dropped",
+        "no_listener_refused",
     ),
     (
         counter::PROBE_BOUND,
@@ -109,11 +109,12 @@ pub struct Counters {
     pub splice_added: u64,
     /// Messages spliced socket to socket.
     pub splice_redirected: u64,
-    /// Inbound connection attempts into strict pods let through (HBONE port, probe, loopback).
+    /// Inbound connection attempts into strict pods let through (the tunnel's listeners, probe,
+    /// loopback).
     pub strict_allowed: u64,
     /// Inbound connection attempts steered to the tunnel's in-pod listeners.
     pub inbound_steered: u64,
-    /// Inbound connection attempts dropped for want of a registered in-pod listener.
+    /// Inbound connection attempts refused for want of a registered in-pod listener.
     pub inbound_no_listener: u64,
     /// Kubelet connects bound to the probe source address.
     pub probe_bound: u64,

@@ -166,7 +166,6 @@ impl Redirect {
         let mut ebpf = programs::load_object(config.ebpf_log_level(), pins.as_ref())?;
         settings::write(&mut ebpf, config)?;
         let ports = PortOverrides::read(&mut ebpf)?;
-        programs::attach_all(&mut ebpf, &cgroup_dir, config.splice, pins.as_ref())?;
         // A wrong kubelet cgroup costs the probes of STRICT pods, not the whole node's traffic:
         // logged, and the tunnel runs without the probe programs.
         let kubelet_dir = config.kubelet_cgroup.as_ref().and_then(|kubelet| {
@@ -179,9 +178,13 @@ impl Redirect {
                 }
             }
         });
-        if let Some(kubelet_dir) = &kubelet_dir {
-            programs::attach_kubelet(&mut ebpf, kubelet_dir, pins.as_ref())?;
-        }
+        programs::attach_all(
+            &mut ebpf,
+            &cgroup_dir,
+            kubelet_dir.as_ref(),
+            config.splice,
+            pins.as_ref(),
+        )?;
         if let Some(pins) = &pins {
             let kubelet = kubelet_dir.is_some();
             pins.retire_links(&programs::pinned_programs(config.splice, kubelet))?;

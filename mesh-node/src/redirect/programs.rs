@@ -130,16 +130,25 @@ enum Phase {
     Attach,
 }
 
-/// Loads and attaches every cgroup program (and `sk_msg` when `splice`) to `cgroup`; with `pins`
-/// through pinned links (see [`super::pin`]). Every program is verified before any is attached,
-/// so a rejected program never leaves adopted links running a mix of old and new programs.
+/// Loads and attaches every cgroup program (and `sk_msg` when `splice`) to `cgroup`, and the
+/// probe programs to the kubelet's cgroup when there is one; with `pins` through pinned links
+/// (see [`super::pin`]). The `sk_lookup` program is loaded too ([`super::Steering`] attaches it
+/// per pod). Every program is verified before any is attached, so a rejected program never
+/// leaves adopted links running a mix of old and new programs.
 pub fn attach_all(
     ebpf: &mut Ebpf,
     cgroup: &File,
+    kubelet: Option<&File>,
     splice: bool,
     pins: Option<&PinDir>,
 ) -> Result<(), ProgramsError> {
     for phase in [Phase::Load, Phase::Attach] {
+        if phase == Phase::Load {
+            let sk_lookup: &mut SkLookup = program(ebpf, programs::SK_LOOKUP)?;
+            sk_lookup
+                .load()
+                .map_err(|e| verifier(programs::SK_LOOKUP, e))?;
+        }
         for (name, hook) in [
             (programs::CONNECT4, attach_type::INET4_CONNECT),
             (programs::CONNECT6, attach_type::INET6_CONNECT),
@@ -159,25 +168,13 @@ pub fn attach_all(
         if splice {
             splice_step(ebpf, phase, pins)?;
         }
-    }
-    let sk_lookup: &mut SkLookup = program(ebpf, programs::SK_LOOKUP)?;
-    sk_lookup
-        .load()
-        .map_err(|e| verifier(programs::SK_LOOKUP, e))
-}
-
-/// Loads and attaches the probe programs to the kubelet's cgroup.
-pub fn attach_kubelet(
-    ebpf: &mut Ebpf,
-    cgroup: &File,
-    pins: Option<&PinDir>,
-) -> Result<(), ProgramsError> {
-    for phase in [Phase::Load, Phase::Attach] {
-        for (name, hook) in [
-            (programs::PROBE_CONNECT4, attach_type::INET4_CONNECT),
-            (programs::PROBE_CONNECT6, attach_type::INET6_CONNECT),
-        ] {
-            step::<CgroupSockAddr>(ebpf, phase, (name, hook), cgroup, pins)?;
+        if let Some(kubelet) = kubelet {
+            for (name, hook) in [
+                (programs::PROBE_CONNECT4, attach_type::INET4_CONNECT),
+                (programs::PROBE_CONNECT6, attach_type::INET6_CONNECT),
+            ] {
+                step::<CgroupSockAddr>(ebpf, phase, (name, hook), kubelet, pins)?;
+            }
         }
     }
     Ok(())
