@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use mesh_core::telemetry::LogOptions;
+use mesh_core::{authz::PathNormalization, telemetry::LogOptions};
 
 use crate::ca::CaSource;
 use crate::registry::RegistryConfig;
@@ -98,6 +98,10 @@ pub struct Config {
     /// DNS suffix of services.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// How waypoints normalize request paths before routing and policy, as Istio's mesh-wide
+    /// `pathNormalization`: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES.
+    #[arg(long, default_value = "MERGE_SLASHES", value_parser = parse_path_normalization)]
+    pub path_normalization: PathNormalization,
     /// PEM CA chain (signing certificate first, root last); a self-signed root is generated
     /// when absent. Requires `--ca-key`.
     #[arg(long, requires = "ca_key")]
@@ -143,6 +147,13 @@ pub enum ConfigError {
     },
 }
 
+/// Parses an Istio path normalization name.
+fn parse_path_normalization(text: &str) -> Result<PathNormalization, String> {
+    PathNormalization::parse(text).ok_or_else(|| {
+        format!("expected NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES, got {text:?}")
+    })
+}
+
 /// Parses `namespace/name`.
 fn parse_service_account(text: &str) -> Result<(String, String), String> {
     match text.split_once('/') {
@@ -182,6 +193,7 @@ impl Config {
             trust_domain: self.trust_domain.clone(),
             root_namespace: self.root_namespace.clone(),
             cluster_domain: self.cluster_domain.clone(),
+            path_normalization: self.path_normalization,
         }
     }
 
@@ -245,6 +257,12 @@ mod tests {
             "modes conflict"
         );
         assert!(parse(&["--ca-cert", "/ca.pem"]).is_err(), "cert needs key");
+        assert!(parse(&["--path-normalization", "SOMETIMES"]).is_err());
+        let cli = parse(&["--path-normalization", "decode_and_merge_slashes"]).expect("parses");
+        assert_eq!(
+            cli.config.registry().path_normalization,
+            PathNormalization::DecodeAndMergeSlashes
+        );
         assert!(
             parse(&["--node-service-account", "weft-system/mesh-node"]).is_err(),
             "token review needs kubernetes mode"

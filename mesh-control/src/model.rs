@@ -263,6 +263,8 @@ pub struct Snapshot {
     pub gateways: BTreeMap<String, Gateway>,
     /// Rejected resources.
     pub diagnostics: Vec<Diagnostic>,
+    /// How waypoints normalize request paths.
+    pub path_normalization: mesh_core::authz::PathNormalization,
 }
 
 impl Snapshot {

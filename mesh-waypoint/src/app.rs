@@ -105,6 +105,9 @@ pub struct AppConfig {
     pub rng: SharedRng,
     /// Export a span per sampled request over OTLP/gRPC; none disables it.
     pub otlp: Option<OtlpConfig>,
+    /// Proxies in front of the ingress listeners whose `X-Forwarded-For` entries are believed
+    /// for `remoteIpBlocks` (Istio `numTrustedProxies`); 0: the peer address is the client.
+    pub trusted_proxy_hops: u32,
 }
 
 impl AppConfig {
@@ -120,6 +123,7 @@ impl AppConfig {
             sockets: Arc::new(DefaultSocketFactory),
             rng: Arc::new(ThreadRandom),
             otlp: None,
+            trusted_proxy_hops: 0,
         }
     }
 }
@@ -177,7 +181,11 @@ pub async fn build(config: AppConfig) -> Result<Bound, AppError> {
     let (trigger, watch) = drain::channel();
     let metrics = metrics(&mut registry, config.otlp.as_ref(), &watch)?;
     let ingress_tls = match config.tls_listen {
-        Some(_) => Some(IngressTls::new(&mut registry)?),
+        Some(_) => {
+            let mut tls = IngressTls::new(&mut registry)?;
+            tls.trusted_proxy_hops = config.trusted_proxy_hops;
+            Some(tls)
+        }
         None => None,
     };
     let transport = transport(config.hbone.as_ref());
@@ -204,7 +212,8 @@ pub async fn build(config: AppConfig) -> Result<Bound, AppError> {
     let proxy_addr = match config.listen {
         Some(addr) => {
             let (listener, bound) = bind(sockets, addr)?;
-            tokio::spawn(accept_plain(listener, proxy.clone(), watch.clone()));
+            let hops = config.trusted_proxy_hops;
+            tokio::spawn(accept_plain(listener, proxy.clone(), watch.clone(), hops));
             Some(bound)
         }
         None => None,
@@ -325,7 +334,12 @@ fn bind(
 /// Downstream connections served at once; each costs a task and hyper's buffers.
 pub const MAX_DOWNSTREAM_CONNECTIONS: usize = 16 * 1024;
 
-async fn accept_plain(listener: TcpListener, proxy: SharedProxy, drain: DrainWatch) {
+async fn accept_plain(
+    listener: TcpListener,
+    proxy: SharedProxy,
+    drain: DrainWatch,
+    trusted_proxy_hops: u32,
+) {
     let builder = http_builder();
     let watch = drain.clone();
     let serve = move |stream, addr| {
@@ -335,6 +349,7 @@ async fn accept_plain(listener: TcpListener, proxy: SharedProxy, drain: DrainWat
             authority: None,
             workload: None,
             edge_scheme: Some("http"),
+            trusted_proxy_hops,
         };
         serve_http(builder.clone(), stream, peer, proxy.clone(), watch.clone())
     };

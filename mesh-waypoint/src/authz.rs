@@ -120,6 +120,21 @@ pub struct ConditionConfig {
     pub not_values: Vec<String>,
 }
 
+/// The original client behind `hops` trusted proxies, as Envoy's `xff_num_trusted_hops`
+/// (Istio `numTrustedProxies`): the `hops`-th address from the right of `X-Forwarded-For`.
+/// `None` (use the peer address) with no trusted hops, too few entries or an unparseable one.
+pub fn remote_ip(headers: &http::HeaderMap, hops: u32) -> Option<IpAddr> {
+    if hops == 0 {
+        return None;
+    }
+    let mut entries: Vec<&str> = Vec::new();
+    for value in headers.get_all(http::header::HeaderName::from_static("x-forwarded-for")) {
+        entries.extend(value.to_str().ok()?.split(',').map(str::trim));
+    }
+    let index = entries.len().checked_sub(usize::try_from(hops).ok()?)?;
+    entries[index].parse().ok()
+}
+
 /// A compiled policy from the control feed with the route keys (`vip:port`) it applies to.
 #[derive(Debug, Clone)]
 pub struct ScopedPolicy {
@@ -192,6 +207,10 @@ impl Authorizer {
             path: req.uri.path(),
             host,
             headers: &req.headers,
+            remote_ip: remote_ip(&req.headers, peer.trusted_proxy_hops),
+            // No request authentication (JWT) in this build: requestPrincipals and
+            // request.auth.* are unknowable, so they fail closed.
+            auth: None,
         };
         match authz::evaluate(
             self.policies.iter().chain(scoped),

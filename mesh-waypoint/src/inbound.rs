@@ -68,8 +68,9 @@ fn accept(
     }))
 }
 
-/// The request's peer: the address of the tunnel's socket, the verified SPIFFE identity, and
-/// the CONNECT authority. A node tunnel dials the waypoint from inside the client pod (as
+/// The request's peer: the address of the tunnel's socket, the verified SPIFFE identity, the
+/// CONNECT authority, and the `baggage` names only when they are in the identity's namespace
+/// (telemetry labels; metrics bound how many distinct ones they keep). A node tunnel dials the waypoint from inside the client pod (as
 /// ztunnel does), so the socket address is the client's; a `forwarded` header is not believed
 /// (any mesh identity could name any address in it and pass `ipBlocks` or `remoteIpBlocks`).
 fn peer(request: &ConnectRequest) -> Peer {
@@ -82,7 +83,9 @@ fn peer(request: &ConnectRequest) -> Peer {
         addr: request.peer_addr,
         identity: Some(request.peer_identity.to_string()),
         authority: Some(request.authority),
-        workload: WorkloadMeta::from_headers(&request.headers),
+        workload: WorkloadMeta::from_headers(&request.headers)
+            .filter(|meta| meta.namespace == request.peer_identity.namespace()),
         edge_scheme: None,
+        trusted_proxy_hops: 0,
     }
 }

@@ -114,6 +114,11 @@ struct Args {
     /// `mesh-waypoint`).
     #[arg(long, env = "OTEL_SERVICE_NAME")]
     otlp_service_name: Option<String>,
+    /// Proxies (load balancers) in front of the ingress listeners whose `X-Forwarded-For`
+    /// entries are believed when finding the client for `remoteIpBlocks` and `remote.ip` (Istio
+    /// `gatewayTopology.numTrustedProxies`). 0: the peer address is the client.
+    #[arg(long, default_value_t = 0, env = "WEFT_NUM_TRUSTED_PROXIES")]
+    num_trusted_proxies: u32,
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
     drain_deadline: Duration,
@@ -159,7 +164,9 @@ fn static_config(args: &Args, path: &std::path::Path) -> anyhow::Result<AppConfi
         "static config loaded"
     );
     let listen = args.listen.unwrap_or(([0, 0, 0, 0], 15008).into());
-    Ok(AppConfig::new(listen, waypoint))
+    let mut config = AppConfig::new(listen, waypoint);
+    config.trusted_proxy_hops = args.num_trusted_proxies;
+    Ok(config)
 }
 
 async fn feed_config(args: &Args, control: &str) -> anyhow::Result<AppConfig> {
@@ -208,6 +215,7 @@ async fn feed_config(args: &Args, control: &str) -> anyhow::Result<AppConfig> {
     config.tls_listen = args.tls_listen;
     config.feed = Some(feed);
     config.hbone = Some(hbone);
+    config.trusted_proxy_hops = args.num_trusted_proxies;
     Ok(config)
 }
 

@@ -162,6 +162,7 @@ fn config(version: u64, rules: Vec<pb::RouteRule>) -> pb::WaypointConfig {
             ..Default::default()
         }],
         tls_credentials: Vec::new(),
+        path_normalization: 0,
     }
 }
 

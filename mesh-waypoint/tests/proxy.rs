@@ -453,3 +453,110 @@ async fn grpc_requests_get_grpc_local_replies() {
         "no route: UNIMPLEMENTED"
     );
 }
+
+/// Sends `GET <target>` exactly as written (no client-side URI parsing) and returns the status
+/// code and body.
+async fn raw_get(proxy: std::net::SocketAddr, target: &str) -> (u16, String) {
+    let mut tcp = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut response))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line for {target:?}: {text:?}"));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+fn path_policy_config(mode: &str) -> String {
+    format!(
+        r#"
+path_normalization: {mode}
+authorization:
+  - {{name: no-admin, action: DENY, rules: [{{to: [{{paths: ["/admin", "/admin/*"]}}]}}]}}
+destinations: [{{name: svc, endpoints: [{{address: "{{a}}"}}]}}]
+routes:
+  - name: r
+    hosts: [svc]
+    rules:
+      - {{matches: [{{path: {{exact: /public/page}}}}], route: [{{destination: svc}}]}}
+      - direct_response: {{status: 404, body: "no such page"}}
+  - name: other
+    hosts: ["*"]
+    rules: [{{route: [{{destination: svc}}]}}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_denied_path_holds_against_other_spellings_and_upstream_sees_the_checked_path() {
+    let spellings = [
+        "/admin",
+        "/admin/users",
+        "//admin",
+        "///admin/users",
+        "/./admin",
+        "/public/../admin",
+        "/%61dmin",
+        "/%61%64%6D%69%6E/users",
+        "/%2e%2e/admin",
+        "/public/%2E%2E/admin/users",
+        "/admin/./users",
+        "/admin//users",
+        "/x/..//admin",
+        "/public%2F..%2Fadmin",
+        "/public%5C..%5Cadmin",
+        "/public/..%2fadmin",
+        "/admin%00",
+        "/adm%zzin",
+    ];
+    for mode in ["MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"] {
+        let bound = waypoint(&path_policy_config(mode), &[backend("live").await]).await;
+        let proxy = bound.proxy_addr.expect("plain listener");
+        for target in spellings {
+            let (status, body) = raw_get(proxy, target).await;
+            assert!(
+                status == 403 || status == 400,
+                "{mode}: {target:?} got {status} {body:?}"
+            );
+        }
+        // Routing matches the same normalized path, and that path is what the backend gets.
+        for target in [
+            "/public/page",
+            "/public//page",
+            "/x/../public/./page",
+            "/%70ublic/page",
+        ] {
+            assert_eq!(
+                raw_get(proxy, target).await,
+                (200, "live /public/page".to_owned()),
+                "{mode}: {target:?}"
+            );
+        }
+        // The query is kept as sent.
+        let (status, body) = raw_get(proxy, "/public/./page?next=/admin").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "live /public/page?next=/admin"),
+            "{mode}"
+        );
+    }
+    // With normalization off, another spelling passes the policy (and reaches the fallback
+    // rule): why NONE is not the default.
+    let bound = waypoint(&path_policy_config("NONE"), &[backend("live").await]).await;
+    let proxy = bound.proxy_addr.expect("plain listener");
+    assert_eq!(raw_get(proxy, "/admin").await.0, 403);
+    assert_eq!(
+        raw_get(proxy, "//admin").await,
+        (404, "no such page".to_owned())
+    );
+}

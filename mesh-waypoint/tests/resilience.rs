@@ -123,7 +123,7 @@ routes: [{name: r, hosts: ["*"], rules: [{route: [{destination: svc}]}]}]
 }
 
 #[tokio::test]
-async fn fault_abort_and_timeout_override() {
+async fn fault_abort_and_external_timeout_override_ignored() {
     let yaml = r#"
 destinations: [{name: svc, endpoints: [{address: "{a}"}]}]
 routes:
@@ -134,6 +134,7 @@ routes:
         fault: {abort: {percentage: 100, http_status: 418}}
         route: [{destination: svc}]
       - route: [{destination: svc}]
+        timeout: 200ms
 "#;
     let bound = waypoint(yaml, &[backend("live").await]).await;
     assert_eq!(
@@ -146,10 +147,12 @@ routes:
         .await,
         vec![418]
     );
+    // The plain listener is the edge of the mesh: a client there asking to switch the route
+    // timeout off (0) is not obeyed, and the hanging request still times out.
     let mut req = get(bound.proxy_addr.expect("plain listener"), "svc", "/hang");
     req.headers_mut().insert(
         "x-envoy-upstream-rq-timeout-ms",
-        "100".parse().expect("value"),
+        "0".parse().expect("value"),
     );
     let (status, _, _) = send(&http1(), req).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);

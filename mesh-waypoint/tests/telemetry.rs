@@ -139,3 +139,70 @@ async fn trace_headers_are_propagated() {
         "a request id is generated"
     );
 }
+
+/// Every `istio_requests_total` series in a scrape.
+fn request_series(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect()
+}
+
+#[tokio::test]
+async fn invented_host_names_do_not_grow_the_metrics() {
+    const REQUESTS: usize = 100_000;
+    const IN_FLIGHT: usize = 64;
+    let mut app = app_config(CONFIG, &[backend("v1").await]);
+    app.metrics = Some("127.0.0.1:0".parse().expect("addr"));
+    let bound = mesh_waypoint::app::build(app).await.expect("starts");
+    let metrics = bound.metrics_addr.expect("metrics bound");
+    let proxy = bound.proxy_addr.expect("plain listener");
+    // One HTTP/2 connection, every request naming a host nobody configured.
+    let send = h2_connection(proxy).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..IN_FLIGHT {
+        let mut send = send.clone();
+        tasks.spawn(async move {
+            let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+            for i in (worker..REQUESTS).step_by(IN_FLIGHT) {
+                let req = http::Request::builder()
+                    .uri(format!("http://invented-{i}.example/"))
+                    .body(full(""))
+                    .expect("request");
+                send.ready().await.expect("connection open");
+                let response = send.send_request(req).await.expect("answered");
+                *statuses.entry(response.status().as_u16()).or_default() += 1;
+            }
+            statuses
+        });
+    }
+    let mut not_found = 0;
+    while let Some(statuses) = tasks.join_next().await {
+        let statuses = statuses.expect("worker");
+        assert_eq!(statuses.keys().copied().collect::<Vec<_>>(), [404]);
+        not_found += statuses[&404];
+    }
+    assert_eq!(not_found, REQUESTS);
+    let text = tokio::time::timeout(WAIT, async {
+        loop {
+            let text = scrape(metrics).await;
+            let count: u64 = request_series(&text)
+                .iter()
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum();
+            if count >= REQUESTS as u64 {
+                return text;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("every request recorded");
+    let series = request_series(&text);
+    assert_eq!(series.len(), 1, "one series for all of them: {series:?}");
+    assert!(
+        series[0].contains("destination_service=\"unknown\""),
+        "{}",
+        series[0]
+    );
+    assert!(!text.contains("invented-"), "no host name became a label");
+}

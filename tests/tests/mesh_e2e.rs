@@ -178,6 +178,31 @@ fn waypoint_applies_routes_faults_and_l7_policy(mesh: &MeshLab) {
         .get("client", WEBSITE_VIP, &["--path", "/admin"])
         .unwrap();
     assert!(admin.starts_with("403"), "L7 deny on /admin: {admin}");
+    // Other spellings of /admin are normalized before policy (MERGE_SLASHES): denied, or
+    // refused as ambiguous, never served.
+    for path in [
+        "//admin",
+        "/admin/",
+        "/./admin",
+        "/public/../admin",
+        "/%61dmin",
+        "/%61%64%6d%69%6e/x",
+        "/%2e%2e/admin",
+        "/admin//x",
+        "/public%2F..%2Fadmin",
+        "/public%5c..%5cadmin",
+        "/adm%69n%00",
+    ] {
+        let answer = mesh.get("client", WEBSITE_VIP, &["--path", path]).unwrap();
+        assert!(
+            answer.starts_with("403") || answer.starts_with("400"),
+            "{path:?} got past the /admin deny: {answer}"
+        );
+    }
+    let normalized = mesh
+        .get("client", WEBSITE_VIP, &["--path", "/admin/../public//page"])
+        .unwrap();
+    assert!(normalized.starts_with("200"), "{normalized}");
 
     // The waypoint saw the client's identity over mTLS and counted the requests.
     // n1 named the client in the CONNECT baggage (namespace, workload, canonical service).

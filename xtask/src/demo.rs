@@ -185,6 +185,21 @@ fn waypoint_steps(show: &mut Walkthrough, mesh: &MeshLab) -> anyhow::Result<()> 
         },
     )?;
     show.step(
+        "other spellings of /admin: normalized first, so denied (403) or refused (400)",
+        || {
+            for path in [
+                "//admin/",
+                "/%61dmin",
+                "/public/../admin",
+                "/public%2F..%2Fadmin",
+            ] {
+                let answer = mesh.get("client", WEBSITE_VIP, &["--path", path])?;
+                println!("      {path:<22} {}", answer.trim());
+            }
+            Ok(())
+        },
+    )?;
+    show.step(
         "request metrics scraped from the waypoint's :15020/metrics",
         || {
             let metrics = mesh.waypoint_metrics()?;

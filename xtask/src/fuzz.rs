@@ -12,7 +12,12 @@ use clap::Args;
 use crate::{setup, workspace};
 
 /// Every target in fuzz/Cargo.toml.
-const TARGETS: &[&str] = &["hbone_authority", "hbone_headers", "spiffe_id"];
+const TARGETS: &[&str] = &[
+    "hbone_authority",
+    "hbone_headers",
+    "path_normalization",
+    "spiffe_id",
+];
 
 #[derive(Debug, Args)]
 pub struct FuzzArgs {

@@ -1,7 +1,9 @@
 //! Rust types for the Istio and Gateway API custom resources Weft reads.
 //!
-//! Only the fields the mesh acts on are modelled; unknown fields are ignored when parsing, so
-//! manifests written for Istio load unchanged. The same types generate the CRD YAML in
+//! Routing resources model the fields the mesh acts on and report the rest; security resources
+//! (`security.istio.io`) model every field Istio defines, and one they do not know makes the
+//! resource fail closed (`registry::policy`), so manifests written for Istio load unchanged and
+//! nothing that guards traffic is dropped silently. The same types generate the CRD YAML in
 //! `deploy/crds/` (see [`all_crds`]).
 
 pub mod gateway;

@@ -1,4 +1,8 @@
 //! `security.istio.io/v1`: AuthorizationPolicy and PeerAuthentication.
+//!
+//! Every field Istio defines for these resources is modelled, so none is dropped silently; a
+//! field Istio does not define (a typo, a newer API) is collected in `unknown_fields` by the
+//! parser and makes the resource fail closed (see `registry::policy`).
 
 use std::collections::BTreeMap;
 
@@ -24,15 +28,34 @@ pub struct AuthorizationPolicySpec {
     /// in the root namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<WorkloadSelector>,
+    /// One resource the policy applies to (Istio's singular form of `targetRefs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<PolicyTargetReference>,
     /// Resources (Service, waypoint Gateway) the policy applies to; enforced by the waypoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub target_refs: Vec<PolicyTargetReference>,
     /// What to do on a match; `ALLOW` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<AuthorizationAction>,
+    /// The external authorizer of a `CUSTOM` policy (not supported: the policy fails closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ExtensionProvider>,
     /// Rules; a request matching any rule matches the policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
+    /// Paths of fields present in the object that Istio does not define (filled by the parser,
+    /// never serialized).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub unknown_fields: Vec<String>,
+}
+
+/// Names the external authorizer of a `CUSTOM` policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ExtensionProvider {
+    /// The provider's name in the mesh config.
+    #[serde(default)]
+    pub name: String,
 }
 
 /// Action of an authorization policy.
@@ -101,9 +124,25 @@ pub struct Source {
     /// Peer IPs or CIDRs that must not match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ip_blocks: Vec<String>,
-    /// JWT principals (L7 only).
+    /// Kubernetes service accounts, `<namespace>/<name>` (peer identity).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+    /// Service accounts that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_service_accounts: Vec<String>,
+    /// Original client IPs or CIDRs (`X-Forwarded-For` at an ingress with trusted proxies,
+    /// otherwise the peer address).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_ip_blocks: Vec<String>,
+    /// Original client IPs or CIDRs that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_remote_ip_blocks: Vec<String>,
+    /// JWT principals, `<iss>/<sub>` (L7 only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_principals: Vec<String>,
+    /// JWT principals that must not match (L7 only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_request_principals: Vec<String>,
 }
 
 /// What the traffic does.
@@ -172,6 +211,11 @@ pub struct PeerAuthenticationSpec {
     /// Per-port overrides, keyed by port number (a string, as in Istio's JSON).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub port_level_mtls: BTreeMap<String, MutualTls>,
+    /// Paths of fields present in the object that Istio does not define (filled by the parser,
+    /// never serialized).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub unknown_fields: Vec<String>,
 }
 
 /// Mutual-TLS settings.

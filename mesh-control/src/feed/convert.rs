@@ -125,6 +125,12 @@ fn rule(r: &model::AuthRule) -> pb::Rule {
                 not_namespaces: s.not_namespaces.clone(),
                 ip_blocks: s.ip_blocks.iter().map(cidr).collect(),
                 not_ip_blocks: s.not_ip_blocks.iter().map(cidr).collect(),
+                service_accounts: s.service_accounts.clone(),
+                not_service_accounts: s.not_service_accounts.clone(),
+                remote_ip_blocks: s.remote_ip_blocks.iter().map(cidr).collect(),
+                not_remote_ip_blocks: s.not_remote_ip_blocks.iter().map(cidr).collect(),
+                request_principals: s.request_principals.clone(),
+                not_request_principals: s.not_request_principals.clone(),
             })
             .collect(),
         to: r

@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use mesh_core::authz::PathNormalization;
 use mesh_core::drain::DrainWatch;
 use mesh_core::proto::control::v1 as pb;
 use prost::Message;
@@ -100,6 +101,16 @@ pub fn config_for(snapshot: &Snapshot, namespace: &str, name: &str) -> pb::Waypo
             .map(convert::traffic_policy)
             .collect(),
         tls_credentials: ingress::tls_credentials(snapshot, namespace, name),
+        path_normalization: path_normalization(snapshot.path_normalization) as i32,
+    }
+}
+
+fn path_normalization(mode: PathNormalization) -> pb::PathNormalization {
+    match mode {
+        PathNormalization::None => pb::PathNormalization::None,
+        PathNormalization::Base => pb::PathNormalization::Base,
+        PathNormalization::MergeSlashes => pb::PathNormalization::MergeSlashes,
+        PathNormalization::DecodeAndMergeSlashes => pb::PathNormalization::DecodeAndMergeSlashes,
     }
 }
 

@@ -16,6 +16,8 @@ pub mod workloads;
 
 use std::collections::BTreeMap;
 
+use mesh_core::authz::PathNormalization;
+
 pub use resource::{parse_yaml, Kind, ObjectKey, Parsed, Resource};
 
 use crate::model::{Diagnostic, Snapshot};
@@ -29,6 +31,8 @@ pub struct RegistryConfig {
     pub root_namespace: String,
     /// DNS suffix of services, e.g. `cluster.local`.
     pub cluster_domain: String,
+    /// How waypoints normalize request paths (Istio's mesh-wide `pathNormalization`).
+    pub path_normalization: PathNormalization,
 }
 
 impl Default for RegistryConfig {
@@ -37,6 +41,7 @@ impl Default for RegistryConfig {
             trust_domain: "cluster.local".to_string(),
             root_namespace: "istio-system".to_string(),
             cluster_domain: "cluster.local".to_string(),
+            path_normalization: PathNormalization::default(),
         }
     }
 }
@@ -138,7 +143,10 @@ impl Registry {
         };
         let mut diagnostics = self.source_diagnostics.clone();
         let mut diags = Diagnostics::new(&mut diagnostics);
-        let mut snapshot = Snapshot::default();
+        let mut snapshot = Snapshot {
+            path_normalization: self.config.path_normalization,
+            ..Snapshot::default()
+        };
         let selectors = policy::translate_policies(&ctx, &mut snapshot.policies, &mut diags);
         let peers = policy::translate_peer_authentications(&ctx, &mut diags);
         let waypoints = services::waypoint_addresses(&ctx);

@@ -25,11 +25,27 @@ use crate::registry::resource::ObjectKey;
 /// `when` keys a node can evaluate (connection-level attributes).
 const L4_CONDITION_KEYS: &[&str] = &[
     "source.ip",
+    "remote.ip",
     "source.namespace",
     "source.principal",
     "destination.ip",
     "destination.port",
 ];
+
+/// Whether a waypoint enforces `when` key `key` (besides [`L4_CONDITION_KEYS`]).
+fn waypoint_enforces(key: &str) -> bool {
+    L4_CONDITION_KEYS.contains(&key)
+        || key
+            .strip_prefix("request.headers[")
+            .is_some_and(|rest| rest.len() > 1 && rest.ends_with(']'))
+}
+
+/// What an unenforceable part does to its rule, for diagnostics.
+const FAILS_CLOSED: &str = "an ALLOW rule using it matches nothing and a DENY rule using it \
+                            applies whatever its value";
+
+/// Notes about a rule that translated but cannot be enforced in full: `(field, message)`.
+type Notes = Vec<(String, String)>;
 
 /// A selector-scoped policy, for matching against workloads.
 #[derive(Debug, Clone)]
@@ -55,10 +71,11 @@ fn deny_all(key: &ObjectKey, scope: PolicyScope) -> Authorization {
 }
 
 fn scope_of(ctx: &Ctx<'_>, key: &ObjectKey, spec: &AuthorizationPolicySpec) -> PolicyScope {
-    if !spec.target_refs.is_empty() {
+    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
         let targets = spec
-            .target_refs
+            .target_ref
             .iter()
+            .chain(&spec.target_refs)
             .map(|t| PolicyTarget {
                 kind: t.kind.clone(),
                 namespace: t.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
@@ -109,14 +126,42 @@ fn all<T>(
         .collect()
 }
 
-/// Translates one rule; returns the rule and whether it used L7 attributes.
-fn translate_rule(rule: &Rule, at: &str) -> Result<(AuthRule, bool), (String, String)> {
+/// `<namespace>/<name>` into the principal pattern `*/ns/<namespace>/sa/<name>`.
+fn service_account(text: &str) -> Result<String, String> {
+    match text.split_once('/') {
+        Some((ns, name))
+            if !ns.is_empty() && !name.is_empty() && !name.contains('/') && !text.contains('*') =>
+        {
+            Ok(format!("*/ns/{ns}/sa/{name}"))
+        }
+        _ => Err(format!(
+            "invalid service account {text:?}, expected <namespace>/<name>"
+        )),
+    }
+}
+
+/// Translates one rule; returns the rule and whether it used L7 attributes. Parts that are
+/// translated but cannot be enforced yet (JWT principals, unknown `when` keys) go to `notes`.
+fn translate_rule(
+    rule: &Rule,
+    at: &str,
+    notes: &mut Notes,
+) -> Result<(AuthRule, bool), (String, String)> {
     let mut l7 = false;
     let mut from = Vec::new();
     for (i, f) in rule.from.iter().enumerate() {
         let s = &f.source;
         let field = format!("{at}.from[{i}].source");
-        l7 |= !s.request_principals.is_empty();
+        let jwt = !s.request_principals.is_empty() || !s.not_request_principals.is_empty();
+        l7 |= jwt;
+        if jwt {
+            notes.push((
+                format!("{field}.requestPrincipals"),
+                format!(
+                    "request authentication (JWT) is not supported by this build: {FAILS_CLOSED}"
+                ),
+            ));
+        }
         from.push(SourceMatch {
             principals: s.principals.clone(),
             not_principals: s.not_principals.clone(),
@@ -124,6 +169,28 @@ fn translate_rule(rule: &Rule, at: &str) -> Result<(AuthRule, bool), (String, St
             not_namespaces: s.not_namespaces.clone(),
             ip_blocks: all(&s.ip_blocks, &format!("{field}.ipBlocks"), parse_net)?,
             not_ip_blocks: all(&s.not_ip_blocks, &format!("{field}.notIpBlocks"), parse_net)?,
+            service_accounts: all(
+                &s.service_accounts,
+                &format!("{field}.serviceAccounts"),
+                service_account,
+            )?,
+            not_service_accounts: all(
+                &s.not_service_accounts,
+                &format!("{field}.notServiceAccounts"),
+                service_account,
+            )?,
+            remote_ip_blocks: all(
+                &s.remote_ip_blocks,
+                &format!("{field}.remoteIpBlocks"),
+                parse_net,
+            )?,
+            not_remote_ip_blocks: all(
+                &s.not_remote_ip_blocks,
+                &format!("{field}.notRemoteIpBlocks"),
+                parse_net,
+            )?,
+            request_principals: s.request_principals.clone(),
+            not_request_principals: s.not_request_principals.clone(),
         });
     }
     let mut to = Vec::new();
@@ -150,6 +217,14 @@ fn translate_rule(rule: &Rule, at: &str) -> Result<(AuthRule, bool), (String, St
             paths: o.paths.clone(),
             not_paths: o.not_paths.clone(),
         });
+    }
+    for (i, c) in rule.when.iter().enumerate() {
+        if !waypoint_enforces(&c.key) {
+            notes.push((
+                format!("{at}.when[{i}].key"),
+                format!("{:?} is not enforced by Weft: {FAILS_CLOSED}", c.key),
+            ));
+        }
     }
     let when = rule
         .when
@@ -189,6 +264,23 @@ fn translate_policy(
 ) -> Authorization {
     let spec = &policy.spec;
     let scope = scope_of(ctx, key, spec);
+    if !spec.unknown_fields.is_empty() {
+        diags.push(
+            key,
+            &spec.unknown_fields.join(", "),
+            "not a field of AuthorizationPolicy (misspelt, or from a newer Istio); denying all \
+             traffic in scope",
+        );
+        return deny_all(key, scope);
+    }
+    if spec.provider.is_some() && spec.action != Some(AuthorizationAction::Custom) {
+        diags.push(
+            key,
+            "spec.provider",
+            "provider is only valid with action CUSTOM; denying all traffic in scope",
+        );
+        return deny_all(key, scope);
+    }
     let action = match spec.action.unwrap_or_default() {
         AuthorizationAction::Allow => PolicyAction::Allow,
         AuthorizationAction::Deny => PolicyAction::Deny,
@@ -204,8 +296,9 @@ fn translate_policy(
     };
     let mut rules = Vec::new();
     let mut has_l7 = false;
+    let mut notes = Notes::new();
     for (i, rule) in spec.rules.iter().enumerate() {
-        match translate_rule(rule, &format!("spec.rules[{i}]")) {
+        match translate_rule(rule, &format!("spec.rules[{i}]"), &mut notes) {
             Ok((rule, l7)) => {
                 has_l7 |= l7;
                 rules.push((rule, l7));
@@ -219,6 +312,9 @@ fn translate_policy(
                 return deny_all(key, scope);
             }
         }
+    }
+    for (field, message) in &notes {
+        diags.push(key, field, message);
     }
     let node_enforced = !matches!(scope, PolicyScope::Targeted(_));
     let rules = if node_enforced && has_l7 {
@@ -319,12 +415,21 @@ fn translate_peer(
     pa: &PeerAuthentication,
     diags: &mut Diagnostics<'_>,
 ) -> PeerAuthn {
-    let selector = pa
-        .spec
-        .selector
-        .as_ref()
-        .filter(|s| !s.match_labels.is_empty())
-        .map(|s| s.match_labels.clone());
+    if !pa.spec.unknown_fields.is_empty() {
+        diags.push(
+            key,
+            &pa.spec.unknown_fields.join(", "),
+            "not a field of PeerAuthentication (misspelt, or from a newer Istio); requiring \
+             mTLS (STRICT) in its scope",
+        );
+        return PeerAuthn {
+            namespace: key.namespace.clone(),
+            selector: selector_of(pa),
+            mode: Some(MtlsMode::Strict),
+            ports: BTreeMap::new(),
+        };
+    }
+    let selector = selector_of(pa);
     let mut ports = BTreeMap::new();
     for (port, mtls) in &pa.spec.port_level_mtls {
         let field = format!("spec.portLevelMtls[{port}]");
@@ -345,6 +450,14 @@ fn translate_peer(
         mode: pa.spec.mtls.as_ref().and_then(|m| mode(m.mode)),
         ports,
     }
+}
+
+fn selector_of(pa: &PeerAuthentication) -> Option<BTreeMap<String, String>> {
+    pa.spec
+        .selector
+        .as_ref()
+        .filter(|s| !s.match_labels.is_empty())
+        .map(|s| s.match_labels.clone())
 }
 
 /// Translates every PeerAuthentication.

@@ -170,6 +170,42 @@ fn typed<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, (String, St
     })
 }
 
+/// Like [`typed`], also returning the paths of fields under `spec` the type does not define
+/// (security resources must not drop anything silently; `status` and the like are not policy).
+fn typed_with_unknown<T: DeserializeOwned>(
+    value: serde_yaml::Value,
+) -> Result<(T, Vec<String>), (String, String)> {
+    let mut unknown = Vec::new();
+    let mut collect = |path: serde_ignored::Path<'_>| {
+        let path = field_path(&path);
+        if path == "spec" || path.starts_with("spec.") {
+            unknown.push(path);
+        }
+    };
+    let deserializer = serde_ignored::Deserializer::new(value, &mut collect);
+    let parsed = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let field = err.path().to_string();
+        (field, err.into_inner().to_string())
+    })?;
+    Ok((parsed, unknown))
+}
+
+/// `spec.rules[0].from[0].source.principal`: the same spelling as other diagnostics.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            parent if parent.is_empty() => key.clone(),
+            parent => format!("{parent}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
 fn str_at<'a>(value: &'a serde_yaml::Value, keys: &[&str]) -> &'a str {
     let mut current = value;
     for key in keys {
@@ -188,8 +224,16 @@ fn parse_kind(kind: Kind, value: serde_yaml::Value) -> Result<Resource, (String,
         Kind::Service => Resource::Service(typed(value)?),
         Kind::EndpointSlice => Resource::EndpointSlice(typed(value)?),
         Kind::ServiceAccount => Resource::ServiceAccount(typed(value)?),
-        Kind::AuthorizationPolicy => Resource::AuthorizationPolicy(typed(value)?),
-        Kind::PeerAuthentication => Resource::PeerAuthentication(typed(value)?),
+        Kind::AuthorizationPolicy => {
+            let (mut policy, unknown): (AuthorizationPolicy, _) = typed_with_unknown(value)?;
+            policy.spec.unknown_fields = unknown;
+            Resource::AuthorizationPolicy(policy)
+        }
+        Kind::PeerAuthentication => {
+            let (mut peer, unknown): (PeerAuthentication, _) = typed_with_unknown(value)?;
+            peer.spec.unknown_fields = unknown;
+            Resource::PeerAuthentication(peer)
+        }
         Kind::VirtualService => Resource::VirtualService(typed(value)?),
         Kind::DestinationRule => Resource::DestinationRule(typed(value)?),
         Kind::ServiceEntry => Resource::ServiceEntry(typed(value)?),

@@ -240,6 +240,121 @@ spec: {action: DENY, rules: [{to: [{operation: {methods: [POST], ports: ["80"]}}
 }
 
 #[test]
+fn unknown_security_fields_fail_closed_naming_the_field() {
+    let snap = snapshot_of(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: typo, namespace: app}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: ALLOW
+  rules: [{from: [{source: {principal: [cluster.local/ns/app/sa/web]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: with-status, namespace: app}
+spec: {action: DENY, rules: [{to: [{operation: {ports: ["9"]}}]}]}
+status: {conditions: [{type: ZtunnelAccepted, status: "True"}]}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: typo, namespace: legacy}
+spec: {mtls: {mode: DISABLE}, portLevelMTLS: {"80": {mode: DISABLE}}}
+"#,
+    );
+    let typo = &snap.policies["app/typo"];
+    assert_eq!(typo.action, PolicyAction::Deny);
+    assert_eq!(typo.rules, [Default::default()], "denies everything");
+    assert_eq!(
+        typo.scope,
+        PolicyScope::WorkloadSelector,
+        "in its own scope"
+    );
+    // `status` is written by Istio's control plane, not policy: never a reason to fail.
+    let status = &snap.policies["app/with-status"];
+    assert_eq!(status.rules[0].to[0].ports, [9]);
+    // An unknown PeerAuthentication field requires mTLS rather than disabling it.
+    assert_eq!(snap.workloads["legacy/old-1"].mtls, MtlsMode::Strict);
+    let fields: Vec<&str> = snap.diagnostics.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.rules[0].from[0].source.principal",
+            "spec.portLevelMTLS"
+        ],
+        "{:?}",
+        snap.diagnostics
+    );
+}
+
+#[test]
+fn every_istio_source_field_is_carried_or_fails_closed() {
+    let snap = snapshot_of(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: full, namespace: app}
+spec:
+  targetRef: {kind: Service, group: "", name: web}
+  rules:
+    - from:
+        - source:
+            serviceAccounts: [app/web]
+            notServiceAccounts: [app/db]
+            remoteIpBlocks: [203.0.113.0/24]
+            notRemoteIpBlocks: [203.0.113.9]
+            requestPrincipals: ["https://issuer.example/*"]
+            notRequestPrincipals: [bad/actor]
+      when: [{key: "request.auth.claims[groups]", values: [admins]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bad-sa, namespace: app}
+spec: {targetRefs: [{kind: Service, name: web}], rules: [{from: [{source: {serviceAccounts: [web]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: provider-without-custom, namespace: app}
+spec: {targetRefs: [{kind: Service, name: web}], provider: {name: ext-authz}}
+"#,
+    );
+    let full = &snap.policies["app/full"];
+    assert_eq!(
+        full.scope,
+        PolicyScope::Targeted(vec![crate::model::PolicyTarget {
+            kind: "Service".into(),
+            namespace: "app".into(),
+            name: "web".into(),
+        }]),
+        "singular targetRef"
+    );
+    let source = &full.rules[0].from[0];
+    assert_eq!(source.service_accounts, ["*/ns/app/sa/web"]);
+    assert_eq!(source.not_service_accounts, ["*/ns/app/sa/db"]);
+    assert_eq!(
+        source.remote_ip_blocks,
+        ["203.0.113.0/24".parse::<ipnet::IpNet>().unwrap()]
+    );
+    assert_eq!(source.not_remote_ip_blocks.len(), 1);
+    assert_eq!(source.request_principals, ["https://issuer.example/*"]);
+    assert_eq!(source.not_request_principals, ["bad/actor"]);
+    for key in ["app/bad-sa", "app/provider-without-custom"] {
+        assert_eq!(snap.policies[key].action, PolicyAction::Deny, "{key}");
+        assert_eq!(snap.policies[key].rules, [Default::default()], "{key}");
+    }
+    let fields: Vec<&str> = snap.diagnostics.iter().map(|d| d.field.as_str()).collect();
+    for field in [
+        "spec.rules[0].from[0].source.requestPrincipals",
+        "spec.rules[0].when[0].key",
+        "spec.rules[0].from[0].source.serviceAccounts[0]",
+        "spec.provider",
+    ] {
+        assert!(fields.contains(&field), "{field} not reported: {fields:?}");
+    }
+}
+
+#[test]
 fn peer_authentication_precedence() {
     let snap = snapshot_of(
         r#"

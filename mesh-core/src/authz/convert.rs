@@ -90,6 +90,12 @@ fn convert_rule(key: &str, rule: &proto::Rule) -> Result<Rule, PolicyConvertErro
                 not_namespaces: source.not_namespaces.clone(),
                 ip_blocks: cidrs(key, &source.ip_blocks)?,
                 not_ip_blocks: cidrs(key, &source.not_ip_blocks)?,
+                service_accounts: source.service_accounts.clone(),
+                not_service_accounts: source.not_service_accounts.clone(),
+                remote_ip_blocks: cidrs(key, &source.remote_ip_blocks)?,
+                not_remote_ip_blocks: cidrs(key, &source.not_remote_ip_blocks)?,
+                request_principals: source.request_principals.clone(),
+                not_request_principals: source.not_request_principals.clone(),
             })
         })
         .collect::<Result<_, _>>()?;

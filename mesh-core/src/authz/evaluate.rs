@@ -86,7 +86,7 @@ impl Attributes<'_> {
     }
 
     fn rule(&self, rule: &Rule) -> Check {
-        let from = any(&rule.from, |source| Check::from(self.source(source)));
+        let from = any(&rule.from, |source| self.source(source));
         let to = any(&rule.to, |operation| self.operation(operation));
         let when = rule.when.iter().fold(Check::Match, |acc, condition| {
             acc.and(self.condition(condition))
@@ -105,12 +105,26 @@ impl Attributes<'_> {
         segments.next()
     }
 
-    fn source(&self, source: &SourceMatch) -> bool {
+    /// The original client's address: from the request where the waypoint derived one,
+    /// otherwise the peer's.
+    fn remote_ip(&self) -> std::net::IpAddr {
+        self.request
+            .and_then(|r| r.remote_ip)
+            .unwrap_or(self.connection.source_ip)
+    }
+
+    fn source(&self, source: &SourceMatch) -> Check {
         let text = |p: &String, v: &str| wildcard(p, v);
         let ip = &self.connection.source_ip;
-        lists(
+        let remote = &self.remote_ip();
+        let connection = lists(
             &source.principals,
             &source.not_principals,
+            self.principal(),
+            text,
+        ) && lists(
+            &source.service_accounts,
+            &source.not_service_accounts,
             self.principal(),
             text,
         ) && lists(
@@ -119,6 +133,25 @@ impl Attributes<'_> {
             self.namespace(),
             text,
         ) && lists(&source.ip_blocks, &source.not_ip_blocks, Some(ip), ip_in)
+            && lists(
+                &source.remote_ip_blocks,
+                &source.not_remote_ip_blocks,
+                Some(remote),
+                ip_in,
+            );
+        let connection = Check::from(connection);
+        if source.request_principals.is_empty() && source.not_request_principals.is_empty() {
+            return connection;
+        }
+        let Some(auth) = self.request.and_then(|r| r.auth) else {
+            return connection.and(Check::Unknowable);
+        };
+        connection.and(Check::from(lists(
+            &source.request_principals,
+            &source.not_request_principals,
+            auth.principal.as_deref(),
+            text,
+        )))
     }
 
     fn operation(&self, operation: &OperationMatch) -> Check {
@@ -172,6 +205,7 @@ impl Attributes<'_> {
         let (yes, no) = (&condition.values, &condition.not_values);
         let matched = match condition.key.as_str() {
             "source.ip" => lists(yes, no, Some(&connection.source_ip), ip),
+            "remote.ip" => lists(yes, no, Some(&self.remote_ip()), ip),
             "destination.ip" => lists(yes, no, Some(&connection.destination_ip), ip),
             "source.principal" => lists(yes, no, self.principal(), text),
             "source.namespace" => lists(yes, no, self.namespace(), text),
@@ -185,11 +219,32 @@ impl Attributes<'_> {
     }
 
     fn request_condition(&self, key: &str, condition: &Condition) -> Check {
+        if let Some(attribute) = key.strip_prefix("request.auth.") {
+            let Some(auth) = self.request.and_then(|r| r.auth) else {
+                return Check::Unknowable;
+            };
+            let none: &[String] = &[];
+            let values: &[String] = match attribute {
+                "principal" => auth.principal.as_slice(),
+                "presenter" => auth.presenter.as_slice(),
+                "audiences" => &auth.audiences,
+                claim => {
+                    let Some(path) = claim
+                        .strip_prefix("claims[")
+                        .and_then(|rest| rest.strip_suffix(']'))
+                    else {
+                        return Check::Unknowable;
+                    };
+                    auth.claims.get(path).map_or(none, Vec::as_slice)
+                }
+            };
+            return Check::from(any_value(condition, values));
+        }
         let Some(name) = key
             .strip_prefix("request.headers[")
             .and_then(|rest| rest.strip_suffix(']'))
         else {
-            // request.auth.*, connection.sni, ... are not supported: never trusted to allow.
+            // request.auth.claims, connection.sni, ... are not supported: never trusted to allow.
             return Check::Unknowable;
         };
         let Some(request) = self.request else {
@@ -207,6 +262,23 @@ impl Attributes<'_> {
         };
         Check::from(matched)
     }
+}
+
+/// A condition over a multi-valued attribute: some value is accepted and none rejected; with no
+/// value at all, as for an absent attribute.
+fn any_value(condition: &Condition, values: &[String]) -> bool {
+    let text = |p: &String, v: &str| wildcard(p, v);
+    if values.is_empty() {
+        return lists(&condition.values, &condition.not_values, None, text);
+    }
+    let accepted = condition.values.is_empty()
+        || values
+            .iter()
+            .any(|v| lists(&condition.values, &[], Some(v.as_str()), text));
+    let rejected = values
+        .iter()
+        .any(|v| condition.not_values.iter().any(|p| wildcard(p, v)));
+    accepted && !rejected
 }
 
 /// Any of `items` matches; an empty list matches anything.

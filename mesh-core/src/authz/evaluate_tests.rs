@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 
 use super::*;
-use crate::authz::{Condition, OperationMatch, SourceMatch};
+use crate::authz::{Condition, OperationMatch, RequestAuth, SourceMatch};
 
 const CLIENT: &str = "cluster.local/ns/demo/sa/client";
 const INTRUDER: &str = "cluster.local/ns/outside/sa/intruder";
@@ -71,6 +71,8 @@ fn decide_http(
         path,
         host: "website.demo.svc.cluster.local:8080",
         headers,
+        remote_ip: None,
+        auth: None,
     };
     evaluate(policies, connection, Some(&request))
 }
@@ -301,4 +303,176 @@ fn audit_never_changes_the_decision() {
         decide(&policies, &conn(None, "10.0.0.1", 80)),
         Decision::Allow
     );
+}
+
+fn from(source: SourceMatch) -> Rule {
+    Rule {
+        from: vec![source],
+        ..Default::default()
+    }
+}
+
+fn request_with<'a>(
+    headers: &'a HeaderMap,
+    remote_ip: Option<&str>,
+    auth: Option<&'a RequestAuth>,
+) -> RequestAttributes<'a> {
+    RequestAttributes {
+        method: "GET",
+        path: "/",
+        host: "website.demo",
+        headers,
+        remote_ip: remote_ip.map(|ip| ip.parse().unwrap()),
+        auth,
+    }
+}
+
+#[test]
+fn request_principals_fail_closed_where_no_request_authentication_ran() {
+    let any_token = SourceMatch {
+        request_principals: vec!["*".into()],
+        ..Default::default()
+    };
+    let no_token = SourceMatch {
+        not_request_principals: vec!["*".into()],
+        ..Default::default()
+    };
+    let headers = HeaderMap::new();
+    let client = conn(Some(CLIENT), "10.0.0.1", 8080);
+    let unauthenticated = request_with(&headers, None, None);
+    // Nothing can show a token is there: an ALLOW on it allows nothing...
+    let allow = [policy(Action::Allow, vec![from(any_token.clone())])];
+    assert!(!evaluate(&allow, &client, Some(&unauthenticated)).is_allowed());
+    assert!(!evaluate(&allow, &client, None).is_allowed());
+    // ... and a DENY on it denies everything it could match, either way round.
+    for source in [any_token.clone(), no_token] {
+        let deny = [policy(Action::Deny, vec![from(source)])];
+        assert!(!evaluate(&deny, &client, Some(&unauthenticated)).is_allowed());
+    }
+    // Where authentication ran, the principal decides.
+    let jwt = RequestAuth {
+        principal: Some("https://issuer.example/alice".into()),
+        ..Default::default()
+    };
+    assert!(evaluate(
+        &allow,
+        &client,
+        Some(&request_with(&headers, None, Some(&jwt)))
+    )
+    .is_allowed());
+    let anonymous = RequestAuth::default();
+    assert!(!evaluate(
+        &allow,
+        &client,
+        Some(&request_with(&headers, None, Some(&anonymous)))
+    )
+    .is_allowed());
+}
+
+#[test]
+fn remote_ip_blocks_use_the_original_client_when_known() {
+    let office = SourceMatch {
+        remote_ip_blocks: vec!["203.0.113.0/24".parse().unwrap()],
+        ..Default::default()
+    };
+    let allow = [policy(Action::Allow, vec![from(office)])];
+    let headers = HeaderMap::new();
+    // Behind an ingress load balancer: the peer is the balancer, the client is in XFF.
+    let balancer = conn(None, "10.0.0.50", 443);
+    let via = |ip| request_with(&headers, ip, None);
+    assert!(evaluate(&allow, &balancer, Some(&via(Some("203.0.113.7")))).is_allowed());
+    assert!(!evaluate(&allow, &balancer, Some(&via(Some("198.51.100.7")))).is_allowed());
+    // No original client known: the peer address is the client.
+    assert!(!evaluate(&allow, &balancer, Some(&via(None))).is_allowed());
+    let direct = conn(None, "203.0.113.9", 443);
+    assert!(evaluate(&allow, &direct, None).is_allowed());
+    // `remote.ip` conditions read the same address.
+    let condition = [policy(
+        Action::Deny,
+        vec![when("remote.ip", &["198.51.100.0/24"])],
+    )];
+    assert!(!evaluate(&condition, &balancer, Some(&via(Some("198.51.100.7")))).is_allowed());
+    assert!(evaluate(&condition, &balancer, Some(&via(Some("203.0.113.7")))).is_allowed());
+}
+
+#[test]
+fn service_accounts_match_the_peer_identity_in_any_trust_domain() {
+    let source = SourceMatch {
+        service_accounts: vec!["*/ns/demo/sa/client".into()],
+        ..Default::default()
+    };
+    let allow = [policy(Action::Allow, vec![from(source)])];
+    assert!(decide(&allow, &conn(Some(CLIENT), "10.0.0.1", 80)).is_allowed());
+    let other_td = "other.domain/ns/demo/sa/client";
+    assert!(decide(&allow, &conn(Some(other_td), "10.0.0.1", 80)).is_allowed());
+    assert!(!decide(&allow, &conn(Some(INTRUDER), "10.0.0.1", 80)).is_allowed());
+    let lookalike = "cluster.local/ns/xdemo/sa/client";
+    assert!(!decide(&allow, &conn(Some(lookalike), "10.0.0.1", 80)).is_allowed());
+    assert!(!decide(&allow, &conn(None, "10.0.0.1", 80)).is_allowed());
+}
+
+#[test]
+fn request_auth_conditions_read_the_verified_token() {
+    let auth = RequestAuth {
+        principal: Some("https://issuer.example/alice".into()),
+        audiences: vec!["shop".into(), "admin-ui".into()],
+        presenter: Some("web-client".into()),
+        claims: [
+            (
+                "groups".to_owned(),
+                vec!["dev".to_owned(), "ops".to_owned()],
+            ),
+            ("org][team".to_owned(), vec!["payments".to_owned()]),
+        ]
+        .into(),
+    };
+    let headers = HeaderMap::new();
+    let client = conn(Some(CLIENT), "10.0.0.1", 8080);
+    let allowed = |key: &str, values: &[&str], auth: Option<&RequestAuth>| {
+        let allow = [policy(Action::Allow, vec![when(key, values)])];
+        let request = request_with(&headers, None, auth);
+        evaluate(&allow, &client, Some(&request)).is_allowed()
+    };
+    let cases = [
+        (
+            "request.auth.principal",
+            &["https://issuer.example/*"][..],
+            true,
+        ),
+        ("request.auth.principal", &["https://other/*"][..], false),
+        ("request.auth.audiences", &["admin-ui"][..], true),
+        ("request.auth.audiences", &["billing"][..], false),
+        ("request.auth.presenter", &["web-client"][..], true),
+        ("request.auth.claims[groups]", &["ops"][..], true),
+        ("request.auth.claims[groups]", &["root"][..], false),
+        ("request.auth.claims[org][team]", &["payments"][..], true),
+        ("request.auth.claims[missing]", &["x"][..], false),
+    ];
+    for (key, values, want) in cases {
+        assert_eq!(allowed(key, values, Some(&auth)), want, "{key} {values:?}");
+        // Where no request authentication ran, nothing is allowed on such a condition.
+        assert!(!allowed(key, values, None), "{key} without authentication");
+    }
+    // A token-less request has no claims: values fail, notValues pass.
+    let anonymous = RequestAuth::default();
+    assert!(!allowed(
+        "request.auth.claims[groups]",
+        &["ops"],
+        Some(&anonymous)
+    ));
+    let deny_unless_ops = [policy(
+        Action::Deny,
+        vec![Rule {
+            when: vec![Condition {
+                key: "request.auth.claims[groups]".into(),
+                values: vec![],
+                not_values: vec!["ops".into()],
+            }],
+            ..Default::default()
+        }],
+    )];
+    let request = request_with(&headers, None, Some(&auth));
+    assert!(evaluate(&deny_unless_ops, &client, Some(&request)).is_allowed());
+    let request = request_with(&headers, None, Some(&anonymous));
+    assert!(!evaluate(&deny_unless_ops, &client, Some(&request)).is_allowed());
 }

@@ -18,12 +18,14 @@
 mod convert;
 mod evaluate;
 mod matching;
+pub mod path;
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 pub use convert::PolicyConvertError;
 pub use evaluate::evaluate;
 use ipnet::IpNet;
+pub use path::{PathError, PathNormalization};
 
 /// What a policy does when it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,19 @@ pub struct SourceMatch {
     pub ip_blocks: Vec<IpNet>,
     /// Source ranges that must not match.
     pub not_ip_blocks: Vec<IpNet>,
+    /// Service accounts as principal patterns (`*/ns/<ns>/sa/<name>`, any trust domain).
+    pub service_accounts: Vec<String>,
+    /// Service accounts that must not match.
+    pub not_service_accounts: Vec<String>,
+    /// Original client ranges ([`RequestAttributes::remote_ip`], else the source address).
+    pub remote_ip_blocks: Vec<IpNet>,
+    /// Original client ranges that must not match.
+    pub not_remote_ip_blocks: Vec<IpNet>,
+    /// JWT principals `<iss>/<sub>` (`*` at either end). L7, and only where request
+    /// authentication ran ([`RequestAttributes::auth`]); elsewhere unknowable.
+    pub request_principals: Vec<String>,
+    /// JWT principals that must not match.
+    pub not_request_principals: Vec<String>,
 }
 
 /// What the traffic asks for. Ports are L4; hosts, methods and paths are L7.
@@ -126,12 +141,34 @@ pub struct ConnectionAttributes {
 pub struct RequestAttributes<'a> {
     /// Method, e.g. `GET`.
     pub method: &'a str,
-    /// Path without the query string.
+    /// Path without the query string, already normalized ([`path::normalize`]).
     pub path: &'a str,
     /// Host (`:authority`), possibly with a port.
     pub host: &'a str,
     /// Request headers.
     pub headers: &'a http::HeaderMap,
+    /// The original client's address when it differs from the peer's (`X-Forwarded-For` at an
+    /// ingress behind trusted proxies); `None`: the peer address.
+    pub remote_ip: Option<IpAddr>,
+    /// The outcome of request authentication (JWT); `None` where none ran, which makes every
+    /// `requestPrincipals` and `request.auth.*` check unknowable (fail closed).
+    pub auth: Option<&'a RequestAuth>,
+}
+
+/// What request authentication established about one request; all empty when the request
+/// carried no token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestAuth {
+    /// `<iss>/<sub>` of the verified token.
+    pub principal: Option<String>,
+    /// Its `aud` values.
+    pub audiences: Vec<String>,
+    /// Its `azp` (authorized presenter).
+    pub presenter: Option<String>,
+    /// Claim values by path, as written inside `request.auth.claims[...]`: `groups`, or
+    /// `a][b` for the nested claim `[a][b]`. Lists give one value per element; `scope`,
+    /// `permission` and configured space-delimited claims one per word.
+    pub claims: BTreeMap<String, Vec<String>>,
 }
 
 /// Why traffic was denied.

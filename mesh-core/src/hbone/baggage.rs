@@ -26,7 +26,7 @@ const KINDS: [&str; 7] = [
 const MAX_VALUE: usize = 253;
 
 /// The source workload of a connection, as telemetry labels it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct WorkloadMeta {
     /// Namespace.
     pub namespace: String,

@@ -151,6 +151,7 @@ fn compile_source(policy: &str, source: &SourceConfig) -> Result<SourceMatch, Po
         not_namespaces: source.not_namespaces.clone(),
         ip_blocks: nets(&source.ip_blocks)?,
         not_ip_blocks: nets(&source.not_ip_blocks)?,
+        ..SourceMatch::default()
     })
 }
 

@@ -65,7 +65,9 @@ pub struct Client {
     /// Its address: the `forwarded` one from a waypoint, else the peer socket's.
     pub ip: IpAddr,
     /// Telemetry names: of the known workload at `ip` (whose identity must be the peer's
-    /// unless a waypoint speaks for it), else of a waypoint's `baggage`.
+    /// unless a waypoint speaks for it); `None` (labels `unknown`) otherwise. A waypoint's
+    /// `baggage` is not used: it relays what its own client claimed, and label values chosen
+    /// by clients would grow the metrics without bound.
     pub meta: Option<WorkloadMeta>,
 }
 
@@ -82,7 +84,7 @@ pub fn client_of(state: &State, request: &ConnectRequest) -> Client {
         .filter(|w| via_waypoint || w.identity == request.peer_identity)
         .map(|w| w.meta.clone());
     let meta = match via_waypoint {
-        true => known.or_else(|| WorkloadMeta::from_headers(&request.headers)),
+        true => known,
         // A peer tunnel that dials from its node's address says in `forwarded` which of its pods
         // the connection is for. Telemetry takes that workload's names only when the workload
         // carries the very identity the peer proved; policy and the app never see the claim.
@@ -286,14 +288,15 @@ waypoints:
         let client = client_of(&state, &request(("data", "wp-sa"), "10.0.9.9", &headers));
         assert_eq!(client.ip, "10.0.0.3".parse::<IpAddr>().unwrap());
         assert_eq!(client.meta.unwrap().workload_name, "admin-0");
-        // A client unknown to this node: the waypoint's baggage names it.
+        // A client unknown to this node: the waypoint's relayed baggage is not believed, so
+        // its names fold into `unknown`.
         let headers = [
             ("forwarded", "for=\"10.9.9.9:5555\""),
             ("baggage", ADMIN_BAGGAGE),
         ];
         let client = client_of(&state, &request(("data", "wp-sa"), "10.0.9.9", &headers));
         assert_eq!(client.ip, "10.9.9.9".parse::<IpAddr>().unwrap());
-        assert_eq!(client.meta.unwrap().workload_name, "admin");
+        assert!(client.meta.is_none(), "{client:?}");
         // The same headers from an identity that merely looks like a waypoint's are ignored.
         let client = client_of(&state, &request(("data", "wp"), "10.0.9.8", &headers));
         assert_eq!(client.ip, "10.0.9.8".parse::<IpAddr>().unwrap());

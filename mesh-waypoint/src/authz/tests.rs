@@ -26,6 +26,7 @@ fn decide(
         authority: None,
         workload: None,
         edge_scheme: None,
+        trusted_proxy_hops: 0,
     };
     a.check(&parts, "reviews", &peer).is_ok()
 }
@@ -113,6 +114,7 @@ fn denial_names_the_policy() {
         authority: None,
         workload: None,
         edge_scheme: None,
+        trusted_proxy_hops: 0,
     };
     assert_eq!(a.check(&parts, "h", &peer), Err("no-admin".to_owned()));
 }
@@ -145,4 +147,33 @@ fn pattern_table() {
         let allowed = decide(&authorizer(&yaml), "GET", "/", &[("x-v", v)], None);
         assert_eq!(allowed, want, "{p} {v}");
     }
+}
+
+#[test]
+fn remote_ip_believes_only_trusted_hops_of_x_forwarded_for() {
+    let headers = |values: &[&str]| {
+        let mut map = http::HeaderMap::new();
+        for value in values {
+            map.append("x-forwarded-for", value.parse().expect("value"));
+        }
+        map
+    };
+    let ip = |text: &str| Some(text.parse::<IpAddr>().expect("ip"));
+    // "client-chosen, 203.0.113.7" arrives from a load balancer that appended the client.
+    let two = headers(&["198.51.100.66, 203.0.113.7"]);
+    assert_eq!(remote_ip(&two, 0), None, "no trusted proxies: the peer");
+    assert_eq!(remote_ip(&two, 1), ip("203.0.113.7"));
+    assert_eq!(remote_ip(&two, 2), ip("198.51.100.66"));
+    assert_eq!(
+        remote_ip(&two, 3),
+        None,
+        "fewer entries than hops: the peer"
+    );
+    // Entries across repeated headers count as one list.
+    let split = headers(&["198.51.100.66", "203.0.113.7"]);
+    assert_eq!(remote_ip(&split, 1), ip("203.0.113.7"));
+    assert_eq!(remote_ip(&headers(&["not-an-ip"]), 1), None);
+    assert_eq!(remote_ip(&headers(&[]), 1), None);
+    assert_eq!(remote_ip(&headers(&["2001:db8::1"]), 1), ip("2001:db8::1"));
+    assert_eq!(remote_ip(&two, u32::MAX), None);
 }

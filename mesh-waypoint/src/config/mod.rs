@@ -13,6 +13,7 @@ mod route;
 
 use std::{fmt, path::Path, time::Duration};
 
+use mesh_core::authz::PathNormalization;
 use serde::{Deserialize, Deserializer};
 
 pub use self::{destination::*, route::*};
@@ -68,6 +69,10 @@ pub struct WaypointConfig {
     /// L7 authorization policies (Istio `AuthorizationPolicy` semantics).
     #[serde(default)]
     pub authorization: Vec<crate::authz::PolicyConfig>,
+    /// How request paths are normalized before routing and policy (Istio's `pathNormalization`
+    /// names; `MERGE_SLASHES` when absent).
+    #[serde(default, deserialize_with = "path_normalization")]
+    pub path_normalization: PathNormalization,
     /// Local (per-waypoint) rate limit applied to every request; none when absent.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
@@ -99,6 +104,16 @@ impl WaypointConfig {
     pub fn parse(text: &str) -> Result<Self, serde_yaml::Error> {
         from_yaml(text)
     }
+}
+
+fn path_normalization<'de, D: Deserializer<'de>>(d: D) -> Result<PathNormalization, D::Error> {
+    let text = String::deserialize(d)?;
+    PathNormalization::parse(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown path_normalization {text:?}: expected NONE, BASE, MERGE_SLASHES or \
+             DECODE_AND_MERGE_SLASHES"
+        ))
+    })
 }
 
 /// Parses any config type from YAML, writing enums as one-key maps (`path: {prefix: /api}`)

@@ -11,7 +11,7 @@ use std::{
 };
 
 use mesh_core::{
-    authz::{Policy, PolicyConvertError},
+    authz::{PathNormalization, Policy, PolicyConvertError},
     proto::control::v1 as pb,
 };
 
@@ -69,6 +69,9 @@ pub enum ConvertError {
     /// A traffic policy's consistent hash has no key.
     #[error("traffic policy {policy}: consistent hash without a key, using least request")]
     HashKey { policy: String },
+    /// The path normalization mode is not one this build knows (a newer control plane?).
+    #[error("unknown path normalization value {0}; using the default, MERGE_SLASHES")]
+    PathNormalization(i32),
     /// A policy did not convert and denies everything in its scope instead.
     #[error("{0}; denying all requests in its scope")]
     Policy(#[from] PolicyConvertError),
@@ -155,9 +158,28 @@ pub fn convert(wire: &pb::WaypointConfig, me: &WaypointName) -> Converted {
             ingress_routes: Some(vhosts.ingress),
             destinations,
             scoped_policies,
+            path_normalization: path_normalization(wire.path_normalization, &mut problems),
             ..WaypointConfig::default()
         },
         problems,
+    }
+}
+
+/// The mode the control plane chose; an unknown one becomes the default, which refuses every
+/// ambiguous spelling.
+fn path_normalization(wire: i32, problems: &mut Vec<ConvertError>) -> PathNormalization {
+    match pb::PathNormalization::try_from(wire) {
+        Ok(pb::PathNormalization::Default) => PathNormalization::default(),
+        Ok(pb::PathNormalization::None) => PathNormalization::None,
+        Ok(pb::PathNormalization::Base) => PathNormalization::Base,
+        Ok(pb::PathNormalization::MergeSlashes) => PathNormalization::MergeSlashes,
+        Ok(pb::PathNormalization::DecodeAndMergeSlashes) => {
+            PathNormalization::DecodeAndMergeSlashes
+        }
+        Err(_) => {
+            problems.push(ConvertError::PathNormalization(wire));
+            PathNormalization::default()
+        }
     }
 }
 

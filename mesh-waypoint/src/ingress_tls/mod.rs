@@ -53,6 +53,9 @@ pub enum IngressTlsError {
 pub struct IngressTls {
     /// The certificates in force, by SNI.
     pub resolver: Arc<CertResolver>,
+    /// Proxies in front whose `X-Forwarded-For` entries are believed (Istio
+    /// `numTrustedProxies`).
+    pub trusted_proxy_hops: u32,
     failures: Family<HandshakeLabels, Counter>,
     acceptor: TlsAcceptor,
 }
@@ -85,6 +88,7 @@ impl IngressTls {
         let acceptor = TlsAcceptor::from(Arc::new(config));
         Ok(Self {
             resolver,
+            trusted_proxy_hops: 0,
             failures,
             acceptor,
         })
@@ -121,6 +125,7 @@ impl IngressTls {
             authority: None,
             workload: None,
             edge_scheme: Some("https"),
+            trusted_proxy_hops: self.trusted_proxy_hops,
         };
         serve_http(http_builder(), tls, peer, proxy, drain).await;
     }

@@ -17,6 +17,9 @@ pub enum ProxyError {
     /// No `Host`/`:authority` on the request.
     #[error("request has no host or authority")]
     MissingHost,
+    /// The path cannot be normalized safely (escaped slash, NUL, bad escape, fragment).
+    #[error("request path refused: {0}")]
+    BadPath(#[from] mesh_core::authz::PathError),
     /// No route for the host and request.
     #[error("no route for host {host:?} path {path:?}")]
     NoRoute { host: String, path: String },
@@ -74,7 +77,9 @@ impl ProxyError {
     /// The status sent downstream.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingHost | Self::RequestBody { .. } => StatusCode::BAD_REQUEST,
+            Self::MissingHost | Self::BadPath(_) | Self::RequestBody { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::NoHealthyUpstream { .. } | Self::Overflow(_) | Self::ConnectFailure { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -91,7 +96,7 @@ impl ProxyError {
     /// The Envoy response flag for the cause.
     pub fn flag(&self) -> &'static str {
         match self {
-            Self::MissingHost | Self::RequestBody { .. } => "DPE",
+            Self::MissingHost | Self::BadPath(_) | Self::RequestBody { .. } => "DPE",
             Self::NoRoute { .. } => "NR",
             Self::NoHealthyUpstream { .. } => "UH",
             Self::Overflow(_) => "UO",
@@ -116,6 +121,7 @@ impl ProxyError {
     pub fn public_reason(&self) -> &'static str {
         match self {
             Self::MissingHost => "missing host header",
+            Self::BadPath(_) => "invalid request path",
             Self::RequestBody { .. } => "invalid request body",
             Self::NoRoute { .. } => "no route matched",
             Self::NoHealthyUpstream { .. } => "no healthy upstream",

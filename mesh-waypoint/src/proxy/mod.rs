@@ -11,11 +11,14 @@ pub mod headers;
 pub mod mirror;
 mod upgrade;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, convert::Infallible, net::SocketAddr, sync::Arc};
 
 use http::{request::Parts, Request, Response};
 use hyper::{body::Incoming, upgrade::OnUpgrade};
-use mesh_core::hbone::baggage::WorkloadMeta;
+use mesh_core::{
+    authz::{path, PathError, PathNormalization},
+    hbone::baggage::WorkloadMeta,
+};
 use tower::{ServiceBuilder, ServiceExt};
 
 pub use self::{
@@ -57,6 +60,10 @@ pub struct Peer {
     /// which replaces any `x-forwarded-proto` the client sent, as Envoy does at the edge.
     /// `None` inside the mesh (HBONE), where the header passes through.
     pub edge_scheme: Option<&'static str>,
+    /// Proxies in front of an ingress listener whose `X-Forwarded-For` entries are believed
+    /// when finding the original client for `remoteIpBlocks` (Istio `numTrustedProxies`);
+    /// always 0 inside the mesh, where the peer address is the client.
+    pub trusted_proxy_hops: u32,
 }
 
 /// Errors building the proxy from configuration.
@@ -83,6 +90,7 @@ pub struct Proxy {
     rng: SharedRng,
     metrics: Arc<Metrics>,
     mirrors: mirror::Mirrors,
+    path_normalization: PathNormalization,
 }
 
 impl Proxy {
@@ -133,6 +141,7 @@ impl Proxy {
             rng,
             metrics,
             mirrors: mirror::Mirrors::default(),
+            path_normalization: config.path_normalization,
         })
     }
 
@@ -187,6 +196,8 @@ impl Proxy {
         log.host.clone_from(&host);
         let upgrade = headers::is_upgrade(&req);
         let (mut parts, body) = req.into_parts();
+        // Routing, policy and the upstream all see the one normalized path.
+        normalize_path(&mut parts, self.path_normalization)?;
         // Authorization runs before routing, as Envoy's RBAC filter does: a denied request
         // learns nothing about which routes exist.
         self.authz
@@ -291,6 +302,33 @@ impl Proxy {
     }
 }
 
+/// Replaces the request path by its normalized form (the query is kept as sent). CONNECT and
+/// `OPTIONS *` have no path to normalize.
+fn normalize_path(parts: &mut Parts, mode: PathNormalization) -> Result<(), ProxyError> {
+    if parts.method == http::Method::CONNECT || parts.uri.path() == "*" {
+        return Ok(());
+    }
+    let Some(path_and_query) = parts.uri.path_and_query() else {
+        return Ok(());
+    };
+    let Cow::Owned(path) = path::normalize(path_and_query.path(), mode)? else {
+        return Ok(());
+    };
+    let normalized = match path_and_query.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = Some(
+        normalized
+            .parse()
+            .map_err(|_| ProxyError::BadPath(PathError::BadEscape))?,
+    );
+    parts.uri =
+        http::Uri::from_parts(uri).map_err(|_| ProxyError::BadPath(PathError::BadEscape))?;
+    Ok(())
+}
+
 /// Header hygiene, overrides, trace headers, rewrite and request header edits, in that order.
 fn prepare_request(
     parts: &mut Parts,
@@ -299,7 +337,13 @@ fn prepare_request(
     upgrade: bool,
     trace: &TraceContext,
 ) -> Result<Overrides, ProxyError> {
-    let overrides = Overrides::take(&mut parts.headers);
+    // Envoy's overrides only from verified mesh peers; an external caller's are dropped unread.
+    let overrides = if peer.identity.is_some() {
+        Overrides::take(&mut parts.headers)
+    } else {
+        Overrides::strip_external(&mut parts.headers);
+        Overrides::default()
+    };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::append_forwarded_for(&mut parts.headers, peer.addr);
     if let Some(scheme) = peer.edge_scheme {

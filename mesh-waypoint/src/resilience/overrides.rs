@@ -1,12 +1,15 @@
 //! Per-request overrides from Envoy's request headers, honoured as Envoy does for internal
-//! callers and always removed before forwarding:
+//! callers only (verified mesh peers, over HBONE) and always removed before forwarding:
 //!
 //! - `x-envoy-upstream-rq-timeout-ms`: overall timeout in ms (`0` disables it).
 //! - `x-envoy-upstream-rq-per-try-timeout-ms`: per-try timeout in ms.
 //! - `x-envoy-max-retries`: retries after the first attempt (capped at [`MAX_RETRIES`]).
 //! - `x-envoy-retry-on`: retry conditions, Envoy names.
 //!
-//! Values that do not parse are ignored (the route's setting stays), never an error.
+//! Values that do not parse are ignored (the route's setting stays), never an error. From an
+//! external caller (the ingress listeners, plain HTTP) every `x-envoy-*` header is removed
+//! unread, as Envoy sanitizes external requests: a client at the edge cannot switch off the
+//! route timeout or ask for retries.
 
 use std::time::Duration;
 
@@ -36,7 +39,7 @@ pub struct Overrides {
 }
 
 impl Overrides {
-    /// Reads and removes the override headers.
+    /// Reads and removes the override headers of a caller inside the mesh.
     pub fn take(headers: &mut HeaderMap) -> Self {
         let mut text = |name: &HeaderName| {
             let value = headers
@@ -55,6 +58,18 @@ impl Overrides {
             retries: millis(text(&MAX_RETRIES_HEADER))
                 .map(|n| n.min(u64::from(MAX_RETRIES)) as u32),
             retry_on: text(&RETRY_ON).map(|s| RetryOn::parse(&s)),
+        }
+    }
+
+    /// Removes every `x-envoy-*` header of an external caller, honouring none.
+    pub fn strip_external(headers: &mut HeaderMap) {
+        let envoy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("x-envoy-"))
+            .cloned()
+            .collect();
+        for name in envoy {
+            headers.remove(name);
         }
     }
 
@@ -106,6 +121,28 @@ mod tests {
             base.retries = 2;
             assert_eq!(o.retry_policy(base).retries, retries, "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn external_callers_get_no_overrides_and_lose_every_envoy_header() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("x-envoy-upstream-rq-timeout-ms", "0"),
+            ("x-envoy-max-retries", "10"),
+            ("x-envoy-retry-on", "5xx"),
+            ("x-envoy-decorator-operation", "x"),
+            ("X-Envoy-Original-Path", "/admin"),
+            ("x-request-id", "kept"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                value.parse().expect("value"),
+            );
+        }
+        Overrides::strip_external(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-request-id"]);
+        assert_eq!(Overrides::take(&mut h), Overrides::default());
     }
 
     #[test]

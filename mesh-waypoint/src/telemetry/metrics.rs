@@ -13,6 +13,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
+
+use mesh_core::hbone::baggage::WorkloadMeta;
+
 use super::otlp::SpanSink;
 
 /// Istio's default duration buckets, in milliseconds.
@@ -70,9 +77,14 @@ fn bytes_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 10.0, 10))
 }
 
+/// Distinct source workloads (from peers' `baggage`) the metrics name before further new ones
+/// are reported as `unknown`: peers choose those values, so they must not grow memory.
+pub const MAX_SOURCE_WORKLOADS: usize = 1024;
+
 /// The request metric families.
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    sources: Arc<Mutex<HashSet<WorkloadMeta>>>,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram, Buckets>,
     request_bytes: Family<RequestLabels, Histogram, Buckets>,
@@ -84,6 +96,7 @@ impl Metrics {
     /// Creates the families and registers them.
     pub fn new(registry: &mut Registry) -> Self {
         let metrics = Self {
+            sources: Arc::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(Buckets(duration_histogram)),
             request_bytes: Family::new_with_constructor(Buckets(bytes_histogram)),
@@ -111,6 +124,20 @@ impl Metrics {
             metrics.response_bytes.clone(),
         );
         metrics
+    }
+
+    /// Whether `source` may name a request's source in the metrics: one already named, or a
+    /// new one while fewer than [`MAX_SOURCE_WORKLOADS`] are.
+    pub fn admit_source(&self, source: &WorkloadMeta) -> bool {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if sources.contains(source) {
+            return true;
+        }
+        if sources.len() >= MAX_SOURCE_WORKLOADS {
+            return false;
+        }
+        sources.insert(source.clone());
+        true
     }
 
     /// Also sends a span per sampled request to `sink`.
@@ -147,6 +174,23 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_names_from_peers_are_bounded() {
+        let m = Metrics::new(&mut Registry::default());
+        let meta = |i: usize| WorkloadMeta {
+            namespace: "shop".into(),
+            workload_name: format!("invented-{i}"),
+            ..WorkloadMeta::default()
+        };
+        for i in 0..MAX_SOURCE_WORKLOADS {
+            assert!(m.admit_source(&meta(i)), "{i} admitted while there is room");
+        }
+        for i in MAX_SOURCE_WORKLOADS..10 * MAX_SOURCE_WORKLOADS {
+            assert!(!m.admit_source(&meta(i)), "{i} folds into unknown");
+        }
+        assert!(m.admit_source(&meta(0)), "names already in use stay named");
+    }
 
     #[test]
     fn records_with_istio_names_and_labels() {

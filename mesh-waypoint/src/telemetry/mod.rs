@@ -127,14 +127,24 @@ impl Drop for Completion {
         let request_bytes = log.request_bytes.load(Ordering::Relaxed);
         let response_bytes = self.response_bytes.load(Ordering::Relaxed);
         let (destination, subset) = log.destination.clone().unwrap_or_default();
+        let source = log
+            .workload
+            .as_ref()
+            .filter(|meta| self.metrics.admit_source(meta));
         let labels = RequestLabels {
             reporter: "waypoint",
             source_principal: log.principal.clone().unwrap_or_else(|| "unknown".into()),
-            source_workload: label(log.workload.as_ref(), |w| &w.workload_name),
-            source_workload_namespace: label(log.workload.as_ref(), |w| &w.namespace),
-            source_canonical_service: label(log.workload.as_ref(), |w| &w.canonical_service),
-            source_canonical_revision: label(log.workload.as_ref(), |w| &w.canonical_revision),
-            destination_service: log.host.clone(),
+            source_workload: label(source, |w| &w.workload_name),
+            source_workload_namespace: label(source, |w| &w.namespace),
+            source_canonical_service: label(source, |w| &w.canonical_service),
+            source_canonical_revision: label(source, |w| &w.canonical_revision),
+            // The configured destination, never the client's `Host`: a label value per
+            // invented host name would grow the metrics without bound.
+            destination_service: if destination.is_empty() {
+                "unknown".into()
+            } else {
+                destination.clone()
+            },
             destination_service_name: if destination.is_empty() {
                 "unknown".into()
             } else {

@@ -445,3 +445,19 @@ fn website_example_routing_converts() {
     let weights: Vec<_> = route.rules[2].backends.iter().map(|b| b.weight).collect();
     assert_eq!(weights, [90, 10]);
 }
+
+#[test]
+fn waypoints_get_the_mesh_wide_path_normalization() {
+    use mesh_core::authz::PathNormalization;
+    let config = waypoint_config("");
+    assert_eq!(
+        config.path_normalization,
+        pb::PathNormalization::MergeSlashes as i32
+    );
+    let mut snap = snapshot_of("");
+    snap.path_normalization = PathNormalization::Base;
+    assert_eq!(
+        config_for(&snap, "app", "wp").path_normalization,
+        pb::PathNormalization::Base as i32
+    );
+}

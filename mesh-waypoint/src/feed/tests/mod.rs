@@ -306,3 +306,49 @@ fn pods_bound_to_this_waypoint_get_their_own_authority() {
     );
     crate::route::RouteTable::new(&c.waypoint.routes, &c.waypoint.destinations).expect("compiles");
 }
+
+#[test]
+fn path_normalization_follows_the_control_plane_and_an_unknown_mode_is_the_default() {
+    use authz::PathNormalization;
+    let me = WaypointName {
+        namespace: "default".into(),
+        name: "waypoint".into(),
+    };
+    let cases = [
+        (
+            pb::PathNormalization::Default as i32,
+            PathNormalization::MergeSlashes,
+            0,
+        ),
+        (
+            pb::PathNormalization::None as i32,
+            PathNormalization::None,
+            0,
+        ),
+        (
+            pb::PathNormalization::Base as i32,
+            PathNormalization::Base,
+            0,
+        ),
+        (
+            pb::PathNormalization::DecodeAndMergeSlashes as i32,
+            PathNormalization::DecodeAndMergeSlashes,
+            0,
+        ),
+        (99, PathNormalization::MergeSlashes, 1),
+    ];
+    for (wire, want, problems) in cases {
+        let config = pb::WaypointConfig {
+            path_normalization: wire,
+            ..base()
+        };
+        let converted = convert(&config, &me);
+        assert_eq!(converted.waypoint.path_normalization, want, "{wire}");
+        let reported = converted
+            .problems
+            .iter()
+            .filter(|p| matches!(p, ConvertError::PathNormalization(_)))
+            .count();
+        assert_eq!(reported, problems, "{wire}");
+    }
+}
