@@ -172,6 +172,49 @@ pub struct Authorization {
     pub has_l7: bool,
 }
 
+/// A RequestAuthentication, for the waypoints it targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestAuthn {
+    /// Stable key: `<namespace>/<name>`.
+    pub key: String,
+    /// Always [`PolicyScope::Targeted`]: waypoints enforce targeted ones only.
+    pub scope: PolicyScope,
+    /// Accepted issuers.
+    pub rules: Vec<JwtProvider>,
+    /// The resource did not validate: every request in scope is refused.
+    pub refuse_all: bool,
+}
+
+/// One accepted issuer (Istio `JWTRule`), validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JwtProvider {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values; empty: not checked.
+    pub audiences: Vec<String>,
+    /// Inline JWKS (JSON), validated as such.
+    pub jwks: Option<String>,
+    /// Where the waypoint fetches the JWKS (`http`/`https`); neither this nor `jwks`: OpenID
+    /// discovery from the issuer.
+    pub jwks_uri: Option<String>,
+    /// Bound on the fetch.
+    pub fetch_timeout: Option<std::time::Duration>,
+    /// `(header, prefix)` token locations.
+    pub from_headers: Vec<(String, String)>,
+    /// Query parameter token locations.
+    pub from_params: Vec<String>,
+    /// Cookie token locations.
+    pub from_cookies: Vec<String>,
+    /// Keep the token header upstream.
+    pub forward_original_token: bool,
+    /// `(header, claim)` pairs.
+    pub output_claim_to_headers: Vec<(String, String)>,
+    /// Header for the verified payload.
+    pub output_payload_to_header: Option<String>,
+    /// Claims read as space-separated lists.
+    pub space_delimited_claims: Vec<String>,
+}
+
 // The rule parts of a policy are the shared evaluator's types, so what mesh-control translates is
 // exactly what nodes and waypoints evaluate.
 pub use mesh_core::authz::{
@@ -265,6 +308,8 @@ pub struct Snapshot {
     pub diagnostics: Vec<Diagnostic>,
     /// How waypoints normalize request paths.
     pub path_normalization: mesh_core::authz::PathNormalization,
+    /// Request authentication (JWT) by key.
+    pub request_authns: BTreeMap<String, RequestAuthn>,
 }
 
 impl Snapshot {

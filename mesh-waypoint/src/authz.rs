@@ -19,7 +19,7 @@ use std::{
 };
 
 use http::request::Parts;
-use mesh_core::authz::{self, ConnectionAttributes, Decision, RequestAttributes};
+use mesh_core::authz::{self, ConnectionAttributes, Decision, RequestAttributes, RequestAuth};
 use serde::Deserialize;
 
 use crate::proxy::Peer;
@@ -182,7 +182,13 @@ impl Authorizer {
     }
 
     /// `Ok` to allow; `Err(policy name)` to deny.
-    pub fn check(&self, req: &Parts, host: &str, peer: &Peer) -> Result<(), String> {
+    pub fn check(
+        &self,
+        req: &Parts,
+        host: &str,
+        peer: &Peer,
+        auth: &RequestAuth,
+    ) -> Result<(), String> {
         let connection = ConnectionAttributes {
             source_ip: peer.addr.ip(),
             source_principal: peer
@@ -208,9 +214,7 @@ impl Authorizer {
             host,
             headers: &req.headers,
             remote_ip: remote_ip(&req.headers, peer.trusted_proxy_hops),
-            // No request authentication (JWT) in this build: requestPrincipals and
-            // request.auth.* are unknowable, so they fail closed.
-            auth: None,
+            auth: Some(auth),
         };
         match authz::evaluate(
             self.policies.iter().chain(scoped),

@@ -6,6 +6,7 @@
 //! - [`destination`]: endpoints, subsets and per-destination state.
 //! - [`resilience`]: timeouts, retries, faults, circuit breaking, outlier detection, load
 //!   balancing and rate limiting, as tower layers.
+//! - [`authn`]: request authentication (JWT), before authorization.
 //! - [`authz`]: L7 authorization policy.
 //! - [`telemetry`]: Istio metrics, trace propagation, access log.
 //! - [`feed`]: feed mode: subscribing to mesh-control and converting its wire config.
@@ -16,6 +17,7 @@
 //! - [`app`]: wiring listeners, drain and the proxy into a running waypoint.
 
 pub mod app;
+pub mod authn;
 pub mod authz;
 pub mod body;
 pub mod config;

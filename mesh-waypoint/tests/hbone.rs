@@ -163,6 +163,7 @@ fn config(version: u64, rules: Vec<pb::RouteRule>) -> pb::WaypointConfig {
         }],
         tls_credentials: Vec::new(),
         path_normalization: 0,
+        request_authentications: Vec::new(),
     }
 }
 

@@ -560,3 +560,122 @@ async fn a_denied_path_holds_against_other_spellings_and_upstream_sees_the_check
         (404, "no such page".to_owned())
     );
 }
+
+/// A signing key for this test and its JWKS.
+fn jwt_signer() -> (jsonwebtoken::EncodingKey, String) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).expect("pem");
+    let point = pair.public_key_raw();
+    let (x, y) = point[1..].split_at(32);
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "kid": "t", "x": b64.encode(x), "y": b64.encode(y),
+    }]});
+    (key, jwks.to_string())
+}
+
+#[tokio::test]
+async fn jwt_protected_route_through_a_running_waypoint() {
+    use mesh_core::authz::{Action, OperationMatch, Policy, Rule, SourceMatch};
+    use mesh_waypoint::{
+        authn::{jwks::parse_key_set, JwtProvider, Keys, Location, ScopedAuthn},
+        authz::ScopedPolicy,
+    };
+    const ISSUER: &str = "https://issuer.test";
+    let (key, jwks) = jwt_signer();
+    let yaml = r#"
+destinations: [{name: svc, endpoints: [{address: "{a}"}]}]
+routes: [{name: r, hosts: [svc], rules: [{route: [{destination: svc}]}]}]
+"#;
+    let mut app = app_config(yaml, &[backend("live").await]);
+    app.waypoint.request_authn = vec![ScopedAuthn {
+        key: "demo/jwt".into(),
+        scope: None,
+        providers: vec![JwtProvider {
+            issuer: ISSUER.into(),
+            audiences: vec!["svc".into()],
+            keys: Keys::Inline(Arc::new(parse_key_set(jwks.as_bytes()).expect("jwks"))),
+            locations: Location::defaults(),
+            forward_original_token: false,
+            claim_headers: vec![(http::HeaderName::from_static("x-user"), "sub".into())],
+            payload_header: None,
+            space_delimited: Vec::new(),
+        }],
+        refuse_all: false,
+    }];
+    // DENY /secure unless a request principal is present (Istio's documented pairing).
+    app.waypoint.scoped_policies = vec![ScopedPolicy {
+        policy: Policy {
+            key: "demo/secure".into(),
+            action: Action::Deny,
+            rules: vec![Rule {
+                from: vec![SourceMatch {
+                    not_request_principals: vec!["*".into()],
+                    ..Default::default()
+                }],
+                to: vec![OperationMatch {
+                    paths: vec!["/secure".into(), "/secure/*".into()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        },
+        scope: None,
+    }];
+    let bound = mesh_waypoint::app::build(app).await.expect("starts");
+    let proxy = bound.proxy_addr.expect("plain listener");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let token = |iss: &str, exp_in: i64| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("t".into());
+        let claims =
+            serde_json::json!({"iss": iss, "sub": "alice", "aud": "svc", "exp": now + exp_in});
+        jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+    };
+    let client = http1();
+    let call = |path: &'static str, token: Option<String>, spoof: bool| {
+        let mut req = get(proxy, "svc", path);
+        if let Some(token) = token {
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("value"),
+            );
+        }
+        if spoof {
+            req.headers_mut()
+                .insert("x-user", "admin".parse().expect("value"));
+        }
+        send(&client, req)
+    };
+    let (status, headers, _) = call("/secure", Some(token(ISSUER, 600)), true).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers.get("echo-authorization").is_none(),
+        "token not forwarded"
+    );
+    assert_eq!(
+        headers["echo-x-user"], "alice",
+        "claim header from the token, not the client"
+    );
+    let (status, headers, body) = call("/secure", Some(token(ISSUER, -3600)), false).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "expired: {body}");
+    assert_eq!(
+        headers["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+    assert_eq!(body, "jwt is expired (-)\n");
+    let (status, _, _) = call("/secure", Some(token("https://evil.test", 600)), false).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "foreign issuer");
+    let (status, _, _) = call("/secure", None, true).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no token on /secure");
+    let (status, headers, _) = call("/open", None, true).await;
+    assert_eq!(status, StatusCode::OK, "no token elsewhere");
+    assert!(
+        headers.get("echo-x-user").is_none(),
+        "a spoofed claim header is removed"
+    );
+}

@@ -62,6 +62,128 @@ spec:
     )
 }
 
+const JWT_ISSUER: &str = "https://issuer.weft.test";
+
+/// A signing key made for this run and its JWKS, so no key is ever committed.
+struct TokenIssuer {
+    key: jsonwebtoken::EncodingKey,
+    jwks: String,
+}
+
+impl TokenIssuer {
+    fn new() -> Self {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+        let point = pair.public_key_raw();
+        let (x, y) = point[1..].split_at(32);
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "lab", "alg": "ES256",
+            "x": b64.encode(x), "y": b64.encode(y),
+        }]});
+        Self {
+            key,
+            jwks: jwks.to_string(),
+        }
+    }
+
+    /// A token for `sub` from `issuer`, expiring `expires_in` seconds from now (negative: in the
+    /// past).
+    fn token(&self, issuer: &str, expires_in: i64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let claims = serde_json::json!({
+            "iss": issuer, "sub": "lab-user", "aud": "website", "exp": now + expires_in,
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("lab".into());
+        jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
+    }
+
+    /// A RequestAuthentication on `website` and a DENY on `/secure` for requests without a
+    /// verified token, as Istio's documentation pairs them.
+    fn policy(&self) -> String {
+        let jwks = serde_json::to_string(&self.jwks).unwrap();
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: website-jwt, namespace: demo}}
+spec:
+  targetRefs: [{{kind: Service, group: \"\", name: website}}]
+  jwtRules:
+    - issuer: {JWT_ISSUER}
+      audiences: [website]
+      jwks: {jwks}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: website-secure-needs-jwt, namespace: demo}}
+spec:
+  targetRefs: [{{kind: Service, group: \"\", name: website}}]
+  action: DENY
+  rules:
+    - from: [{{source: {{notRequestPrincipals: [\"*\"]}}}}]
+      to: [{{operation: {{paths: [\"/secure\", \"/secure/*\"]}}}}]
+"
+        )
+    }
+}
+
+/// `website`'s waypoint verifies JWTs (RequestAuthentication) and policy reads the principal:
+/// valid passes, expired and foreign-issuer tokens get 401, no token is denied on `/secure`.
+fn waypoint_verifies_jwts(mesh: &MeshLab) {
+    let issuer = TokenIssuer::new();
+    let file = mesh.config_dir().join("95-website-jwt.yaml");
+    std::fs::write(&file, issuer.policy()).unwrap();
+    let get = |path: &str, token: Option<&str>| {
+        let header = token.map(|t| format!("authorization: Bearer {t}"));
+        let mut args = vec!["--path", path, "--timeout-ms", "3000"];
+        if let Some(header) = &header {
+            args.extend(["--header", header.as_str()]);
+        }
+        mesh.get("client", WEBSITE_VIP, &args).unwrap_or_default()
+    };
+    let applied = wait_until(Duration::from_secs(20), || {
+        get("/secure", None).starts_with("403")
+    });
+    assert!(
+        applied,
+        "no token on /secure was not denied: {}",
+        get("/secure", None)
+    );
+    let valid = issuer.token(JWT_ISSUER, 600);
+    let cases = [
+        ("/secure", Some(valid.as_str()), "200"),
+        ("/secure", Some(&issuer.token(JWT_ISSUER, -3600)), "401"),
+        (
+            "/secure",
+            Some(&issuer.token("https://elsewhere.test", 600)),
+            "401",
+        ),
+        ("/secure", Some("not-a-token"), "401"),
+        ("/secure", None, "403"),
+        ("//secure/../secure/", None, "403"),
+        ("/public", None, "200"),
+        ("/public", Some(&issuer.token(JWT_ISSUER, -3600)), "401"),
+    ];
+    for (path, token, status) in cases {
+        let answer = get(path, token);
+        assert!(
+            answer.starts_with(status),
+            "{path} with {:?}: expected {status}, got {answer}",
+            token.map(|t| &t[..t.len().min(24)])
+        );
+    }
+    std::fs::remove_file(&file).unwrap();
+    let removed = wait_until(Duration::from_secs(20), || {
+        get("/secure", None).starts_with("200")
+    });
+    assert!(removed, "the JWT policy outlived its file");
+}
+
 /// Denies the intruder's address at `backend`.
 fn deny_intruder(intruder: std::net::Ipv4Addr) -> String {
     format!(
@@ -318,6 +440,7 @@ fn sample_mesh_carries_policy_checked_mtls_traffic() {
     );
 
     waypoint_applies_routes_faults_and_l7_policy(&mesh);
+    waypoint_verifies_jwts(&mesh);
     permissive_plaintext_passes_the_tunnels_policy(&mesh);
 
     // Broken config is rejected with a message naming the file; the rest of the config and the

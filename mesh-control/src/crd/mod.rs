@@ -62,6 +62,7 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
     vec![
         security::AuthorizationPolicy::crd(),
         security::PeerAuthentication::crd(),
+        security::RequestAuthentication::crd(),
         networking::VirtualService::crd(),
         networking::DestinationRule::crd(),
         networking::ServiceEntry::crd(),
@@ -95,7 +96,7 @@ mod tests {
     #[test]
     fn every_crd_has_group_kind_and_schema() {
         let crds = all_crds();
-        assert_eq!(crds.len(), 8);
+        assert_eq!(crds.len(), 9);
         for crd in &crds {
             let version = &crd.spec.versions[0];
             assert_eq!(version.name, "v1", "{:?}", crd.metadata.name);

@@ -159,6 +159,61 @@ fn rule(r: &model::AuthRule) -> pb::Rule {
     }
 }
 
+fn targets(scope: &model::PolicyScope) -> Vec<pb::PolicyTarget> {
+    match scope {
+        model::PolicyScope::Targeted(targets) => targets
+            .iter()
+            .map(|t| pb::PolicyTarget {
+                kind: t.kind.clone(),
+                namespace: t.namespace.clone(),
+                name: t.name.clone(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A RequestAuthentication on the wire.
+pub fn request_authentication(r: &model::RequestAuthn) -> pb::RequestAuthentication {
+    pb::RequestAuthentication {
+        key: r.key.clone(),
+        targets: targets(&r.scope),
+        rules: r
+            .rules
+            .iter()
+            .map(|p| pb::JwtRule {
+                issuer: p.issuer.clone(),
+                audiences: p.audiences.clone(),
+                jwks: p.jwks.clone().unwrap_or_default(),
+                jwks_uri: p.jwks_uri.clone().unwrap_or_default(),
+                jwks_timeout_ms: millis(p.fetch_timeout),
+                from_headers: p
+                    .from_headers
+                    .iter()
+                    .map(|(name, prefix)| pb::JwtHeader {
+                        name: name.clone(),
+                        prefix: prefix.clone(),
+                    })
+                    .collect(),
+                from_params: p.from_params.clone(),
+                from_cookies: p.from_cookies.clone(),
+                forward_original_token: p.forward_original_token,
+                output_claim_to_headers: p
+                    .output_claim_to_headers
+                    .iter()
+                    .map(|(header, claim)| pb::ClaimToHeader {
+                        header: header.clone(),
+                        claim: claim.clone(),
+                    })
+                    .collect(),
+                output_payload_to_header: p.output_payload_to_header.clone().unwrap_or_default(),
+                space_delimited_claims: p.space_delimited_claims.clone(),
+            })
+            .collect(),
+        refuse_all: r.refuse_all,
+    }
+}
+
 /// An authorization policy on the wire.
 pub fn authorization(a: &model::Authorization) -> pb::Authorization {
     let (scope, targets) = match &a.scope {

@@ -102,6 +102,12 @@ pub fn config_for(snapshot: &Snapshot, namespace: &str, name: &str) -> pb::Waypo
             .collect(),
         tls_credentials: ingress::tls_credentials(snapshot, namespace, name),
         path_normalization: path_normalization(snapshot.path_normalization) as i32,
+        request_authentications: snapshot
+            .request_authns
+            .values()
+            .filter(|r| targeted(&r.scope))
+            .map(convert::request_authentication)
+            .collect(),
     }
 }
 

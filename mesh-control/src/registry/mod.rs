@@ -8,6 +8,7 @@
 
 pub mod duration;
 pub mod policy;
+pub mod request_authn;
 pub mod resource;
 pub mod routes;
 pub mod secret;
@@ -149,6 +150,7 @@ impl Registry {
         };
         let selectors = policy::translate_policies(&ctx, &mut snapshot.policies, &mut diags);
         let peers = policy::translate_peer_authentications(&ctx, &mut diags);
+        snapshot.request_authns = request_authn::translate(&ctx, &mut diags);
         let waypoints = services::waypoint_addresses(&ctx);
         let inputs = workloads::Inputs {
             selectors: &selectors,

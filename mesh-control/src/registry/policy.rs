@@ -34,10 +34,17 @@ const L4_CONDITION_KEYS: &[&str] = &[
 
 /// Whether a waypoint enforces `when` key `key` (besides [`L4_CONDITION_KEYS`]).
 fn waypoint_enforces(key: &str) -> bool {
-    L4_CONDITION_KEYS.contains(&key)
-        || key
-            .strip_prefix("request.headers[")
+    let bracketed = |prefix: &str| {
+        key.strip_prefix(prefix)
             .is_some_and(|rest| rest.len() > 1 && rest.ends_with(']'))
+    };
+    L4_CONDITION_KEYS.contains(&key)
+        || matches!(
+            key,
+            "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter"
+        )
+        || bracketed("request.headers[")
+        || bracketed("request.auth.claims[")
 }
 
 /// What an unenforceable part does to its rule, for diagnostics.
@@ -152,16 +159,7 @@ fn translate_rule(
     for (i, f) in rule.from.iter().enumerate() {
         let s = &f.source;
         let field = format!("{at}.from[{i}].source");
-        let jwt = !s.request_principals.is_empty() || !s.not_request_principals.is_empty();
-        l7 |= jwt;
-        if jwt {
-            notes.push((
-                format!("{field}.requestPrincipals"),
-                format!(
-                    "request authentication (JWT) is not supported by this build: {FAILS_CLOSED}"
-                ),
-            ));
-        }
+        l7 |= !s.request_principals.is_empty() || !s.not_request_principals.is_empty();
         from.push(SourceMatch {
             principals: s.principals.clone(),
             not_principals: s.not_principals.clone(),

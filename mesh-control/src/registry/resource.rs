@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use super::secret::{TlsSecret, TLS_SECRET_TYPE};
 use crate::crd::gateway::{HttpRoute, K8sGateway};
 use crate::crd::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
-use crate::crd::security::{AuthorizationPolicy, PeerAuthentication};
+use crate::crd::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use crate::model::Diagnostic;
 
 /// Kinds the mesh reads.
@@ -32,6 +32,8 @@ pub enum Kind {
     AuthorizationPolicy,
     /// security.istio.io PeerAuthentication.
     PeerAuthentication,
+    /// security.istio.io RequestAuthentication.
+    RequestAuthentication,
     /// networking.istio.io VirtualService.
     VirtualService,
     /// networking.istio.io DestinationRule.
@@ -59,6 +61,7 @@ impl Kind {
             Kind::ServiceAccount => "ServiceAccount",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::RequestAuthentication => "RequestAuthentication",
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
@@ -81,6 +84,7 @@ impl Kind {
             ("discovery.k8s.io", "EndpointSlice") => Kind::EndpointSlice,
             ("security.istio.io", "AuthorizationPolicy") => Kind::AuthorizationPolicy,
             ("security.istio.io", "PeerAuthentication") => Kind::PeerAuthentication,
+            ("security.istio.io", "RequestAuthentication") => Kind::RequestAuthentication,
             ("networking.istio.io", "VirtualService") => Kind::VirtualService,
             ("networking.istio.io", "DestinationRule") => Kind::DestinationRule,
             ("networking.istio.io", "ServiceEntry") => Kind::ServiceEntry,
@@ -138,6 +142,8 @@ pub enum Resource {
     },
     /// A PeerAuthentication.
     PeerAuthentication(PeerAuthentication),
+    /// A RequestAuthentication.
+    RequestAuthentication(RequestAuthentication),
     /// A VirtualService.
     VirtualService(VirtualService),
     /// A DestinationRule.
@@ -233,6 +239,11 @@ fn parse_kind(kind: Kind, value: serde_yaml::Value) -> Result<Resource, (String,
             let (mut peer, unknown): (PeerAuthentication, _) = typed_with_unknown(value)?;
             peer.spec.unknown_fields = unknown;
             Resource::PeerAuthentication(peer)
+        }
+        Kind::RequestAuthentication => {
+            let (mut authn, unknown): (RequestAuthentication, _) = typed_with_unknown(value)?;
+            authn.spec.unknown_fields = unknown;
+            Resource::RequestAuthentication(authn)
         }
         Kind::VirtualService => Resource::VirtualService(typed(value)?),
         Kind::DestinationRule => Resource::DestinationRule(typed(value)?),

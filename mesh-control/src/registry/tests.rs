@@ -306,7 +306,9 @@ spec:
             notRemoteIpBlocks: [203.0.113.9]
             requestPrincipals: ["https://issuer.example/*"]
             notRequestPrincipals: [bad/actor]
-      when: [{key: "request.auth.claims[groups]", values: [admins]}]
+      when:
+        - {key: "request.auth.claims[groups]", values: [admins]}
+        - {key: "connection.sni", values: [web.example]}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -345,13 +347,93 @@ spec: {targetRefs: [{kind: Service, name: web}], provider: {name: ext-authz}}
     }
     let fields: Vec<&str> = snap.diagnostics.iter().map(|d| d.field.as_str()).collect();
     for field in [
-        "spec.rules[0].from[0].source.requestPrincipals",
-        "spec.rules[0].when[0].key",
+        "spec.rules[0].when[1].key",
         "spec.rules[0].from[0].source.serviceAccounts[0]",
         "spec.provider",
     ] {
         assert!(fields.contains(&field), "{field} not reported: {fields:?}");
     }
+    assert_eq!(
+        fields.len(),
+        3,
+        "JWT fields are enforced, not reported: {fields:?}"
+    );
+}
+
+#[test]
+fn request_authentication_reaches_the_targeted_waypoint_or_fails_closed() {
+    let snap = snapshot_of(
+        r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: app}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}]
+  jwtRules:
+    - issuer: https://issuer.example
+      audiences: [web]
+      jwksUri: https://issuer.example/keys
+      timeout: 2s
+      fromHeaders: [{name: x-jwt, prefix: "Token "}]
+      outputClaimToHeaders: [{header: x-user, claim: sub}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: sidecar-style, namespace: app}
+spec: {selector: {matchLabels: {app: web}}, jwtRules: [{issuer: https://issuer.example}]}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: typo, namespace: app}
+spec:
+  targetRef: {kind: Service, name: web}
+  jwtRules: [{issuer: https://issuer.example, jwks_uri: https://issuer.example/keys, audience: [x]}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: bad-jwks, namespace: app}
+spec:
+  targetRef: {kind: Service, name: web}
+  jwtRules: [{issuer: https://issuer.example, jwks: "not json"}]
+"#,
+    );
+    let jwt = &snap.request_authns["app/jwt"];
+    assert!(!jwt.refuse_all);
+    let rule = &jwt.rules[0];
+    assert_eq!(rule.fetch_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(
+        rule.from_headers,
+        [("x-jwt".to_owned(), "Token ".to_owned())]
+    );
+    assert!(
+        !snap.request_authns.contains_key("app/sidecar-style"),
+        "selector-only resources are not enforced in ambient mode"
+    );
+    for key in ["app/typo", "app/bad-jwks"] {
+        assert!(snap.request_authns[key].refuse_all, "{key} fails closed");
+    }
+    let fields: Vec<&str> = snap.diagnostics.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.jwtRules[0].jwks",
+            "spec.targetRefs",
+            "spec.jwtRules[0].audience"
+        ],
+        "{:?}",
+        snap.diagnostics
+    );
+    // The waypoint of `web` receives all three that target it.
+    let wire = crate::feed::waypoint::config_for(&snap, "app", "wp");
+    let keys: Vec<&str> = wire
+        .request_authentications
+        .iter()
+        .map(|r| r.key.as_str())
+        .collect();
+    assert_eq!(keys, ["app/bad-jwks", "app/jwt", "app/typo"]);
+    let rule = &wire.request_authentications[1].rules[0];
+    assert_eq!(rule.jwks_timeout_ms, 2000);
+    assert_eq!(rule.output_claim_to_headers[0].header, "x-user");
 }
 
 #[test]

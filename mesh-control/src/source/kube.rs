@@ -23,7 +23,7 @@ use mesh_core::drain::DrainWatch;
 
 use crate::crd::gateway::{HttpRoute, K8sGateway};
 use crate::crd::networking::{DestinationRule, Gateway, ServiceEntry, VirtualService};
-use crate::crd::security::{AuthorizationPolicy, PeerAuthentication};
+use crate::crd::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use crate::registry::resource::parse_document;
 use crate::registry::secret::TLS_SECRET_TYPE;
 use crate::registry::{Kind, ObjectKey, Resource};
@@ -35,7 +35,7 @@ pub use self::sync::InitialSync;
 pub const ORIGIN: &str = "kubernetes";
 
 /// Every kind the mesh watches.
-pub const ALL_KINDS: [Kind; 14] = [
+pub const ALL_KINDS: [Kind; 15] = [
     Kind::Namespace,
     Kind::Pod,
     Kind::Service,
@@ -43,6 +43,7 @@ pub const ALL_KINDS: [Kind; 14] = [
     Kind::ServiceAccount,
     Kind::AuthorizationPolicy,
     Kind::PeerAuthentication,
+    Kind::RequestAuthentication,
     Kind::VirtualService,
     Kind::DestinationRule,
     Kind::ServiceEntry,
@@ -62,6 +63,7 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         Kind::ServiceAccount => ApiResource::erase::<ServiceAccount>(&()),
         Kind::AuthorizationPolicy => ApiResource::erase::<AuthorizationPolicy>(&()),
         Kind::PeerAuthentication => ApiResource::erase::<PeerAuthentication>(&()),
+        Kind::RequestAuthentication => ApiResource::erase::<RequestAuthentication>(&()),
         Kind::VirtualService => ApiResource::erase::<VirtualService>(&()),
         Kind::DestinationRule => ApiResource::erase::<DestinationRule>(&()),
         Kind::ServiceEntry => ApiResource::erase::<ServiceEntry>(&()),

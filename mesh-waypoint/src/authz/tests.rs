@@ -28,7 +28,8 @@ fn decide(
         edge_scheme: None,
         trusted_proxy_hops: 0,
     };
-    a.check(&parts, "reviews", &peer).is_ok()
+    a.check(&parts, "reviews", &peer, &RequestAuth::default())
+        .is_ok()
 }
 
 const SLEEP: Option<&str> = Some("spiffe://cluster.local/ns/default/sa/sleep");
@@ -116,7 +117,11 @@ fn denial_names_the_policy() {
         edge_scheme: None,
         trusted_proxy_hops: 0,
     };
-    assert_eq!(a.check(&parts, "h", &peer), Err("no-admin".to_owned()));
+    let anonymous = RequestAuth::default();
+    assert_eq!(
+        a.check(&parts, "h", &peer, &anonymous),
+        Err("no-admin".to_owned())
+    );
 }
 
 #[test]

@@ -84,6 +84,9 @@ pub struct WaypointConfig {
     /// Already compiled policies with their scope (feed mode; never read from YAML).
     #[serde(skip)]
     pub scoped_policies: Vec<crate::authz::ScopedPolicy>,
+    /// Request authentication with its scope (feed mode; never read from YAML).
+    #[serde(skip)]
+    pub request_authn: Vec<crate::authn::ScopedAuthn>,
 }
 
 impl WaypointConfig {

@@ -8,6 +8,8 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
 };
 
 use mesh_core::{
@@ -15,8 +17,15 @@ use mesh_core::{
     proto::control::v1 as pb,
 };
 
+use http::HeaderName;
+
 use super::{pods, routes, services};
-use crate::{authz::ScopedPolicy, config::WaypointConfig, route::RouteError};
+use crate::{
+    authn::{self, JwtProvider, KeySource, Keys, Location, ScopedAuthn},
+    authz::ScopedPolicy,
+    config::WaypointConfig,
+    route::RouteError,
+};
 
 /// Why one piece of the feed could not be used as sent.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +81,13 @@ pub enum ConvertError {
     /// The path normalization mode is not one this build knows (a newer control plane?).
     #[error("unknown path normalization value {0}; using the default, MERGE_SLASHES")]
     PathNormalization(i32),
+    /// A JWT rule did not convert; tokens of its issuer are refused.
+    #[error("request authentication {key}: {message}; tokens of issuer {issuer:?} are refused")]
+    Jwt {
+        key: String,
+        issuer: String,
+        message: String,
+    },
     /// A policy did not convert and denies everything in its scope instead.
     #[error("{0}; denying all requests in its scope")]
     Policy(#[from] PolicyConvertError),
@@ -150,6 +166,8 @@ pub fn convert(wire: &pb::WaypointConfig, me: &WaypointName) -> Converted {
     destinations.extend(pod_destinations);
     vhosts.mesh.extend(pod_routes);
     let scoped_policies = policies(&wire.policies, &index, me, &mut problems);
+    let request_authn =
+        request_authentications(&wire.request_authentications, &index, me, &mut problems);
     Converted {
         feed_id: wire.feed_id.clone(),
         version: wire.version,
@@ -158,6 +176,7 @@ pub fn convert(wire: &pb::WaypointConfig, me: &WaypointName) -> Converted {
             ingress_routes: Some(vhosts.ingress),
             destinations,
             scoped_policies,
+            request_authn,
             path_normalization: path_normalization(wire.path_normalization, &mut problems),
             ..WaypointConfig::default()
         },
@@ -180,6 +199,113 @@ fn path_normalization(wire: i32, problems: &mut Vec<ConvertError>) -> PathNormal
             problems.push(ConvertError::PathNormalization(wire));
             PathNormalization::default()
         }
+    }
+}
+
+fn request_authentications(
+    wire: &[pb::RequestAuthentication],
+    index: &ServiceIndex<'_>,
+    me: &WaypointName,
+    problems: &mut Vec<ConvertError>,
+) -> Vec<ScopedAuthn> {
+    wire.iter()
+        .map(|r| ScopedAuthn {
+            key: r.key.clone(),
+            scope: scope(&r.targets, index, me),
+            providers: r
+                .rules
+                .iter()
+                .map(|rule| jwt_provider(&r.key, rule, problems))
+                .collect(),
+            refuse_all: r.refuse_all,
+        })
+        .collect()
+}
+
+/// The longest `jwks_timeout_ms` honoured: a request waits at most this for keys.
+const MAX_JWKS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Compiles one JWT rule; whatever does not convert makes its issuer's tokens refused.
+fn jwt_provider(key: &str, rule: &pb::JwtRule, problems: &mut Vec<ConvertError>) -> JwtProvider {
+    let mut unusable = false;
+    let mut report = |message: String| {
+        problems.push(ConvertError::Jwt {
+            key: key.to_owned(),
+            issuer: rule.issuer.clone(),
+            message,
+        });
+    };
+    let mut header = |text: &str| match HeaderName::from_bytes(text.as_bytes()) {
+        Ok(name) => Some(name),
+        Err(_) => {
+            report(format!("{text:?} is not a header name"));
+            None
+        }
+    };
+    let mut locations = Vec::new();
+    for h in &rule.from_headers {
+        match header(&h.name) {
+            Some(name) => locations.push(Location::Header {
+                name,
+                prefix: h.prefix.clone(),
+            }),
+            None => unusable = true,
+        }
+    }
+    locations.extend(rule.from_params.iter().cloned().map(Location::Param));
+    locations.extend(rule.from_cookies.iter().cloned().map(Location::Cookie));
+    if locations.is_empty() {
+        locations = Location::defaults();
+    }
+    let mut claim_headers = Vec::new();
+    for o in &rule.output_claim_to_headers {
+        match header(&o.header) {
+            Some(name) => claim_headers.push((name, o.claim.clone())),
+            None => unusable = true,
+        }
+    }
+    let payload_header = match rule.output_payload_to_header.as_str() {
+        "" => None,
+        text => {
+            let name = header(text);
+            unusable |= name.is_none();
+            name
+        }
+    };
+    let timeout = match rule.jwks_timeout_ms {
+        0 => authn::DEFAULT_FETCH_TIMEOUT,
+        ms => Duration::from_millis(ms).min(MAX_JWKS_TIMEOUT),
+    };
+    let keys = if !rule.jwks.is_empty() {
+        match authn::jwks::parse_key_set(rule.jwks.as_bytes()) {
+            Ok(keys) => Keys::Inline(Arc::new(keys)),
+            Err(message) => {
+                report(message);
+                Keys::Unusable
+            }
+        }
+    } else if !rule.jwks_uri.is_empty() {
+        Keys::Remote {
+            source: KeySource::Uri(rule.jwks_uri.clone()),
+            timeout,
+        }
+    } else {
+        Keys::Remote {
+            source: KeySource::Discovery {
+                issuer: rule.issuer.clone(),
+            },
+            timeout,
+        }
+    };
+    JwtProvider {
+        issuer: rule.issuer.clone(),
+        audiences: rule.audiences.clone(),
+        keys: if unusable { Keys::Unusable } else { keys },
+        locations,
+        forward_original_token: rule.forward_original_token,
+        claim_headers,
+        payload_header,
+        space_delimited: rule.space_delimited_claims.clone(),
     }
 }
 

@@ -52,6 +52,9 @@ pub enum ProxyError {
     /// The local rate limit rejected the request.
     #[error("local rate limit exceeded")]
     RateLimited,
+    /// Request authentication refused a token.
+    #[error("request authentication failed: {0}")]
+    Unauthenticated(#[from] crate::authn::Unauthenticated),
     /// An authorization policy denied the request.
     #[error("denied by authorization policy {policy:?}")]
     Denied { policy: String },
@@ -87,6 +90,7 @@ impl ProxyError {
             Self::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Denied { .. } => StatusCode::FORBIDDEN,
             Self::FaultAbort { status } => *status,
             Self::Route(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -104,6 +108,8 @@ impl ProxyError {
             Self::UpstreamReset { .. } => "UC",
             Self::Timeout { .. } => "UT",
             Self::RateLimited => "RL",
+            // Envoy's jwt_authn sets no response flag either (the reason is in the body).
+            Self::Unauthenticated(_) => "-",
             Self::Denied { .. } => "RBAC",
             Self::FaultAbort { .. } => "FI",
             Self::Route(_) => "DPE",
@@ -130,6 +136,7 @@ impl ProxyError {
             Self::UpstreamReset { .. } => "upstream reset before response",
             Self::Timeout { .. } => "upstream request timeout",
             Self::RateLimited => "local rate limited",
+            Self::Unauthenticated(e) => e.reason,
             Self::Denied { .. } => "access denied by authorization policy",
             Self::FaultAbort { .. } => "fault filter abort",
             Self::Route(_) => "route configuration error",
@@ -138,6 +145,7 @@ impl ProxyError {
 
     /// The local reply: status, plain-text public reason and flag, flag extension.
     pub fn into_response(self) -> Response<Body> {
+        let challenge = matches!(self, Self::Unauthenticated(_));
         let status = self.status();
         let flag = self.flag();
         let text = format!("{} ({flag})\n", self.public_reason());
@@ -146,6 +154,12 @@ impl ProxyError {
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        if challenge {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
         response.extensions_mut().insert(ResponseFlags(flag));
         response
     }

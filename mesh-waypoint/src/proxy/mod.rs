@@ -1,6 +1,7 @@
 //! The L7 proxy: one request in, one response out.
 //!
-//! Order of work for a request: local rate limit, authorization (403), route selection (404),
+//! Order of work for a request: local rate limit, path normalization (400), request
+//! authentication (401), authorization (403), route selection (404),
 //! local answers (redirect, direct response), header hygiene and rewrites, then the upstream
 //! stack `fault -> timeout -> retry -> circuit breaker -> attempt`. Every failure becomes a
 //! response in exactly one place, [`ProxyError::into_response`].
@@ -26,6 +27,7 @@ pub use self::{
     forward::UpstreamAddr,
 };
 use crate::{
+    authn::Authenticator,
     authz::Authorizer,
     body::{self, Body},
     config::WaypointConfig,
@@ -85,6 +87,7 @@ pub struct Proxy {
     /// Feed mode: virtual hosts for plain (ingress) requests, by `Host`.
     ingress: Option<RouteTable>,
     destinations: Destinations,
+    authn: Authenticator,
     authz: Authorizer,
     rate_limit: Option<Arc<TokenBucket>>,
     rng: SharedRng,
@@ -122,6 +125,8 @@ impl Proxy {
         transport: &Transport,
         previous: Option<&Proxy>,
     ) -> Result<Self, BuildError> {
+        // Fetched key sets outlive configuration versions, as endpoints' connections do.
+        let jwks = previous.map_or_else(Arc::default, |p| p.authn.jwks().clone());
         let empty = Destinations::default();
         let previous = previous.map_or(&empty, |p| &p.destinations);
         Ok(Self {
@@ -132,6 +137,7 @@ impl Proxy {
                 .map(|routes| RouteTable::new(routes, &config.destinations))
                 .transpose()?,
             destinations: Destinations::reusing(&config.destinations, transport, previous),
+            authn: Authenticator::new(config.request_authn.clone(), jwks),
             authz: Authorizer::new(&config.authorization)?
                 .with_scoped(config.scoped_policies.clone()),
             rate_limit: config
@@ -198,10 +204,16 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         // Routing, policy and the upstream all see the one normalized path.
         normalize_path(&mut parts, self.path_normalization)?;
+        // Tokens are verified (401) before policy reads the principal they carry.
+        let route_key = peer.authority.map(|a| a.to_string());
+        let auth = self
+            .authn
+            .authenticate(&mut parts, route_key.as_deref())
+            .await?;
         // Authorization runs before routing, as Envoy's RBAC filter does: a denied request
         // learns nothing about which routes exist.
         self.authz
-            .check(&parts, &host, peer)
+            .check(&parts, &host, peer, &auth)
             .map_err(|policy| ProxyError::Denied { policy })?;
         // HBONE: the CONNECT authority picks the service, whatever `Host` says. Plain: `Host`,
         // against the ingress table in feed mode.

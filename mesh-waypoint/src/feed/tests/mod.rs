@@ -1,7 +1,7 @@
 //! Table tests for the feed conversion: services, workloads, policies, pods; routes in
 //! [`routes`].
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use mesh_core::{authz, proto::control::v1 as pb};
 
@@ -351,4 +351,79 @@ fn path_normalization_follows_the_control_plane_and_an_unknown_mode_is_the_defau
             .count();
         assert_eq!(reported, problems, "{wire}");
     }
+}
+
+#[test]
+fn request_authentication_is_scoped_and_broken_rules_refuse_their_issuer() {
+    use crate::authn::{KeySource, Keys, Location};
+    let mut wire = base();
+    let reviews = pb::PolicyTarget {
+        kind: "Service".into(),
+        namespace: "default".into(),
+        name: "reviews".into(),
+    };
+    let rule = |issuer: &str| pb::JwtRule {
+        issuer: issuer.into(),
+        ..Default::default()
+    };
+    wire.request_authentications = vec![pb::RequestAuthentication {
+        key: "default/jwt".into(),
+        targets: vec![reviews],
+        rules: vec![
+            pb::JwtRule {
+                jwks_uri: "https://a.test/keys".into(),
+                jwks_timeout_ms: 3_600_000,
+                from_params: vec!["token".into()],
+                ..rule("https://a.test")
+            },
+            pb::JwtRule {
+                jwks: "{\"keys\": []}".into(),
+                ..rule("https://b.test")
+            },
+            pb::JwtRule {
+                from_headers: vec![pb::JwtHeader {
+                    name: "bad header".into(),
+                    prefix: String::new(),
+                }],
+                ..rule("https://c.test")
+            },
+            rule("https://d.test"),
+        ],
+        refuse_all: false,
+    }];
+    let me = WaypointName {
+        namespace: "default".into(),
+        name: "waypoint".into(),
+    };
+    let c = convert(&wire, &me);
+    let scoped = &c.waypoint.request_authn[0];
+    let keys: Vec<_> = scoped.scope.iter().flatten().cloned().collect();
+    assert_eq!(keys, ["10.96.0.1:9080"]);
+    let [a, b, c_rule, d] = &scoped.providers[..] else {
+        panic!("four providers: {:?}", scoped.providers)
+    };
+    match &a.keys {
+        Keys::Remote { source, timeout } => {
+            assert_eq!(source, &KeySource::Uri("https://a.test/keys".into()));
+            assert_eq!(*timeout, Duration::from_secs(30), "capped");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.locations, [Location::Param("token".into())]);
+    assert!(matches!(b.keys, Keys::Unusable), "empty JWKS");
+    assert!(matches!(c_rule.keys, Keys::Unusable), "bad header name");
+    assert!(matches!(
+        &d.keys,
+        Keys::Remote {
+            source: KeySource::Discovery { .. },
+            ..
+        }
+    ));
+    assert_eq!(d.locations, Location::defaults());
+    let jwt_problems = c
+        .problems
+        .iter()
+        .filter(|p| matches!(p, ConvertError::Jwt { .. }))
+        .count();
+    assert_eq!(jwt_problems, 2, "{:?}", c.problems);
 }
