@@ -58,6 +58,7 @@ fn denied(policy: &Policy, path: &str) -> bool {
         host: "demo",
         headers: &headers,
         remote_ip: None,
+        sni: None,
         auth: None,
     };
     !evaluate([policy], &connection, Some(&request)).is_allowed()

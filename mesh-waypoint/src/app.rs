@@ -350,6 +350,7 @@ async fn accept_plain(
             workload: None,
             edge_scheme: Some("http"),
             trusted_proxy_hops,
+            sni: None,
         };
         serve_http(builder.clone(), stream, peer, proxy.clone(), watch.clone())
     };

@@ -214,6 +214,7 @@ impl Authorizer {
             host,
             headers: &req.headers,
             remote_ip: remote_ip(&req.headers, peer.trusted_proxy_hops),
+            sni: peer.sni.as_deref(),
             auth: Some(auth),
         };
         match authz::evaluate(

@@ -87,5 +87,6 @@ fn peer(request: &ConnectRequest) -> Peer {
             .filter(|meta| meta.namespace == request.peer_identity.namespace()),
         edge_scheme: None,
         trusted_proxy_hops: 0,
+        sni: None,
     }
 }

@@ -311,3 +311,41 @@ async fn a_new_version_brings_a_new_certificate_to_the_next_connection() {
         "credential withdrawn"
     );
 }
+
+#[tokio::test]
+async fn policy_sees_the_tls_server_name() {
+    const ADMIN: &str = "admin.example.com";
+    let backend = support::backend("web").await;
+    let pki = Pki::new();
+    let mut wire = config(
+        1,
+        backend,
+        vec![pki.credential("edge/certs", &[HOST, ADMIN])],
+    );
+    // DENY on the gateway for connections that asked for the admin name.
+    wire.policies = vec![pb::Authorization {
+        key: "edge/no-admin-sni".into(),
+        targets: vec![pb::PolicyTarget {
+            kind: "Gateway".into(),
+            namespace: "edge".into(),
+            name: "public".into(),
+        }],
+        action: pb::PolicyAction::Deny as i32,
+        rules: vec![pb::Rule {
+            when: vec![pb::Condition {
+                key: "connection.sni".into(),
+                values: vec!["admin.*".into()],
+                not_values: vec![],
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }];
+    let gateway = Gateway::start(wire).await;
+    let client = pki.client();
+    let tls = gateway.connect(&client, HOST).await.expect("handshake");
+    assert_eq!(get(tls, "/cart").await.0, StatusCode::OK);
+    // Same Host header, other server name: denied by the name the connection was made for.
+    let tls = gateway.connect(&client, ADMIN).await.expect("handshake");
+    assert_eq!(get(tls, "/cart").await.0, StatusCode::FORBIDDEN);
+}

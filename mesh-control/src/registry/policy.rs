@@ -41,7 +41,10 @@ fn waypoint_enforces(key: &str) -> bool {
     L4_CONDITION_KEYS.contains(&key)
         || matches!(
             key,
-            "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter"
+            "request.auth.principal"
+                | "request.auth.audiences"
+                | "request.auth.presenter"
+                | "connection.sni"
         )
         || bracketed("request.headers[")
         || bracketed("request.auth.claims[")

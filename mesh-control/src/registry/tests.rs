@@ -308,7 +308,7 @@ spec:
             notRequestPrincipals: [bad/actor]
       when:
         - {key: "request.auth.claims[groups]", values: [admins]}
-        - {key: "connection.sni", values: [web.example]}
+        - {key: "experimental.envoy.filters.network.mysql_proxy[db.table]", values: [x]}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy

@@ -219,6 +219,18 @@ impl Attributes<'_> {
     }
 
     fn request_condition(&self, key: &str, condition: &Condition) -> Check {
+        if key == "connection.sni" {
+            let Some(request) = self.request else {
+                return Check::Unknowable;
+            };
+            let text = |p: &String, v: &str| wildcard(p, v);
+            return Check::from(lists(
+                &condition.values,
+                &condition.not_values,
+                request.sni,
+                text,
+            ));
+        }
         if let Some(attribute) = key.strip_prefix("request.auth.") {
             let Some(auth) = self.request.and_then(|r| r.auth) else {
                 return Check::Unknowable;
@@ -244,7 +256,7 @@ impl Attributes<'_> {
             .strip_prefix("request.headers[")
             .and_then(|rest| rest.strip_suffix(']'))
         else {
-            // request.auth.claims, connection.sni, ... are not supported: never trusted to allow.
+            // experimental.* and unknown keys are not supported: never trusted to allow.
             return Check::Unknowable;
         };
         let Some(request) = self.request else {

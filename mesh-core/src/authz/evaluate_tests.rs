@@ -72,6 +72,7 @@ fn decide_http(
         host: "website.demo.svc.cluster.local:8080",
         headers,
         remote_ip: None,
+        sni: None,
         auth: None,
     };
     evaluate(policies, connection, Some(&request))
@@ -323,6 +324,7 @@ fn request_with<'a>(
         host: "website.demo",
         headers,
         remote_ip: remote_ip.map(|ip| ip.parse().unwrap()),
+        sni: Some("shop.example"),
         auth,
     }
 }
@@ -475,4 +477,28 @@ fn request_auth_conditions_read_the_verified_token() {
     assert!(evaluate(&deny_unless_ops, &client, Some(&request)).is_allowed());
     let request = request_with(&headers, None, Some(&anonymous));
     assert!(!evaluate(&deny_unless_ops, &client, Some(&request)).is_allowed());
+}
+
+#[test]
+fn connection_sni_is_the_terminated_tls_server_name() {
+    let headers = HeaderMap::new();
+    let client = conn(None, "10.0.0.1", 443);
+    let allow = [policy(
+        Action::Allow,
+        vec![when("connection.sni", &["*.example"])],
+    )];
+    let tls = request_with(&headers, None, None);
+    assert!(
+        evaluate(&allow, &client, Some(&tls)).is_allowed(),
+        "shop.example"
+    );
+    let plain = RequestAttributes { sni: None, ..tls };
+    assert!(
+        !evaluate(&allow, &client, Some(&plain)).is_allowed(),
+        "no TLS, no name"
+    );
+    assert!(
+        !evaluate(&allow, &client, None).is_allowed(),
+        "unknowable at a node"
+    );
 }

@@ -150,6 +150,9 @@ pub struct RequestAttributes<'a> {
     /// The original client's address when it differs from the peer's (`X-Forwarded-For` at an
     /// ingress behind trusted proxies); `None`: the peer address.
     pub remote_ip: Option<IpAddr>,
+    /// The TLS server name of the downstream connection (`connection.sni`), when it was TLS the
+    /// waypoint terminated.
+    pub sni: Option<&'a str>,
     /// The outcome of request authentication (JWT); `None` where none ran, which makes every
     /// `requestPrincipals` and `request.auth.*` check unknowable (fail closed).
     pub auth: Option<&'a RequestAuth>,

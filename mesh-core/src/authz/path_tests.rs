@@ -279,6 +279,7 @@ pub(super) fn denied(path: &str) -> bool {
         host: "demo",
         headers: &headers,
         remote_ip: Option::None,
+        sni: Option::None,
         auth: Option::None,
     };
     !evaluate([&deny_admin()], &connection, Some(&request)).is_allowed()

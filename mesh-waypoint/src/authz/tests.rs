@@ -27,6 +27,7 @@ fn decide(
         workload: None,
         edge_scheme: None,
         trusted_proxy_hops: 0,
+        sni: None,
     };
     a.check(&parts, "reviews", &peer, &RequestAuth::default())
         .is_ok()
@@ -116,6 +117,7 @@ fn denial_names_the_policy() {
         workload: None,
         edge_scheme: None,
         trusted_proxy_hops: 0,
+        sni: None,
     };
     let anonymous = RequestAuth::default();
     assert_eq!(

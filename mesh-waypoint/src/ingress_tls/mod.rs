@@ -126,6 +126,7 @@ impl IngressTls {
             workload: None,
             edge_scheme: Some("https"),
             trusted_proxy_hops: self.trusted_proxy_hops,
+            sni: tls.get_ref().1.server_name().map(str::to_owned),
         };
         serve_http(http_builder(), tls, peer, proxy, drain).await;
     }

@@ -66,6 +66,8 @@ pub struct Peer {
     /// when finding the original client for `remoteIpBlocks` (Istio `numTrustedProxies`);
     /// always 0 inside the mesh, where the peer address is the client.
     pub trusted_proxy_hops: u32,
+    /// The TLS server name the client asked for (HTTPS ingress), for `connection.sni`.
+    pub sni: Option<String>,
 }
 
 /// Errors building the proxy from configuration.
