@@ -159,6 +159,7 @@ fn rule(r: &model::AuthRule) -> pb::Rule {
     }
 }
 
+/// The targets of a `targetRef(s)` scope on the wire; none for other scopes.
 fn targets(scope: &model::PolicyScope) -> Vec<pb::PolicyTarget> {
     match scope {
         model::PolicyScope::Targeted(targets) => targets
@@ -216,21 +217,11 @@ pub fn request_authentication(r: &model::RequestAuthn) -> pb::RequestAuthenticat
 
 /// An authorization policy on the wire.
 pub fn authorization(a: &model::Authorization) -> pb::Authorization {
-    let (scope, targets) = match &a.scope {
-        model::PolicyScope::Global => (pb::PolicyScope::Global, Vec::new()),
-        model::PolicyScope::Namespace => (pb::PolicyScope::Namespace, Vec::new()),
-        model::PolicyScope::WorkloadSelector => (pb::PolicyScope::WorkloadSelector, Vec::new()),
-        model::PolicyScope::Targeted(targets) => (
-            pb::PolicyScope::Targeted,
-            targets
-                .iter()
-                .map(|t| pb::PolicyTarget {
-                    kind: t.kind.clone(),
-                    namespace: t.namespace.clone(),
-                    name: t.name.clone(),
-                })
-                .collect(),
-        ),
+    let scope = match &a.scope {
+        model::PolicyScope::Global => pb::PolicyScope::Global,
+        model::PolicyScope::Namespace => pb::PolicyScope::Namespace,
+        model::PolicyScope::WorkloadSelector => pb::PolicyScope::WorkloadSelector,
+        model::PolicyScope::Targeted(_) => pb::PolicyScope::Targeted,
     };
     let action = match a.action {
         model::PolicyAction::Allow => pb::PolicyAction::Allow,
@@ -242,7 +233,7 @@ pub fn authorization(a: &model::Authorization) -> pb::Authorization {
         name: a.name.clone(),
         namespace: a.namespace.clone(),
         scope: scope.into(),
-        targets,
+        targets: targets(&a.scope),
         action: action.into(),
         rules: a.rules.iter().map(rule).collect(),
     }

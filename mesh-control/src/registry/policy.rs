@@ -16,6 +16,7 @@ use crate::crd::security::{
     AuthorizationAction, AuthorizationPolicy, AuthorizationPolicySpec, MtlsMode as CrdMtls,
     PeerAuthentication, Rule,
 };
+use crate::crd::PolicyTargetReference;
 use crate::model::{
     AuthCondition, AuthRule, Authorization, DestinationMatch, MtlsMode, PolicyAction, PolicyScope,
     PolicyTarget, SourceMatch,
@@ -80,18 +81,26 @@ fn deny_all(key: &ObjectKey, scope: PolicyScope) -> Authorization {
     }
 }
 
+/// `targetRef` and `targetRefs` together, namespaces defaulting to the resource's.
+pub fn targets_of(
+    key: &ObjectKey,
+    target_ref: Option<&PolicyTargetReference>,
+    target_refs: &[PolicyTargetReference],
+) -> Vec<PolicyTarget> {
+    target_ref
+        .into_iter()
+        .chain(target_refs)
+        .map(|t| PolicyTarget {
+            kind: t.kind.clone(),
+            namespace: t.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
+            name: t.name.clone(),
+        })
+        .collect()
+}
+
 fn scope_of(ctx: &Ctx<'_>, key: &ObjectKey, spec: &AuthorizationPolicySpec) -> PolicyScope {
-    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
-        let targets = spec
-            .target_ref
-            .iter()
-            .chain(&spec.target_refs)
-            .map(|t| PolicyTarget {
-                kind: t.kind.clone(),
-                namespace: t.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
-                name: t.name.clone(),
-            })
-            .collect();
+    let targets = targets_of(key, spec.target_ref.as_ref(), &spec.target_refs);
+    if !targets.is_empty() {
         return PolicyScope::Targeted(targets);
     }
     match &spec.selector {

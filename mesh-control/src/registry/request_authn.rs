@@ -9,9 +9,12 @@
 
 use std::collections::BTreeMap;
 
-use super::{duration::parse_duration, resource::ObjectKey, Ctx, Diagnostics, Kind, Resource};
+use super::{
+    duration::parse_duration, policy::targets_of, resource::ObjectKey, Ctx, Diagnostics, Kind,
+    Resource,
+};
 use crate::crd::security::{JwtRule, RequestAuthentication};
-use crate::model::{JwtProvider, PolicyScope, PolicyTarget, RequestAuthn};
+use crate::model::{JwtProvider, PolicyScope, RequestAuthn};
 
 /// Translates every RequestAuthentication.
 pub fn translate(ctx: &Ctx<'_>, diags: &mut Diagnostics<'_>) -> BTreeMap<String, RequestAuthn> {
@@ -34,16 +37,7 @@ fn translate_one(
     diags: &mut Diagnostics<'_>,
 ) -> Option<RequestAuthn> {
     let spec = &resource.spec;
-    let targets: Vec<PolicyTarget> = spec
-        .target_ref
-        .iter()
-        .chain(&spec.target_refs)
-        .map(|t| PolicyTarget {
-            kind: t.kind.clone(),
-            namespace: t.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
-            name: t.name.clone(),
-        })
-        .collect();
+    let targets = targets_of(key, spec.target_ref.as_ref(), &spec.target_refs);
     if targets.is_empty() {
         diags.push(
             key,

@@ -16,6 +16,8 @@
 //! path that is not origin-form. Envoy keeps escaped slashes unchanged by default; refusing them
 //! is Weft's deliberate, safer difference (docs/waypoint-authorization.md).
 
+pub mod reference;
+
 use std::borrow::Cow;
 
 /// How request paths are normalized (Istio `meshConfig.pathNormalization.normalization`).
