@@ -81,6 +81,25 @@ fn deny_all(key: &ObjectKey, scope: PolicyScope) -> Authorization {
     }
 }
 
+/// Reports the fields of `key` that Istio does not define, saying what failing closed does
+/// (`consequence`); whether there were any.
+pub fn report_unknown_fields(
+    diags: &mut Diagnostics<'_>,
+    key: &ObjectKey,
+    fields: &[String],
+    consequence: &str,
+) -> bool {
+    if fields.is_empty() {
+        return false;
+    }
+    let message = format!(
+        "not a field of {} (misspelt, or from a newer Istio); {consequence}",
+        key.kind.as_str()
+    );
+    diags.push(key, &fields.join(", "), &message);
+    true
+}
+
 /// `targetRef` and `targetRefs` together, namespaces defaulting to the resource's.
 pub fn targets_of(
     key: &ObjectKey,
@@ -274,13 +293,8 @@ fn translate_policy(
 ) -> Authorization {
     let spec = &policy.spec;
     let scope = scope_of(ctx, key, spec);
-    if !spec.unknown_fields.is_empty() {
-        diags.push(
-            key,
-            &spec.unknown_fields.join(", "),
-            "not a field of AuthorizationPolicy (misspelt, or from a newer Istio); denying all \
-             traffic in scope",
-        );
+    let consequence = "denying all traffic in scope";
+    if report_unknown_fields(diags, key, &spec.unknown_fields, consequence) {
         return deny_all(key, scope);
     }
     if spec.provider.is_some() && spec.action != Some(AuthorizationAction::Custom) {
@@ -425,13 +439,8 @@ fn translate_peer(
     pa: &PeerAuthentication,
     diags: &mut Diagnostics<'_>,
 ) -> PeerAuthn {
-    if !pa.spec.unknown_fields.is_empty() {
-        diags.push(
-            key,
-            &pa.spec.unknown_fields.join(", "),
-            "not a field of PeerAuthentication (misspelt, or from a newer Istio); requiring \
-             mTLS (STRICT) in its scope",
-        );
+    let consequence = "requiring mTLS (STRICT) in its scope";
+    if report_unknown_fields(diags, key, &pa.spec.unknown_fields, consequence) {
         return PeerAuthn {
             namespace: key.namespace.clone(),
             selector: selector_of(pa),

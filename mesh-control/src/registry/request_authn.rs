@@ -10,8 +10,10 @@
 use std::collections::BTreeMap;
 
 use super::{
-    duration::parse_duration, policy::targets_of, resource::ObjectKey, Ctx, Diagnostics, Kind,
-    Resource,
+    duration::parse_duration,
+    policy::{report_unknown_fields, targets_of},
+    resource::ObjectKey,
+    Ctx, Diagnostics, Kind, Resource,
 };
 use crate::crd::security::{JwtRule, RequestAuthentication};
 use crate::model::{JwtProvider, PolicyScope, RequestAuthn};
@@ -62,13 +64,8 @@ fn translate_one(
         translated.refuse_all = true;
         return Some(translated);
     }
-    if !spec.unknown_fields.is_empty() {
-        diags.push(
-            key,
-            &spec.unknown_fields.join(", "),
-            "not a field of RequestAuthentication (misspelt, or from a newer Istio); refusing \
-             every request in scope",
-        );
+    let consequence = "refusing every request in scope";
+    if report_unknown_fields(diags, key, &spec.unknown_fields, consequence) {
         translated.refuse_all = true;
         return Some(translated);
     }

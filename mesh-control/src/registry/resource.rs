@@ -169,18 +169,23 @@ pub struct Parsed {
     pub diagnostics: Vec<Diagnostic>,
 }
 
-fn typed<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize(value).map_err(|err| {
-        let field = err.path().to_string();
-        (field, err.into_inner().to_string())
-    })
+/// The failing field's path and the message.
+fn located<E: std::fmt::Display>(err: serde_path_to_error::Error<E>) -> (String, String) {
+    let field = err.path().to_string();
+    (field, err.into_inner().to_string())
 }
 
-/// Like [`typed`], also returning the paths of fields under `spec` the type does not define
-/// (security resources must not drop anything silently; `status` and the like are not policy).
-fn typed_with_unknown<T: DeserializeOwned>(
+fn typed<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(located)
+}
+
+/// Like [`typed`] for a security resource, which must not drop anything silently: the paths of
+/// fields under `spec` the type does not define go to `unknown_fields(&mut resource)` (`status`
+/// and the like are not policy).
+fn typed_security<T: DeserializeOwned>(
     value: serde_yaml::Value,
-) -> Result<(T, Vec<String>), (String, String)> {
+    unknown_fields: fn(&mut T) -> &mut Vec<String>,
+) -> Result<T, (String, String)> {
     let mut unknown = Vec::new();
     let mut collect = |path: serde_ignored::Path<'_>| {
         let path = field_path(&path);
@@ -189,11 +194,9 @@ fn typed_with_unknown<T: DeserializeOwned>(
         }
     };
     let deserializer = serde_ignored::Deserializer::new(value, &mut collect);
-    let parsed = serde_path_to_error::deserialize(deserializer).map_err(|err| {
-        let field = err.path().to_string();
-        (field, err.into_inner().to_string())
-    })?;
-    Ok((parsed, unknown))
+    let mut parsed = serde_path_to_error::deserialize(deserializer).map_err(located)?;
+    *unknown_fields(&mut parsed) = unknown;
+    Ok(parsed)
 }
 
 /// `spec.rules[0].from[0].source.principal`: the same spelling as other diagnostics.
@@ -231,20 +234,19 @@ fn parse_kind(kind: Kind, value: serde_yaml::Value) -> Result<Resource, (String,
         Kind::EndpointSlice => Resource::EndpointSlice(typed(value)?),
         Kind::ServiceAccount => Resource::ServiceAccount(typed(value)?),
         Kind::AuthorizationPolicy => {
-            let (mut policy, unknown): (AuthorizationPolicy, _) = typed_with_unknown(value)?;
-            policy.spec.unknown_fields = unknown;
-            Resource::AuthorizationPolicy(policy)
+            Resource::AuthorizationPolicy(typed_security(value, |p: &mut AuthorizationPolicy| {
+                &mut p.spec.unknown_fields
+            })?)
         }
         Kind::PeerAuthentication => {
-            let (mut peer, unknown): (PeerAuthentication, _) = typed_with_unknown(value)?;
-            peer.spec.unknown_fields = unknown;
-            Resource::PeerAuthentication(peer)
+            Resource::PeerAuthentication(typed_security(value, |p: &mut PeerAuthentication| {
+                &mut p.spec.unknown_fields
+            })?)
         }
-        Kind::RequestAuthentication => {
-            let (mut authn, unknown): (RequestAuthentication, _) = typed_with_unknown(value)?;
-            authn.spec.unknown_fields = unknown;
-            Resource::RequestAuthentication(authn)
-        }
+        Kind::RequestAuthentication => Resource::RequestAuthentication(typed_security(
+            value,
+            |r: &mut RequestAuthentication| &mut r.spec.unknown_fields,
+        )?),
         Kind::VirtualService => Resource::VirtualService(typed(value)?),
         Kind::DestinationRule => Resource::DestinationRule(typed(value)?),
         Kind::ServiceEntry => Resource::ServiceEntry(typed(value)?),

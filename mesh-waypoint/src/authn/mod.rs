@@ -17,7 +17,6 @@ pub mod verify;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use base64::Engine;
 use http::{header::HeaderName, request::Parts, HeaderValue};
 use jsonwebtoken::jwk::JwkSet;
 use mesh_core::authz::RequestAuth;
@@ -295,12 +294,9 @@ fn apply_outputs(
         }
     }
     if let Some(header) = &provider.payload_header {
+        // The payload segment of a verified token is already unpadded base64url.
         let payload = token.split('.').nth(1).unwrap_or_default();
-        // The payload is base64url already; re-encoding normalizes padding away.
-        let normalized = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .map(|bytes| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
-        if let Ok(Ok(value)) = normalized.map(HeaderValue::try_from) {
+        if let Ok(value) = HeaderValue::from_str(payload) {
             parts.headers.insert(header.clone(), value);
         }
     }

@@ -5,7 +5,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 

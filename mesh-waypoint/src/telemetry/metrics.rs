@@ -13,12 +13,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
-};
+use std::{collections::HashSet, sync::Arc};
 
 use mesh_core::hbone::baggage::WorkloadMeta;
+use parking_lot::Mutex;
 
 use super::otlp::SpanSink;
 
@@ -129,7 +127,7 @@ impl Metrics {
     /// Whether `source` may name a request's source in the metrics: one already named, or a
     /// new one while fewer than [`MAX_SOURCE_WORKLOADS`] are.
     pub fn admit_source(&self, source: &WorkloadMeta) -> bool {
-        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sources = self.sources.lock();
         if sources.contains(source) {
             return true;
         }
