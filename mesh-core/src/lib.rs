@@ -18,6 +18,7 @@ pub mod drain;
 pub mod feed;
 pub mod hbone;
 pub mod identity;
+pub mod memory;
 pub mod ops;
 pub mod proto;
 pub mod signal;

@@ -369,6 +369,7 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
         ready: ready.clone(),
     };
     spawn_ops(&proxy, dump, [metrics, admin], &watch);
+    tokio::spawn(mesh_core::memory::trim_periodically(watch.clone()));
     tokio::spawn(ready::serve(readiness, ready.clone(), readiness_watch));
     tracing::info!(addrs = ?bound_addrs, ?outbound_v6, identities = ?certs.identities().iter().map(ToString::to_string).collect::<Vec<_>>(), "node tunnel ready");
     Ok(Bound {

@@ -108,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         config.listeners.outbound_ipv6 = args.node_ipv6;
     }
     tracing::info!(config = ?config, "mesh-node starting");
+    raise_open_file_limit();
     let wanted = enrollment::wanted_from_config(&config);
     let base = config.clone();
     let bound = app::build(config)
@@ -240,5 +241,20 @@ async fn apply_snapshot(
             %error,
             "control feed version rejected; keeping the previous mesh"
         ),
+    }
+}
+
+/// Every proxied connection holds a socket on each side, so the default soft limit (often 1024)
+/// would refuse connections long before memory runs short: raise it to the hard limit, which the
+/// container runtime sets.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open file limit"),
+            Err(error) => tracing::warn!(%error, soft, "could not raise the open file limit"),
+        },
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not read the open file limit"),
     }
 }

@@ -47,13 +47,26 @@ pub const REPLY_TABLE: u32 = 15_006;
 pub const REPLY_RULE_PRIORITY: u32 = 100;
 /// `net.ipv4.tcp_fwmark_accept` of the calling thread's namespace (also governs IPv6 TCP).
 const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
+/// `net.ipv4.tcp_tw_reuse` of the calling thread's namespace (also governs IPv6 TCP).
+const TW_REUSE: &str = "/proc/sys/net/ipv4/tcp_tw_reuse";
 const IPV6_TRANSPARENT: libc::c_int = 75;
 
 /// Sets up the return path of transparent connections in the calling thread's network
 /// namespace (a pod's) for `family`'s addresses, with reply mark `mark`. Idempotent.
+///
+/// Also sets `net.ipv4.tcp_tw_reuse = 1` there. The connect redirect sends every captured
+/// connection of the pod to one address, the node tunnel's outbound listener, so all of them
+/// share one set of 4-tuples (pod address, any port, listener address and port). A client that
+/// closes first (most HTTP/1.0-style clients) leaves each in TIME_WAIT for 60 s: past ~28,000
+/// such connections a minute (470 a second), `connect()` spins through the port range and then
+/// fails. With reuse, a TIME_WAIT tuple is taken again after a second, guarded by TCP
+/// timestamps (the kernel's default for loopback, which these connections to the node are
+/// not). docs/ebpf-datapath.md has the measurement.
 pub fn prepare(ip: IpAddr, mark: u32) -> io::Result<()> {
     std::fs::write(FWMARK_ACCEPT, b"1")
         .map_err(|e| io::Error::new(e.kind(), format!("writing {FWMARK_ACCEPT}: {e}")))?;
+    std::fs::write(TW_REUSE, b"1")
+        .map_err(|e| io::Error::new(e.kind(), format!("writing {TW_REUSE}: {e}")))?;
     let family = family_of(ip);
     let mut netlink = Netlink::open()?;
     netlink

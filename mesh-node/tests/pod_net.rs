@@ -1,6 +1,6 @@
 //! The return-path routing the tunnel sets up inside a pod (root; fails loudly otherwise):
 //! `mesh_node::pod_net::prepare` in a fresh network namespace adds the fwmark rule and the
-//! `local` default route (IPv4 and IPv6) and turns `tcp_fwmark_accept` on, idempotently; and a
+//! `local` default route (IPv4 and IPv6) and turns `tcp_fwmark_accept` and `tcp_tw_reuse` on, idempotently; and a
 //! transparent connection from a client's address reaches an app in the pod, which sees that
 //! address as its peer and answers it.
 
@@ -83,6 +83,12 @@ fn prepare_adds_the_rule_and_route_once_and_turns_fwmark_accept_on() {
     .unwrap()
     .unwrap();
     assert_eq!(accept.trim(), "1");
+    let tw_reuse = run_in(file.as_fd(), || {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_tw_reuse")
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(tw_reuse.trim(), "1", "TIME_WAIT reuse in the pod");
 }
 
 #[test]

@@ -196,6 +196,7 @@ pub async fn build(config: AppConfig) -> Result<Bound, AppError> {
         &transport,
     )?;
     let proxy: SharedProxy = Arc::new(ArcSwap::from_pointee(proxy));
+    tokio::spawn(mesh_core::memory::trim_periodically(watch.clone()));
     let sockets = config.sockets.as_ref();
     let readiness = Readiness::default();
     let metrics_addr = match config.metrics {

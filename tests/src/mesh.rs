@@ -136,7 +136,8 @@ impl MeshLab {
         Ok(mesh)
     }
 
-    fn bin(&self, name: &str) -> PathBuf {
+    /// Where the lab's binary `name` is.
+    pub fn bin(&self, name: &str) -> PathBuf {
         self.options.bin_dir.join(name)
     }
 

@@ -397,6 +397,26 @@ fn sample_mesh_carries_policy_checked_mtls_traffic() {
         "backend did not see the client pod's address: {seen}"
     );
 
+    // Every captured connection of a pod goes to one address (the node tunnel's outbound
+    // listener), so the tunnel lets enrolled pods reuse TIME_WAIT tuples (pod_net::prepare);
+    // a pod outside the mesh keeps the kernel's default.
+    let tw_reuse = |pod: &str| {
+        let netns = mesh.lab.pod(pod).unwrap().netns.name().to_string();
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "cat",
+                "/proc/sys/net/ipv4/tcp_tw_reuse",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(tw_reuse("client"), "1", "enrolled client pod");
+    assert_ne!(tw_reuse("intruder"), "1", "pod outside the mesh");
+
     // A node process (or hostNetwork pod), on the backend's node or another, is outside the
     // mesh: no plaintext into the STRICT backend.
     let backend_direct = format!("{}:8080", mesh.pod_ip("backend").unwrap());

@@ -5,8 +5,10 @@
 //! - `test`: set-up, eBPF build, then the whole test suite (the README's test command).
 //! - `demo`: the local lab, the README's main command.
 //! - `fuzz`: bounded fuzzing of parsers (cargo-fuzz, nightly).
+//! - `bench`: the data path measured in the lab with iperf3, wrk and nginx, against direct TCP.
 //! - `capture-window`: measures how long a new pod runs before the mesh captures it (lab).
 
+mod bench;
 mod capture_window;
 mod demo;
 mod ebpf;
@@ -37,6 +39,8 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Fuzz the parsers of network and user input for a bounded time (nightly, cargo-fuzz).
     Fuzz(fuzz::FuzzArgs),
+    /// Measure the data path in the lab (iperf3, wrk, nginx) against direct TCP (root).
+    Bench(bench::BenchArgs),
     /// Measure, in the lab, how long a new pod in an enrolled namespace runs uncaptured (root).
     CaptureWindow(capture_window::CaptureWindowArgs),
 }
@@ -50,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Bench(args) => bench::run(&args),
         Task::CaptureWindow(args) => capture_window::run(&args),
     }
 }

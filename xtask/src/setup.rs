@@ -34,16 +34,17 @@ pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian's rustc, used for the eBPF crate only.
 pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 
-/// Extra Debian packages the benchmarks compare against (`cargo xtask setup --bench`): nginx is
-/// the reverse-proxy baseline of mesh-waypoint's `proxy` bench.
-pub const BENCH_APT_PACKAGES: &[&str] = &["nginx"];
+/// Extra Debian packages of the benchmarks (`cargo xtask setup --bench`; `cargo xtask bench`
+/// installs them itself): nginx is the server of the lab bench and the reverse-proxy baseline of
+/// mesh-waypoint's `proxy` bench; iperf3 and wrk are the lab bench's load generators.
+pub const BENCH_APT_PACKAGES: &[&str] = &["nginx", "iperf3", "wrk"];
 
 #[derive(Debug, Args)]
 pub struct SetupArgs {
     /// Only report what is missing; install nothing.
     #[arg(long)]
     pub check: bool,
-    /// Also install the benchmarks' baselines (nginx).
+    /// Also install the benchmarks' tools (nginx, iperf3, wrk).
     #[arg(long)]
     pub bench: bool,
 }
@@ -64,12 +65,7 @@ impl Missing {
 pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     let mut missing = probe();
     if args.bench {
-        missing.apt.extend(
-            BENCH_APT_PACKAGES
-                .iter()
-                .copied()
-                .filter(|package| !apt_installed(package)),
-        );
+        missing.apt.extend(missing_bench_packages());
     }
     if missing.is_empty() {
         eprintln!("setup: everything Weft needs is installed");
@@ -88,6 +84,26 @@ pub fn ensure() -> anyhow::Result<()> {
         return Ok(());
     }
     install(&missing)
+}
+
+/// Installs the benchmarks' tools if any is missing.
+pub fn ensure_bench() -> anyhow::Result<()> {
+    let missing = Missing {
+        apt: missing_bench_packages(),
+        bpf_linker: false,
+    };
+    if missing.is_empty() {
+        return Ok(());
+    }
+    install(&missing)
+}
+
+fn missing_bench_packages() -> Vec<&'static str> {
+    BENCH_APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !apt_installed(package))
+        .collect()
 }
 
 fn probe() -> Missing {

@@ -11,11 +11,13 @@
 //!   hands each stream to a [`ConnectHandler`] that accepts (with a closure that serves the
 //!   stream) or rejects with a [`Rejection`]. Node tunnel and waypoint both plug in here.
 //! - [`headers`]: `forwarded`, `traceparent` and `baggage` helpers; [`authority`]: strict parsing.
-//! - [`copy_bidirectional`]: bounded, half-close aware copying between a tunnel and a socket.
+//! - [`copy_bidirectional`]: half-close aware copying between a tunnel and a socket, with
+//!   buffers that grow with a connection's volume and are released while it is idle.
 
 pub mod authority;
 pub mod baggage;
 mod client;
+mod copy;
 pub mod headers;
 mod server;
 mod tunnel;
@@ -23,10 +25,11 @@ mod tunnel;
 use std::time::Duration;
 
 pub use client::{Client, ClientError, Dialer, Origin, OutboundRequest, TcpDialer};
+pub use copy::{copy_bidirectional, MAX_BUFFER, MIN_BUFFER};
 pub use server::{
     Accepted, ConnectHandler, ConnectRequest, Rejection, Server, ServerCertSelector, ServerError,
 };
-pub use tunnel::{copy_bidirectional, Tunnel};
+pub use tunnel::Tunnel;
 
 /// HTTP/2 stream flow-control window (ztunnel: 4 MiB).
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
@@ -44,8 +47,6 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on TCP connect, TLS handshake and the CONNECT response.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Per-direction copy buffer: bounds memory per tunnelled connection.
-pub const COPY_BUFFER: usize = 16 * 1024;
 
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,4 @@
-//! One tunnelled connection (an HTTP/2 `CONNECT` stream) as a byte stream, and copying.
+//! One tunnelled connection (an HTTP/2 `CONNECT` stream) as a byte stream.
 
 use std::{
     io,
@@ -13,8 +13,6 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::watch,
 };
-
-use super::COPY_BUFFER;
 
 /// A `CONNECT` stream after the 200: read and write the peer's bytes. Shutting down the write
 /// side sends END_STREAM (TCP half-close through the tunnel). On the client side, dropping it
@@ -76,15 +74,4 @@ impl AsyncWrite for Tunnel {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
-}
-
-/// Copies both ways until both sides have finished, propagating half-close (EOF on one side
-/// shuts down the other's write half). Buffers are [`COPY_BUFFER`] per direction, so memory per
-/// connection is bounded. Returns bytes copied (a to b, b to a).
-pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUFFER, COPY_BUFFER).await
 }

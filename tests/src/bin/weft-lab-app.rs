@@ -61,6 +61,16 @@ enum Mode {
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
     },
+    /// Open `connections` TCP connections to `target` and keep them open, idle, for `seconds`
+    /// (prints `open <n>` once all are established): memory per idle connection, measured by
+    /// the lab benchmark.
+    Hold {
+        target: SocketAddr,
+        #[arg(long)]
+        connections: u32,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,7 +98,27 @@ fn main() -> anyhow::Result<()> {
             }
             get(&target, &path, count, &headers, summary, timeout)
         }
+        Mode::Hold {
+            target,
+            connections,
+            seconds,
+        } => hold(target, connections, Duration::from_secs(seconds)),
     }
+}
+
+fn hold(target: SocketAddr, connections: u32, seconds: Duration) -> anyhow::Result<()> {
+    let mut open = Vec::with_capacity(connections as usize);
+    for index in 0..connections {
+        let stream = TcpStream::connect_timeout(&target, IO_TIMEOUT)
+            .with_context(|| format!("connection {index} of {connections} to {target}"))?;
+        open.push(stream);
+    }
+    // Silent on purpose: the mesh sets up each tunnel at connect, so what it holds from here on
+    // is its cost of an idle connection.
+    println!("open {}", open.len());
+    std::io::stdout().flush()?;
+    std::thread::sleep(seconds);
+    Ok(())
 }
 
 fn serve(

@@ -301,6 +301,23 @@ impl Lab {
         Ok(pid)
     }
 
+    /// `program args` to run inside pod `pod` (its netns and cgroup), for the caller to start
+    /// and end: stdin closed, stdout and stderr as the caller sets them.
+    pub fn command_in_pod(
+        &self,
+        pod: &str,
+        program: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Command> {
+        let pod = self.pod(pod)?;
+        Ok(entered(
+            &pod.cgroup.procs_file(),
+            pod.netns.name(),
+            program,
+            args,
+        ))
+    }
+
     /// Runs `program` inside pod `pod` to completion and returns its stdout.
     pub fn run_in_pod(&self, pod: &str, program: &Path, args: &[&str]) -> anyhow::Result<String> {
         let pod = self.pod(pod)?;
@@ -316,6 +333,14 @@ impl Lab {
             program,
             args,
         )
+    }
+
+    /// The process id of the process started as `label`, while the lab owns it.
+    pub fn pid(&self, label: &str) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|(name, _)| name == label)
+            .map(|(_, child)| child.id())
     }
 
     /// Stops the process started as `label` (SIGTERM, then SIGKILL after `grace`).
