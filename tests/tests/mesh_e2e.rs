@@ -3,7 +3,10 @@
 //! through the mesh with mTLS identities; policy from the example's AuthorizationPolicy and
 //! STRICT mode are enforced; the mesh survives a control-plane restart and a node restart.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use weft_tests::{
     bins,
@@ -401,18 +404,9 @@ fn sample_mesh_carries_policy_checked_mtls_traffic() {
     // listener), so the tunnel lets enrolled pods reuse TIME_WAIT tuples (pod_net::prepare);
     // a pod outside the mesh keeps the kernel's default.
     let tw_reuse = |pod: &str| {
-        let netns = mesh.lab.pod(pod).unwrap().netns.name().to_string();
-        let out = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &netns,
-                "cat",
-                "/proc/sys/net/ipv4/tcp_tw_reuse",
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let sysctl = ["/proc/sys/net/ipv4/tcp_tw_reuse"];
+        let value = mesh.lab.run_in_pod(pod, Path::new("cat"), &sysctl).unwrap();
+        value.trim().to_string()
     };
     assert_eq!(tw_reuse("client"), "1", "enrolled client pod");
     assert_ne!(tw_reuse("intruder"), "1", "pod outside the mesh");

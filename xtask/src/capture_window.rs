@@ -45,7 +45,7 @@ pub fn run(args: &CaptureWindowArgs) -> anyhow::Result<()> {
     if args.runs == 0 || args.runs > 150 {
         bail!("--runs must be 1 to 150 (one lab address each)");
     }
-    demo::build()?;
+    demo::build(false)?;
     let work_dir = std::env::temp_dir().join("weft-capture-window");
     let _ = std::fs::remove_dir_all(&work_dir);
     std::fs::create_dir_all(&work_dir)?;

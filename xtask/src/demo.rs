@@ -45,7 +45,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let mut show = Walkthrough::default();
     show.step(
         "build the eBPF programs, the mesh and the sample app",
-        build,
+        || build(false),
     )?;
     let work_dir = std::env::temp_dir().join("weft-demo");
     let _ = std::fs::remove_dir_all(&work_dir);
@@ -254,22 +254,27 @@ fn print_indented(text: &str) {
     }
 }
 
-pub(crate) fn build() -> anyhow::Result<()> {
+/// Builds the eBPF programs and the lab's binaries (mesh-control, mesh-node, mesh-waypoint,
+/// weft-lab-app) into `target/debug`, or `target/release` with `release`.
+pub(crate) fn build(release: bool) -> anyhow::Result<()> {
     ebpf::build(&ebpf::BuildArgs { no_setup: false })?;
-    workspace::run(
-        Command::new(setup::cargo())
-            .current_dir(workspace::root())
-            .args(["build", "--quiet", "--bins"])
-            .args([
-                "-p",
-                "mesh-control",
-                "-p",
-                "mesh-node",
-                "-p",
-                "mesh-waypoint",
-            ])
-            .args(["-p", "weft-tests"]),
-    )
+    let mut cargo = Command::new(setup::cargo());
+    cargo
+        .current_dir(workspace::root())
+        .args(["build", "--quiet", "--bins"])
+        .args([
+            "-p",
+            "mesh-control",
+            "-p",
+            "mesh-node",
+            "-p",
+            "mesh-waypoint",
+        ])
+        .args(["-p", "weft-tests"]);
+    if release {
+        cargo.arg("--release");
+    }
+    workspace::run(&mut cargo)
 }
 
 /// Numbered, timed steps with a closing tally.

@@ -79,23 +79,22 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
 
 /// Installs whatever is missing, or explains how when this machine cannot do it unattended.
 pub fn ensure() -> anyhow::Result<()> {
-    let missing = probe();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    install(&missing)
+    install_if_missing(&probe())
 }
 
 /// Installs the benchmarks' tools if any is missing.
 pub fn ensure_bench() -> anyhow::Result<()> {
-    let missing = Missing {
+    install_if_missing(&Missing {
         apt: missing_bench_packages(),
         bpf_linker: false,
-    };
+    })
+}
+
+fn install_if_missing(missing: &Missing) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    install(&missing)
+    install(missing)
 }
 
 fn missing_bench_packages() -> Vec<&'static str> {

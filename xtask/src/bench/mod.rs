@@ -23,7 +23,6 @@ mod report;
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -34,7 +33,7 @@ use weft_tests::{
     wait::retry_until_200,
 };
 
-use crate::{ebpf, setup, workspace};
+use crate::{demo, setup, workspace};
 use load::{Scenario, HTTP_PORT, IPERF_PORT};
 use process::Watched;
 use report::{Report, Run};
@@ -208,7 +207,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let scenarios = chosen_scenarios(&args.scenarios)?;
     setup::ensure_bench()?;
     let profile = if args.debug_build { "debug" } else { "release" };
-    build(profile)?;
+    demo::build(!args.debug_build)?;
 
     let work_dir = std::env::temp_dir().join("weft-bench");
     let _ = std::fs::remove_dir_all(&work_dir);
@@ -295,28 +294,6 @@ fn chosen_scenarios(keys: &[String]) -> anyhow::Result<Vec<Scenario>> {
                 .with_context(|| format!("no scenario {key:?}"))
         })
         .collect()
-}
-
-/// Builds the eBPF programs and the lab's binaries in `profile` (debug or release).
-fn build(profile: &str) -> anyhow::Result<()> {
-    ebpf::build(&ebpf::BuildArgs { no_setup: false })?;
-    let mut cargo = Command::new(setup::cargo());
-    cargo
-        .current_dir(workspace::root())
-        .args(["build", "--quiet", "--bins"])
-        .args([
-            "-p",
-            "mesh-control",
-            "-p",
-            "mesh-node",
-            "-p",
-            "mesh-waypoint",
-        ])
-        .args(["-p", "weft-tests"]);
-    if profile == "release" {
-        cargo.arg("--release");
-    }
-    workspace::run(&mut cargo)
 }
 
 fn watched(mesh: &MeshLab, label: &str) -> anyhow::Result<Watched> {
