@@ -8,7 +8,7 @@
 //! overrides ([`EnrollPolicy`]); the redirect module keeps the port map in step.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
@@ -83,6 +83,7 @@ pub struct Enrollment {
     redirect: Redirect,
     enrolled: BTreeMap<u64, EnrollPolicy>,
     leftovers_removed: bool,
+    captured: watch::Sender<BTreeSet<IpAddr>>,
 }
 
 impl Enrollment {
@@ -92,7 +93,13 @@ impl Enrollment {
             redirect,
             enrolled: BTreeMap::new(),
             leftovers_removed: false,
+            captured: watch::Sender::new(BTreeSet::new()),
         }
+    }
+
+    /// The wanted pods' addresses whose namespace is enrolled now (as of the last pass).
+    pub fn captured(&self) -> watch::Receiver<BTreeSet<IpAddr>> {
+        self.captured.subscribe()
     }
 
     /// Netns cookies enrolled now, with their mode and port overrides.
@@ -145,6 +152,17 @@ impl Enrollment {
             self.enrolled.remove(&cookie);
             tracing::info!(netns.cookie = cookie, "pod left the mesh");
         }
+        let captured: BTreeSet<IpAddr> = wanted
+            .keys()
+            .filter(|ip| {
+                found
+                    .get(ip)
+                    .is_some_and(|ns| self.enrolled.contains_key(&ns.cookie))
+            })
+            .copied()
+            .collect();
+        self.captured
+            .send_if_modified(|c| std::mem::replace(c, captured) != *c);
         if let Some(error) = first_error {
             return Err(error);
         }
@@ -310,6 +328,7 @@ pub struct EnrollmentHandle {
     wanted: watch::Sender<Wanted>,
     shared: Shared,
     steering: Arc<Steering>,
+    captured: watch::Receiver<BTreeSet<IpAddr>>,
 }
 
 impl EnrollmentHandle {
@@ -342,7 +361,9 @@ impl EnrollmentHandle {
         let steering = redirect.steering();
         let (wanted_tx, wanted_rx) = watch::channel(wanted);
         let (drain, watch) = mesh_core::drain::channel();
-        let shared = Arc::new(Mutex::new(Some(Enrollment::new(redirect))));
+        let enrollment = Enrollment::new(redirect);
+        let captured = enrollment.captured();
+        let shared = Arc::new(Mutex::new(Some(enrollment)));
         let run = run(shared.clone(), wanted_rx, scans, RETRY_INTERVAL, watch);
         let task = tokio::spawn(run);
         Ok(Self {
@@ -351,7 +372,13 @@ impl EnrollmentHandle {
             wanted: wanted_tx,
             shared,
             steering,
+            captured,
         })
+    }
+
+    /// Addresses of the wanted pods enrolled now; changes after each pass that changes it.
+    pub fn captured(&self) -> watch::Receiver<BTreeSet<IpAddr>> {
+        self.captured.clone()
     }
 
     /// Per-pod inbound steering, for [`crate::app::Bound::set_steering`].

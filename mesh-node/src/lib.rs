@@ -12,6 +12,7 @@
 //! - [`ebpf_metrics`]: the eBPF programs' counters as `weft_ebpf_events_total`.
 //! - [`feed`]: the subscription to mesh-control's node feed (resume, backoff, last config kept).
 //! - [`capture`]: the eBPF redirect configuration from the node's addresses and listeners.
+//! - [`cni`]: answers the `weft-cni` plugin, so pods are captured before their containers start.
 //! - [`enrollment`]: keeps the eBPF enrollment map in step with this node's pods.
 //! - [`inpod`]: HBONE listeners inside local pods' network namespaces (`<pod ip>:15008`).
 //! - [`pod_netns`]: finds pods' network namespaces (the eBPF enrollment key) by pod IP.
@@ -24,6 +25,7 @@ pub mod app;
 pub mod ca_source;
 pub mod capture;
 pub mod certs;
+pub mod cni;
 pub mod config;
 pub mod ebpf_metrics;
 pub mod enrollment;

@@ -21,6 +21,7 @@ use mesh_core::{
 use mesh_node::{
     app, ca_source,
     capture::{self, NodeAddresses},
+    cni::{self, CniContext, PodDirectory, StartedPods},
     config::Config,
     enrollment::{self, EnrollmentHandle},
     feed::{self, FeedClientConfig, FeedStatus, MeshSnapshot},
@@ -81,6 +82,11 @@ struct Args {
     /// `ca.trust_bundle_file` and `ca.control_identity` (`http://` is plaintext, for labs only).
     #[arg(long, env = "WEFT_CONTROL_ADDRESS")]
     control_address: Option<String>,
+    /// Answer the `weft-cni` plugin on this Unix socket (e.g. /var/run/weft/cni.sock): pods are
+    /// then captured before their containers start, and a pod the node cannot place yet does
+    /// not start (the runtime retries). Needs --redirect-cgroup to capture.
+    #[arg(long, env = "WEFT_CNI_SOCKET")]
+    cni_socket: Option<PathBuf>,
     #[command(flatten)]
     log: telemetry::LogOptions,
 }
@@ -144,14 +150,40 @@ async fn main() -> anyhow::Result<()> {
         Some(address) => Some(ControlFeed::start(address, &base)?),
         None => None,
     };
+    let directory = watch::Sender::new(match feed {
+        Some(_) => PodDirectory::default(),
+        None => PodDirectory::from_config(&base),
+    });
+    let (started_tx, mut started) = watch::channel(StartedPods::new());
+    let (cni_drain, cni_watch) = drain::channel();
+    if let Some(socket) = &args.cni_socket {
+        let context = CniContext {
+            directory: directory.subscribe(),
+            enrolled: enrollment.as_ref().map(EnrollmentHandle::captured),
+            listening: base.in_pod.enabled.then(|| bound.in_pod_listeners()),
+            started: started_tx,
+            timeout: cni::ADD_TIMEOUT,
+        };
+        cni::serve(socket, context, cni_watch)?;
+    }
+    let mut latest = Arc::new(MeshSnapshot::default());
     let signal = loop {
         tokio::select! {
             signal = signals.recv() => break signal,
             Some(snapshot) = next_snapshot(&mut feed) => {
-                apply_snapshot(&bound, enrollment.as_ref(), &base, &snapshot).await;
+                directory.send_replace(PodDirectory::from_snapshot(&snapshot, &base.node_name));
+                latest = snapshot;
+                let filled = cni::fill_addresses(&latest, &base.node_name, &started.borrow_and_update());
+                apply_snapshot(&bound, enrollment.as_ref(), &base, &filled).await;
+            }
+            Ok(()) = started.changed(), if feed.is_some() && latest.version > 0 => {
+                let filled = cni::fill_addresses(&latest, &base.node_name, &started.borrow_and_update());
+                apply_snapshot(&bound, enrollment.as_ref(), &base, &filled).await;
             }
         }
     };
+    // Pod starts in flight are refused rather than left waiting on a draining node.
+    cni_drain.drain(Duration::from_secs(1)).await;
     tracing::info!(?signal, "shutdown requested, draining");
     if let Some(feed) = feed {
         feed.stop().await;

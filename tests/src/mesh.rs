@@ -229,11 +229,14 @@ impl MeshLab {
         let cgroup = format!("weft-lab/{}/{node}", self.options.prefix);
         let config_arg = config.display().to_string();
         let control = control_address();
+        let cni_socket = self.cni_socket(node).display().to_string();
         let args = [
             "--config",
             &config_arg,
             "--control-address",
             &control,
+            "--cni-socket",
+            &cni_socket,
             "--redirect-cgroup",
             &cgroup,
             "--node-ip",
@@ -423,6 +426,101 @@ impl MeshLab {
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}\nspec: {{nodeName: {node}, serviceAccountName: {service_account}, containers: [{{name: app, image: weft-lab-app}}]}}\nstatus: {{podIP: {ip}}}\n"
         );
         std::fs::write(self.pod_file(name), yaml).context("write the pod's YAML")
+    }
+
+    /// Starts a pod as a kubelet would, through the CNI chain: the sandbox (network namespace and
+    /// address) comes first; the scheduler has already published the Pod without an address;
+    /// `weft-cni` ADD runs and must succeed before the pod may run anything; then the kubelet
+    /// reports the address. Returns how long the ADD took, or its error (the pod is removed).
+    pub fn start_pod_via_cni(
+        &mut self,
+        name: &str,
+        node: &str,
+        ip: Ipv4Addr,
+        namespace: &str,
+        service_account: &str,
+    ) -> anyhow::Result<Duration> {
+        let spec = PodSpec {
+            name: name.into(),
+            node: node.into(),
+        };
+        self.lab.add_pod(&spec, ip)?;
+        let pod = |status: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}\nspec: {{nodeName: {node}, serviceAccountName: {service_account}, containers: [{{name: app, image: weft-lab-app}}]}}\nstatus: {{{status}}}\n"
+            )
+        };
+        std::fs::write(self.pod_file(name), pod("phase: Pending"))
+            .context("write the pod's YAML")?;
+        let started = std::time::Instant::now();
+        let added = self.cni(node, "ADD", name, namespace, Some(ip));
+        let took = started.elapsed();
+        if let Err(error) = added {
+            let _ = self.remove_pod(name);
+            return Err(error);
+        }
+        std::fs::write(
+            self.pod_file(name),
+            pod(&format!("podIP: {ip}, phase: Running")),
+        )
+        .context("write the pod's YAML")?;
+        Ok(took)
+    }
+
+    /// Runs `weft-cni` for `command` on pod `name` as the container runtime would (environment,
+    /// network configuration on stdin with the network plugin's result); fails with the
+    /// plugin's message when it fails.
+    pub fn cni(
+        &self,
+        node: &str,
+        command: &str,
+        name: &str,
+        namespace: &str,
+        ip: Option<Ipv4Addr>,
+    ) -> anyhow::Result<String> {
+        use std::io::Write as _;
+        let prefix = &self.options.prefix;
+        let ips = ip
+            .map(|ip| format!(r#"[{{"address": "{ip}/24", "interface": 0}}]"#))
+            .unwrap_or_else(|| "[]".into());
+        let conf = format!(
+            r#"{{"cniVersion": "1.0.0", "name": "lab", "type": "weft-cni", "socket": "{}", "prevResult": {{"cniVersion": "1.0.0", "interfaces": [{{"name": "eth0", "sandbox": "/run/netns/{prefix}-{name}"}}], "ips": {ips}}}}}"#,
+            self.cni_socket(node).display()
+        );
+        let mut child = Command::new(self.bin("weft-cni"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("lab-{name}"))
+            .env("CNI_NETNS", format!("/run/netns/{prefix}-{name}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &self.options.bin_dir)
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("run weft-cni")?;
+        child
+            .stdin
+            .take()
+            .context("weft-cni stdin")?
+            .write_all(conf.as_bytes())?;
+        let output = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            bail!(
+                "weft-cni {command} for {namespace}/{name} failed: {}",
+                stdout.trim()
+            );
+        }
+        Ok(stdout)
+    }
+
+    /// The socket mesh-node on `node` answers `weft-cni` on.
+    pub fn cni_socket(&self, node: &str) -> PathBuf {
+        self.file(&format!("cni-{node}.sock"))
     }
 
     /// Removes a pod added with [`MeshLab::add_pod`]: from mesh-control's config, then the lab.

@@ -369,6 +369,50 @@ fn options(prefix: &str) -> MeshLabOptions {
     }
 }
 
+/// Pods started through the CNI chain: a mesh pod's very first connection is captured (the
+/// backend's service address answers only through the mesh), a pod outside the mesh starts
+/// as before.
+fn new_pods_start_captured(mesh: &mut MeshLab) {
+    let fresh = std::net::Ipv4Addr::new(10, 211, 1, 90);
+    let took = mesh
+        .start_pod_via_cni("fresh", "n1", fresh, "demo", "client")
+        .expect("a mesh pod starts through weft-cni");
+    let first = mesh
+        .get("fresh", BACKEND_VIP, &["--timeout-ms", "3000"])
+        .unwrap_or_default();
+    assert!(
+        first.starts_with("200 backend v1"),
+        "the new pod's first call (after an ADD of {took:?}) was not carried by the mesh: {first}"
+    );
+    let sysctl = ["/proc/sys/net/ipv4/tcp_tw_reuse"];
+    let prepared = mesh
+        .lab
+        .run_in_pod("fresh", Path::new("cat"), &sysctl)
+        .unwrap();
+    assert_eq!(
+        prepared.trim(),
+        "1",
+        "the pod's namespace was prepared before its start"
+    );
+
+    let outside = std::net::Ipv4Addr::new(10, 211, 1, 91);
+    mesh.start_pod_via_cni("plain", "n1", outside, "elsewhere", "default")
+        .expect("a pod outside the mesh starts too");
+    let escaped = mesh
+        .get("plain", BACKEND_VIP, &["--timeout-ms", "1000"])
+        .unwrap_or_default();
+    assert!(
+        !escaped.starts_with("200"),
+        "a pod outside the mesh was captured: {escaped}"
+    );
+
+    for (pod, namespace) in [("fresh", "demo"), ("plain", "elsewhere")] {
+        mesh.cni("n1", "DEL", pod, namespace, None)
+            .expect("DEL never fails");
+        mesh.remove_pod(pod).unwrap();
+    }
+}
+
 #[test]
 fn sample_mesh_carries_policy_checked_mtls_traffic() {
     let prefix = "wfe2e";
@@ -456,6 +500,7 @@ fn sample_mesh_carries_policy_checked_mtls_traffic() {
     waypoint_applies_routes_faults_and_l7_policy(&mesh);
     waypoint_verifies_jwts(&mesh);
     permissive_plaintext_passes_the_tunnels_policy(&mesh);
+    new_pods_start_captured(&mut mesh);
 
     // Broken config is rejected with a message naming the file; the rest of the config and the
     // traffic are untouched.

@@ -6,7 +6,7 @@
 //! - `demo`: the local lab, the README's main command.
 //! - `fuzz`: bounded fuzzing of parsers (cargo-fuzz, nightly).
 //! - `bench`: the data path measured in the lab with iperf3, wrk and nginx, against direct TCP.
-//! - `capture-window`: measures how long a new pod runs before the mesh captures it (lab).
+//! - `capture-window`: starts pods through the CNI chain in the lab and counts uncaptured calls.
 
 mod bench;
 mod capture_window;
@@ -41,7 +41,7 @@ enum Task {
     Fuzz(fuzz::FuzzArgs),
     /// Measure the data path in the lab (iperf3, wrk, nginx) against direct TCP (root).
     Bench(bench::BenchArgs),
-    /// Measure, in the lab, how long a new pod in an enrolled namespace runs uncaptured (root).
+    /// Start pods through the CNI chain in the lab and count calls made before capture (root).
     CaptureWindow(capture_window::CaptureWindowArgs),
 }
 

@@ -147,7 +147,7 @@ fn selector_endpoints(
         .range(prefix.clone()..)
         .take_while(|(uid, _)| uid.starts_with(&prefix))
         .map(|(_, w)| w)
-        .filter(|w| w.namespace == namespace && selects(selector, &w.labels));
+        .filter(|w| w.namespace == namespace && !w.ips.is_empty() && selects(selector, &w.labels));
     selected
         .map(|w| {
             let named = match ctx.get(Kind::Pod, namespace, &w.name).map(|s| &s.resource) {

@@ -76,7 +76,7 @@ fn workloads_carry_identity_node_enrolment_and_waypoint() {
     assert_eq!(
         uids,
         ["app/db-1", "app/web-1", "legacy/old-1"],
-        "pending pod has no ip"
+        "an unscheduled pod without address is nobody's yet"
     );
     let web = &snap.workloads["app/web-1"];
     assert_eq!(web.ips, [ip("10.0.0.1")]);
@@ -90,6 +90,39 @@ fn workloads_carry_identity_node_enrolment_and_waypoint() {
     assert!(!db.enrolled, "pod label none overrides the namespace");
     assert_eq!(db.identity, "spiffe://cluster.local/ns/app/sa/default");
     assert!(!snap.workloads["legacy/old-1"].enrolled);
+}
+
+#[test]
+fn scheduled_pod_without_address_reaches_its_node_but_no_service() {
+    // The kubelet reports the address only after the CNI chain ran; the node must know the pod
+    // before that to capture it from its first connection.
+    let snap = snapshot_of(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, namespace: app, labels: {app: web}}
+spec: {nodeName: node-a, serviceAccountName: web, containers: [{name: web, image: web}]}
+status: {phase: Pending}
+"#,
+    );
+    assert!(snap.diagnostics.is_empty(), "{:?}", snap.diagnostics);
+    let starting = &snap.workloads["app/web-2"];
+    assert!(starting.ips.is_empty());
+    assert_eq!(starting.node, "node-a");
+    assert!(starting.enrolled);
+    assert_eq!(starting.identity, "spiffe://cluster.local/ns/app/sa/web");
+    let svc = &snap.services["app/web.app.svc.cluster.local"];
+    let endpoints: Vec<&str> = svc
+        .endpoints
+        .iter()
+        .map(|e| e.workload_uid.as_str())
+        .collect();
+    assert_eq!(
+        endpoints,
+        ["app/web-1"],
+        "an address-less pod is no endpoint"
+    );
+    assert!(!snap.workloads.contains_key("app/pending"), "unscheduled");
 }
 
 #[test]

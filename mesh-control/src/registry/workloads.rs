@@ -114,15 +114,18 @@ fn translate_pod(
     if is_finished(pod) {
         return None;
     }
+    let spec = pod.spec.as_ref();
+    let node = spec.and_then(|s| s.node_name.clone()).unwrap_or_default();
     let ips = match pod_ips(pod) {
-        Ok(ips) if ips.is_empty() => return None,
+        // Scheduled, its sandbox not up yet: the node needs it before the pod has an address,
+        // to capture it from its first connection (the CNI plugin hands the node the address).
+        Ok(ips) if ips.is_empty() && node.is_empty() => return None,
         Ok(ips) => ips,
         Err(message) => {
             diags.push(key, "status.podIPs", &message);
             return None;
         }
     };
-    let spec = pod.spec.as_ref();
     let namespace = key.namespace.as_str();
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     let ns_labels = ctx.namespace_labels(namespace);
@@ -151,7 +154,7 @@ fn translate_pod(
         pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
         namespace: namespace.to_string(),
         ips,
-        node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        node,
         identity: spiffe_identity(&ctx.config.trust_domain, namespace, &service_account),
         service_account,
         // Host-network pods share the node's network namespace and cannot be captured.
@@ -164,7 +167,7 @@ fn translate_pod(
     })
 }
 
-/// Translates every pod that has an address and is not finished.
+/// Translates every pod that is scheduled or has an address, and is not finished.
 pub fn translate(
     ctx: &Ctx<'_>,
     inputs: &Inputs<'_>,

@@ -164,6 +164,11 @@ fn workloads(
 ) -> Vec<WorkloadConfig> {
     let mut out = Vec::new();
     for (uid, w) in in_mesh {
+        // A pod whose sandbox is starting has no address yet: nothing to route to or capture
+        // until the CNI plugin or the kubelet gives one (`crate::cni::fill_addresses`).
+        if w.addresses.is_empty() {
+            continue;
+        }
         let Some(ip) = w.addresses.first().and_then(|a| address(a)) else {
             warnings.push(format!("workload {uid} has no usable address; left out"));
             continue;
