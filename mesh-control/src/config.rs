@@ -102,6 +102,12 @@ pub struct Config {
     /// `pathNormalization`: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES.
     #[arg(long, default_value = "MERGE_SLASHES", value_parser = parse_path_normalization)]
     pub path_normalization: PathNormalization,
+    /// Carry connections between pods on the same node over mTLS too. By default the node checks
+    /// identity and policy and joins them without encryption, since the bytes never leave its
+    /// kernel; a namespace labelled `weft.dev/same-node-encryption=always` keeps mTLS for its
+    /// pods whatever this says (docs/same-node.md).
+    #[arg(long, env = "WEFT_ALWAYS_ENCRYPT_SAME_NODE")]
+    pub always_encrypt_same_node: bool,
     /// PEM CA chain (signing certificate first, root last); a self-signed root is generated
     /// when absent. Requires `--ca-key`.
     #[arg(long, requires = "ca_key")]
@@ -194,6 +200,7 @@ impl Config {
             root_namespace: self.root_namespace.clone(),
             cluster_domain: self.cluster_domain.clone(),
             path_normalization: self.path_normalization,
+            always_encrypt_same_node: self.always_encrypt_same_node,
         }
     }
 

@@ -12,6 +12,17 @@ use std::collections::BTreeMap;
 pub const DATAPLANE_MODE: &str = "weft.dev/dataplane-mode";
 /// Istio's enrolment label, honoured for compatibility.
 pub const ISTIO_DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+/// Namespace label: `always` keeps its pods' same-node connections on mTLS.
+pub const SAME_NODE_ENCRYPTION: &str = "weft.dev/same-node-encryption";
+
+/// Whether same-node connections of a pod in a namespace with `namespace_labels` may skip mTLS:
+/// unless the mesh or the namespace (`weft.dev/same-node-encryption: always`) says otherwise.
+pub fn same_node_plaintext(always_encrypt: bool, namespace_labels: &Labels) -> bool {
+    !always_encrypt
+        && namespace_labels
+            .get(SAME_NODE_ENCRYPTION)
+            .is_none_or(|value| value != "always")
+}
 /// Label naming the waypoint a namespace, service or pod uses.
 pub const USE_WAYPOINT: &str = "weft.dev/use-waypoint";
 /// Istio's waypoint label, honoured for compatibility.

@@ -63,6 +63,9 @@ pub struct Workload {
     pub identity: String,
     /// Whether traffic is captured and tunnelled (HBONE); `false` means plain TCP.
     pub enrolled: bool,
+    /// Same-node connections to and from it may skip mTLS (the mesh setting and its namespace's
+    /// `weft.dev/same-node-encryption` label allow it).
+    pub same_node_plaintext: bool,
     /// Waypoint for traffic addressed to this workload directly.
     pub waypoint: Option<WaypointRef>,
     /// Labels, used by selectors on the node side (e.g. telemetry).

@@ -80,6 +80,10 @@ pub struct Config {
     /// Where pods' network namespaces are found.
     #[serde(default)]
     pub pod_netns: PodNetnsConfig,
+    /// Carry connections between pods on this node over HBONE (mTLS) even when their
+    /// workloads allow the same-node path (`same_node_plaintext`).
+    #[serde(default)]
+    pub always_encrypt_same_node: bool,
     /// Set by the binary (not the file) when it follows mesh-control: readiness then waits
     /// for the first applied feed version.
     #[serde(skip)]
@@ -276,6 +280,10 @@ pub struct WorkloadConfig {
     /// workload's port.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub port_mtls: BTreeMap<u16, MtlsMode>,
+    /// Connections between it and another local workload that allows it too may skip HBONE
+    /// (checked and joined by this node, unencrypted); default: always HBONE.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub same_node_plaintext: bool,
 }
 
 impl WorkloadConfig {

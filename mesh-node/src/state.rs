@@ -77,6 +77,9 @@ pub struct Workload {
     pub mtls: Option<MtlsMode>,
     /// Per-port overrides of its mode.
     pub port_mtls: BTreeMap<u16, MtlsMode>,
+    /// Same-node connections with another workload that allows it skip HBONE (the feed's
+    /// setting, unless this node always encrypts).
+    pub same_node_plaintext: bool,
 }
 
 /// Telemetry's names for `w`: its controller (the pod itself when the feed names none), and
@@ -171,6 +174,7 @@ impl State {
                 waypoint: find_waypoint(format!("workload {}", w.name), &w.namespace, &w.waypoint)?,
                 mtls: w.mtls,
                 port_mtls: w.port_mtls.clone(),
+                same_node_plaintext: w.same_node_plaintext && !config.always_encrypt_same_node,
             };
             if workloads.insert(w.ip, Arc::new(workload)).is_some() {
                 return Err(StateError::DuplicateIp {
@@ -329,6 +333,25 @@ workloads:
         assert_eq!(mode("10.0.0.2", 80), MtlsMode::Strict, "workload");
         assert_eq!(mode("10.0.0.2", 8080), MtlsMode::Permissive, "port");
         assert_eq!(mode("10.0.0.3", 80), MtlsMode::Strict, "mesh default");
+    }
+
+    #[test]
+    fn same_node_plaintext_needs_the_workload_and_not_a_node_that_always_encrypts() {
+        let workloads = r#"
+node_name: n1
+workloads:
+  - { name: a, namespace: x, service_account: a, ip: 10.0.0.1, node: n1, same_node_plaintext: true }
+  - { name: b, namespace: x, service_account: b, ip: 10.0.0.2, node: n1 }
+"#;
+        let plaintext = |yaml: &str, ip: &str| {
+            let state = State::from_config(&Config::from_yaml(yaml).unwrap()).unwrap();
+            let workload = state.workload(ip.parse().unwrap()).unwrap();
+            workload.same_node_plaintext
+        };
+        assert!(plaintext(workloads, "10.0.0.1"));
+        assert!(!plaintext(workloads, "10.0.0.2"), "default: HBONE");
+        let always = format!("always_encrypt_same_node: true\n{workloads}");
+        assert!(!plaintext(&always, "10.0.0.1"), "the node always encrypts");
     }
 
     #[test]

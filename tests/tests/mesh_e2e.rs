@@ -369,6 +369,96 @@ fn options(prefix: &str) -> MeshLabOptions {
     }
 }
 
+/// A DENY that stops client -> website-v1, both on n1.
+const DENY_CLIENT_TO_WEBSITE_V1: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-client-to-website-v1, namespace: demo}
+spec:
+  selector: {matchLabels: {app: website, version: v1}}
+  action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/demo/sa/client"]}}]}]
+"#;
+
+/// client and website-v1 share node n1: n1 joins them without HBONE, yet the app sees the
+/// client's address, both reporters record the connection (not as mTLS), and policy both
+/// refuses new connections and closes a live one.
+fn same_node_pods_skip_hbone_with_policy_intact(mesh: &mut MeshLab) {
+    let website_v1 = format!("{}:8080", mesh.pod_ip("website-v1").unwrap());
+    let client_ip = mesh.pod_ip("client").unwrap();
+    let seen = mesh.get("client", &website_v1, &["--body"]).unwrap();
+    assert!(
+        seen.starts_with("200") && seen.contains(&format!("(peer {client_ip}:")),
+        "website-v1 did not see the client pod's address: {seen}"
+    );
+    let metrics = mesh.node_metrics("n1").unwrap();
+    let same_node = |reporter: &str| {
+        metrics.lines().any(|line| {
+            line.starts_with("istio_tcp_connections_opened_total{")
+                && line.contains(&format!("reporter=\"{reporter}\""))
+                && line.contains("source_workload=\"client\"")
+                && line.contains("destination_workload=\"website-v1\"")
+                && line.contains("connection_security_policy=\"none\"")
+        })
+    };
+    assert!(
+        same_node("source") && same_node("destination"),
+        "same-node connection not reported by both sides as unencrypted:\n{metrics}"
+    );
+
+    // A live connection, then a policy that denies it.
+    let hold = mesh.bin("weft-lab-app");
+    let args = [
+        "hold",
+        website_v1.as_str(),
+        "--connections",
+        "1",
+        "--seconds",
+        "60",
+    ];
+    mesh.lab
+        .spawn_in_pod("client", "hold-website-v1", &hold, &args)
+        .unwrap();
+    let opened = wait_until(Duration::from_secs(10), || {
+        mesh.log("hold-website-v1").contains("open 1")
+    });
+    assert!(
+        opened,
+        "hold never connected: {}",
+        mesh.log("hold-website-v1")
+    );
+    let policy = mesh.config_dir().join("97-deny-same-node.yaml");
+    std::fs::write(&policy, DENY_CLIENT_TO_WEBSITE_V1).unwrap();
+    let closed = wait_until(Duration::from_secs(15), || {
+        mesh.log("mesh-node-n1").lines().any(|line| {
+            line.contains("revoked by policy") && line.contains("dst.workload=website-v1")
+        })
+    });
+    assert!(
+        closed,
+        "the live same-node connection outlived the DENY:\n{}",
+        mesh.log("mesh-node-n1")
+    );
+    let refused = mesh
+        .get("client", &website_v1, &["--timeout-ms", "2000"])
+        .unwrap_or_default();
+    assert!(
+        !refused.starts_with("200"),
+        "DENY let a new same-node connection in: {refused}"
+    );
+    std::fs::remove_file(&policy).unwrap();
+    let back = wait_until(Duration::from_secs(15), || {
+        mesh.get("client", &website_v1, &["--timeout-ms", "2000"])
+            .unwrap_or_default()
+            .starts_with("200")
+    });
+    assert!(
+        back,
+        "same-node traffic did not come back once the DENY was removed"
+    );
+    let _ = mesh.lab.stop("hold-website-v1", Duration::from_secs(2));
+}
+
 /// Pods started through the CNI chain: a mesh pod's very first connection is captured (the
 /// backend's service address answers only through the mesh), a pod outside the mesh starts
 /// as before.
@@ -501,6 +591,7 @@ fn sample_mesh_carries_policy_checked_mtls_traffic() {
     waypoint_verifies_jwts(&mesh);
     permissive_plaintext_passes_the_tunnels_policy(&mesh);
     new_pods_start_captured(&mut mesh);
+    same_node_pods_skip_hbone_with_policy_intact(&mut mesh);
 
     // Broken config is rejected with a message naming the file; the rest of the config and the
     // traffic are untouched.

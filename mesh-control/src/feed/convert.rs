@@ -61,6 +61,7 @@ pub fn workload(w: &model::Workload) -> pb::Workload {
         service_account: w.service_account.clone(),
         identity: w.identity.clone(),
         tunnel: tunnel.into(),
+        same_node_plaintext: w.same_node_plaintext,
         waypoint: waypoint(&w.waypoint),
         labels: w.labels.clone().into_iter().collect(),
         authorization_policies: w.policies.clone(),

@@ -267,6 +267,7 @@ mod tests {
                 service_account: "default".into(),
                 identity: String::new(),
                 enrolled: true,
+                same_node_plaintext: false,
                 waypoint: None,
                 labels: Default::default(),
                 policies: Vec::new(),

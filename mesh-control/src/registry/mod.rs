@@ -34,6 +34,8 @@ pub struct RegistryConfig {
     pub cluster_domain: String,
     /// How waypoints normalize request paths (Istio's mesh-wide `pathNormalization`).
     pub path_normalization: PathNormalization,
+    /// Mesh-wide: same-node connections always go over mTLS, whatever namespaces say.
+    pub always_encrypt_same_node: bool,
 }
 
 impl Default for RegistryConfig {
@@ -43,6 +45,7 @@ impl Default for RegistryConfig {
             root_namespace: "istio-system".to_string(),
             cluster_domain: "cluster.local".to_string(),
             path_normalization: PathNormalization::default(),
+            always_encrypt_same_node: false,
         }
     }
 }

@@ -289,6 +289,8 @@ fn entry_workloads(
             identity: spiffe_identity(&ctx.config.trust_domain, &key.namespace, &sa),
             service_account: sa,
             enrolled: false,
+            // Not on any node of the mesh.
+            same_node_plaintext: false,
             waypoint: None,
             labels: ep.labels.clone(),
             policies: Vec::new(),

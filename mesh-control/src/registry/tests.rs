@@ -126,6 +126,39 @@ status: {phase: Pending}
 }
 
 #[test]
+fn same_node_plaintext_unless_the_mesh_or_the_namespace_says_always_encrypt() {
+    let extra = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: vault, labels: {weft.dev/dataplane-mode: ambient, weft.dev/same-node-encryption: always}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: secret-1, namespace: vault}
+spec: {nodeName: node-a, containers: [{name: s, image: s}]}
+status: {podIP: 10.0.2.1}
+"#;
+    let snap = snapshot_of(extra);
+    assert!(snap.workloads["app/web-1"].same_node_plaintext);
+    assert!(
+        !snap.workloads["vault/secret-1"].same_node_plaintext,
+        "namespace says always"
+    );
+    let mut parsed = Parsed::default();
+    parse_yaml("base.yaml", BASE, &mut parsed);
+    let mut registry = Registry::new(RegistryConfig {
+        always_encrypt_same_node: true,
+        ..RegistryConfig::default()
+    });
+    registry.replace_all(parsed);
+    let snap = registry.snapshot();
+    assert!(
+        !snap.workloads["app/web-1"].same_node_plaintext,
+        "mesh says always"
+    );
+}
+
+#[test]
 fn service_gets_vip_ports_and_selector_endpoints_with_named_target_port() {
     let snap = snapshot_of("");
     let svc = &snap.services["app/web.app.svc.cluster.local"];

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::policy::{effective_mtls, selects, PeerAuthn, SelectorPolicy};
 use super::{Ctx, Diagnostics, Kind, ObjectKey, Resource};
-use crate::enrollment::{is_enrolled, waypoint_for, WaypointName};
+use crate::enrollment::{is_enrolled, same_node_plaintext, waypoint_for, WaypointName};
 use crate::model::{WaypointRef, Workload};
 
 /// What workload translation needs from earlier steps.
@@ -159,6 +159,7 @@ fn translate_pod(
         service_account,
         // Host-network pods share the node's network namespace and cannot be captured.
         enrolled: !host_network && is_enrolled(ns_labels, &labels),
+        same_node_plaintext: same_node_plaintext(ctx.config.always_encrypt_same_node, ns_labels),
         waypoint: resolve_waypoint(inputs.waypoints, waypoint),
         labels,
         policies,

@@ -199,6 +199,7 @@ fn workloads(
             waypoint,
             mtls: Some(mtls_mode(w.mtls)),
             port_mtls: port_modes(uid, &w.port_mtls, warnings),
+            same_node_plaintext: w.same_node_plaintext,
         });
     }
     out

@@ -183,6 +183,31 @@ fn snapshot_becomes_a_valid_node_config() {
 }
 
 #[test]
+fn same_node_plaintext_is_carried_and_starting_pods_are_left_out_quietly() {
+    let mut snapshot = snapshot();
+    let client = snapshot.workloads.get_mut("demo/client").unwrap();
+    client.same_node_plaintext = true;
+    let mut starting = workload("starting", "n1", [0, 0, 0, 0], true);
+    starting.addresses.clear();
+    snapshot.workloads.insert("demo/starting".into(), starting);
+    let (config, warnings) = mesh_config(&base(), &snapshot);
+    let flag = |name: &str| {
+        config
+            .workloads
+            .iter()
+            .find(|w| w.name == name)
+            .map(|w| w.same_node_plaintext)
+    };
+    assert_eq!(flag("client"), Some(true));
+    assert_eq!(flag("backend"), Some(false), "unset on the wire: HBONE");
+    assert_eq!(flag("starting"), None, "no address yet");
+    assert!(
+        !warnings.iter().any(|w| w.contains("starting")),
+        "a starting pod is normal: {warnings:?}"
+    );
+}
+
+#[test]
 fn malformed_policy_denies_its_scope() {
     let mut snapshot = snapshot();
     let bad = pb::Rule {

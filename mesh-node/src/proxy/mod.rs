@@ -4,6 +4,8 @@
 //! - [`inbound`]: HBONE `CONNECT` streams (15008) -> local workload, after policy.
 //! - [`plaintext`]: captured inbound plaintext (15006) -> local workload, honouring the
 //!   PeerAuthentication mode and policy.
+//! - `same_node`: captured outbound to a pod served in-pod here -> that pod, policy checked
+//!   here, no HBONE (when both workloads allow it).
 //!
 //! Both inbound paths reach the app through an [`AppDial`]: from inside the pod with the
 //! client's address (in-pod listeners), or from the node (the node-level listeners).
@@ -11,6 +13,7 @@
 pub mod inbound;
 pub mod outbound;
 pub mod plaintext;
+mod same_node;
 
 use std::{sync::Arc, time::Duration};
 

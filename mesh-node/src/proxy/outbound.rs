@@ -56,7 +56,13 @@ impl Proxy {
         start: Instant,
     ) {
         match route::choose(&self.state(), dst) {
-            Route::Hbone(hop) => self.via_hbone(conn, source, hop, start).await,
+            Route::Hbone(hop) => match self.same_node_target(source, &hop) {
+                Some(target) => {
+                    self.same_node(conn.stream, conn.guard, source, target, start)
+                        .await
+                }
+                None => self.via_hbone(conn, source, hop, start).await,
+            },
             Route::Passthrough(addr) => self.passthrough(conn, source, addr, start).await,
             Route::NoEndpoint { service } => self.fail(
                 source,

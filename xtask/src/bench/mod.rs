@@ -87,9 +87,19 @@ const BENCH_PODS: &[(&str, &str, Ipv4Addr, &str, &str)] = &[
         "demo",
         "backend",
     ),
+    // Enrolled, in a namespace whose same-node connections always go over mTLS.
+    (
+        "sealed",
+        "n1",
+        Ipv4Addr::new(10, 211, 1, 43),
+        SEALED_NAMESPACE,
+        "sealed",
+    ),
 ];
 /// The pods that run nginx and an iperf3 server.
-const SERVER_PODS: &[&str] = &["plain-l", "plain-s", "local", "srv"];
+const SERVER_PODS: &[&str] = &["plain-l", "plain-s", "local", "srv", "sealed"];
+/// The namespace labelled `weft.dev/same-node-encryption: always`.
+const SEALED_NAMESPACE: &str = "sealed";
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -125,15 +135,19 @@ pub enum Route {
     Mesh,
     SameNodeDirect,
     SameNodeMesh,
+    SameNodeMeshEncrypted,
+    Loopback,
     Waypoint,
 }
 
 impl Route {
-    const ALL: [Route; 5] = [
+    const ALL: [Route; 7] = [
         Route::Direct,
         Route::Mesh,
         Route::SameNodeDirect,
         Route::SameNodeMesh,
+        Route::SameNodeMeshEncrypted,
+        Route::Loopback,
         Route::Waypoint,
     ];
 
@@ -143,6 +157,8 @@ impl Route {
             Route::Mesh => "mesh (2 node tunnels)",
             Route::SameNodeDirect => "same node, direct",
             Route::SameNodeMesh => "same node, mesh",
+            Route::SameNodeMeshEncrypted => "same node, mesh, always mTLS",
+            Route::Loopback => "loopback in one pod",
             Route::Waypoint => "mesh via waypoint",
         }
     }
@@ -153,6 +169,8 @@ impl Route {
             Route::Mesh => "mesh",
             Route::SameNodeDirect => "same_node_direct",
             Route::SameNodeMesh => "same_node_mesh",
+            Route::SameNodeMeshEncrypted => "same_node_mesh_mtls",
+            Route::Loopback => "loopback",
             Route::Waypoint => "waypoint",
         }
     }
@@ -161,14 +179,20 @@ impl Route {
     pub fn baseline(self) -> Route {
         match self {
             Route::Direct | Route::Mesh | Route::Waypoint => Route::Direct,
-            Route::SameNodeDirect | Route::SameNodeMesh => Route::SameNodeDirect,
+            Route::SameNodeDirect | Route::SameNodeMesh | Route::SameNodeMeshEncrypted => {
+                Route::SameNodeDirect
+            }
+            Route::Loopback => Route::Loopback,
         }
     }
 
     fn client(self) -> &'static str {
         match self {
             Route::Direct | Route::SameNodeDirect => PLAIN_CLIENT,
-            Route::Mesh | Route::SameNodeMesh | Route::Waypoint => MESH_CLIENT,
+            Route::Loopback => "plain-l",
+            Route::Mesh | Route::SameNodeMesh | Route::SameNodeMeshEncrypted | Route::Waypoint => {
+                MESH_CLIENT
+            }
         }
     }
 
@@ -178,7 +202,8 @@ impl Route {
             Route::Mesh => Some("srv"),
             Route::SameNodeDirect => Some("plain-l"),
             Route::SameNodeMesh => Some("local"),
-            Route::Waypoint => None,
+            Route::SameNodeMeshEncrypted => Some("sealed"),
+            Route::Loopback | Route::Waypoint => None,
         }
     }
 
@@ -319,6 +344,11 @@ fn add_bench_pods(mesh: &mut MeshLab, work_dir: &Path) -> anyhow::Result<()> {
          selector: {{app: srv}}\n  ports: [{{name: http, port: {HTTP_PORT}, targetPort: {HTTP_PORT}}}]\n"
     );
     std::fs::write(mesh.config_dir().join("81-bench-service.yaml"), service)?;
+    let sealed = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {SEALED_NAMESPACE}\n  labels: \
+         {{weft.dev/dataplane-mode: ambient, weft.dev/same-node-encryption: always}}\n"
+    );
+    std::fs::write(mesh.config_dir().join("81-bench-sealed.yaml"), sealed)?;
     for pod in SERVER_PODS {
         let ip = mesh.pod_ip(pod)?;
         let conf = nginx_conf(work_dir, pod, ip)?;
@@ -339,6 +369,14 @@ fn add_bench_pods(mesh: &mut MeshLab, work_dir: &Path) -> anyhow::Result<()> {
             &["-s", "-B", &ip, "-p", &port],
         )?;
     }
+    // The loopback baseline: a second iperf3 in plain-l on 127.0.0.1 (nginx listens there too).
+    let port = IPERF_PORT.to_string();
+    mesh.lab.spawn_in_pod(
+        "plain-l",
+        "iperf3-plain-l-loopback",
+        Path::new("/usr/bin/iperf3"),
+        &["-s", "-B", "127.0.0.1", "-p", &port],
+    )?;
     for route in Route::ALL {
         let target = format!("{}:{HTTP_PORT}", target_ip(mesh, route)?);
         let answer = retry_until_200(Duration::from_secs(30), || {
@@ -358,9 +396,10 @@ fn add_bench_pods(mesh: &mut MeshLab, work_dir: &Path) -> anyhow::Result<()> {
 }
 
 fn target_ip(mesh: &MeshLab, route: Route) -> anyhow::Result<Ipv4Addr> {
-    match route.server() {
-        Some(pod) => mesh.pod_ip(pod),
-        None => Ok(WAYPOINT_VIP),
+    match (route, route.server()) {
+        (_, Some(pod)) => mesh.pod_ip(pod),
+        (Route::Loopback, None) => Ok(Ipv4Addr::LOCALHOST),
+        (_, None) => Ok(WAYPOINT_VIP),
     }
 }
 
@@ -370,13 +409,17 @@ fn nginx_conf(work_dir: &Path, pod: &str, ip: Ipv4Addr) -> anyhow::Result<PathBu
     let dir = work_dir.join(format!("nginx-{pod}"));
     std::fs::create_dir_all(&dir)?;
     let d = dir.display();
+    let loopback = match pod {
+        "plain-l" => format!("listen 127.0.0.1:{HTTP_PORT} backlog=4096;\n    "),
+        _ => String::new(),
+    };
     let conf = format!(
         "worker_processes 1;\nworker_rlimit_nofile 40000;\ndaemon off;\npid {d}/nginx.pid;\n\
          error_log {d}/error.log warn;\nevents {{ worker_connections 20000; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
          fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
          keepalive_requests 10000000;\n  keepalive_timeout 300s;\n  \
-         server {{\n    listen {ip}:{HTTP_PORT} backlog=4096;\n    \
+         server {{\n    listen {ip}:{HTTP_PORT} backlog=4096;\n    {loopback}\
          location / {{ default_type text/plain; return 200 \"weft bench {pod}\\n\"; }}\n  }}\n}}\n"
     );
     let path = dir.join("nginx.conf");
@@ -425,8 +468,10 @@ impl Bench<'_> {
     /// The mesh processes a route's traffic goes through (their CPU is the route's cost).
     fn watched(&self, route: Route) -> Vec<Watched> {
         match route {
-            Route::Direct | Route::SameNodeDirect => Vec::new(),
-            Route::Mesh | Route::SameNodeMesh => self.tunnels.clone(),
+            Route::Direct | Route::SameNodeDirect | Route::Loopback => Vec::new(),
+            Route::Mesh | Route::SameNodeMesh | Route::SameNodeMeshEncrypted => {
+                self.tunnels.clone()
+            }
             Route::Waypoint => {
                 let mut all = self.tunnels.clone();
                 all.push(self.waypoint.clone());
