@@ -2,8 +2,13 @@
 
 use std::time::Duration;
 
+/// The longest duration accepted: protobuf's `Duration` range (about 10,000 years), which is
+/// what Istio's own validation allows.
+pub const MAX_DURATION: Duration = Duration::from_secs(315_576_000_000);
+
 /// Parses a sequence of `<number><unit>` terms, units `h`, `m`, `s`, `ms`; Istio allows a
-/// fraction (`0.25s`). Returns a message suitable for a diagnostic on failure.
+/// fraction (`0.25s`). Returns a message suitable for a diagnostic on failure; never panics,
+/// whatever the numbers (the sum is checked, and capped at [`MAX_DURATION`]).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
@@ -34,8 +39,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 ))
             }
         };
-        total += Duration::try_from_secs_f64(seconds)
-            .map_err(|_| format!("duration {text:?} is out of range"))?;
+        let out_of_range = || format!("duration {text:?} is longer than {MAX_DURATION:?}");
+        let term = Duration::try_from_secs_f64(seconds).map_err(|_| out_of_range())?;
+        total = total
+            .checked_add(term)
+            .filter(|sum| *sum <= MAX_DURATION)
+            .ok_or_else(out_of_range)?;
         rest = next;
     }
     Ok(total)
@@ -71,5 +80,21 @@ mod tests {
             assert!(!err.is_empty());
         }
         assert!(parse_duration("3d").unwrap_err().contains("\"d\""));
+    }
+
+    #[test]
+    fn huge_numbers_are_errors_not_panics() {
+        let max = u64::MAX;
+        for text in [
+            format!("{max}s{max}s"),
+            format!("{max}h"),
+            format!("{}s", "9".repeat(400)),
+            "315576000001s".to_string(),
+            "87660000h1s".to_string(),
+        ] {
+            let error = parse_duration(&text).expect_err(&text);
+            assert!(error.contains("longer than"), "{text}: {error}");
+        }
+        assert_eq!(parse_duration("315576000000s"), Ok(MAX_DURATION));
     }
 }

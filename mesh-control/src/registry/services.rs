@@ -301,18 +301,32 @@ fn entry_workloads(
     out
 }
 
+/// Who holds each address so far: `<Kind> <namespace>/<name>`.
+type Claims = BTreeMap<IpAddr, String>;
+
 fn translate_entry(
     ctx: &Ctx<'_>,
     waypoints: &BTreeMap<WaypointName, IpAddr>,
     key: &ObjectKey,
     se: &ServiceEntry,
-    snapshot: &mut Snapshot,
+    (snapshot, claims): (&mut Snapshot, &mut Claims),
     diags: &mut Diagnostics<'_>,
 ) {
     let mut vips = Vec::new();
+    let owner = format!("ServiceEntry {}/{}", key.namespace, key.name);
     for (i, address) in se.spec.addresses.iter().enumerate() {
         match address.parse::<IpAddr>() {
-            Ok(ip) => vips.push(ip),
+            Ok(ip) => match claims.get(&ip) {
+                Some(holder) if *holder != owner => diags.push(
+                    key,
+                    &format!("spec.addresses[{i}]"),
+                    &format!("{ip} is already the address of {holder}; this address is left out"),
+                ),
+                _ => {
+                    claims.insert(ip, owner.clone());
+                    vips.push(ip);
+                }
+            },
             Err(_) => diags.push(
                 key,
                 &format!("spec.addresses[{i}]"),
@@ -374,10 +388,26 @@ pub fn translate(
     diags: &mut Diagnostics<'_>,
 ) {
     translate_kube_services(ctx, waypoints, snapshot, diags);
+    // A ServiceEntry may not take an address a Service or a pod has (nodes key both by
+    // address: the entry would capture another team's traffic, or, as a duplicate, stop every
+    // node from applying the update). Services and pods first, then entries in key order.
+    let mut claims: Claims = BTreeMap::new();
+    for service in snapshot.services.values() {
+        for vip in &service.vips {
+            let holder = format!("Service {}/{}", service.namespace, service.name);
+            claims.entry(*vip).or_insert(holder);
+        }
+    }
+    for workload in snapshot.workloads.values() {
+        for ip in &workload.ips {
+            let holder = format!("Pod {}/{}", workload.namespace, workload.name);
+            claims.entry(*ip).or_insert(holder);
+        }
+    }
     for (key, stored) in ctx.of_kind(Kind::ServiceEntry) {
         if let Resource::ServiceEntry(se) = &stored.resource {
             diags.set_origin(&stored.origin);
-            translate_entry(ctx, waypoints, key, se, snapshot, diags);
+            translate_entry(ctx, waypoints, key, se, (snapshot, &mut claims), diags);
         }
     }
 }

@@ -603,6 +603,36 @@ spec: {hosts: [web.example.com], gateways: [public-gw], http: [{route: [{destina
 }
 
 #[test]
+fn huge_durations_are_diagnosed_not_a_panic() {
+    let max = u64::MAX;
+    let snap = snapshot_of(&format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: forever, namespace: app}}
+spec: {{hosts: [web], http: [{{timeout: "{max}s{max}s", route: [{{destination: {{host: web}}}}]}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: web, namespace: app}}
+spec: {{host: web, trafficPolicy: {{outlierDetection: {{interval: "{max}h", baseEjectionTime: "{max}s{max}s"}}}}}}
+"#
+    ));
+    let fields: Vec<&str> = snap.diagnostics.iter().map(|d| d.field.as_str()).collect();
+    assert!(fields.contains(&"spec.http[0].timeout"), "{fields:?}");
+    assert!(
+        fields
+            .iter()
+            .any(|f| f.starts_with("spec.trafficPolicy.outlierDetection")),
+        "{fields:?}"
+    );
+    assert!(snap
+        .diagnostics
+        .iter()
+        .all(|d| d.message.contains("longer than")));
+}
+
+#[test]
 fn invalid_routes_are_dropped_with_field_and_others_kept() {
     let snap = snapshot_of(
         r#"
@@ -668,6 +698,55 @@ spec:
     assert_eq!(w.identity, "spiffe://cluster.local/ns/app/sa/db");
     let fields: Vec<&str> = snap.diagnostics.iter().map(|d| d.field.as_str()).collect();
     assert_eq!(fields, ["spec.addresses[1]", "spec.endpoints[1].address"]);
+}
+
+#[test]
+fn a_service_entry_cannot_take_a_service_or_pod_address() {
+    let snap = snapshot_of(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: grab, namespace: legacy}
+spec:
+  hosts: [grab.example.com]
+  addresses: [10.96.0.10, 10.0.0.1, 240.0.0.9]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: late, namespace: legacy}
+spec:
+  hosts: [late.example.com]
+  addresses: [240.0.0.9]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+"#,
+    );
+    assert_eq!(
+        snap.services["legacy/grab.example.com"].vips,
+        [ip("240.0.0.9")]
+    );
+    assert!(snap.services["legacy/late.example.com"].vips.is_empty());
+    assert_eq!(
+        snap.services["app/web.app.svc.cluster.local"].vips,
+        [ip("10.96.0.10")]
+    );
+    let found: Vec<(&str, &str)> = snap
+        .diagnostics
+        .iter()
+        .map(|d| (d.field.as_str(), d.message.as_str()))
+        .collect();
+    let names = |field: &str, holder: &str| {
+        found
+            .iter()
+            .any(|(f, m)| *f == field && m.contains(holder) && m.contains("left out"))
+    };
+    assert!(names("spec.addresses[0]", "Service app/web"), "{found:?}");
+    assert!(names("spec.addresses[1]", "Pod app/web-1"), "{found:?}");
+    assert!(
+        names("spec.addresses[0]", "ServiceEntry legacy/grab"),
+        "{found:?}"
+    );
+    assert_eq!(found.len(), 3, "{found:?}");
 }
 
 #[test]

@@ -39,6 +39,7 @@ pub fn mesh_config(base: &Config, snapshot: &MeshSnapshot) -> (Config, Vec<Strin
     let mut config = base.clone();
     config.workloads = workloads(base, &in_mesh, &waypoints, &mut warnings);
     config.services = services(snapshot, &in_mesh, &waypoints, &mut warnings);
+    drop_address_conflicts(&mut config, &mut warnings);
     // Endpoints must be workloads the node kept.
     let kept: BTreeSet<IpAddr> = config.workloads.iter().map(|w| w.ip).collect();
     for service in &mut config.services {
@@ -53,6 +54,44 @@ pub fn mesh_config(base: &Config, snapshot: &MeshSnapshot) -> (Config, Vec<Strin
         .filter_map(|policy| authorization(base, snapshot, policy, &mut warnings))
         .collect();
     (config, warnings)
+}
+
+/// Two workloads, or a service and anything else, on one address would make the node reject the
+/// whole version ([`crate::state::StateError::DuplicateIp`]), so one tenant's object could freeze
+/// every node. The first claim wins (workloads before services, each in key order: the same on
+/// every node), and each one left out is named in a warning. mesh-control resolves the conflicts
+/// it can see with a diagnostic first; this keeps a node working whatever it is sent.
+fn drop_address_conflicts(config: &mut Config, warnings: &mut Vec<String>) {
+    let mut claimed: BTreeMap<IpAddr, String> = BTreeMap::new();
+    config.workloads.retain(|w| {
+        let owner = format!("workload {}/{}", w.namespace, w.name);
+        match claimed.get(&w.ip) {
+            Some(first) => {
+                warnings.push(format!("{owner} has address {} of {first}; left out", w.ip));
+                false
+            }
+            None => {
+                claimed.insert(w.ip, owner);
+                true
+            }
+        }
+    });
+    config.services.retain(|s| {
+        let owner = format!("service {}/{}", s.namespace, s.name);
+        match claimed.get(&s.vip) {
+            Some(first) => {
+                warnings.push(format!(
+                    "{owner} has address {} of {first}; left out",
+                    s.vip
+                ));
+                false
+            }
+            None => {
+                claimed.insert(s.vip, owner);
+                true
+            }
+        }
+    });
 }
 
 fn address(bytes: &[u8]) -> Option<IpAddr> {

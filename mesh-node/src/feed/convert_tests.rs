@@ -208,6 +208,39 @@ fn same_node_plaintext_is_carried_and_starting_pods_are_left_out_quietly() {
 }
 
 #[test]
+fn one_address_claimed_twice_leaves_the_rest_of_the_version_in_force() {
+    let mut snapshot = snapshot();
+    // A second pod on the client's address, and a service on the backend's.
+    snapshot.workloads.insert(
+        "demo/twin".into(),
+        workload("twin", "n1", [10, 0, 1, 1], true),
+    );
+    snapshot.services.insert(
+        "demo/hijack.example.com".into(),
+        service("hijack", [10, 0, 2, 1], &[], None),
+    );
+    let mut vip_twin = service("vip-twin", [10, 96, 0, 20], &["demo/backend"], None);
+    vip_twin.key = "demo/zz-vip-twin.demo.svc.cluster.local".into();
+    snapshot.services.insert(vip_twin.key.clone(), vip_twin);
+    let (config, warnings) = mesh_config(&base(), &snapshot);
+    State::from_config(&config).expect("the version applies");
+    let names: Vec<&str> = config.workloads.iter().map(|w| w.name.as_str()).collect();
+    assert!(
+        names.contains(&"client") && !names.contains(&"twin"),
+        "{names:?}"
+    );
+    assert!(!config.services.iter().any(|s| s.name == "hijack"));
+    for left_out in ["demo/twin", "hijack", "vip-twin"] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(left_out) && w.contains("left out")),
+            "{left_out}: {warnings:?}"
+        );
+    }
+}
+
+#[test]
 fn malformed_policy_denies_its_scope() {
     let mut snapshot = snapshot();
     let bad = pb::Rule {
