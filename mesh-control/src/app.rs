@@ -151,6 +151,7 @@ async fn start_source(
         dir: config.config_dir.clone(),
         poll_interval: config.poll_interval,
         debounce: config.debounce,
+        last_good: Default::default(),
     };
     let fingerprint = source.load_into(store)?;
     store.publish_now();

@@ -486,9 +486,29 @@ pub fn translate_peer_authentications(
 ) -> Vec<PeerAuthn> {
     let mut out = Vec::new();
     for (key, resource) in ctx.of_kind(super::Kind::PeerAuthentication) {
-        if let super::Resource::PeerAuthentication(pa) = &resource.resource {
-            diags.set_origin(&resource.origin);
-            out.push(translate_peer(key, pa, diags));
+        diags.set_origin(&resource.origin);
+        match &resource.resource {
+            super::Resource::PeerAuthentication(pa) => out.push(translate_peer(key, pa, diags)),
+            super::Resource::BrokenPeerAuthentication { error, selector } => {
+                // Fail closed, whatever the policy said before the edit broke it: STRICT in its
+                // scope (its selector when readable, else its whole namespace).
+                let scope = match selector {
+                    Some(_) => "its selected workloads",
+                    None => "its whole namespace",
+                };
+                diags.push(
+                    key,
+                    "-",
+                    &format!("{error}; requiring mTLS (STRICT) in {scope}"),
+                );
+                out.push(PeerAuthn {
+                    namespace: key.namespace.clone(),
+                    selector: selector.clone(),
+                    mode: Some(MtlsMode::Strict),
+                    ports: BTreeMap::new(),
+                });
+            }
+            _ => {}
         }
     }
     out

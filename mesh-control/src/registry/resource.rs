@@ -4,6 +4,8 @@
 //! whose kind is not one the mesh reads is skipped; one that fails to parse is reported with
 //! its origin and the path of the offending field.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
@@ -142,6 +144,15 @@ pub enum Resource {
     },
     /// A PeerAuthentication.
     PeerAuthentication(PeerAuthentication),
+    /// A PeerAuthentication that failed to parse: kept so its scope fails closed (STRICT)
+    /// instead of falling back to a weaker mode when an edit breaks it.
+    BrokenPeerAuthentication {
+        /// Why it failed.
+        error: String,
+        /// `spec.selector.matchLabels` when they could be read (all strings); otherwise the
+        /// policy is taken as namespace-wide, the broader scope.
+        selector: Option<BTreeMap<String, String>>,
+    },
     /// A RequestAuthentication.
     RequestAuthentication(RequestAuthentication),
     /// A VirtualService.
@@ -226,6 +237,21 @@ fn str_at<'a>(value: &'a serde_yaml::Value, keys: &[&str]) -> &'a str {
     current.as_str().unwrap_or("")
 }
 
+/// `spec.selector.matchLabels` of a document that may not parse otherwise; `None` when absent,
+/// empty or not a map of strings.
+fn lenient_selector(value: &serde_yaml::Value) -> Option<BTreeMap<String, String>> {
+    let labels = value
+        .get("spec")?
+        .get("selector")?
+        .get("matchLabels")?
+        .as_mapping()?;
+    let labels: Option<BTreeMap<String, String>> = labels
+        .iter()
+        .map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
+        .collect();
+    labels.filter(|l| !l.is_empty())
+}
+
 fn parse_kind(kind: Kind, value: serde_yaml::Value) -> Result<Resource, (String, String)> {
     Ok(match kind {
         Kind::Namespace => Resource::Namespace(typed(value)?),
@@ -294,8 +320,15 @@ pub fn parse_document(
     if key.name.is_empty() {
         return Err(diagnostic("metadata.name", "missing".to_string()));
     }
+    let selector = (kind == Kind::PeerAuthentication).then(|| lenient_selector(&value));
     match parse_kind(kind, value) {
         Ok(resource) => Ok(Some((key, resource))),
+        Err((field, message)) if kind == Kind::PeerAuthentication => {
+            let error = format!("field {field}: {message}");
+            let selector = selector.flatten();
+            let resource = Resource::BrokenPeerAuthentication { error, selector };
+            Ok(Some((key, resource)))
+        }
         Err((field, message)) => {
             if kind == Kind::AuthorizationPolicy {
                 // Fail closed: the broken policy still occupies its key and denies.
@@ -309,7 +342,7 @@ pub fn parse_document(
 }
 
 /// Parses a multi-document YAML text from `origin` (a file path).
-pub fn parse_yaml(origin: &str, text: &str, out: &mut Parsed) {
+pub fn parse_yaml(origin: &str, text: &str, out: &mut Parsed) -> SyntaxError {
     use serde::Deserialize;
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let doc_origin = format!("{origin}#{index}");
@@ -324,7 +357,7 @@ pub fn parse_yaml(origin: &str, text: &str, out: &mut Parsed) {
                     message: format!("invalid yaml: {err}"),
                 });
                 // The YAML stream cannot be resynchronised after a syntax error.
-                break;
+                return SyntaxError(true);
             }
         };
         match parse_document(&doc_origin, value) {
@@ -333,7 +366,13 @@ pub fn parse_yaml(origin: &str, text: &str, out: &mut Parsed) {
             Err(diagnostic) => out.diagnostics.push(diagnostic),
         }
     }
+    SyntaxError(false)
 }
+
+/// Whether a YAML syntax error stopped [`parse_yaml`] before the end of its text (the
+/// documents after it were not read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyntaxError(pub bool);
 
 /// The key of a typed Kubernetes object (used by the watchers).
 pub fn key_of<K: kube::Resource>(kind: Kind, object: &K) -> ObjectKey {

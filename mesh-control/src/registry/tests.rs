@@ -503,6 +503,51 @@ spec:
 }
 
 #[test]
+fn a_broken_peer_authentication_fails_closed_not_open() {
+    // An edit breaks a PeerAuthentication: its scope becomes STRICT, never the weaker mode
+    // the rest of the config would give (here PERMISSIVE, the default).
+    let broken_namespace_wide = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: app}
+spec: {mtls: {mode: STRICTT}}
+"#;
+    let snap = snapshot_of(broken_namespace_wide);
+    assert_eq!(snap.workloads["app/web-1"].mtls, MtlsMode::Strict);
+    assert_eq!(snap.workloads["app/db-1"].mtls, MtlsMode::Strict);
+    assert_eq!(
+        snap.workloads["legacy/old-1"].mtls,
+        MtlsMode::Permissive,
+        "other namespaces"
+    );
+    assert_eq!(snap.diagnostics.len(), 1, "{:?}", snap.diagnostics);
+    assert!(snap.diagnostics[0]
+        .message
+        .contains("STRICT) in its whole namespace"));
+
+    let broken_with_selector = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: web, namespace: app}
+spec:
+  selector: {matchLabels: {app: web}}
+  mtls: {mode: 7}
+  portLevelMtls: {"8080": {mode: DISABLE}}
+"#;
+    let snap = snapshot_of(broken_with_selector);
+    assert_eq!(snap.workloads["app/web-1"].mtls, MtlsMode::Strict);
+    assert!(
+        snap.workloads["app/web-1"].port_mtls.is_empty(),
+        "no port opened"
+    );
+    assert_eq!(
+        snap.workloads["app/db-1"].mtls,
+        MtlsMode::Permissive,
+        "not selected"
+    );
+}
+
+#[test]
 fn peer_authentication_precedence() {
     let snap = snapshot_of(
         r#"

@@ -7,7 +7,7 @@
 //! stopped changing, so an editor's half-written save is not applied. Reads are synchronous:
 //! a config directory is small, and this keeps paused-time tests deterministic.
 
-use std::collections::hash_map::DefaultHasher;
+use std::collections::{hash_map::DefaultHasher, BTreeMap};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +16,9 @@ use std::time::Duration;
 use mesh_core::drain::DrainWatch;
 use tokio::time::MissedTickBehavior;
 
-use crate::registry::{parse_yaml, Parsed};
+use crate::model::Diagnostic;
+use crate::registry::resource::SyntaxError;
+use crate::registry::{parse_yaml, ObjectKey, Parsed, Resource};
 use crate::store::Store;
 
 /// Errors reading the config directory.
@@ -84,11 +86,23 @@ fn yaml_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), Lo
 
 /// Reads and parses every YAML file under `dir`; returns the result and a fingerprint.
 pub fn load_dir(dir: &Path) -> Result<(Parsed, u64), LocalError> {
+    load_dir_keeping(dir, &mut LastGood::default())
+}
+
+/// The objects of each file as last parsed without a YAML syntax error.
+pub type LastGood = BTreeMap<PathBuf, Vec<(ObjectKey, String, Resource)>>;
+
+/// [`load_dir`], except that a file with a YAML syntax error contributes the objects it had the
+/// last time it parsed (`last_good`), with a diagnostic saying so: a broken edit must not delete
+/// the policies in that file, which would open what they closed. `last_good` is updated from
+/// the files that parse.
+pub fn load_dir_keeping(dir: &Path, last_good: &mut LastGood) -> Result<(Parsed, u64), LocalError> {
     let mut files = Vec::new();
     yaml_files(dir, 0, &mut files)?;
     files.sort();
     let mut parsed = Parsed::default();
     let mut hasher = DefaultHasher::new();
+    let mut seen = Vec::new();
     for path in files {
         let read_err = |source| LocalError::ReadFile {
             path: path.clone(),
@@ -102,8 +116,34 @@ pub fn load_dir(dir: &Path) -> Result<(Parsed, u64), LocalError> {
         let text = std::fs::read_to_string(&path).map_err(read_err)?;
         path.hash(&mut hasher);
         text.hash(&mut hasher);
-        parse_yaml(&path.display().to_string(), &text, &mut parsed);
+        let origin = path.display().to_string();
+        let mut file = Parsed::default();
+        let broken = parse_yaml(&origin, &text, &mut file);
+        parsed.diagnostics.append(&mut file.diagnostics);
+        match (broken, last_good.get(&path)) {
+            (SyntaxError(true), Some(kept)) => {
+                parsed.diagnostics.push(Diagnostic {
+                    origin,
+                    object: "file".to_string(),
+                    field: "-".to_string(),
+                    message: format!(
+                        "keeping what this file held before the syntax error ({} objects)",
+                        kept.len()
+                    ),
+                });
+                parsed.objects.extend(kept.iter().cloned());
+            }
+            _ => {
+                if broken == SyntaxError(false) {
+                    last_good.insert(path.clone(), file.objects.clone());
+                }
+                parsed.objects.append(&mut file.objects);
+            }
+        }
+        seen.push(path);
     }
+    // Files that are gone are forgotten.
+    last_good.retain(|path, _| seen.contains(path));
     Ok((parsed, hasher.finish()))
 }
 
@@ -116,12 +156,14 @@ pub struct LocalSource {
     pub poll_interval: Duration,
     /// How long the directory must be unchanged before a reload is applied.
     pub debounce: Duration,
+    /// Each file's objects as last parsed cleanly (see [`load_dir_keeping`]).
+    pub last_good: Arc<parking_lot::Mutex<LastGood>>,
 }
 
 impl LocalSource {
     /// Loads the directory into the store once; fails if it cannot be read (startup error).
     pub fn load_into(&self, store: &Store) -> Result<u64, LocalError> {
-        let (parsed, fingerprint) = load_dir(&self.dir)?;
+        let (parsed, fingerprint) = load_dir_keeping(&self.dir, &mut self.last_good.lock())?;
         let objects = parsed.objects.len();
         store.update(|registry| registry.replace_all(parsed));
         tracing::info!(dir = %self.dir.display(), objects, "loaded config directory");
@@ -161,7 +203,7 @@ impl LocalSource {
             return Ok(None);
         }
         tokio::time::sleep(self.debounce).await;
-        let (parsed, settled) = load_dir(&self.dir)?;
+        let (parsed, settled) = load_dir_keeping(&self.dir, &mut self.last_good.lock())?;
         Ok((settled == seen).then_some((parsed, settled)))
     }
 }
@@ -195,6 +237,52 @@ mod tests {
     }
 
     #[test]
+    fn a_syntax_error_keeps_the_files_last_good_objects() {
+        const STRICT: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: app}\nspec: {mtls: {mode: STRICT}}\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("strict.yaml");
+        std::fs::write(&file, STRICT).expect("write");
+        let mut last_good = LastGood::default();
+        let (parsed, _) = load_dir_keeping(dir.path(), &mut last_good).expect("load");
+        assert_eq!(parsed.objects.len(), 1);
+        // A broken edit: the policy stays, and the user is told.
+        std::fs::write(&file, format!("{STRICT}  bad: [indent\n")).expect("write");
+        std::fs::write(dir.path().join("new.yaml"), "kind: [").expect("write");
+        let (parsed, _) = load_dir_keeping(dir.path(), &mut last_good).expect("load");
+        assert_eq!(parsed.objects.len(), 1, "{:?}", parsed.diagnostics);
+        assert_eq!(parsed.objects[0].0.name, "default");
+        let messages: Vec<&str> = parsed
+            .diagnostics
+            .iter()
+            .map(|d| d.message.as_str())
+            .collect();
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.starts_with("keeping what this file held")),
+            "{messages:?}"
+        );
+        assert_eq!(
+            messages
+                .iter()
+                .filter(|m| m.starts_with("invalid yaml"))
+                .count(),
+            2
+        );
+        // Fixed, then removed: the file's current content counts.
+        std::fs::write(&file, NS).expect("write");
+        let (parsed, _) = load_dir_keeping(dir.path(), &mut last_good).expect("load");
+        assert_eq!(parsed.objects[0].0.name, "app");
+        std::fs::remove_file(&file).expect("remove");
+        let (parsed, _) = load_dir_keeping(dir.path(), &mut last_good).expect("load");
+        assert!(parsed.objects.is_empty());
+        assert!(
+            last_good.is_empty(),
+            "removed files are forgotten, broken ones never kept"
+        );
+    }
+
+    #[test]
     fn symlink_loop_is_an_error_not_a_crash() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).expect("symlink");
@@ -222,6 +310,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             poll_interval: Duration::from_secs(1),
             debounce: Duration::from_millis(200),
+            last_good: Default::default(),
         };
         let fingerprint = source.load_into(&store).expect("initial load");
         store.publish_now();
