@@ -148,6 +148,7 @@ impl Bound {
             .await?;
         let state = Arc::new(state);
         self.proxy.state.store(state.clone());
+        self.proxy.certs.retain(&state.local_identities());
         self.mesh_changed.notify_one();
         if let Some(scanner) = self.scanner.get() {
             scanner.rescan();

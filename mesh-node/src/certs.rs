@@ -1,6 +1,6 @@
 //! Certificates of the identities running on this node: fetched before traffic for them is
-//! routed, rotated at half-life, and the per-identity server TLS configs the HBONE listener
-//! presents.
+//! routed, rotated at half-life, retired (rotation stopped) once no local pod has the identity,
+//! and the per-identity server TLS configs the HBONE listener presents.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -26,10 +26,18 @@ pub enum CertsError {
 
 type Entry = (Arc<IdentityCert>, Arc<rustls::ServerConfig>);
 
+/// A certificate held for a local identity, with its rotation.
+struct Held {
+    cert: Arc<IdentityCert>,
+    server: Arc<rustls::ServerConfig>,
+    /// Dropping it stops the rotation task (`None` until rotation starts).
+    rotation: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
 /// One certificate (and server config) per local identity.
 #[derive(Default)]
 pub struct CertManager {
-    certs: RwLock<HashMap<SpiffeId, Entry>>,
+    certs: RwLock<HashMap<SpiffeId, Held>>,
 }
 
 impl std::fmt::Debug for CertManager {
@@ -48,14 +56,19 @@ impl CertManager {
     ) -> Result<Self, CertsError> {
         let manager = Self::default();
         for identity in identities {
-            let entry = fetch(&identity, source).await?;
-            manager.write().insert(identity, entry);
+            let (cert, server) = fetch(&identity, source).await?;
+            let held = Held {
+                cert,
+                server,
+                rotation: None,
+            };
+            manager.write().insert(identity, held);
         }
         Ok(manager)
     }
 
     /// Fetches certificates for the identities not held yet and starts their rotation. Existing
-    /// certificates are kept (identities that left the node keep rotating until shutdown).
+    /// certificates are kept; [`Self::retain`] retires the ones no longer needed.
     pub async fn ensure(
         &self,
         identities: BTreeSet<SpiffeId>,
@@ -66,21 +79,42 @@ impl CertManager {
             if self.get(&identity).is_some() {
                 continue;
             }
-            let entry = fetch(&identity, source.as_ref()).await?;
-            tokio::spawn(entry.0.clone().rotate(source.clone(), drain.clone()));
-            self.write().insert(identity, entry);
+            let (cert, server) = fetch(&identity, source.as_ref()).await?;
+            let rotation = Some(spawn_rotation(&cert, source.clone(), drain));
+            let held = Held {
+                cert,
+                server,
+                rotation,
+            };
+            self.write().insert(identity, held);
         }
         Ok(())
     }
 
+    /// Retires every identity not in `keep`: its certificate is no longer presented or renewed
+    /// (a pod that left must not have the CA asked for it forever). Connections already using
+    /// it keep their copy until they end. Returns how many were retired.
+    pub fn retain(&self, keep: &BTreeSet<SpiffeId>) -> usize {
+        let mut certs = self.write();
+        let before = certs.len();
+        certs.retain(|identity, _| {
+            let kept = keep.contains(identity);
+            if !kept {
+                tracing::info!(%identity, "no local pod has this identity any more: certificate retired");
+            }
+            kept
+        });
+        before - certs.len()
+    }
+
     /// The certificate of a local identity.
     pub fn get(&self, identity: &SpiffeId) -> Option<Arc<IdentityCert>> {
-        self.read().get(identity).map(|(cert, _)| cert.clone())
+        self.read().get(identity).map(|held| held.cert.clone())
     }
 
     /// The server config presenting a local identity.
     pub fn server_config(&self, identity: &SpiffeId) -> Option<Arc<rustls::ServerConfig>> {
-        self.read().get(identity).map(|(_, config)| config.clone())
+        self.read().get(identity).map(|held| held.server.clone())
     }
 
     /// Identities held.
@@ -90,25 +124,94 @@ impl CertManager {
         ids
     }
 
-    /// Starts one rotation task per certificate; each ends when `drain` fires.
+    /// Starts the rotation of every certificate that has none; each ends when `drain` fires or
+    /// the identity is retired.
     pub fn spawn_rotation(&self, source: Arc<dyn CertificateSource>, drain: &DrainWatch) {
-        for (cert, _) in self.read().values() {
-            tokio::spawn(cert.clone().rotate(source.clone(), drain.clone()));
+        for held in self.write().values_mut() {
+            if held.rotation.is_none() {
+                held.rotation = Some(spawn_rotation(&held.cert, source.clone(), drain));
+            }
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SpiffeId, Entry>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SpiffeId, Held>> {
         // A plain map: a panicking writer cannot leave it half-updated.
         self.certs.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SpiffeId, Entry>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SpiffeId, Held>> {
         self.certs.write().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Rotates `cert` until `drain` fires or the returned sender is dropped.
+fn spawn_rotation(
+    cert: &Arc<IdentityCert>,
+    source: Arc<dyn CertificateSource>,
+    drain: &DrainWatch,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (retire, retired) = tokio::sync::oneshot::channel::<()>();
+    let rotation = cert.clone().rotate(source, drain.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = rotation => {}
+            _ = retired => {}
+        }
+    });
+    retire
 }
 
 async fn fetch(identity: &SpiffeId, source: &dyn CertificateSource) -> Result<Entry, CertsError> {
     let cert = IdentityCert::new(&source.fetch(identity).await?)?;
     let server = tls::server_config(cert.clone())?;
     Ok((cert, server))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mesh_core::identity::{ca::CertificateAuthority, InProcessSource};
+
+    use super::*;
+
+    fn id(sa: &str) -> SpiffeId {
+        format!("spiffe://cluster.local/ns/apps/sa/{sa}")
+            .parse()
+            .expect("spiffe id")
+    }
+
+    #[tokio::test]
+    async fn a_retired_identity_stops_rotating_and_is_no_longer_presented() {
+        let ca = CertificateAuthority::self_signed("cluster.local").expect("ca");
+        let source: Arc<dyn CertificateSource> = Arc::new(InProcessSource::new(
+            Arc::new(ca),
+            Duration::from_secs(3600),
+        ));
+        let (_drain, watch) = mesh_core::drain::channel();
+        let manager = CertManager::default();
+        let both = BTreeSet::from([id("stays"), id("leaves")]);
+        manager
+            .ensure(both, source, &watch)
+            .await
+            .expect("certificates");
+        let leaving = manager.get(&id("leaves")).expect("held");
+        // Held by the manager (certificate and server config), its rotation task and this test.
+        assert!(Arc::strong_count(&leaving) > 2);
+        assert_eq!(manager.retain(&BTreeSet::from([id("stays")])), 1);
+        assert!(manager.get(&id("leaves")).is_none());
+        assert!(manager.server_config(&id("leaves")).is_none());
+        assert!(manager.get(&id("stays")).is_some());
+        // The rotation task ended and dropped its reference: nothing renews it any more.
+        for _ in 0..100 {
+            if Arc::strong_count(&leaving) == 1 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!(
+            "rotation of a retired identity still running ({} references)",
+            Arc::strong_count(&leaving)
+        );
+    }
 }

@@ -61,3 +61,30 @@ async fn new_workload_is_tunnelled_after_update() {
     let mut still = mesh.connect(fresh).await;
     round_trip(&mut still, b"still tunnelled").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_no_local_pod_has_is_retired() {
+    let mesh = Mesh::start(MeshOptions::default()).await;
+    let fresh = echo_pod("127.0.0.23").await;
+    mesh.net.add_pod(fresh.ip(), "node-b");
+    let id: SpiffeId = "spiffe://cluster.local/ns/data/sa/brief".parse().unwrap();
+    let line = "  - { name: brief-0, namespace: data, service_account: brief, ip: 127.0.0.23, node: node-b }";
+    mesh.b
+        .update_mesh(&mesh.config("node-b", line, ""))
+        .await
+        .unwrap();
+    assert!(mesh.b.certificate(&id).is_some());
+    // The pod leaves: its identity is neither presented nor renewed any more.
+    mesh.b
+        .update_mesh(&mesh.config("node-b", "", ""))
+        .await
+        .unwrap();
+    assert!(
+        mesh.b.certificate(&id).is_none(),
+        "certificate kept for a departed pod"
+    );
+    assert!(
+        mesh.b.renew_certificates().await.is_ok(),
+        "renewal skips retired identities"
+    );
+}
