@@ -422,9 +422,7 @@ impl MeshLab {
             node: node.into(),
         };
         self.lab.add_pod(&spec, ip)?;
-        let yaml = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}\nspec: {{nodeName: {node}, serviceAccountName: {service_account}, containers: [{{name: app, image: weft-lab-app}}]}}\nstatus: {{podIP: {ip}}}\n"
-        );
+        let yaml = pod_yaml(&spec, namespace, service_account, &format!("podIP: {ip}"));
         std::fs::write(self.pod_file(name), yaml).context("write the pod's YAML")
     }
 
@@ -445,11 +443,7 @@ impl MeshLab {
             node: node.into(),
         };
         self.lab.add_pod(&spec, ip)?;
-        let pod = |status: &str| {
-            format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}\nspec: {{nodeName: {node}, serviceAccountName: {service_account}, containers: [{{name: app, image: weft-lab-app}}]}}\nstatus: {{{status}}}\n"
-            )
-        };
+        let pod = |status: &str| pod_yaml(&spec, namespace, service_account, status);
         std::fs::write(self.pod_file(name), pod("phase: Pending"))
             .context("write the pod's YAML")?;
         let started = std::time::Instant::now();
@@ -537,6 +531,14 @@ impl MeshLab {
     pub fn log_dir(&self) -> &Path {
         self.lab.log_dir()
     }
+}
+
+/// A Pod as mesh-control reads it: `spec` on its node, `status` the inside of `status: {..}`.
+fn pod_yaml(spec: &PodSpec, namespace: &str, service_account: &str, status: &str) -> String {
+    let (name, node) = (&spec.name, &spec.node);
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}\nspec: {{nodeName: {node}, serviceAccountName: {service_account}, containers: [{{name: app, image: weft-lab-app}}]}}\nstatus: {{{status}}}\n"
+    )
 }
 
 /// The address the lab gives the `index`-th sample pod (0-based) on its node.
