@@ -45,9 +45,15 @@ pub struct TokenReviewSettings {
     pub refuse_ttl: Duration,
     /// Most tokens remembered.
     pub max_entries: usize,
-    /// Deadline of one TokenReview call.
+    /// Deadline of one TokenReview call; a caller waits at most half of it for a free slot.
     pub timeout: Duration,
+    /// Most TokenReview calls in flight: a flood of made-up tokens (each new one costs a call)
+    /// gets `unavailable` beyond it instead of loading the API server.
+    pub max_concurrent_reviews: usize,
 }
+
+/// Longest bearer token sent for review; a projected service-account token is about 1 KiB.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 impl TokenReviewSettings {
     /// Defaults for the node service account `namespace/name` and `audience`.
@@ -59,6 +65,7 @@ impl TokenReviewSettings {
             refuse_ttl: Duration::from_secs(5),
             max_entries: 4096,
             timeout: Duration::from_secs(5),
+            max_concurrent_reviews: 32,
         }
     }
 
@@ -106,6 +113,7 @@ pub struct TokenReviewAuthenticator {
     api: Api<TokenReview>,
     settings: TokenReviewSettings,
     cache: Mutex<HashMap<[u8; 32], (Instant, Verdict)>>,
+    reviews: tokio::sync::Semaphore,
 }
 
 impl TokenReviewAuthenticator {
@@ -113,6 +121,7 @@ impl TokenReviewAuthenticator {
     pub fn new(client: kube::Client, settings: TokenReviewSettings) -> Self {
         Self {
             api: Api::all(client),
+            reviews: tokio::sync::Semaphore::new(settings.max_concurrent_reviews.max(1)),
             settings,
             cache: Mutex::new(HashMap::new()),
         }
@@ -146,6 +155,13 @@ impl TokenReviewAuthenticator {
     }
 
     async fn review(&self, token: &str) -> Result<TokenReviewStatus, AuthError> {
+        let slot = tokio::time::timeout(self.settings.timeout / 2, self.reviews.acquire()).await;
+        let Ok(Ok(_slot)) = slot else {
+            let most = self.settings.max_concurrent_reviews;
+            return Err(AuthError::Unavailable(format!(
+                "{most} token reviews already in flight; try again"
+            )));
+        };
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_string(),
@@ -202,6 +218,10 @@ impl TokenReviewAuthenticator {
 impl Authenticator for TokenReviewAuthenticator {
     async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, AuthError> {
         let token = bearer_token(metadata)?;
+        if token.len() > MAX_TOKEN_BYTES {
+            let why = format!("token longer than {MAX_TOKEN_BYTES} bytes");
+            return Err(AuthError::NotAuthenticated(why));
+        }
         let key = digest(token);
         if let Some(verdict) = self.cached(&key) {
             return verdict;

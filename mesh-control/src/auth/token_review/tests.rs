@@ -291,3 +291,44 @@ async fn pod_bound_tokens_of_other_service_accounts_are_workload_callers() {
         assert_eq!(verdict, Err(expected), "{user}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_new_tokens_is_bounded_and_oversized_ones_never_reach_the_api_server() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let mut settings = TokenReviewSettings::new("weft-system", "mesh-node", "weft-control");
+    settings.max_concurrent_reviews = 1;
+    let auth = TokenReviewAuthenticator::new(client, settings);
+    let huge = "x".repeat(MAX_TOKEN_BYTES + 1);
+    let refused = auth.authenticate(&bearer(&huge)).await;
+    assert!(
+        matches!(refused, Err(AuthError::NotAuthenticated(_))),
+        "{refused:?}"
+    );
+    // One review in flight holds the only slot; a second new token waits half the review
+    // deadline, then gets `unavailable` (not cached: it is asked again later) while the first
+    // is still being reviewed, and the API server saw one request only.
+    let first = bearer("token-first");
+    let second = bearer("token-second");
+    let (first_verdict, second_verdict) = tokio::join!(auth.authenticate(&first), async {
+        tokio::task::yield_now().await;
+        let verdict = auth.authenticate(&second).await;
+        let (path, body) = answer(
+            &mut handle,
+            200,
+            reviewed(NODE_SA, Some("node-a"), &["weft-control"]),
+        )
+        .await;
+        assert_eq!(path, "POST /apis/authentication.k8s.io/v1/tokenreviews");
+        assert_eq!(
+            body["spec"]["token"], "token-first",
+            "only the first was sent"
+        );
+        verdict
+    });
+    assert!(
+        matches!(second_verdict, Err(AuthError::Unavailable(ref why)) if why.contains("in flight")),
+        "{second_verdict:?}"
+    );
+    assert_eq!(first_verdict, Ok(node("node-a")));
+}
