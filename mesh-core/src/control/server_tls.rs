@@ -1,10 +1,12 @@
 //! The server side of mesh-control's TLS gRPC port: accepted TCP connections go through a TLS
-//! handshake (bounded in time and in how many run at once) before tonic sees them. A failed
-//! handshake is logged and dropped; it never stops the listener.
+//! handshake (bounded in time, in how many run at once, and in how many one source address may
+//! hold) before tonic sees them. A failed handshake is logged and dropped; it never stops the
+//! listener, and one address opening idle connections cannot take every handshake slot.
 
 use std::{
+    collections::HashMap,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -31,6 +33,8 @@ pub struct TlsIncomingSettings {
     pub handshake_timeout: Duration,
     /// Handshakes in progress at once; accepting pauses beyond it.
     pub max_handshakes: usize,
+    /// Handshakes in progress at once from one source address; more are closed at once.
+    pub max_handshakes_per_source: usize,
     /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
     pub accept_error_pause: Duration,
     /// Counts handshakes that failed or timed out (register it to expose it).
@@ -42,6 +46,7 @@ impl Default for TlsIncomingSettings {
         Self {
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 128,
+            max_handshakes_per_source: 8,
             accept_error_pause: Duration::from_millis(100),
             handshake_failures: Counter::default(),
         }
@@ -64,6 +69,7 @@ pub fn tls_incoming(
     let (accepted, incoming) = mpsc::channel(16);
     let acceptor = TlsAcceptor::from(config);
     let handshakes = Arc::new(Semaphore::new(settings.max_handshakes));
+    let sources = Arc::new(std::sync::Mutex::new(HashMap::new()));
     tokio::spawn(async move {
         loop {
             let permit = tokio::select! {
@@ -84,6 +90,16 @@ pub fn tls_incoming(
                     }
                 },
             };
+            let Some(source_slot) =
+                SourceSlot::take(&sources, peer.ip(), settings.max_handshakes_per_source)
+            else {
+                handshake_failed(
+                    &settings.handshake_failures,
+                    peer,
+                    &"too many handshakes from this address",
+                );
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let accepted = accepted.clone();
@@ -96,12 +112,48 @@ pub fn tls_incoming(
                     Ok(Err(error)) => return handshake_failed(&failures, peer, &error),
                     Err(_) => return handshake_failed(&failures, peer, &"timed out"),
                 };
-                drop(permit);
+                drop((permit, source_slot));
                 let _ = accepted.send(Ok(TlsServerStream(stream))).await;
             });
         }
     });
     ReceiverStream::new(incoming)
+}
+
+type SourceCounts = Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>;
+
+/// One handshake counted against its source address until dropped.
+struct SourceSlot {
+    counts: SourceCounts,
+    ip: IpAddr,
+}
+
+impl SourceSlot {
+    /// A slot for `ip`, unless it already holds `max`.
+    fn take(counts: &SourceCounts, ip: IpAddr, max: usize) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = map.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 fn handshake_failed(failures: &Counter, peer: SocketAddr, error: &dyn std::fmt::Display) {

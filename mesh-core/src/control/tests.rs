@@ -218,3 +218,25 @@ async fn stalled_and_garbage_handshakes_do_not_block_the_port() {
     assert_eq!(call(&connection).await.unwrap(), "none");
     assert_eq!(failures.get(), 1, "the garbage handshake is counted");
 }
+
+#[tokio::test]
+async fn one_address_opening_idle_connections_cannot_take_every_handshake_slot() {
+    let settings = TlsIncomingSettings {
+        max_handshakes: 16,
+        max_handshakes_per_source: 4,
+        ..TlsIncomingSettings::default()
+    };
+    let fixture = Fixture::start(settings).await;
+    // 64 silent connections from another loopback address: four times the global limit.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(socket.connect(fixture.addr).await.unwrap());
+    }
+    // A node, from its own address, still gets through.
+    let connection =
+        ControlConnection::new(fixture.endpoint(&fixture.ca.trust_bundle_pem(), CONTROL));
+    assert_eq!(call(&connection).await.unwrap(), "none");
+    drop(idle);
+}
