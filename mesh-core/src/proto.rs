@@ -7,6 +7,14 @@
 //!
 //! Wire types stop at the component boundary: convert them into domain types where they enter.
 
+/// An address as the protocol carries it (`bytes` fields): 4 bytes for IPv4, 16 for IPv6.
+pub fn address_bytes(ip: &std::net::IpAddr) -> Vec<u8> {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
 /// Package `weft.control.v1`.
 #[allow(
     missing_docs,

@@ -24,8 +24,6 @@ pub enum CertsError {
     Install(#[from] TlsError),
 }
 
-type Entry = (Arc<IdentityCert>, Arc<rustls::ServerConfig>);
-
 /// A certificate held for a local identity, with its rotation.
 struct Held {
     cert: Arc<IdentityCert>,
@@ -56,12 +54,7 @@ impl CertManager {
     ) -> Result<Self, CertsError> {
         let manager = Self::default();
         for identity in identities {
-            let (cert, server) = fetch(&identity, source).await?;
-            let held = Held {
-                cert,
-                server,
-                rotation: None,
-            };
+            let held = fetch(&identity, source).await?;
             manager.write().insert(identity, held);
         }
         Ok(manager)
@@ -79,13 +72,8 @@ impl CertManager {
             if self.get(&identity).is_some() {
                 continue;
             }
-            let (cert, server) = fetch(&identity, source.as_ref()).await?;
-            let rotation = Some(spawn_rotation(&cert, source.clone(), drain));
-            let held = Held {
-                cert,
-                server,
-                rotation,
-            };
+            let mut held = fetch(&identity, source.as_ref()).await?;
+            held.rotation = Some(spawn_rotation(&held.cert, source.clone(), drain));
             self.write().insert(identity, held);
         }
         Ok(())
@@ -161,10 +149,15 @@ fn spawn_rotation(
     retire
 }
 
-async fn fetch(identity: &SpiffeId, source: &dyn CertificateSource) -> Result<Entry, CertsError> {
+/// A certificate for `identity` from `source`, not rotating yet.
+async fn fetch(identity: &SpiffeId, source: &dyn CertificateSource) -> Result<Held, CertsError> {
     let cert = IdentityCert::new(&source.fetch(identity).await?)?;
     let server = tls::server_config(cert.clone())?;
-    Ok((cert, server))
+    Ok(Held {
+        cert,
+        server,
+        rotation: None,
+    })
 }
 
 #[cfg(test)]

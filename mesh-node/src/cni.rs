@@ -25,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use mesh_core::drain::DrainWatch;
+use mesh_core::{drain::DrainWatch, proto::address_bytes};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -47,10 +47,13 @@ pub mod wire {
 
     use serde::{Deserialize, Serialize};
 
-    /// Longest request line accepted.
-    pub const MAX_REQUEST: usize = 16 * 1024;
+    /// Longest message line (request or reply) either side accepts.
+    pub const MAX_MESSAGE: usize = 16 * 1024;
     /// Where mesh-node listens unless told otherwise.
     pub const DEFAULT_SOCKET: &str = "/var/run/weft/cni.sock";
+    /// Namespaces whose pods start without asking mesh-node unless configured otherwise: the
+    /// control plane must not wait on itself.
+    pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 2] = ["kube-system", "weft-system"];
 
     /// What the plugin asks.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,17 +140,10 @@ pub fn fill_addresses(snapshot: &MeshSnapshot, node: &str, started: &StartedPods
             continue;
         };
         if workload.node == node && workload.addresses.is_empty() {
-            workload.addresses = ips.iter().map(ip_bytes).collect();
+            workload.addresses = ips.iter().map(address_bytes).collect();
         }
     }
     filled
-}
-
-fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
 }
 
 /// What the server watches and changes.
@@ -244,7 +240,7 @@ async fn handle(stream: UnixStream, context: &CniContext) -> std::io::Result<()>
     let mut line = Vec::new();
     let mut limited = BufReader::new(tokio::io::AsyncReadExt::take(
         read,
-        wire::MAX_REQUEST as u64,
+        wire::MAX_MESSAGE as u64,
     ));
     let read = tokio::time::timeout(READ_TIMEOUT, limited.read_until(b'\n', &mut line));
     let reply = match read.await {

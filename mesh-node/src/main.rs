@@ -173,14 +173,12 @@ async fn main() -> anyhow::Result<()> {
             Some(snapshot) = next_snapshot(&mut feed) => {
                 directory.send_replace(PodDirectory::from_snapshot(&snapshot, &base.node_name));
                 latest = snapshot;
-                let filled = cni::fill_addresses(&latest, &base.node_name, &started.borrow_and_update());
-                apply_snapshot(&bound, enrollment.as_ref(), &base, &filled).await;
             }
-            Ok(()) = started.changed(), if feed.is_some() && latest.version > 0 => {
-                let filled = cni::fill_addresses(&latest, &base.node_name, &started.borrow_and_update());
-                apply_snapshot(&bound, enrollment.as_ref(), &base, &filled).await;
-            }
+            // A pod start gave addresses the feed does not have yet: apply the mesh again.
+            Ok(()) = started.changed(), if feed.is_some() && latest.version > 0 => {}
         }
+        let filled = cni::fill_addresses(&latest, &base.node_name, &started.borrow_and_update());
+        apply_snapshot(&bound, enrollment.as_ref(), &base, &filled).await;
     };
     // Pod starts in flight are refused rather than left waiting on a draining node.
     cni_drain.drain(Duration::from_secs(1)).await;

@@ -3,24 +3,15 @@
 
 mod routes;
 
-use std::net::IpAddr;
 use std::time::Duration;
 
-use mesh_core::proto::control::v1 as pb;
+use mesh_core::proto::{address_bytes, control::v1 as pb};
 
 pub use self::routes::{route, traffic_policy};
 use crate::model;
 
 /// HBONE port of waypoints and node tunnels.
 pub const HBONE_PORT: u32 = 15008;
-
-/// Raw address bytes: 4 for IPv4, 16 for IPv6.
-pub fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
-}
 
 fn millis(d: Option<Duration>) -> u64 {
     d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -30,7 +21,7 @@ fn waypoint(w: &Option<model::WaypointRef>) -> Option<pb::WaypointRef> {
     w.as_ref().map(|w| pb::WaypointRef {
         namespace: w.name.namespace.clone(),
         name: w.name.name.clone(),
-        address: w.address.as_ref().map(ip_bytes).unwrap_or_default(),
+        address: w.address.as_ref().map(address_bytes).unwrap_or_default(),
         hbone_port: HBONE_PORT,
     })
 }
@@ -56,7 +47,7 @@ pub fn workload(w: &model::Workload) -> pb::Workload {
         workload_name: w.workload_name.clone(),
         workload_kind: w.workload_kind.clone(),
         namespace: w.namespace.clone(),
-        addresses: w.ips.iter().map(ip_bytes).collect(),
+        addresses: w.ips.iter().map(address_bytes).collect(),
         node: w.node.clone(),
         service_account: w.service_account.clone(),
         identity: w.identity.clone(),
@@ -81,7 +72,7 @@ pub fn service(s: &model::Service) -> pb::Service {
         name: s.name.clone(),
         namespace: s.namespace.clone(),
         hostname: s.hostname.clone(),
-        vips: s.vips.iter().map(ip_bytes).collect(),
+        vips: s.vips.iter().map(address_bytes).collect(),
         ports: s
             .ports
             .iter()
@@ -109,7 +100,7 @@ pub fn service(s: &model::Service) -> pb::Service {
 
 fn cidr(net: &ipnet::IpNet) -> pb::Cidr {
     pb::Cidr {
-        address: ip_bytes(&net.addr()),
+        address: address_bytes(&net.addr()),
         prefix_len: net.prefix_len().into(),
     }
 }

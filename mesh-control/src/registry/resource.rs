@@ -342,7 +342,9 @@ pub fn parse_document(
 }
 
 /// Parses a multi-document YAML text from `origin` (a file path).
-pub fn parse_yaml(origin: &str, text: &str, out: &mut Parsed) -> SyntaxError {
+/// Returns whether the whole text was read: `false` when a YAML syntax error stopped it (the
+/// documents after the error are not read).
+pub fn parse_yaml(origin: &str, text: &str, out: &mut Parsed) -> bool {
     use serde::Deserialize;
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let doc_origin = format!("{origin}#{index}");
@@ -357,7 +359,7 @@ pub fn parse_yaml(origin: &str, text: &str, out: &mut Parsed) -> SyntaxError {
                     message: format!("invalid yaml: {err}"),
                 });
                 // The YAML stream cannot be resynchronised after a syntax error.
-                return SyntaxError(true);
+                return false;
             }
         };
         match parse_document(&doc_origin, value) {
@@ -366,13 +368,8 @@ pub fn parse_yaml(origin: &str, text: &str, out: &mut Parsed) -> SyntaxError {
             Err(diagnostic) => out.diagnostics.push(diagnostic),
         }
     }
-    SyntaxError(false)
+    true
 }
-
-/// Whether a YAML syntax error stopped [`parse_yaml`] before the end of its text (the
-/// documents after it were not read).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyntaxError(pub bool);
 
 /// The key of a typed Kubernetes object (used by the watchers).
 pub fn key_of<K: kube::Resource>(kind: Kind, object: &K) -> ObjectKey {

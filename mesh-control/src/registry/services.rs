@@ -309,7 +309,8 @@ fn translate_entry(
     waypoints: &BTreeMap<WaypointName, IpAddr>,
     key: &ObjectKey,
     se: &ServiceEntry,
-    (snapshot, claims): (&mut Snapshot, &mut Claims),
+    snapshot: &mut Snapshot,
+    claims: &mut Claims,
     diags: &mut Diagnostics<'_>,
 ) {
     let mut vips = Vec::new();
@@ -407,7 +408,7 @@ pub fn translate(
     for (key, stored) in ctx.of_kind(Kind::ServiceEntry) {
         if let Resource::ServiceEntry(se) = &stored.resource {
             diags.set_origin(&stored.origin);
-            translate_entry(ctx, waypoints, key, se, (snapshot, &mut claims), diags);
+            translate_entry(ctx, waypoints, key, se, snapshot, &mut claims, diags);
         }
     }
 }

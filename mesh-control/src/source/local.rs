@@ -17,7 +17,6 @@ use mesh_core::drain::DrainWatch;
 use tokio::time::MissedTickBehavior;
 
 use crate::model::Diagnostic;
-use crate::registry::resource::SyntaxError;
 use crate::registry::{parse_yaml, ObjectKey, Parsed, Resource};
 use crate::store::Store;
 
@@ -102,7 +101,7 @@ pub fn load_dir_keeping(dir: &Path, last_good: &mut LastGood) -> Result<(Parsed,
     files.sort();
     let mut parsed = Parsed::default();
     let mut hasher = DefaultHasher::new();
-    let mut seen = Vec::new();
+    let mut fresh = LastGood::new();
     for path in files {
         let read_err = |source| LocalError::ReadFile {
             path: path.clone(),
@@ -118,10 +117,10 @@ pub fn load_dir_keeping(dir: &Path, last_good: &mut LastGood) -> Result<(Parsed,
         text.hash(&mut hasher);
         let origin = path.display().to_string();
         let mut file = Parsed::default();
-        let broken = parse_yaml(&origin, &text, &mut file);
+        let complete = parse_yaml(&origin, &text, &mut file);
         parsed.diagnostics.append(&mut file.diagnostics);
-        match (broken, last_good.get(&path)) {
-            (SyntaxError(true), Some(kept)) => {
+        match (complete, last_good.remove(&path)) {
+            (false, Some(kept)) => {
                 parsed.diagnostics.push(Diagnostic {
                     origin,
                     object: "file".to_string(),
@@ -132,18 +131,18 @@ pub fn load_dir_keeping(dir: &Path, last_good: &mut LastGood) -> Result<(Parsed,
                     ),
                 });
                 parsed.objects.extend(kept.iter().cloned());
+                fresh.insert(path, kept);
             }
-            _ => {
-                if broken == SyntaxError(false) {
-                    last_good.insert(path.clone(), file.objects.clone());
-                }
+            (true, _) => {
+                fresh.insert(path, file.objects.clone());
                 parsed.objects.append(&mut file.objects);
             }
+            // Broken and never parsed: nothing to keep.
+            (false, None) => parsed.objects.append(&mut file.objects),
         }
-        seen.push(path);
     }
     // Files that are gone are forgotten.
-    last_good.retain(|path, _| seen.contains(path));
+    *last_good = fresh;
     Ok((parsed, hasher.finish()))
 }
 

@@ -59,7 +59,7 @@ fn default_socket() -> PathBuf {
 }
 
 fn default_excluded() -> Vec<String> {
-    vec!["kube-system".into(), "weft-system".into()]
+    wire::DEFAULT_EXCLUDED_NAMESPACES.map(String::from).to_vec()
 }
 
 /// A failed command: CNI error code and message.
@@ -188,7 +188,7 @@ fn ask(socket: &PathBuf, request: &wire::Request, wait: Duration) -> std::io::Re
     line.push(b'\n');
     stream.write_all(&line)?;
     let mut reply = String::new();
-    BufReader::new(stream.take(wire::MAX_REQUEST as u64)).read_line(&mut reply)?;
+    BufReader::new(stream.take(wire::MAX_MESSAGE as u64)).read_line(&mut reply)?;
     serde_json::from_str(&reply).map_err(std::io::Error::other)
 }
 
@@ -242,7 +242,7 @@ mod setup {
             #[arg(long, default_value = wire::DEFAULT_SOCKET)]
             socket: PathBuf,
             /// Namespaces whose pods start without asking mesh-node (repeat).
-            #[arg(long = "exclude-namespace", default_values_t = ["kube-system".to_string(), "weft-system".to_string()])]
+            #[arg(long = "exclude-namespace", default_values_t = wire::DEFAULT_EXCLUDED_NAMESPACES.map(String::from))]
             exclude_namespaces: Vec<String>,
             /// Keep running and chain again every this often if the entry went missing.
             #[arg(long, value_parser = humantime::parse_duration)]
@@ -287,16 +287,11 @@ mod setup {
     ) -> Result<(), String> {
         copy_self(bin_dir)?;
         let entry = install::plugin_entry(socket, exclude);
-        let mut last = None;
         loop {
-            let before = install::primary_config(conf_dir)
-                .ok()
-                .and_then(|path| std::fs::read(path).ok());
-            let written = install::install(conf_dir, &entry).map_err(|e| e.to_string())?;
-            if last.as_ref() != Some(&written) || std::fs::read(&written).ok() != before {
-                eprintln!("weft-cni chained into {}", written.display());
+            let installed = install::install(conf_dir, &entry).map_err(|e| e.to_string())?;
+            if installed.changed {
+                eprintln!("weft-cni chained into {}", installed.path.display());
             }
-            last = Some(written);
             match watch {
                 Some(every) => std::thread::sleep(every),
                 None => return Ok(()),

@@ -103,9 +103,17 @@ pub fn primary_config(dir: &Path) -> Result<PathBuf, InstallError> {
         .ok_or_else(|| InstallError::NoConfig(dir.to_owned()))
 }
 
-/// Chains `entry` into the primary configuration of `dir` (writing only if that changes it);
-/// returns the file that holds it.
-pub fn install(dir: &Path, entry: &Value) -> Result<PathBuf, InstallError> {
+/// Where [`install`] left the entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// The configuration file that holds it.
+    pub path: PathBuf,
+    /// Whether this call wrote it (`false`: it was there already).
+    pub changed: bool,
+}
+
+/// Chains `entry` into the primary configuration of `dir`, writing only if that changes it.
+pub fn install(dir: &Path, entry: &Value) -> Result<Installed, InstallError> {
     let path = primary_config(dir)?;
     let config = read(&path)?;
     let chained = chain(&config, entry).map_err(|reason| InstallError::Invalid {
@@ -118,13 +126,19 @@ pub fn install(dir: &Path, entry: &Value) -> Result<PathBuf, InstallError> {
         _ => path.with_extension("conflist"),
     };
     if target == path && chained == config {
-        return Ok(target);
+        return Ok(Installed {
+            path: target,
+            changed: false,
+        });
     }
     write(&target, &chained)?;
     if target != path {
         std::fs::remove_file(&path).map_err(|source| InstallError::Io { path, source })?;
     }
-    Ok(target)
+    Ok(Installed {
+        path: target,
+        changed: true,
+    })
 }
 
 /// Takes `weft-cni` out of every configuration list in `dir`; returns the files changed.
@@ -234,8 +248,15 @@ mod tests {
             r#"{"name": "o", "plugins": []}"#,
         )
         .unwrap();
-        let written = install(&dir, &entry()).unwrap();
+        let installed = install(&dir, &entry()).unwrap();
+        assert!(installed.changed);
+        let written = installed.path;
         assert_eq!(written, dir.join("10-flannel.conflist"));
+        let again = install(&dir, &entry()).unwrap();
+        assert_eq!(
+            (again.path.as_path(), again.changed),
+            (written.as_path(), false)
+        );
         assert!(!dir.join("10-flannel.conf").exists());
         let installed = read(&written).unwrap();
         assert_eq!(installed["plugins"][1]["type"], "weft-cni");

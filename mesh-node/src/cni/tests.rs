@@ -254,7 +254,7 @@ async fn the_socket_is_owner_only_and_refuses_malformed_requests() {
     request.push(b'\n');
     let reply = exchange(&path, &request).await;
     assert!(reply.ok && !reply.captured, "{reply:?}");
-    let huge = vec![b' '; wire::MAX_REQUEST + 10];
+    let huge = vec![b' '; wire::MAX_MESSAGE + 10];
     let reply = exchange(&path, &huge).await;
     assert!(!reply.ok);
     drain.drain(Duration::from_secs(1)).await;

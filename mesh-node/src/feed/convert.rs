@@ -63,35 +63,23 @@ pub fn mesh_config(base: &Config, snapshot: &MeshSnapshot) -> (Config, Vec<Strin
 /// it can see with a diagnostic first; this keeps a node working whatever it is sent.
 fn drop_address_conflicts(config: &mut Config, warnings: &mut Vec<String>) {
     let mut claimed: BTreeMap<IpAddr, String> = BTreeMap::new();
-    config.workloads.retain(|w| {
-        let owner = format!("workload {}/{}", w.namespace, w.name);
-        match claimed.get(&w.ip) {
-            Some(first) => {
-                warnings.push(format!("{owner} has address {} of {first}; left out", w.ip));
-                false
-            }
-            None => {
-                claimed.insert(w.ip, owner);
-                true
-            }
+    // Whether `owner` may have `ip`: yes if nobody claimed it first.
+    let mut claim = |ip: IpAddr, owner: String| match claimed.get(&ip) {
+        Some(first) => {
+            warnings.push(format!("{owner} has address {ip} of {first}; left out"));
+            false
         }
-    });
-    config.services.retain(|s| {
-        let owner = format!("service {}/{}", s.namespace, s.name);
-        match claimed.get(&s.vip) {
-            Some(first) => {
-                warnings.push(format!(
-                    "{owner} has address {} of {first}; left out",
-                    s.vip
-                ));
-                false
-            }
-            None => {
-                claimed.insert(s.vip, owner);
-                true
-            }
+        None => {
+            claimed.insert(ip, owner);
+            true
         }
-    });
+    };
+    config
+        .workloads
+        .retain(|w| claim(w.ip, format!("workload {}/{}", w.namespace, w.name)));
+    config
+        .services
+        .retain(|s| claim(s.vip, format!("service {}/{}", s.namespace, s.name)));
 }
 
 fn address(bytes: &[u8]) -> Option<IpAddr> {

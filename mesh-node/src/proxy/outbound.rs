@@ -55,8 +55,9 @@ impl Proxy {
         dst: SocketAddr,
         start: Instant,
     ) {
-        match route::choose(&self.state(), dst) {
-            Route::Hbone(hop) => match self.same_node_target(source, &hop) {
+        let state = self.state();
+        match route::choose(&state, dst) {
+            Route::Hbone(hop) => match self.same_node_target(&state, source, &hop) {
                 Some(target) => {
                     self.same_node(conn.stream, conn.guard, source, target, start)
                         .await

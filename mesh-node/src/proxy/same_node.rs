@@ -23,7 +23,7 @@ use crate::{
     pod_net::PodNet,
     policy::ConnectionGuard,
     route::HboneRoute,
-    state::Workload,
+    state::{State, Workload},
 };
 
 /// A destination the same-node path may reach.
@@ -34,10 +34,11 @@ pub(super) struct LocalTarget {
 }
 
 impl Proxy {
-    /// Where `hop` leads when it may skip HBONE: straight to a pod this tunnel serves in-pod,
-    /// both workloads allowing it.
+    /// Where `hop` (chosen in `state`) leads when it may skip HBONE: straight to a pod of this
+    /// node that this tunnel serves in-pod, both workloads allowing it.
     pub(super) fn same_node_target(
         &self,
+        state: &State,
         source: &Workload,
         hop: &HboneRoute,
     ) -> Option<LocalTarget> {
@@ -46,11 +47,8 @@ impl Proxy {
         }
         let dest = hop.workload.clone()?;
         let addr = hop.authority;
-        let local = self
-            .state()
-            .local_workload(addr.ip())
-            .is_some_and(|w| w.name == dest.name);
-        if !local || !dest.same_node_plaintext || dest.ip != addr.ip() {
+        let local = dest.node == state.node && dest.ip == addr.ip();
+        if !local || !dest.same_node_plaintext {
             return None;
         }
         let net = self.pods.get(dest.ip)?;
