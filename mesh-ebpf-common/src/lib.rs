@@ -36,6 +36,17 @@ pub mod maps {
     pub const SPLICE: &str = "SPLICE";
     /// `HashMap<TupleKey, u32>`: splice state of each socket in `SPLICE`.
     pub const SPLICE_STATE: &str = "SPLICE_STATE";
+    /// `HashMap<TupleKey, JoinCtl>` (no preallocation, so an update replaces the value whole):
+    /// sockets mesh-node joined to a socket into the other pod, by the app socket's own tuple.
+    /// Written by mesh-node only.
+    pub const JOIN_CTL: &str = "JOIN_CTL";
+    /// `LruHashMap<TupleKey, JoinState>`: progress of each joinable app socket. Written by the
+    /// programs only (mesh-node reads it and deletes its entries when a join ends).
+    pub const JOIN_STATE: &str = "JOIN_STATE";
+    /// `LruHashMap<TupleKey, u8>`: the tuples (as the app's accepted socket sees them) of the
+    /// connections mesh-node is opening into a pod to join: `sock_ops` makes those sockets
+    /// joinable when they are established, before the app can write.
+    pub const JOIN_PENDING: &str = "JOIN_PENDING";
     /// `SockHash<InboundKey>`: the tunnel's in-pod listeners (plaintext and HBONE) of each
     /// enrolled pod address, where `sk_lookup` steers every inbound TCP connection attempt.
     pub const INBOUND: &str = "INBOUND";
@@ -172,6 +183,9 @@ pub mod config_flags {
     pub const IPV6: u16 = 2;
     /// Same-node splicing is on: `sock_ops` adds redirected pairs to the `SPLICE` SOCKHASH.
     pub const SPLICE: u16 = 4;
+    /// Same-node joining is on: `sock_ops` makes redirected client sockets (and the sockets
+    /// named in `JOIN_PENDING`) joinable, see [`crate::JoinCtl`].
+    pub const JOIN: u16 = 8;
 }
 
 /// Address family constants as the kernel reports them.
@@ -250,6 +264,33 @@ pub struct TupleKey {
     pub _pad: u16,
 }
 
+/// How mesh-node joins an app socket to a socket of its own in the `SPLICE` map (same-node
+/// path): once every byte the app wrote before the join has been forwarded by mesh-node
+/// (`forwarded` equals `JoinState::sent_before`), the app's later writes are redirected by
+/// `sk_msg` to the egress of `peer`, in order, without crossing userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JoinCtl {
+    /// `SPLICE` key (own tuple) of the tunnel's socket whose egress carries the app's writes.
+    pub peer: TupleKey,
+    /// Bytes of this app socket mesh-node has read and written on to `peer`'s connection.
+    pub forwarded: u64,
+}
+
+/// Kernel-side progress of a joinable app socket ([`JoinCtl`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JoinState {
+    /// Bytes the app wrote through TCP (to the tunnel) before the join took effect.
+    pub sent_before: u64,
+    /// Bytes redirected to the peer since the join took effect.
+    pub joined_bytes: u64,
+    /// 1 once the join took effect (never goes back to 0).
+    pub joined: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
 /// An `INBOUND` key: one in-pod listener of one pod address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -312,6 +353,10 @@ mod pod {
     unsafe impl aya::Pod for super::InboundKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::JoinCtl {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::JoinState {}
 }
 
 #[cfg(test)]
@@ -328,6 +373,8 @@ mod tests {
         );
         assert_eq!(size_of::<OrigDst>(), 16 + 2 + 2);
         assert_eq!(size_of::<TupleKey>(), 16 + 16 + 2 + 2 + 2 + 2);
+        assert_eq!(size_of::<JoinCtl>(), size_of::<TupleKey>() + 8);
+        assert_eq!(size_of::<JoinState>(), 8 + 8 + 4 + 4);
         assert_eq!(size_of::<PortKey>(), 8 + 2 + 6);
         assert_eq!(size_of::<InboundKey>(), 16 + 2 + 2);
         assert_eq!(size_of::<ProbeKey>(), 16 + 2 + 2);

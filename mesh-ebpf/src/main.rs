@@ -6,6 +6,8 @@
 //! - [`strict`]: `cgroup_skb/ingress` drops plaintext inbound connects into strict pods and
 //!   strict ports (per-port overrides in `PORT_MTLS`).
 //! - [`splice`]: `sk_msg` splices app and tunnel sockets on the same node.
+//! - [`join`]: `sk_msg` joins the two app sockets of a same-node connection through the
+//!   tunnel's sockets once the tunnel has checked it, so its bytes skip userspace.
 //! - [`inbound`]: `sk_lookup` in each enrolled pod's network namespace steers every inbound TCP
 //!   connection attempt to the tunnel's in-pod listeners.
 //! - [`probe`]: kubelet probes leave from the probe address (`cgroup/connect*` on the kubelet's
@@ -17,6 +19,7 @@
 
 mod connect;
 mod inbound;
+mod join;
 mod maps;
 mod orig;
 mod probe;

@@ -80,6 +80,7 @@ fn on_active_established(ctx: &SockOpsContext) {
     // Without the state callback the entries would only leave through LRU eviction.
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     splice::add_client(ctx, &key);
+    crate::join::on_active_established(ctx, &key);
 }
 
 fn on_close(ctx: &SockOpsContext) {

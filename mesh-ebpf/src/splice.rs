@@ -35,9 +35,11 @@ pub fn add_client(ctx: &SockOpsContext, key: &TupleKey) {
     add(ctx, *key);
 }
 
-/// The tunnel's accepted socket joins when its peer is a redirected client.
+/// The tunnel's accepted socket joins when its peer is a redirected client; a socket mesh-node
+/// opened into a pod to join becomes joinable (`join`).
 pub fn on_passive_established(ctx: &SockOpsContext) {
     let Some(own) = own_key(ctx) else { return };
+    crate::join::on_passive_established(ctx, &own);
     let client_view = swap(&own);
     // SAFETY: presence test only.
     if unsafe { ORIG_BY_TUPLE.get(&client_view) }.is_none() {
@@ -51,6 +53,7 @@ pub fn on_passive_established(ctx: &SockOpsContext) {
 pub fn on_close(ctx: &SockOpsContext) {
     if let Some(own) = own_key(ctx) {
         let _ = SPLICE_STATE.remove(&own);
+        crate::join::on_close(&own);
     }
 }
 
@@ -88,6 +91,9 @@ pub fn weft_splice_msg(ctx: SkMsgContext) -> u32 {
     let Some(own) = msg_key(&ctx) else {
         return sk_action::SK_PASS;
     };
+    if let Some(verdict) = crate::join::on_msg(&ctx, &own) {
+        return verdict;
+    }
     // SAFETY: plain value copied out immediately.
     if unsafe { SPLICE_STATE.get(&own) }.copied() != Some(READY) {
         return sk_action::SK_PASS;

@@ -181,6 +181,13 @@ impl Bound {
         self.mesh_changed.notify_one();
     }
 
+    /// Hands the same-node path eBPF joining (once the programs are loaded with it).
+    pub fn set_joiner(&self, joiner: Arc<crate::redirect::join::Joiner>) {
+        if self.proxy.joiner.set(joiner).is_err() {
+            tracing::warn!("same-node joining was already set; keeping the first");
+        }
+    }
+
     /// The open in-pod HBONE listeners: pod IP -> the network namespace it listens in.
     pub fn in_pod_listeners(&self) -> watch::Receiver<BTreeMap<IpAddr, PathBuf>> {
         self.in_pod.clone()
@@ -265,6 +272,7 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
         authz: Authorizer::new(policies),
         metrics: Metrics::new(),
         pods: Default::default(),
+        joiner: Default::default(),
     };
     let (trigger, watch) = drain::channel();
     certs.spawn_rotation(deps.certs.clone(), &watch);

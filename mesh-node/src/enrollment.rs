@@ -328,6 +328,7 @@ pub struct EnrollmentHandle {
     wanted: watch::Sender<Wanted>,
     shared: Shared,
     steering: Arc<Steering>,
+    joiner: Option<Arc<crate::redirect::join::Joiner>>,
     captured: watch::Receiver<BTreeSet<IpAddr>>,
 }
 
@@ -359,6 +360,7 @@ impl EnrollmentHandle {
     ) -> Result<Self, RedirectError> {
         let redirect = Redirect::load(config)?;
         let steering = redirect.steering();
+        let joiner = redirect.joiner();
         let (wanted_tx, wanted_rx) = watch::channel(wanted);
         let (drain, watch) = mesh_core::drain::channel();
         let enrollment = Enrollment::new(redirect);
@@ -372,6 +374,7 @@ impl EnrollmentHandle {
             wanted: wanted_tx,
             shared,
             steering,
+            joiner,
             captured,
         })
     }
@@ -379,6 +382,12 @@ impl EnrollmentHandle {
     /// Addresses of the wanted pods enrolled now; changes after each pass that changes it.
     pub fn captured(&self) -> watch::Receiver<BTreeSet<IpAddr>> {
         self.captured.clone()
+    }
+
+    /// Same-node joining, when the programs were attached with it, for
+    /// [`crate::app::Bound::set_joiner`].
+    pub fn joiner(&self) -> Option<Arc<crate::redirect::join::Joiner>> {
+        self.joiner.clone()
     }
 
     /// Per-pod inbound steering, for [`crate::app::Bound::set_steering`].

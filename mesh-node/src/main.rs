@@ -87,6 +87,11 @@ struct Args {
     /// not start (the runtime retries). Needs --redirect-cgroup to capture.
     #[arg(long, env = "WEFT_CNI_SOCKET")]
     cni_socket: Option<PathBuf>,
+    /// Keep the bytes of same-node connections in the tunnel's userspace copy instead of
+    /// joining the two apps' sockets in the kernel once the connection is checked (the kernel
+    /// join is on by default with --redirect-cgroup; docs/same-node.md).
+    #[arg(long, env = "WEFT_NO_SAME_NODE_JOIN")]
+    no_same_node_join: bool,
     #[command(flatten)]
     log: telemetry::LogOptions,
 }
@@ -129,19 +134,33 @@ async fn main() -> anyhow::Result<()> {
             let mut redirect = capture::redirect_config(cgroup, node, &bound, &base)?;
             redirect.pin_path = args.bpf_pin_path.clone();
             redirect.kubelet_cgroup = args.kubelet_cgroup.clone();
+            redirect.join = !args.no_same_node_join;
             if redirect.kubelet_cgroup.is_none() {
                 tracing::warn!("no --kubelet-cgroup: kubelet probes to STRICT pods are refused");
             }
             capture::add_probe_addresses(&redirect).context("adding the probe source address")?;
             let scans = bound.pod_scanner().results();
             // Following mesh-control, the pods to capture are known from its first version on.
-            let handle = match args.control_address.is_some() {
-                true => EnrollmentHandle::start_pending(&redirect, scans),
-                false => EnrollmentHandle::start(&redirect, wanted, scans),
+            let start = |redirect: &redirect::Config| match args.control_address.is_some() {
+                true => EnrollmentHandle::start_pending(redirect, scans.clone()),
+                false => EnrollmentHandle::start(redirect, wanted.clone(), scans.clone()),
+            };
+            let handle = match start(&redirect) {
+                // A kernel that refuses the join's programs or maps still gets capture: the
+                // tunnel then copies same-node connections itself.
+                Err(error) if redirect.join => {
+                    tracing::warn!(%error, "eBPF redirection with same-node joining failed to attach; retrying without joining");
+                    redirect.join = false;
+                    start(&redirect)
+                }
+                started => started,
             }
             .context("attaching eBPF redirection")?;
             bound.metrics().install_ebpf_counters(handle.counters());
             bound.set_steering(handle.steering());
+            if let Some(joiner) = handle.joiner() {
+                bound.set_joiner(joiner);
+            }
             Some(handle)
         }
         None => None,

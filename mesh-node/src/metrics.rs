@@ -97,7 +97,28 @@ pub struct Metrics {
     failed: Family<TcpLabels, Counter>,
     sent: Family<TcpLabels, Counter>,
     received: Family<TcpLabels, Counter>,
+    same_node: Family<SameNodePath, Counter>,
     ebpf: EbpfCollector,
+}
+
+/// How the bytes of a finished same-node connection travelled (docs/same-node.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SameNodePath {
+    /// `kernel`: both directions switched to the kernel join; `partly_kernel`: one did;
+    /// `tunnel`: the tunnel copied every byte (not joinable, or no write after the join).
+    pub path: SameNodeCarrier,
+}
+
+/// [`SameNodePath::path`] values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum SameNodeCarrier {
+    /// Both directions joined in the kernel.
+    kernel,
+    /// One direction joined.
+    partly_kernel,
+    /// No direction joined.
+    tunnel,
 }
 
 impl Metrics {
@@ -134,6 +155,12 @@ impl Metrics {
             "Bytes received from the destination",
             received.clone(),
         );
+        let same_node = Family::default();
+        registry.register(
+            "weft_same_node_connections",
+            "Finished same-node connections, by how their bytes travelled",
+            same_node.clone(),
+        );
         let ebpf = EbpfCollector::default();
         registry.register_collector(Box::new(ebpf.clone()));
         Arc::new(Self {
@@ -143,8 +170,20 @@ impl Metrics {
             failed,
             sent,
             received,
+            same_node,
             ebpf,
         })
+    }
+
+    /// Counts a finished same-node connection by which of its directions the kernel carried
+    /// (client to server, server to client).
+    pub fn same_node_finished(&self, (up, down): (bool, bool)) {
+        let path = match (up, down) {
+            (true, true) => SameNodeCarrier::kernel,
+            (false, false) => SameNodeCarrier::tunnel,
+            _ => SameNodeCarrier::partly_kernel,
+        };
+        self.same_node.get_or_create(&SameNodePath { path }).inc();
     }
 
     /// Exports the eBPF programs' counters (`weft_ebpf_events_total`), read on every scrape.

@@ -119,6 +119,19 @@ impl PodNet {
     /// of `dst`'s family and the reply mark is set (the return path exists); otherwise from the
     /// pod's own address. The caller bounds the wait.
     pub async fn connect(&self, dst: SocketAddr, client: Option<IpAddr>) -> io::Result<TcpStream> {
+        self.connect_announced(dst, client, None).await
+    }
+
+    /// [`Self::connect`]; when `announce` is given and the connection is transparent, the local
+    /// port is taken at bind time and `announce` hears the socket's address before the SYN
+    /// leaves (same-node joining registers the tuple the app will see, see
+    /// [`crate::redirect::join`]). Its error aborts the connect.
+    pub async fn connect_announced(
+        &self,
+        dst: SocketAddr,
+        client: Option<IpAddr>,
+        announce: Option<&(dyn Fn(SocketAddr) -> io::Result<()> + Sync)>,
+    ) -> io::Result<TcpStream> {
         let client = client
             .map(|ip| ip.to_canonical())
             .filter(|ip| ip.is_ipv4() == dst.is_ipv4());
@@ -128,11 +141,20 @@ impl PodNet {
             set_mark(&socket, self.reply_mark)?;
             bind_to_loopback(&socket)?;
         }
-        if let Some(ip) = client {
-            set_transparent(&socket, ip)?;
+        let Some(ip) = client else {
+            return connect(socket, None, dst).await;
+        };
+        set_transparent(&socket, ip)?;
+        let Some(announce) = announce else {
             setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)?;
-        }
-        connect(socket, client.map(|ip| SocketAddr::new(ip, 0)), dst).await
+            return connect(socket, Some(SocketAddr::new(ip, 0)), dst).await;
+        };
+        let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+        socket.bind(SocketAddr::new(ip, 0))?;
+        announce(socket.local_addr()?)?;
+        let stream = socket.connect(dst).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
     }
 }
 

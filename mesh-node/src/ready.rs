@@ -202,6 +202,7 @@ mod tests {
             authz: Authorizer::new(Policies::compile("istio-system", &[]).unwrap()),
             metrics: Metrics::new(),
             pods: Default::default(),
+            joiner: Default::default(),
         }
     }
 

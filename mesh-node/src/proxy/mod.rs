@@ -13,7 +13,7 @@
 pub mod inbound;
 pub mod outbound;
 pub mod plaintext;
-mod same_node;
+pub mod same_node;
 
 use std::{sync::Arc, time::Duration};
 
@@ -55,6 +55,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// Local pods' network namespaces, where their outbound tunnels leave from.
     pub pods: Arc<PodNets>,
+    /// Same-node joining, once the eBPF programs are attached with it.
+    pub joiner: Arc<std::sync::OnceLock<Arc<crate::redirect::join::Joiner>>>,
 }
 
 impl std::fmt::Debug for Proxy {

@@ -56,8 +56,17 @@ impl Proxy {
         start: Instant,
     ) {
         let state = self.state();
-        match route::choose(&state, dst) {
-            Route::Hbone(hop) => match self.same_node_target(&state, source, &hop) {
+        let route = route::choose(&state, dst);
+        let same_node = match &route {
+            Route::Hbone(hop) => self.same_node_target(&state, source, hop),
+            _ => None,
+        };
+        if same_node.is_none() {
+            // Only same-node connections are joined: the others' writes leave `sk_msg` now.
+            self.release_join(conn.stream);
+        }
+        match route {
+            Route::Hbone(hop) => match same_node {
                 Some(target) => {
                     self.same_node(conn.stream, conn.guard, source, target, start)
                         .await

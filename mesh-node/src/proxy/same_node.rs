@@ -12,16 +12,32 @@
 //! Taken only when both workloads allow it (mesh-control's `same_node_plaintext`: the mesh
 //! setting and their namespaces), when the destination is not behind a waypoint and is served
 //! in-pod here, and never for the tunnel's own ports. docs/same-node.md.
+//!
+//! With eBPF joining ([`crate::redirect::join`]) the bytes of a busy connection then stop
+//! crossing the tunnel: after a few writes ([`JoinSlot`]), and once it has forwarded what each
+//! app wrote before, the kernel writes each app's bytes straight out of the tunnel's socket to
+//! the other pod ([`copy_joined`]). Without it (no redirect, a key taken, a client socket that
+//! predates the programs) the tunnel copies.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::{AsFd, AsRawFd},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
+};
 
+use mesh_ebpf_common::TupleKey;
 use tokio::{net::TcpStream, time::Instant};
 
-use super::{inbound::connection_info, inbound::RESERVED_PORTS, labels, AppDial, Proxy};
+use super::{inbound::connection_info, inbound::RESERVED_PORTS, labels, Proxy};
 use crate::{
     metrics::{ConnectionRecord, Outcome, Reporter, TcpLabels},
     pod_net::PodNet,
     policy::ConnectionGuard,
+    redirect::join::{Direction, Join, Joiner},
     route::HboneRoute,
     state::{State, Workload},
 };
@@ -98,18 +114,70 @@ impl Proxy {
         if !self.still_local(dest.ip, &dest.name) {
             return fail(format!("{addr}: workload {} left the mesh", dest.name));
         }
-        let mut upstream = match self
-            .connect_app(&AppDial::InPod(net), addr, source.ip)
-            .await
-        {
-            Ok(upstream) => upstream,
-            Err(error) => return fail(error),
+        let joiner = self.joiner.get().filter(|joiner| joinable(joiner, client));
+        let expected = OnceLock::new();
+        let announce = |local: SocketAddr| -> io::Result<()> {
+            let Some(joiner) = joiner else { return Ok(()) };
+            let app = Joiner::key(addr, local);
+            joiner.expect(&app)?;
+            let _ = expected.set((app, local));
+            Ok(())
+        };
+        let connected = tokio::time::timeout(
+            super::UPSTREAM_CONNECT_TIMEOUT,
+            net.connect_announced(addr, Some(source.ip), Some(&announce)),
+        )
+        .await;
+        let mut upstream = match connected {
+            Ok(Ok(upstream)) => upstream,
+            Ok(Err(error)) => {
+                forget(joiner, &expected);
+                return fail(format!("connecting to {addr} for {}: {error}", source.ip));
+            }
+            Err(_) => {
+                forget(joiner, &expected);
+                return fail(format!("connecting to {addr} for {}: timed out", source.ip));
+            }
         };
         for labels in &both {
             self.metrics.opened(labels);
         }
-        let (sent, received, outcome) =
-            copy_guarded(client, &mut upstream, source_guard, &mut dest_guard).await;
+        let plan = joiner.and_then(|joiner| {
+            let (server_app, upstream_local) = *expected.get()?;
+            Some(JoinPlan {
+                joiner: joiner.clone(),
+                server_app,
+                upstream_local,
+            })
+        });
+        if plan.is_none() {
+            self.release_join(client);
+        }
+        let (sent, received, outcome, join) = match plan {
+            Some(plan) => {
+                let slot = JoinSlot::later(plan);
+                let copy = copy_joined(client, &upstream, &slot);
+                let (sent, received, outcome) = guarded(copy, source_guard, &mut dest_guard).await;
+                (sent, received, outcome, slot.into_join())
+            }
+            None => {
+                let copy = copy_guarded(client, &mut upstream, source_guard, &mut dest_guard);
+                let (sent, received, outcome) = copy.await;
+                (sent, received, outcome, None)
+            }
+        };
+        let (mut sent, mut received) = (sent, received);
+        if let Some([up, down]) = join.as_ref().map(Join::kernel_part) {
+            self.metrics.same_node_finished((up.0, down.0));
+            if outcome == Outcome::Completed {
+                sent += up.1;
+                received += down.1;
+            }
+        } else {
+            self.metrics.same_node_finished((false, false));
+        }
+        // The join's entries go while its sockets are still open (their keys are still ours).
+        drop(join);
         let [source_labels, dest_labels]: [TcpLabels; 2] = both;
         self.metrics.record(&ConnectionRecord {
             labels: source_labels,
@@ -126,6 +194,223 @@ impl Proxy {
             duration: start.elapsed(),
             outcome,
         });
+    }
+}
+
+impl Proxy {
+    /// Takes the captured client socket behind `accepted` out of same-node joining.
+    pub(super) fn release_join(&self, accepted: &TcpStream) {
+        if let (Some(joiner), Ok(client), Ok(tunnel)) = (
+            self.joiner.get(),
+            accepted.peer_addr(),
+            accepted.local_addr(),
+        ) {
+            joiner.release(&Joiner::key(client, tunnel));
+        }
+    }
+}
+
+/// Whether the captured client socket behind `accepted` had its writes counted from the start.
+fn joinable(joiner: &Joiner, accepted: &TcpStream) -> bool {
+    match (accepted.peer_addr(), accepted.local_addr()) {
+        (Ok(client), Ok(tunnel)) => joiner.joinable(&Joiner::key(client, tunnel)),
+        _ => false,
+    }
+}
+
+/// Drops the expectation of a connection that was not made.
+fn forget(joiner: Option<&Arc<Joiner>>, expected: &OnceLock<(TupleKey, SocketAddr)>) {
+    if let (Some(joiner), Some((app, _))) = (joiner, expected.get()) {
+        joiner.unexpect(app);
+    }
+}
+
+/// What joining a same-node connection needs besides its two tunnel sockets.
+pub struct JoinPlan {
+    /// The join maps.
+    pub joiner: Arc<Joiner>,
+    /// Key of the destination app's socket (named by [`Joiner::expect`]).
+    pub server_app: TupleKey,
+    /// The tunnel's own address on its connection into the destination pod.
+    pub upstream_local: SocketAddr,
+}
+
+/// Joining starts once the tunnel has written this many times for a connection...
+const JOIN_AFTER_WRITES: u32 = 3;
+/// ...or forwarded this many bytes of one direction. A request and its answer on a fresh
+/// connection stay below both, so short connections never pay for the join's setup
+/// (sockhash inserts, map writes and reads); long or busy ones join early.
+const JOIN_AFTER_BYTES: u64 = 64 * 1024;
+
+/// A same-node connection's join: not made yet ([`JoinSlot::later`]), made, or refused.
+pub struct JoinSlot {
+    plan: Option<JoinPlan>,
+    join: OnceLock<Join>,
+    refused: AtomicBool,
+    writes: AtomicU32,
+    /// Bytes the tunnel forwarded so far, client's and server's.
+    totals: [AtomicU64; 2],
+}
+
+impl JoinSlot {
+    /// A join made once the connection proves busy enough.
+    pub fn later(plan: JoinPlan) -> Self {
+        Self {
+            plan: Some(plan),
+            join: OnceLock::new(),
+            refused: AtomicBool::new(false),
+            writes: AtomicU32::new(0),
+            totals: Default::default(),
+        }
+    }
+
+    /// A join already made.
+    pub fn made(join: Join) -> Self {
+        let slot = Self {
+            plan: None,
+            join: OnceLock::new(),
+            refused: AtomicBool::new(false),
+            writes: AtomicU32::new(0),
+            totals: Default::default(),
+        };
+        let _ = slot.join.set(join);
+        slot
+    }
+
+    /// The join, if it was made.
+    pub fn get(&self) -> Option<&Join> {
+        self.join.get()
+    }
+
+    /// The join, if it was made.
+    pub fn into_join(self) -> Option<Join> {
+        self.join.into_inner()
+    }
+
+    /// The tunnel wrote `total` bytes of `way` so far: tell the join, or make it when due.
+    fn forwarded(&self, way: Direction, total: u64, sockets: [&TcpStream; 2]) {
+        let i = match way {
+            Direction::ClientToServer => 0,
+            Direction::ServerToClient => 1,
+        };
+        // Published before the join is looked at: a join made meanwhile starts from it.
+        self.totals[i].store(total, Ordering::SeqCst);
+        if let Some(join) = self.join.get() {
+            return join.forwarded(way, total);
+        }
+        let writes = self.writes.fetch_add(1, Ordering::Relaxed) + 1;
+        if writes >= JOIN_AFTER_WRITES || total >= JOIN_AFTER_BYTES {
+            self.make(sockets);
+        }
+    }
+
+    fn make(&self, [accepted, upstream]: [&TcpStream; 2]) {
+        let Some(plan) = &self.plan else { return };
+        if self.join.get().is_some() || self.refused.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let attempt = || -> io::Result<Join> {
+            let (client, tunnel) = (accepted.peer_addr()?, accepted.local_addr()?);
+            let dest = upstream.peer_addr()?;
+            let forwarded = [0, 1].map(|i| self.totals[i].load(Ordering::SeqCst));
+            plan.joiner.join(
+                Joiner::key(client, tunnel),
+                (accepted.as_fd(), Joiner::key(tunnel, client)),
+                plan.server_app,
+                (upstream.as_fd(), Joiner::key(plan.upstream_local, dest)),
+                forwarded,
+            )
+        };
+        match attempt() {
+            Ok(join) => {
+                let _ = self.join.set(join);
+            }
+            Err(error) => {
+                tracing::debug!(%error, "same-node connection not joined; the tunnel copies it");
+                if let (Ok(client), Ok(tunnel)) = (accepted.peer_addr(), accepted.local_addr()) {
+                    plan.joiner.release(&Joiner::key(client, tunnel));
+                }
+                plan.joiner.release(&plan.server_app);
+            }
+        }
+    }
+}
+
+/// Forwards what still reaches the tunnel on a joined connection (each app's writes from before
+/// its direction switched, then FIN or reset), reporting each direction's progress to the
+/// kernel after every write so the direction can switch. Half-closes are passed on. Returns the
+/// bytes of each direction the tunnel forwarded ([`Join::kernel_part`] has the kernel's).
+pub async fn copy_joined(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    join: &JoinSlot,
+) -> io::Result<(u64, u64)> {
+    let sockets = [client, upstream];
+    let up = forward(client, upstream, join, Direction::ClientToServer, sockets);
+    let down = forward(upstream, client, join, Direction::ServerToClient, sockets);
+    tokio::try_join!(up, down)
+}
+
+/// Read size of [`forward`]; the buffer exists only while bytes are waiting.
+const CHUNK: usize = 64 * 1024;
+
+async fn forward(
+    from: &TcpStream,
+    to: &TcpStream,
+    join: &JoinSlot,
+    way: Direction,
+    sockets: [&TcpStream; 2],
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut buffer: Vec<u8> = Vec::new();
+    loop {
+        from.readable().await?;
+        if buffer.is_empty() {
+            buffer = vec![0; CHUNK];
+        }
+        let read = match from.try_read(&mut buffer) {
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                buffer = Vec::new();
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        if read == 0 {
+            nix::sys::socket::shutdown(to.as_raw_fd(), nix::sys::socket::Shutdown::Write)?;
+            return Ok(total);
+        }
+        write_all(to, &buffer[..read]).await?;
+        total += read as u64;
+        join.forwarded(way, total, sockets);
+    }
+}
+
+async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        to.writable().await?;
+        match to.try_write(data) {
+            Ok(written) => data = &data[written..],
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// A joined copy under two guards, as [`copy_guarded`].
+async fn guarded(
+    copy: impl std::future::Future<Output = io::Result<(u64, u64)>>,
+    source_guard: &mut ConnectionGuard,
+    dest_guard: &mut ConnectionGuard,
+) -> (u64, u64, Outcome) {
+    tokio::select! {
+        done = copy => match done {
+            Ok((sent, received)) => (sent, received, Outcome::Completed),
+            Err(error) => (0, 0, Outcome::Failed(format!("copy: {error}"))),
+        },
+        reason = dest_guard.revoked() => (0, 0, Outcome::Revoked(reason)),
+        reason = source_guard.revoked() => (0, 0, Outcome::Revoked(reason)),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The few `bpf(2)` commands aya 0.14 does not expose: opening a pinned object as a raw fd,
-//! replacing a link's program in place (`BPF_LINK_UPDATE`) and reading a cgroup link's target.
+//! replacing a link's program in place (`BPF_LINK_UPDATE`), reading a cgroup link's target, and
+//! map element commands on a shared descriptor (aya's typed maps need `&mut` to write).
 //!
 //! Layouts follow `union bpf_attr` and `struct bpf_link_info` in `include/uapi/linux/bpf.h`;
 //! the kernel accepts attr and info structs shorter than its own and zero-fills the rest.
@@ -15,6 +16,9 @@ use std::{
     path::Path,
 };
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
@@ -58,6 +62,68 @@ struct ObjAttr {
     file_flags: u32,
     path_fd: i32,
     _pad: u32,
+}
+
+/// `bpf_attr` for the `BPF_MAP_*_ELEM` commands.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `BPF_ANY`, `BPF_NOEXIST` and `BPF_EXIST` for [`map_update`].
+pub mod update_flags {
+    /// Create or replace.
+    pub const ANY: u64 = 0;
+    /// Create only.
+    pub const NOEXIST: u64 = 1;
+}
+
+/// Reads `map[key]` into `value`; `Ok(false)` when there is no such element. `K` and `V` must be
+/// the map's exact key and value layouts (`#[repr(C)]`, no implicit padding).
+pub fn map_lookup<K, V>(map: BorrowedFd<'_>, key: &K, value: &mut V) -> io::Result<bool> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: value as *mut V as u64,
+        ..ElemAttr::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Writes `map[key] = value` with [`update_flags`] `flags`. For a SOCKHASH the value is a socket
+/// descriptor (`u32`).
+pub fn map_update<K, V>(map: BorrowedFd<'_>, key: &K, value: &V, flags: u64) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: value as *const V as u64,
+        flags,
+        ..ElemAttr::default()
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// Deletes `map[key]`; a missing element is not an error.
+pub fn map_delete<K>(map: BorrowedFd<'_>, key: &K) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        ..ElemAttr::default()
+    };
+    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Ok(_) => Ok(()),
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 /// `bpf_attr` for `BPF_LINK_CREATE` (no target-specific fields).

@@ -68,8 +68,11 @@ pub struct Config {
     pub excluded_ports: Vec<u16>,
     /// Destination networks never redirected.
     pub excluded_cidrs: Vec<Cidr>,
-    /// Attach the same-node splice (`sk_msg` + SOCKHASH).
+    /// Attach the same-node splice (`sk_msg` + SOCKHASH) of app and tunnel sockets.
     pub splice: bool,
+    /// Same-node joining ([`super::join`]): redirected client sockets become joinable and the
+    /// `sk_msg` program is attached.
+    pub join: bool,
     /// Most verbose eBPF log level forwarded (`tracing::Level::DEBUG` logs every redirect).
     pub log_level: tracing::Level,
 }
@@ -92,8 +95,14 @@ impl Config {
             excluded_ports: Vec::new(),
             excluded_cidrs: Vec::new(),
             splice: false,
+            join: false,
             log_level: tracing::Level::INFO,
         }
+    }
+
+    /// Whether the `sk_msg` program is attached to the `SPLICE` map.
+    pub fn uses_sk_msg(&self) -> bool {
+        self.splice || self.join
     }
 
     /// The `CONFIG[0]` value: addresses and ports in network byte order.
@@ -122,6 +131,9 @@ impl Config {
         }
         if self.splice {
             abi.flags |= config_flags::SPLICE;
+        }
+        if self.join {
+            abi.flags |= config_flags::JOIN;
         }
         abi
     }

@@ -15,6 +15,7 @@ pub mod bpf_sys;
 pub mod cgroup;
 pub mod config;
 pub mod counters;
+pub mod join;
 pub mod logger;
 pub mod netns;
 pub mod pin;
@@ -133,6 +134,7 @@ pub enum RedirectError {
 /// The attached programs and their maps. Dropping it detaches the programs.
 pub struct Redirect {
     ebpf: Ebpf,
+    joiner: Option<Arc<join::Joiner>>,
     log_task: Option<JoinHandle<()>>,
     pins: Option<PinDir>,
     ports: PortOverrides,
@@ -182,13 +184,17 @@ impl Redirect {
             &mut ebpf,
             &cgroup_dir,
             kubelet_dir.as_ref(),
-            config.splice,
+            config.uses_sk_msg(),
             pins.as_ref(),
         )?;
         if let Some(pins) = &pins {
             let kubelet = kubelet_dir.is_some();
-            pins.retire_links(&programs::pinned_programs(config.splice, kubelet))?;
+            pins.retire_links(&programs::pinned_programs(config.uses_sk_msg(), kubelet))?;
         }
+        let joiner = match config.join {
+            true => Some(Arc::new(join::Joiner::open(&ebpf)?)),
+            false => None,
+        };
         let steering = Arc::new(Steering::take(&mut ebpf, pins.as_ref())?);
         // After attaching, so a failed load leaves no forwarding task behind; records written in
         // between wait in the ring buffer.
@@ -198,9 +204,10 @@ impl Redirect {
             .kubelet_cgroup
             .as_ref()
             .map(|p| p.display().to_string());
-        tracing::info!(cgroup = %path.display(), ?kubelet, splice = config.splice, ?pinned, "ebpf redirection attached");
+        tracing::info!(cgroup = %path.display(), ?kubelet, splice = config.splice, join = config.join, ?pinned, "ebpf redirection attached");
         Ok(Self {
             ebpf,
+            joiner,
             log_task,
             pins,
             ports,
@@ -211,6 +218,11 @@ impl Redirect {
     /// Per-pod inbound steering (`sk_lookup`), for the in-pod listener manager.
     pub fn steering(&self) -> Arc<Steering> {
         self.steering.clone()
+    }
+
+    /// Same-node joining, when [`Config::join`] is on.
+    pub fn joiner(&self) -> Option<Arc<join::Joiner>> {
+        self.joiner.clone()
     }
 
     /// The pin directory, when links and maps are pinned.

@@ -130,7 +130,7 @@ enum Phase {
     Attach,
 }
 
-/// Loads and attaches every cgroup program (and `sk_msg` when `splice`) to `cgroup`, and the
+/// Loads and attaches every cgroup program (and `sk_msg` when `sk_msg`: splicing or joining) to `cgroup`, and the
 /// probe programs to the kubelet's cgroup when there is one; with `pins` through pinned links
 /// (see [`super::pin`]). The `sk_lookup` program is loaded too ([`super::Steering`] attaches it
 /// per pod). Every program is verified before any is attached, so a rejected program never
@@ -139,7 +139,7 @@ pub fn attach_all(
     ebpf: &mut Ebpf,
     cgroup: &File,
     kubelet: Option<&File>,
-    splice: bool,
+    sk_msg: bool,
     pins: Option<&PinDir>,
 ) -> Result<(), ProgramsError> {
     for phase in [Phase::Load, Phase::Attach] {
@@ -165,7 +165,7 @@ pub fn attach_all(
         step::<CgroupSockopt>(ebpf, phase, getsockopt, cgroup, pins)?;
         let ingress = (programs::INGRESS, attach_type::INET_INGRESS);
         step::<CgroupSkb>(ebpf, phase, ingress, cgroup, pins)?;
-        if splice {
+        if sk_msg {
             splice_step(ebpf, phase, pins)?;
         }
         if let Some(kubelet) = kubelet {
@@ -248,14 +248,14 @@ fn sockmap_links_supported() -> bool {
     supported
 }
 
-/// The programs that have pinned links with `splice` on or off (what
+/// The programs that have pinned links with `sk_msg` on or off (what
 /// [`PinDir::retire_links`] keeps).
-pub fn pinned_programs(splice: bool, kubelet: bool) -> Vec<&'static str> {
+pub fn pinned_programs(sk_msg: bool, kubelet: bool) -> Vec<&'static str> {
     let mut names = CGROUP_PROGRAMS.to_vec();
     if kubelet {
         names.extend(KUBELET_PROGRAMS);
     }
-    if splice {
+    if sk_msg {
         names.push(programs::SPLICE_MSG);
     }
     names
