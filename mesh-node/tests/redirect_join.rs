@@ -31,44 +31,9 @@ use mesh_node::{
 };
 use support::*;
 
-/// Bytes with no period that lines up with write sizes, so reordering or loss shows.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as u8
-        })
-        .collect()
-}
-
-/// Writes `data` in uneven chunks so sends split at odd boundaries.
-fn write_uneven(stream: &mut TcpStream, data: &[u8]) {
-    let sizes = [1usize, 7, 1_500, 65_536, 333, 4_096, 17, 200_000];
-    let mut offset = 0;
-    for size in sizes.iter().cycle() {
-        if offset == data.len() {
-            break;
-        }
-        let end = (offset + size).min(data.len());
-        stream.write_all(&data[offset..end]).expect("write chunk");
-        offset = end;
-    }
-}
-
 fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
     let mut got = vec![0; len];
     stream.read_exact(&mut got).expect("read");
-    got
-}
-
-fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    stream
-        .read_to_end(&mut got)
-        .expect("read until the peer's FIN");
     got
 }
 
@@ -179,6 +144,18 @@ fn joined_pair(
     }
 }
 
+/// Starts mesh-node's copy loop on `pair`'s tunnel sockets; hands back the two apps' sockets.
+fn start_copy(pair: Pair) -> (TcpStream, TcpStream, thread::JoinHandle<CopyEnd>) {
+    let Pair {
+        client,
+        accepted,
+        upstream,
+        server,
+        slot,
+    } = pair;
+    (client, server, spawn_copy(accepted, upstream, slot))
+}
+
 /// What [`spawn_copy`] hands back: bytes (tunnel plus kernel), the join, directions switched.
 type CopyEnd = (std::io::Result<(u64, u64)>, Option<Join>, (bool, bool));
 
@@ -246,14 +223,7 @@ fn transfers_exactly(pod: &Pod, tunnel: &TcpListener, server: &TcpListener, join
             .write_all(&early_up)
             .expect("client writes before the join");
     });
-    let Pair {
-        mut client,
-        accepted,
-        upstream,
-        mut server,
-        slot,
-    } = pair;
-    let copy = spawn_copy(accepted, upstream, slot);
+    let (mut client, mut server, copy) = start_copy(pair);
 
     assert!(read_exactly(&mut client, banner.len()) == banner, "banner");
     let uploader = {
@@ -331,14 +301,7 @@ fn joined_connection_carries_every_byte_in_order_both_ways() {
     // Ten more in a row: keys are reused cleanly and every one switches.
     for _ in 0..10 {
         let pair = joined_pair(&pod, &joiner, &tunnel, &server, When::Busy, |_, _| {});
-        let Pair {
-            mut client,
-            accepted,
-            upstream,
-            mut server,
-            slot,
-        } = pair;
-        let copy = spawn_copy(accepted, upstream, slot);
+        let (mut client, mut server, copy) = start_copy(pair);
         for round in 0..20u32 {
             let request = pattern(100 + round as usize * 997, round);
             client.write_all(&request).unwrap();
@@ -357,14 +320,7 @@ fn joined_connection_carries_every_byte_in_order_both_ways() {
     }
     // One request and one answer: not worth a join, the tunnel copies them.
     let pair = joined_pair(&pod, &joiner, &tunnel, &server, When::Busy, |_, _| {});
-    let Pair {
-        mut client,
-        accepted,
-        upstream,
-        mut server,
-        slot,
-    } = pair;
-    let copy = spawn_copy(accepted, upstream, slot);
+    let (mut client, mut server, copy) = start_copy(pair);
     client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     client.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_eof(&mut server), b"GET / HTTP/1.1\r\n\r\n");
@@ -408,14 +364,7 @@ fn resets_and_the_tunnel_closing_end_a_joined_connection() {
 
     // The client resets mid-stream: the copy ends and the server is not left waiting.
     let pair = joined_pair(&pod, &joiner, &tunnel, &dest, When::Now, |_, _| {});
-    let Pair {
-        mut client,
-        accepted,
-        upstream,
-        mut server,
-        slot,
-    } = pair;
-    let copy = spawn_copy(accepted, upstream, slot);
+    let (mut client, mut server, copy) = start_copy(pair);
     client.write_all(&pattern(10_000, 9)).unwrap();
     assert_eq!(read_exactly(&mut server, 10_000), pattern(10_000, 9));
     socket2::SockRef::from(&client)

@@ -8,8 +8,8 @@
 mod support;
 
 use std::{
-    io::{Read, Write},
-    net::{Shutdown, SocketAddr, TcpStream},
+    io::Write,
+    net::{Shutdown, SocketAddr},
     thread,
 };
 
@@ -18,41 +18,6 @@ use std::os::fd::AsFd;
 use mesh_ebpf_common::{maps, programs};
 use mesh_node::redirect::{bpf_sys, pin, Config, EnrollMode, Redirect};
 use support::{bpffs::Bpffs, *};
-
-/// Bytes with no period that lines up with write sizes, so reordering or loss shows.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as u8
-        })
-        .collect()
-}
-
-/// Writes `data` in uneven chunks (1 byte up to 64 KiB) so sends split at odd boundaries.
-fn write_uneven(stream: &mut TcpStream, data: &[u8]) {
-    let sizes = [1usize, 7, 1_500, 65_536, 333, 4_096, 17];
-    let mut offset = 0;
-    for size in sizes.iter().cycle() {
-        if offset == data.len() {
-            break;
-        }
-        let end = (offset + size).min(data.len());
-        stream.write_all(&data[offset..end]).expect("write chunk");
-        offset = end;
-    }
-}
-
-fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    stream
-        .read_to_end(&mut got)
-        .expect("read until the peer's FIN");
-    got
-}
 
 #[test]
 fn spliced_pair_carries_large_transfers_and_half_close_exactly() {

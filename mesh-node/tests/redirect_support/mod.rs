@@ -433,3 +433,39 @@ pub fn v4(listener: &TcpListener) -> SocketAddrV4 {
         SocketAddr::V6(addr) => panic!("expected an IPv4 listener, got {addr}"),
     }
 }
+
+/// Bytes with no period that lines up with write sizes, so reordering or loss shows.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect()
+}
+
+/// Writes `data` in uneven chunks (1 byte up to 200 KB) so sends split at odd boundaries.
+pub fn write_uneven(stream: &mut TcpStream, data: &[u8]) {
+    let sizes = [1usize, 7, 1_500, 65_536, 333, 4_096, 17, 200_000];
+    let mut offset = 0;
+    for size in sizes.iter().cycle() {
+        if offset == data.len() {
+            break;
+        }
+        let end = (offset + size).min(data.len());
+        stream.write_all(&data[offset..end]).expect("write chunk");
+        offset = end;
+    }
+}
+
+/// Everything `stream` receives until the peer's FIN.
+pub fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    stream
+        .read_to_end(&mut got)
+        .expect("read until the peer's FIN");
+    got
+}
