@@ -9,6 +9,13 @@ use tokio::sync::watch;
 
 use crate::{backoff::Backoff, control::ControlConnection, drain::DrainWatch};
 
+/// Largest feed message a node or waypoint decodes (tonic's default is 4 MiB). A waypoint's
+/// configuration is one message per version: a waypoint in front of 50,000 endpoints and
+/// 1,000 TLS credentials gets about 8 MB, which must load; the bound still keeps one message
+/// from taking unbounded memory. The node feed is chunked by mesh-control, so its messages stay
+/// far below it.
+pub const MAX_FEED_MESSAGE: usize = 64 * 1024 * 1024;
+
 /// What a feed subscription is doing, for readiness, config dumps and operators.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FeedStatus {

@@ -1,5 +1,6 @@
 //! The feed client against an in-process `WaypointFeed` on loopback: refusals are retried with
-//! backoff and reported, versions reach the sink, a rejected version keeps the resume point.
+//! backoff and reported, versions reach the sink, a rejected version keeps the resume point, and
+//! a version the size of a large mesh (well over tonic's 4 MiB default) loads.
 
 mod mesh;
 
@@ -104,4 +105,71 @@ async fn refusals_retry_and_rejected_versions_keep_the_resume_point() {
         .await
         .expect("client stops on drain")
         .expect("task");
+}
+
+/// A waypoint in front of 50,000 endpoints with 1,000 TLS credentials: one feed message of
+/// about 8 MB.
+fn large_version(v: u64) -> pb::WaypointConfig {
+    let workloads = (0..50_000u32)
+        .map(|i| pb::Workload {
+            uid: format!("Kubernetes//Pod/shop/cart-{i:05}"),
+            name: format!("cart-{i:05}"),
+            namespace: "shop".into(),
+            service_account: "cart".into(),
+            addresses: vec![vec![10, (i >> 16) as u8, (i >> 8) as u8, i as u8]],
+            node: format!("node-{}", i % 500),
+            ..Default::default()
+        })
+        .collect();
+    // A PEM chain and key of realistic size (the recording sink does not parse them).
+    let pem = |label: &str, len: usize| {
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            "A".repeat(len)
+        )
+    };
+    let tls_credentials = (0..1_000u32)
+        .map(|i| pb::TlsCredential {
+            hosts: vec![format!("shop-{i}.example.com")],
+            cert_chain_pem: pem("CERTIFICATE", 2_400),
+            key_pem: pem("PRIVATE KEY", 1_700),
+            name: format!("istio-system/shop-{i}-cert"),
+        })
+        .collect();
+    pb::WaypointConfig {
+        feed_id: "feed-large".into(),
+        version: v,
+        workloads,
+        tls_credentials,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_version_the_size_of_a_large_mesh_loads() {
+    let large = large_version(1);
+    let size = prost::Message::encoded_len(&large);
+    assert!(size > 4 << 20, "larger than tonic's default limit ({size} bytes)");
+    assert!(size < mesh_core::feed::MAX_FEED_MESSAGE);
+    let feed = FakeFeed::default();
+    let (url, _control) = feed.serve().await;
+    let control = ControlConnection::new(ControlEndpoint::new(&url, None).expect("address"));
+    let config = FeedClientConfig::new(control, "mesh", "waypoint");
+    let sink = Arc::new(Recorder::default());
+    let (status_tx, mut status) = watch::channel(FeedStatus::default());
+    let (trigger, watch) = drain::channel();
+    let recorder = sink.clone();
+    let task =
+        tokio::spawn(async move { client::run(config, recorder.as_ref(), status_tx, watch).await });
+    feed.wait_subscriptions(1).await;
+    feed.push(large).await;
+    wait(&mut status, |s| s.version == 1 || s.last_error.is_some()).await;
+    assert_eq!(
+        (status.borrow().version, status.borrow().last_error.clone()),
+        (1, None),
+        "the large version is in force"
+    );
+    assert_eq!(*sink.applied.lock().expect("lock"), [1]);
+    let _ = trigger.drain(WAIT).await;
+    let _ = tokio::time::timeout(WAIT, task).await;
 }

@@ -94,7 +94,9 @@ async fn subscribe(
         Ok(opened) => opened,
         Err(error) => return error.into(),
     };
-    let mut stream = match WaypointFeedClient::new(channel).subscribe(request).await {
+    let mut client = WaypointFeedClient::new(channel)
+        .max_decoding_message_size(mesh_core::feed::MAX_FEED_MESSAGE);
+    let mut stream = match client.subscribe(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => return AttemptError::Refused(status),
     };
