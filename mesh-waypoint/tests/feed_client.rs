@@ -149,7 +149,10 @@ fn large_version(v: u64) -> pb::WaypointConfig {
 async fn a_version_the_size_of_a_large_mesh_loads() {
     let large = large_version(1);
     let size = prost::Message::encoded_len(&large);
-    assert!(size > 4 << 20, "larger than tonic's default limit ({size} bytes)");
+    assert!(
+        size > 4 << 20,
+        "larger than tonic's default limit ({size} bytes)"
+    );
     assert!(size < mesh_core::feed::MAX_FEED_MESSAGE);
     let feed = FakeFeed::default();
     let (url, _control) = feed.serve().await;
