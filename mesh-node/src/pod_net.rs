@@ -107,7 +107,7 @@ impl PodNet {
     pub async fn connect_out(&self, dst: SocketAddr) -> io::Result<TcpStream> {
         let socket = socket_in(self.netns.as_fd(), dst)?;
         set_mark(&socket, self.mark)?;
-        connect(socket, None, dst).await
+        connect(socket, None, dst, None).await
     }
 
     /// The namespace.
@@ -130,7 +130,7 @@ impl PodNet {
         &self,
         dst: SocketAddr,
         client: Option<IpAddr>,
-        announce: Option<&(dyn Fn(SocketAddr) -> io::Result<()> + Sync)>,
+        announce: Option<Announce<'_>>,
     ) -> io::Result<TcpStream> {
         let client = client
             .map(|ip| ip.to_canonical())
@@ -142,32 +142,35 @@ impl PodNet {
             bind_to_loopback(&socket)?;
         }
         let Some(ip) = client else {
-            return connect(socket, None, dst).await;
+            return connect(socket, None, dst, None).await;
         };
         set_transparent(&socket, ip)?;
-        let Some(announce) = announce else {
+        // Announcing needs the port now; otherwise the kernel picks it at connect time.
+        if announce.is_none() {
             setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)?;
-            return connect(socket, Some(SocketAddr::new(ip, 0)), dst).await;
-        };
-        let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
-        socket.bind(SocketAddr::new(ip, 0))?;
-        announce(socket.local_addr()?)?;
-        let stream = socket.connect(dst).await?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+        }
+        connect(socket, Some(SocketAddr::new(ip, 0)), dst, announce).await
     }
 }
 
-/// Binds `socket` (made by [`socket_in`]) to `local` when given, connects it to `dst` and turns
-/// Nagle off.
+/// Hears a socket's own address after it is bound and before it connects
+/// ([`PodNet::connect_announced`]); its error aborts the connect.
+pub type Announce<'a> = &'a (dyn Fn(SocketAddr) -> io::Result<()> + Sync);
+
+/// Binds `socket` (made by [`socket_in`]) to `local` when given, tells `announce` the bound
+/// address, connects it to `dst` and turns Nagle off.
 async fn connect(
     socket: OwnedFd,
     local: Option<SocketAddr>,
     dst: SocketAddr,
+    announce: Option<Announce<'_>>,
 ) -> io::Result<TcpStream> {
     let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
     if let Some(local) = local {
         socket.bind(local)?;
+    }
+    if let Some(announce) = announce {
+        announce(socket.local_addr()?)?;
     }
     let stream = socket.connect(dst).await?;
     stream.set_nodelay(true)?;

@@ -53,38 +53,70 @@ async fn wait(status: &mut watch::Receiver<FeedStatus>, what: impl Fn(&FeedStatu
         .expect("client alive");
 }
 
+/// The feed client subscribed to `url`, applying to `sink`, retrying after 5 ms.
+struct Running {
+    status: watch::Receiver<FeedStatus>,
+    trigger: drain::DrainTrigger,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(url: &str, sink: &Arc<Recorder>) -> Running {
+    let mut control = ControlConnection::new(ControlEndpoint::new(url, None).expect("address"));
+    control.initial_backoff = Duration::from_millis(5);
+    let config = FeedClientConfig::new(control, "mesh", "waypoint");
+    let (status_tx, status) = watch::channel(FeedStatus::default());
+    let (trigger, watch) = drain::channel();
+    let recorder = sink.clone();
+    let task =
+        tokio::spawn(async move { client::run(config, recorder.as_ref(), status_tx, watch).await });
+    Running {
+        status,
+        trigger,
+        task,
+    }
+}
+
+impl Running {
+    /// Drains the client and waits for it to stop.
+    async fn stop(self) {
+        let _ = self.trigger.drain(WAIT).await;
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("client stops on drain")
+            .expect("task");
+    }
+}
+
 #[tokio::test]
 async fn refusals_retry_and_rejected_versions_keep_the_resume_point() {
     let feed = FakeFeed::default();
     feed.refuse.store(1, Ordering::SeqCst);
     let (url, _control) = feed.serve().await;
-    let mut control = ControlConnection::new(ControlEndpoint::new(&url, None).expect("address"));
-    control.initial_backoff = Duration::from_millis(5);
-    let config = FeedClientConfig::new(control, "mesh", "waypoint");
     let sink = Arc::new(Recorder {
         reject: vec![2],
         ..Default::default()
     });
-    let (status_tx, mut status) = watch::channel(FeedStatus::default());
-    let (trigger, watch) = drain::channel();
-    let recorder = sink.clone();
-    let task =
-        tokio::spawn(async move { client::run(config, recorder.as_ref(), status_tx, watch).await });
+    let mut client = start(&url, &sink);
 
     feed.wait_subscriptions(2).await;
-    let refused = status.borrow().last_error.clone().unwrap_or_default();
+    let refused = client
+        .status
+        .borrow()
+        .last_error
+        .clone()
+        .unwrap_or_default();
     assert!(refused.contains("refused"), "refusal reported: {refused}");
     feed.push(version(1)).await;
-    wait(&mut status, |s| s.version == 1 && s.connected).await;
+    wait(&mut client.status, |s| s.version == 1 && s.connected).await;
     feed.push(version(2)).await;
-    wait(&mut status, |s| {
+    wait(&mut client.status, |s| {
         s.last_error
             .as_deref()
             .is_some_and(|e| e.contains("rejected"))
     })
     .await;
     assert_eq!(
-        status.borrow().version,
+        client.status.borrow().version,
         1,
         "a rejected version is not in force"
     );
@@ -97,14 +129,10 @@ async fn refusals_retry_and_rejected_versions_keep_the_resume_point() {
         ("feed-a", 1)
     );
     feed.push(version(3)).await;
-    wait(&mut status, |s| s.version == 3).await;
+    wait(&mut client.status, |s| s.version == 3).await;
     assert_eq!(*sink.applied.lock().expect("lock"), [1, 3]);
 
-    let _ = trigger.drain(WAIT).await;
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("client stops on drain")
-        .expect("task");
+    client.stop().await;
 }
 
 /// A waypoint in front of 50,000 endpoints with 1,000 TLS credentials: one feed message of
@@ -156,23 +184,22 @@ async fn a_version_the_size_of_a_large_mesh_loads() {
     assert!(size < mesh_core::feed::MAX_FEED_MESSAGE);
     let feed = FakeFeed::default();
     let (url, _control) = feed.serve().await;
-    let control = ControlConnection::new(ControlEndpoint::new(&url, None).expect("address"));
-    let config = FeedClientConfig::new(control, "mesh", "waypoint");
     let sink = Arc::new(Recorder::default());
-    let (status_tx, mut status) = watch::channel(FeedStatus::default());
-    let (trigger, watch) = drain::channel();
-    let recorder = sink.clone();
-    let task =
-        tokio::spawn(async move { client::run(config, recorder.as_ref(), status_tx, watch).await });
+    let mut client = start(&url, &sink);
     feed.wait_subscriptions(1).await;
     feed.push(large).await;
-    wait(&mut status, |s| s.version == 1 || s.last_error.is_some()).await;
+    wait(&mut client.status, |s| {
+        s.version == 1 || s.last_error.is_some()
+    })
+    .await;
     assert_eq!(
-        (status.borrow().version, status.borrow().last_error.clone()),
+        (
+            client.status.borrow().version,
+            client.status.borrow().last_error.clone()
+        ),
         (1, None),
         "the large version is in force"
     );
     assert_eq!(*sink.applied.lock().expect("lock"), [1]);
-    let _ = trigger.drain(WAIT).await;
-    let _ = tokio::time::timeout(WAIT, task).await;
+    client.stop().await;
 }

@@ -155,7 +155,7 @@ impl Proxy {
             return Err(reject(Rejection::BadRequest(gone)));
         }
         let mut upstream = self
-            .connect_app(&dial, dst, client.ip)
+            .connect_app(&dial, dst, client.ip, None)
             .await
             .map_err(|e| reject(Rejection::Unavailable(e)))?;
         self.metrics.opened(&labels);

@@ -87,17 +87,20 @@ impl Proxy {
         self.state.load_full()
     }
 
-    /// Connects to the local app at `dst` for `client`, bounded by [`UPSTREAM_CONNECT_TIMEOUT`].
+    /// Connects to the local app at `dst` for `client`, bounded by [`UPSTREAM_CONNECT_TIMEOUT`];
+    /// from inside a pod, `announce` hears the socket's address first
+    /// ([`crate::pod_net::PodNet::connect_announced`]).
     pub(crate) async fn connect_app(
         &self,
         dial: &AppDial,
         dst: std::net::SocketAddr,
         client: std::net::IpAddr,
+        announce: Option<crate::pod_net::Announce<'_>>,
     ) -> Result<tokio::net::TcpStream, String> {
         let connect = async {
             match dial {
                 AppDial::FromNode => self.sockets.connect(dst).await,
-                AppDial::InPod(pod) => pod.connect(dst, Some(client)).await,
+                AppDial::InPod(pod) => pod.connect_announced(dst, Some(client), announce).await,
             }
         };
         match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, connect).await {

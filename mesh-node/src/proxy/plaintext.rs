@@ -75,7 +75,7 @@ impl Proxy {
         if !self.still_local(dest.ip, &dest.name) {
             return fail(format!("workload {} left the mesh", dest.name));
         }
-        let mut upstream = match self.connect_app(&dial, dst, peer.ip()).await {
+        let mut upstream = match self.connect_app(&dial, dst, peer.ip(), None).await {
             Ok(upstream) => upstream,
             Err(reason) => return fail(reason),
         };

@@ -32,7 +32,7 @@ use std::{
 use mesh_ebpf_common::TupleKey;
 use tokio::{net::TcpStream, time::Instant};
 
-use super::{inbound::connection_info, inbound::RESERVED_PORTS, labels, Proxy};
+use super::{inbound::connection_info, inbound::RESERVED_PORTS, labels, AppDial, Proxy};
 use crate::{
     metrics::{ConnectionRecord, Outcome, Reporter, TcpLabels},
     pod_net::PodNet,
@@ -123,20 +123,15 @@ impl Proxy {
             let _ = expected.set((app, local));
             Ok(())
         };
-        let connected = tokio::time::timeout(
-            super::UPSTREAM_CONNECT_TIMEOUT,
-            net.connect_announced(addr, Some(source.ip), Some(&announce)),
-        )
-        .await;
-        let mut upstream = match connected {
-            Ok(Ok(upstream)) => upstream,
-            Ok(Err(error)) => {
+        let dial = AppDial::InPod(net);
+        let mut upstream = match self
+            .connect_app(&dial, addr, source.ip, Some(&announce))
+            .await
+        {
+            Ok(upstream) => upstream,
+            Err(error) => {
                 forget(joiner, &expected);
-                return fail(format!("connecting to {addr} for {}: {error}", source.ip));
-            }
-            Err(_) => {
-                forget(joiner, &expected);
-                return fail(format!("connecting to {addr} for {}: timed out", source.ip));
+                return fail(error);
             }
         };
         for labels in &both {
@@ -166,16 +161,12 @@ impl Proxy {
                 (sent, received, outcome, None)
             }
         };
-        let (mut sent, mut received) = (sent, received);
-        if let Some([up, down]) = join.as_ref().map(Join::kernel_part) {
-            self.metrics.same_node_finished((up.0, down.0));
-            if outcome == Outcome::Completed {
-                sent += up.1;
-                received += down.1;
-            }
-        } else {
-            self.metrics.same_node_finished((false, false));
-        }
+        let [up, down] = join.as_ref().map_or([(false, 0); 2], Join::kernel_part);
+        self.metrics.same_node_finished((up.0, down.0));
+        let (sent, received) = match outcome {
+            Outcome::Completed => (sent + up.1, received + down.1),
+            _ => (sent, received),
+        };
         // The join's entries go while its sockets are still open (their keys are still ours).
         drop(join);
         let [source_labels, dest_labels]: [TcpLabels; 2] = both;
@@ -200,22 +191,23 @@ impl Proxy {
 impl Proxy {
     /// Takes the captured client socket behind `accepted` out of same-node joining.
     pub(super) fn release_join(&self, accepted: &TcpStream) {
-        if let (Some(joiner), Ok(client), Ok(tunnel)) = (
-            self.joiner.get(),
-            accepted.peer_addr(),
-            accepted.local_addr(),
-        ) {
-            joiner.release(&Joiner::key(client, tunnel));
+        if let (Some(joiner), Some(client)) = (self.joiner.get(), client_key(accepted)) {
+            joiner.release(&client);
         }
     }
 }
 
+/// The key of the captured client socket behind the tunnel's `accepted` one (its peer).
+fn client_key(accepted: &TcpStream) -> Option<TupleKey> {
+    Some(Joiner::key(
+        accepted.peer_addr().ok()?,
+        accepted.local_addr().ok()?,
+    ))
+}
+
 /// Whether the captured client socket behind `accepted` had its writes counted from the start.
 fn joinable(joiner: &Joiner, accepted: &TcpStream) -> bool {
-    match (accepted.peer_addr(), accepted.local_addr()) {
-        (Ok(client), Ok(tunnel)) => joiner.joinable(&Joiner::key(client, tunnel)),
-        _ => false,
-    }
+    client_key(accepted).is_some_and(|client| joiner.joinable(&client))
 }
 
 /// Drops the expectation of a connection that was not made.
@@ -246,7 +238,8 @@ const JOIN_AFTER_BYTES: u64 = 64 * 1024;
 pub struct JoinSlot {
     plan: Option<JoinPlan>,
     join: OnceLock<Join>,
-    refused: AtomicBool,
+    /// [`Self::make`] ran (it tries once).
+    attempted: AtomicBool,
     writes: AtomicU32,
     /// Bytes the tunnel forwarded so far, client's and server's.
     totals: [AtomicU64; 2],
@@ -255,26 +248,22 @@ pub struct JoinSlot {
 impl JoinSlot {
     /// A join made once the connection proves busy enough.
     pub fn later(plan: JoinPlan) -> Self {
-        Self {
-            plan: Some(plan),
-            join: OnceLock::new(),
-            refused: AtomicBool::new(false),
-            writes: AtomicU32::new(0),
-            totals: Default::default(),
-        }
+        Self::new(Some(plan), OnceLock::new())
     }
 
     /// A join already made.
     pub fn made(join: Join) -> Self {
-        let slot = Self {
-            plan: None,
-            join: OnceLock::new(),
-            refused: AtomicBool::new(false),
+        Self::new(None, OnceLock::from(join))
+    }
+
+    fn new(plan: Option<JoinPlan>, join: OnceLock<Join>) -> Self {
+        Self {
+            plan,
+            join,
+            attempted: AtomicBool::new(false),
             writes: AtomicU32::new(0),
             totals: Default::default(),
-        };
-        let _ = slot.join.set(join);
-        slot
+        }
     }
 
     /// The join, if it was made.
@@ -289,10 +278,7 @@ impl JoinSlot {
 
     /// The tunnel wrote `total` bytes of `way` so far: tell the join, or make it when due.
     fn forwarded(&self, way: Direction, total: u64, sockets: [&TcpStream; 2]) {
-        let i = match way {
-            Direction::ClientToServer => 0,
-            Direction::ServerToClient => 1,
-        };
+        let i = way.index();
         // Published before the join is looked at: a join made meanwhile starts from it.
         self.totals[i].store(total, Ordering::SeqCst);
         if let Some(join) = self.join.get() {
@@ -306,7 +292,7 @@ impl JoinSlot {
 
     fn make(&self, [accepted, upstream]: [&TcpStream; 2]) {
         let Some(plan) = &self.plan else { return };
-        if self.join.get().is_some() || self.refused.swap(true, Ordering::SeqCst) {
+        if self.attempted.swap(true, Ordering::SeqCst) {
             return;
         }
         let attempt = || -> io::Result<Join> {
@@ -327,8 +313,8 @@ impl JoinSlot {
             }
             Err(error) => {
                 tracing::debug!(%error, "same-node connection not joined; the tunnel copies it");
-                if let (Ok(client), Ok(tunnel)) = (accepted.peer_addr(), accepted.local_addr()) {
-                    plan.joiner.release(&Joiner::key(client, tunnel));
+                if let Some(client) = client_key(accepted) {
+                    plan.joiner.release(&client);
                 }
                 plan.joiner.release(&plan.server_app);
             }

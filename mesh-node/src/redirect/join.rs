@@ -178,7 +178,8 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn index(self) -> usize {
+    /// 0 for the client's writes, 1 for the server's (the order of [`Join::kernel_part`]).
+    pub fn index(self) -> usize {
         match self {
             Self::ClientToServer => 0,
             Self::ServerToClient => 1,
