@@ -53,6 +53,20 @@ pub mod maps {
     /// `HashMap<ProbeKey, u8>`: addresses of enrolled local pods, whose kubelet probes are sent
     /// from the probe address (`cgroup/connect*` on the kubelet's cgroup).
     pub const PROBED_PODS: &str = "PROBED_PODS";
+    /// `LruHashMap<AdmitKey, Admission>`: destinations a local pod may connect to straight,
+    /// without the tunnel (same-node direct path), written by mesh-node after its own check.
+    pub const ADMITTED: &str = "ADMITTED";
+    /// `Array<u64>` with one entry: the admission epoch. An [`crate::Admission`] of another
+    /// epoch is void; mesh-node moves it on every mesh or policy change.
+    pub const ADMIT_EPOCH: &str = "ADMIT_EPOCH";
+    /// `LruHashMap<TupleKey, DirectConn>`: live direct connections by the client socket's own
+    /// tuple, written by `sock_ops` only. Strict inbound and `sk_lookup` let their handshake
+    /// into the destination pod's own listener.
+    pub const DIRECT: &str = "DIRECT";
+    /// `RingBuf` of [`crate::DirectEvent`]s: direct connections opened and closed.
+    pub const DIRECT_EVENTS: &str = "DIRECT_EVENTS";
+    /// `PerCpuArray<u64>` indexed by [`crate::direct_counter`].
+    pub const DIRECT_COUNTERS: &str = "DIRECT_COUNTERS";
 }
 
 /// Sizes (`max_entries`) of the maps, shared so the loader can check maps it adopts from bpffs.
@@ -74,6 +88,31 @@ pub mod capacity {
     pub const INBOUND: u32 = 4 * ENROLLED;
     /// `PROBED_PODS`: two addresses (IPv4, IPv6) of every enrolled pod.
     pub const PROBED_PODS: u32 = 2 * ENROLLED;
+    /// `ADMITTED`: (client pod, destination) pairs admitted at once.
+    pub const ADMITTED: u32 = 16_384;
+    /// `DIRECT_EVENTS`, in bytes (a power of two): about 8,000 events waiting for mesh-node.
+    pub const DIRECT_EVENTS_BYTES: u32 = 1 << 20;
+}
+
+/// Indexes of `DIRECT_COUNTERS` (kept out of `COUNTERS`, whose pinned size is fixed).
+pub mod direct_counter {
+    /// `cgroup/connect*`: connects left on their way to an admitted same-node destination.
+    pub const CONNECT_DIRECT: u32 = 0;
+    /// `sock_ops`: such connects whose SYN found the admission gone or the source address not
+    /// the admitted one: not authorised, so the destination refuses them.
+    pub const CONNECT_UNAUTHORISED: u32 = 1;
+    /// Events lost because `DIRECT_EVENTS` was full.
+    pub const EVENTS_LOST: u32 = 2;
+    /// Number of counters.
+    pub const COUNT: u32 = 3;
+}
+
+/// [`DirectEvent::kind`] values.
+pub mod direct_event {
+    /// The client socket is established.
+    pub const OPENED: u32 = 1;
+    /// The client socket closed (after [`OPENED`], or a connect that failed).
+    pub const CLOSED: u32 = 2;
 }
 
 /// Names of the programs in the eBPF object.
@@ -186,6 +225,9 @@ pub mod config_flags {
     /// Same-node joining is on: `sock_ops` makes redirected client sockets (and the sockets
     /// named in `JOIN_PENDING`) joinable, see [`crate::JoinCtl`].
     pub const JOIN: u16 = 8;
+    /// Same-node direct connections are on: connects to a destination in `ADMITTED` are left
+    /// alone, see [`crate::Admission`].
+    pub const DIRECT: u16 = 16;
 }
 
 /// Address family constants as the kernel reports them.
@@ -338,6 +380,66 @@ impl PortKey {
     }
 }
 
+/// A client pod (by network namespace) and a destination it dialled, for `ADMITTED`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AdmitKey {
+    /// The client pod's network namespace cookie.
+    pub netns_cookie: u64,
+    /// Destination address, network byte order; IPv4 uses `[0]` only.
+    pub ip: [u32; 4],
+    /// Destination port, network byte order.
+    pub port: u16,
+    /// [`family`] value.
+    pub family: u16,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// mesh-node checked the destination's policy for this client pod and found the pair fit for
+/// the same-node direct path: the client's connects there skip the tunnel while the admission
+/// holds (same epoch, not expired) and the socket's address is `client_ip`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// The client address the check was made for, same encoding as the key's.
+    pub client_ip: [u32; 4],
+    /// The `ADMIT_EPOCH` value it was made in.
+    pub epoch: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`) after which it is void.
+    pub expires_ns: u64,
+}
+
+/// A live direct connection (`DIRECT`): whose it is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectConn {
+    /// The client pod's network namespace cookie.
+    pub netns_cookie: u64,
+    /// `bpf_ktime_get_ns` when its SYN left.
+    pub started_ns: u64,
+}
+
+/// One event of a direct connection, from `sock_ops` to mesh-node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectEvent {
+    /// [`direct_event`] value.
+    pub kind: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The client pod's network namespace cookie.
+    pub netns_cookie: u64,
+    /// The client socket's own tuple (client = local, tunnel = the destination).
+    pub tuple: TupleKey,
+    /// Bytes the client sent that the destination acknowledged (at close).
+    pub sent: u64,
+    /// Bytes the client received (at close).
+    pub received: u64,
+    /// Nanoseconds from the SYN to this event.
+    pub elapsed_ns: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of them are `#[repr(C)]`, made only of integers, with explicit padding fields, so
@@ -357,6 +459,14 @@ mod pod {
     unsafe impl aya::Pod for super::JoinCtl {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::JoinState {}
+    // SAFETY: as above (explicit padding).
+    unsafe impl aya::Pod for super::AdmitKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Admission {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DirectConn {}
+    // SAFETY: as above (explicit padding).
+    unsafe impl aya::Pod for super::DirectEvent {}
 }
 
 #[cfg(test)]
@@ -378,6 +488,13 @@ mod tests {
         assert_eq!(size_of::<PortKey>(), 8 + 2 + 6);
         assert_eq!(size_of::<InboundKey>(), 16 + 2 + 2);
         assert_eq!(size_of::<ProbeKey>(), 16 + 2 + 2);
+        assert_eq!(size_of::<AdmitKey>(), 8 + 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<Admission>(), 16 + 8 + 8);
+        assert_eq!(size_of::<DirectConn>(), 8 + 8);
+        assert_eq!(
+            size_of::<DirectEvent>(),
+            4 + 4 + 8 + size_of::<TupleKey>() + 8 + 8 + 8
+        );
     }
 
     #[test]

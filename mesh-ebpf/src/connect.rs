@@ -5,6 +5,8 @@
 //! the tunnel listener itself, an excluded port or an excluded CIDR. The original destination is
 //! stored by socket cookie before the rewrite; if that store fails the connect is still redirected
 //! so the tunnel rejects it (no original destination) rather than letting it bypass policy.
+//! A connect to a same-node destination mesh-node admitted for this pod is left alone instead
+//! (see `direct`).
 
 use core::ptr::{addr_of_mut, write_volatile};
 
@@ -86,6 +88,9 @@ unsafe fn try_connect4(ctx: &SockAddrContext) {
         port,
         family: family::INET,
     };
+    if crate::direct::connect_direct(ctx, orig.ip, port, orig.family) {
+        return;
+    }
     remember(ctx, &orig);
     // SAFETY: user_ip4/user_port are writable in connect4; volatile keeps the stores 4 bytes wide.
     unsafe {
@@ -133,6 +138,9 @@ unsafe fn try_connect6(ctx: &SockAddrContext) {
             cfg.tunnel_ip6,
         )
     };
+    if crate::direct::connect_direct(ctx, orig.ip, port, orig.family) {
+        return;
+    }
     remember(ctx, &orig);
     // SAFETY: user_ip6/user_port are writable in connect6, as 4-byte volatile stores.
     unsafe {

@@ -11,7 +11,8 @@
 //! Left to the normal lookup: connections the pod opens to itself (source address = destination
 //! address, or to 127.0.0.1/::1), the tunnel's own connections to the app (it opens them inside
 //! the pod from the client's address, on a socket bound to `lo`), and kubelet probes (source =
-//! the probe address, which only the kubelet's sockets can use: see `probe`). Everything else
+//! the probe address, which only the kubelet's sockets can use: see `probe`), and same-node
+//! direct connections (a tuple the client's `sock_ops` authorised, see `direct`). Everything else
 //! for which no listener is registered (the tunnel is starting or restarting, or failed to open
 //! it) is refused: `SK_DROP` makes the lookup find no socket, so the kernel answers the SYN with
 //! a reset, whatever listens in the pod. Fail closed. UDP is not steered.
@@ -34,7 +35,7 @@ use mesh_ebpf_common::{counter, family, inbound_kind, InboundKey, RedirectConfig
 
 use crate::{
     maps::{bump, config, INBOUND},
-    orig::read_words,
+    orig::{read_words, v4_key, v6_key},
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -74,7 +75,7 @@ fn steer(ctx: &SkLookupContext) -> core::ffi::c_uint {
     else {
         return SK_DROP;
     };
-    if from_probe || from_itself {
+    if from_probe || from_itself || direct(ctx) {
         return SK_PASS;
     }
     if cfg.hbone_port != 0 && local_port == u32::from(u16::from_be(cfg.hbone_port)) {
@@ -90,6 +91,40 @@ fn steer(ctx: &SkLookupContext) -> core::ffi::c_uint {
             SK_DROP
         }
     }
+}
+
+/// Whether the attempt belongs to a same-node direct connection (see `direct`): its tuple is
+/// one the client's `sock_ops` authorised, so it goes to the app's own listener.
+fn direct(ctx: &SkLookupContext) -> bool {
+    let lookup = ctx.lookup;
+    // SAFETY: kernel context pointer; `remote_port` is a 2-byte network-order field,
+    // `local_port` a 4-byte host-order one.
+    let (remote_port, local_port) = unsafe {
+        (
+            read_volatile(addr_of!((*lookup).remote_port)),
+            read_volatile(addr_of!((*lookup).local_port)) as u16,
+        )
+    };
+    let local_port = local_port.to_be();
+    // SAFETY: as above; 4-byte loads.
+    let key = unsafe {
+        match read_volatile(addr_of!((*lookup).family)) {
+            AF_INET => v4_key(
+                read_volatile(addr_of!((*lookup).remote_ip4)),
+                remote_port,
+                read_volatile(addr_of!((*lookup).local_ip4)),
+                local_port,
+            ),
+            AF_INET6 => v6_key(
+                read_words(addr_of!((*lookup).remote_ip6) as *const u32),
+                remote_port,
+                read_words(addr_of!((*lookup).local_ip6) as *const u32),
+                local_port,
+            ),
+            _ => return false,
+        }
+    };
+    crate::direct::is_direct(&key)
 }
 
 /// What the lookup's addresses say.

@@ -8,6 +8,8 @@
 //! - [`splice`]: `sk_msg` splices app and tunnel sockets on the same node.
 //! - [`join`]: `sk_msg` joins the two app sockets of a same-node connection through the
 //!   tunnel's sockets once the tunnel has checked it, so its bytes skip userspace.
+//! - [`direct`]: same-node connections mesh-node admitted go straight to the destination pod;
+//!   `sock_ops` authorises their tuples for the destination's inbound checks and reports them.
 //! - [`inbound`]: `sk_lookup` in each enrolled pod's network namespace steers every inbound TCP
 //!   connection attempt to the tunnel's in-pod listeners.
 //! - [`probe`]: kubelet probes leave from the probe address (`cgroup/connect*` on the kubelet's
@@ -18,6 +20,7 @@
 #![no_main]
 
 mod connect;
+mod direct;
 mod inbound;
 mod join;
 mod maps;

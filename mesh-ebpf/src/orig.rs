@@ -4,6 +4,8 @@
 //!   has a 4-tuple; store tuple -> original destination and ask for state callbacks.
 //! - `sock_ops` TCP_CONNECT: state callbacks for redirected sockets from the SYN on.
 //! - `sock_ops` STATE_CB to TCP_CLOSE: forget both entries (also for connects that failed).
+//! - Sockets that were not redirected: `sock_ops` hands them to `direct` (same-node direct
+//!   connections).
 //! - `cgroup/getsockopt`: answer `SO_ORIGINAL_DST` (SOL_IP and SOL_IPV6) on the tunnel's accepted
 //!   socket from `ORIG_BY_TUPLE`; every other option is left exactly as the kernel answered.
 //! - `cgroup/getpeername4|6`: the client sees the original peer, not the tunnel.
@@ -46,7 +48,9 @@ pub fn weft_sock_ops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => splice::on_passive_established(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
             splice::on_close(&ctx);
-            on_close(&ctx);
+            if !on_close(&ctx) {
+                crate::direct::on_close(&ctx);
+            }
         }
         _ => {}
     }
@@ -61,6 +65,8 @@ fn on_connect(ctx: &SockOpsContext) {
     // SAFETY: presence test only.
     if unsafe { ORIG_BY_COOKIE.get(&cookie) }.is_some() {
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    } else {
+        crate::direct::on_connect(ctx);
     }
 }
 
@@ -69,7 +75,7 @@ fn on_active_established(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: plain value copied out immediately.
     let Some(orig) = (unsafe { ORIG_BY_COOKIE.get(&cookie) }).copied() else {
-        return;
+        return crate::direct::on_established(ctx);
     };
     let Some(key) = active_tuple(ctx) else { return };
     if ORIG_BY_TUPLE.insert(&key, &orig, 0).is_ok() {
@@ -83,16 +89,18 @@ fn on_active_established(ctx: &SockOpsContext) {
     crate::join::on_active_established(ctx, &key);
 }
 
-fn on_close(ctx: &SockOpsContext) {
+/// Forgets a redirected socket; false when it was not one.
+fn on_close(ctx: &SockOpsContext) -> bool {
     // SAFETY: helper valid for sock_ops programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if ORIG_BY_COOKIE.remove(&cookie).is_err() {
-        return;
+        return false;
     }
     if let Some(key) = active_tuple(ctx) {
         let _ = ORIG_BY_TUPLE.remove(&key);
     }
     bump(counter::TUPLE_REMOVED);
+    true
 }
 
 /// The tuple of an actively opened socket, as the tunnel's accepted socket will see it.

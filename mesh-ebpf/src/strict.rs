@@ -20,7 +20,8 @@
 //! policy): the listener's port is the HBONE or plaintext port *and* the listening socket carries
 //! the tunnel's `SO_MARK`, so an application listening on those ports itself gets no exception;
 //! or it comes from the kubelet probe address (IPv4 or IPv6; see `probe` for why only the
-//! kubelet can use it). The node's own address gets no exception: the tunnel connects to the app
+//! kubelet can use it), or it belongs to a same-node direct connection: its tuple is one the
+//! client's `sock_ops` authorised after mesh-node's check (see `direct`). The node's own address gets no exception: the tunnel connects to the app
 //! from inside the pod (over loopback), so a node process or hostNetwork pod is just another
 //! client outside the mesh. Every other attempt is dropped, so plaintext that bypassed the tunnel
 //! never gets a connection. (`sk_lookup` already steers such attempts to the tunnel; this program
@@ -37,7 +38,10 @@ use aya_ebpf::{
 };
 use mesh_ebpf_common::{counter, enroll_flags, enroll_mode, RedirectConfig};
 
-use crate::maps::{bump, config, enroll_mode as mode_of, port_mode};
+use crate::{
+    maps::{bump, config, enroll_mode as mode_of, port_mode},
+    orig::{v4_key, v6_key},
+};
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
@@ -49,6 +53,10 @@ const LOOPBACK_IFINDEX: u32 = 1;
 const IPV4_SRC: usize = 12;
 /// Offset of the source address in the fixed IPv6 header.
 const IPV6_SRC: usize = 8;
+/// Offset of the next-header field in the fixed IPv6 header.
+const IPV6_NEXT: usize = 6;
+/// Length of the fixed IPv6 header.
+const IPV6_HEADER: usize = 40;
 
 /// Judges packets delivered to sockets in the attached cgroup.
 #[cgroup_skb(ingress)]
@@ -87,8 +95,8 @@ fn verdict(ctx: &SkBuffContext) -> Option<bool> {
         return Some(true);
     }
     Some(match u32::from_be(protocol) >> 16 {
-        ETH_P_IP => ipv4_source_allowed(ctx, cfg),
-        ETH_P_IPV6 => ipv6_source_allowed(ctx, cfg),
+        ETH_P_IP => ipv4_source_allowed(ctx, cfg) || ipv4_direct(ctx),
+        ETH_P_IPV6 => ipv6_source_allowed(ctx, cfg) || ipv6_direct(ctx),
         _ => false,
     })
 }
@@ -155,6 +163,40 @@ fn ipv4_source_allowed(ctx: &SkBuffContext, cfg: &RedirectConfig) -> bool {
         return false;
     };
     src != 0 && src == cfg.probe_ip4
+}
+
+/// Whether an IPv4 handshake packet belongs to a same-node direct connection (`direct`): its
+/// tuple, read from the IP and TCP headers, is one `sock_ops` authorised. Unreadable: no.
+fn ipv4_direct(ctx: &SkBuffContext) -> bool {
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return false;
+    };
+    let header = usize::from(first & 0x0f) * 4;
+    if header < 20 || header > 60 {
+        return false;
+    }
+    let (Ok(src), Ok(dst), Ok(ports)) = (
+        ctx.load::<u32>(IPV4_SRC),
+        ctx.load::<u32>(IPV4_SRC + 4),
+        ctx.load::<[u16; 2]>(header),
+    ) else {
+        return false;
+    };
+    crate::direct::is_direct(&v4_key(src, ports[0], dst, ports[1]))
+}
+
+/// As [`ipv4_direct`] for IPv6, when TCP follows the fixed header directly (a packet with
+/// extension headers is not read: it is not let in on this ground).
+fn ipv6_direct(ctx: &SkBuffContext) -> bool {
+    let (Ok(next), Ok(src), Ok(dst), Ok(ports)) = (
+        ctx.load::<u8>(IPV6_NEXT),
+        ctx.load::<[u32; 4]>(IPV6_SRC),
+        ctx.load::<[u32; 4]>(IPV6_SRC + 16),
+        ctx.load::<[u16; 2]>(IPV6_HEADER),
+    ) else {
+        return false;
+    };
+    u32::from(next) == IPPROTO_TCP && crate::direct::is_direct(&v6_key(src, ports[0], dst, ports[1]))
 }
 
 fn ipv6_source_allowed(ctx: &SkBuffContext, cfg: &RedirectConfig) -> bool {

@@ -157,7 +157,9 @@ impl Bound {
             .proxy
             .authz
             .close_departed(|ip, name| state.local_workload(ip).is_some_and(|w| w.name == name));
-        Ok(departed + self.proxy.authz.update(policies))
+        let revoked = self.proxy.authz.update(policies);
+        self.void_admissions();
+        Ok(departed + revoked)
     }
 
     /// The shared scan of pods' network namespaces (started on first use, if in-pod listeners
@@ -185,6 +187,33 @@ impl Bound {
     pub fn set_joiner(&self, joiner: Arc<crate::redirect::join::Joiner>) {
         if self.proxy.joiner.set(joiner).is_err() {
             tracing::warn!("same-node joining was already set; keeping the first");
+        }
+    }
+
+    /// Hands the same-node path eBPF direct connections (once the programs are loaded with
+    /// them) and follows the kernel's reports of them until drain.
+    pub fn set_direct(
+        &self,
+        direct: Arc<crate::redirect::direct::Direct>,
+        events: crate::redirect::direct::DirectEvents,
+    ) {
+        if self.proxy.direct.set(direct.clone()).is_err() {
+            tracing::warn!("same-node direct connections were already set; keeping the first");
+            return;
+        }
+        let watch =
+            crate::proxy::direct::watch(self.proxy.clone(), direct, events, self.drain.watch());
+        tokio::spawn(watch);
+    }
+
+    /// Voids every same-node direct admission: the mesh view or the policies changed.
+    fn void_admissions(&self) {
+        if let Some(direct) = self.proxy.direct.get() {
+            if let Err(error) = direct.invalidate() {
+                // Admissions then lapse by their lifetime only: stop making new ones.
+                tracing::error!(%error, "cannot move the same-node admission epoch; direct connections stop");
+                direct.stop_admitting();
+            }
         }
     }
 
@@ -217,7 +246,9 @@ impl Bound {
     /// Replaces the authorization policies; returns how many live connections were closed.
     pub fn update_policies(&self, configs: &[PolicyConfig]) -> Result<usize, PolicyError> {
         let policies = Policies::compile(&self.root_namespace, configs)?;
-        Ok(self.proxy.authz.update(policies))
+        let revoked = self.proxy.authz.update(policies);
+        self.void_admissions();
+        Ok(revoked)
     }
 
     /// Renews every local certificate now (operator-triggered rotation, tests).
@@ -273,6 +304,7 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
         metrics: Metrics::new(),
         pods: Default::default(),
         joiner: Default::default(),
+        direct: Default::default(),
     };
     let (trigger, watch) = drain::channel();
     certs.spawn_rotation(deps.certs.clone(), &watch);

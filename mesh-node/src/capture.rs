@@ -81,6 +81,25 @@ fn ipv6_listener(bound: &Bound) -> Result<SocketAddr, CaptureError> {
     }
 }
 
+/// Starts capture with `config`. When that fails with same-node joining or direct connections
+/// on (a kernel that refuses their attachments or maps), starts it again without them, so the
+/// node still captures and the tunnel carries same-node connections itself; `config` then says
+/// what was attached. Other failures are returned as they are.
+pub fn start_with_fallback<H, E: std::fmt::Display>(
+    config: &mut redirect::Config,
+    start: impl Fn(&redirect::Config) -> Result<H, E>,
+) -> Result<H, E> {
+    match start(config) {
+        Err(error) if config.join || config.direct => {
+            tracing::warn!(%error, "eBPF redirection with same-node joining or direct connections failed to attach; retrying without them (the tunnel carries same-node connections)");
+            config.join = false;
+            config.direct = false;
+            start(config)
+        }
+        started => started,
+    }
+}
+
 /// Puts the probe source addresses `redirect` uses on this node's loopback (host scope), so the
 /// kubelet's probe sockets can bind them and pods' answers come back. Left in place on exit: the
 /// probe programs stay attached on a pinned node ([`remove_probe_addresses`] on cleanup).
@@ -112,4 +131,53 @@ pub fn remove_probe_addresses() -> std::io::Result<()> {
         netlink.remove_address(netlink::LOOPBACK_IFINDEX, ip)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, net::SocketAddrV4};
+
+    use super::*;
+
+    fn config() -> redirect::Config {
+        let mut config =
+            redirect::Config::new("pods", SocketAddrV4::new([10, 0, 0, 1].into(), 15001));
+        config.join = true;
+        config.direct = true;
+        config
+    }
+
+    #[test]
+    fn a_kernel_refusing_the_same_node_extras_still_gets_capture_without_them() {
+        let mut config = config();
+        let attempts = RefCell::new(Vec::new());
+        let started = start_with_fallback(&mut config, |c| {
+            attempts.borrow_mut().push((c.join, c.direct));
+            match c.join || c.direct {
+                true => Err("sockmap link: invalid argument"),
+                false => Ok("captured"),
+            }
+        });
+        assert_eq!(started, Ok("captured"));
+        assert_eq!(*attempts.borrow(), [(true, true), (false, false)]);
+        assert!(
+            !config.join && !config.direct,
+            "config says what was attached"
+        );
+    }
+
+    #[test]
+    fn capture_that_fails_on_its_own_is_an_error_and_one_that_works_keeps_everything() {
+        let mut config = config();
+        let failed: Result<(), &str> = start_with_fallback(&mut config, |_| Err("no cgroup"));
+        assert_eq!(failed, Err("no cgroup"));
+        let mut config = self::config();
+        let calls = RefCell::new(0);
+        let started: Result<(), &str> = start_with_fallback(&mut config, |_| {
+            *calls.borrow_mut() += 1;
+            Ok(())
+        });
+        assert_eq!((started, *calls.borrow()), (Ok(()), 1));
+        assert!(config.join && config.direct);
+    }
 }

@@ -329,6 +329,10 @@ pub struct EnrollmentHandle {
     shared: Shared,
     steering: Arc<Steering>,
     joiner: Option<Arc<crate::redirect::join::Joiner>>,
+    direct: Option<(
+        Arc<crate::redirect::direct::Direct>,
+        Option<crate::redirect::direct::DirectEvents>,
+    )>,
     captured: watch::Receiver<BTreeSet<IpAddr>>,
 }
 
@@ -358,9 +362,10 @@ impl EnrollmentHandle {
         wanted: Wanted,
         scans: watch::Receiver<Scan>,
     ) -> Result<Self, RedirectError> {
-        let redirect = Redirect::load(config)?;
+        let mut redirect = Redirect::load(config)?;
         let steering = redirect.steering();
         let joiner = redirect.joiner();
+        let direct = redirect.direct();
         let (wanted_tx, wanted_rx) = watch::channel(wanted);
         let (drain, watch) = mesh_core::drain::channel();
         let enrollment = Enrollment::new(redirect);
@@ -375,6 +380,7 @@ impl EnrollmentHandle {
             shared,
             steering,
             joiner,
+            direct,
             captured,
         })
     }
@@ -388,6 +394,18 @@ impl EnrollmentHandle {
     /// [`crate::app::Bound::set_joiner`].
     pub fn joiner(&self) -> Option<Arc<crate::redirect::join::Joiner>> {
         self.joiner.clone()
+    }
+
+    /// Same-node direct connections, when the programs were attached with them, and their
+    /// event stream, for [`crate::app::Bound::set_direct`] (once).
+    pub fn take_direct(
+        &mut self,
+    ) -> Option<(
+        Arc<crate::redirect::direct::Direct>,
+        crate::redirect::direct::DirectEvents,
+    )> {
+        let (direct, events) = self.direct.as_mut()?;
+        Some((direct.clone(), events.take()?))
     }
 
     /// Per-pod inbound steering, for [`crate::app::Bound::set_steering`].

@@ -92,6 +92,11 @@ struct Args {
     /// join is on by default with --redirect-cgroup; docs/same-node.md).
     #[arg(long, env = "WEFT_NO_SAME_NODE_JOIN")]
     no_same_node_join: bool,
+    /// Send every same-node connection through the tunnel, instead of letting a client pod's
+    /// connects to a same-node destination the tunnel already checked for it go straight there
+    /// (on by default with --redirect-cgroup; docs/same-node.md).
+    #[arg(long, env = "WEFT_NO_SAME_NODE_DIRECT")]
+    no_same_node_direct: bool,
     #[command(flatten)]
     log: telemetry::LogOptions,
 }
@@ -135,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
             redirect.pin_path = args.bpf_pin_path.clone();
             redirect.kubelet_cgroup = args.kubelet_cgroup.clone();
             redirect.join = !args.no_same_node_join;
+            redirect.direct = !args.no_same_node_direct;
             if redirect.kubelet_cgroup.is_none() {
                 tracing::warn!("no --kubelet-cgroup: kubelet probes to STRICT pods are refused");
             }
@@ -145,21 +151,15 @@ async fn main() -> anyhow::Result<()> {
                 true => EnrollmentHandle::start_pending(redirect, scans.clone()),
                 false => EnrollmentHandle::start(redirect, wanted.clone(), scans.clone()),
             };
-            let handle = match start(&redirect) {
-                // A kernel that refuses the join's programs or maps still gets capture: the
-                // tunnel then copies same-node connections itself.
-                Err(error) if redirect.join => {
-                    tracing::warn!(%error, "eBPF redirection with same-node joining failed to attach; retrying without joining");
-                    redirect.join = false;
-                    start(&redirect)
-                }
-                started => started,
-            }
-            .context("attaching eBPF redirection")?;
+            let mut handle = capture::start_with_fallback(&mut redirect, start)
+                .context("attaching eBPF redirection")?;
             bound.metrics().install_ebpf_counters(handle.counters());
             bound.set_steering(handle.steering());
             if let Some(joiner) = handle.joiner() {
                 bound.set_joiner(joiner);
+            }
+            if let Some((direct, events)) = handle.take_direct() {
+                bound.set_direct(direct, events);
             }
             Some(handle)
         }

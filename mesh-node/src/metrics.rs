@@ -105,7 +105,8 @@ pub struct Metrics {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct SameNodePath {
     /// `kernel`: both directions switched to the kernel join; `partly_kernel`: one did;
-    /// `tunnel`: the tunnel copied every byte (not joinable, or no write after the join).
+    /// `tunnel`: the tunnel copied every byte (not joinable, or no write after the join);
+    /// `direct`: the connection went straight to the destination pod (admitted pair).
     pub path: SameNodeCarrier,
 }
 
@@ -119,6 +120,9 @@ pub enum SameNodeCarrier {
     partly_kernel,
     /// No direction joined.
     tunnel,
+    /// Connected straight to the destination pod (an admitted pair, see
+    /// `crate::redirect::direct`): no tunnel socket on the way at all.
+    direct,
 }
 
 impl Metrics {
@@ -184,6 +188,15 @@ impl Metrics {
             _ => SameNodeCarrier::partly_kernel,
         };
         self.same_node.get_or_create(&SameNodePath { path }).inc();
+    }
+
+    /// Counts a finished same-node direct connection.
+    pub fn same_node_direct_finished(&self) {
+        self.same_node
+            .get_or_create(&SameNodePath {
+                path: SameNodeCarrier::direct,
+            })
+            .inc();
     }
 
     /// Exports the eBPF programs' counters (`weft_ebpf_events_total`), read on every scrape.

@@ -1,7 +1,8 @@
 //! Just enough rtnetlink for the tunnel's own routing needs, without iptables or a netlink
 //! crate: a fwmark policy rule and a `local` default route (the return path of the tunnel's
 //! transparent connections inside a pod, [`crate::pod_net`]), and an address on loopback (the
-//! kubelet probe source on the node).
+//! kubelet probe source on the node), and sock_diag's `SOCK_DESTROY` (ending a same-node
+//! direct connection whose policy was revoked).
 //!
 //! Requests are acknowledged one at a time (`NLM_F_ACK`), so each error names its request. Adds
 //! are exclusive (`NLM_F_EXCL`) and an "already exists" answer is success: every call is
@@ -9,7 +10,7 @@
 
 use std::{
     io,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
@@ -18,6 +19,8 @@ const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_NEWRULE: u16 = 32;
+/// `SOCK_DESTROY` (sock_diag).
+const SOCK_DESTROY: u16 = 21;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
@@ -56,12 +59,21 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a `NETLINK_ROUTE` socket.
     pub fn open() -> io::Result<Self> {
+        Self::open_protocol(libc::NETLINK_ROUTE)
+    }
+
+    /// Opens a `NETLINK_SOCK_DIAG` socket (for [`Self::destroy_tcp`]).
+    pub fn open_sock_diag() -> io::Result<Self> {
+        Self::open_protocol(libc::NETLINK_SOCK_DIAG)
+    }
+
+    fn open_protocol(protocol: libc::c_int) -> io::Result<Self> {
         // SAFETY: plain socket(2); the result is checked before use.
         let raw = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
+                protocol,
             )
         };
         if raw < 0 {
@@ -122,6 +134,20 @@ impl Netlink {
         }
     }
 
+    /// `ss -K`: aborts the TCP socket of this namespace whose own address is `local` and whose
+    /// peer is `remote` (`SOCK_DESTROY`; the kernel resets the connection). Needs a
+    /// [`Self::open_sock_diag`] socket. An IPv4 pair is also looked for as the IPv4-mapped pair
+    /// of a dual-stack socket.
+    pub fn destroy_tcp(&mut self, local: SocketAddr, remote: SocketAddr) -> io::Result<()> {
+        let first = self.request(SOCK_DESTROY, 0, &destroy_body(local, remote, false));
+        match first {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && local.is_ipv4() => {
+                self.request(SOCK_DESTROY, 0, &destroy_body(local, remote, true))
+            }
+            other => other,
+        }
+    }
+
     fn create(&mut self, kind: u16, body: &[u8]) -> io::Result<()> {
         match self.request(kind, NLM_F_CREATE | NLM_F_EXCL, body) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
@@ -174,6 +200,38 @@ impl Netlink {
             }
         }
     }
+}
+
+/// `struct inet_diag_req_v2` naming one TCP socket in any state. `mapped`: the IPv4 pair as
+/// the IPv4-mapped addresses of an `AF_INET6` socket.
+fn destroy_body(local: SocketAddr, remote: SocketAddr, mapped: bool) -> Vec<u8> {
+    let octets = |ip: IpAddr| -> [u8; 16] {
+        match ip {
+            IpAddr::V4(v4) if mapped => v4.to_ipv6_mapped().octets(),
+            IpAddr::V4(v4) => {
+                let mut out = [0; 16];
+                out[..4].copy_from_slice(&v4.octets());
+                out
+            }
+            IpAddr::V6(v6) => v6.octets(),
+        }
+    };
+    let family = match local.ip() {
+        IpAddr::V4(_) if !mapped => libc::AF_INET as u8,
+        _ => libc::AF_INET6 as u8,
+    };
+    // family, protocol, extensions, padding, states (all).
+    let mut body = vec![family, libc::IPPROTO_TCP as u8, 0, 0];
+    body.extend_from_slice(&u32::MAX.to_ne_bytes());
+    // struct inet_diag_sockid: ports (network order), addresses, interface, cookie (none).
+    body.extend_from_slice(&local.port().to_be_bytes());
+    body.extend_from_slice(&remote.port().to_be_bytes());
+    body.extend_from_slice(&octets(local.ip()));
+    body.extend_from_slice(&octets(remote.ip()));
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    body.extend_from_slice(&u32::MAX.to_ne_bytes());
+    body.extend_from_slice(&u32::MAX.to_ne_bytes());
+    body
 }
 
 fn address_body(ifindex: u32, ip: IpAddr, scope: u8) -> Vec<u8> {
@@ -232,6 +290,29 @@ fn align(len: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn destroy_requests_name_one_socket_by_its_whole_tuple() {
+        let local: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let remote: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let body = destroy_body(local, remote, false);
+        // inet_diag_req_v2 is 56 bytes: 8 of header, 48 of socket id.
+        assert_eq!(body.len(), 56);
+        assert_eq!(body[0], libc::AF_INET as u8);
+        assert_eq!(&body[8..10], &40000u16.to_be_bytes());
+        assert_eq!(&body[10..12], &80u16.to_be_bytes());
+        assert_eq!(&body[12..16], &[10, 0, 0, 1]);
+        assert_eq!(&body[28..32], &[10, 0, 0, 2]);
+        let mapped = destroy_body(local, remote, true);
+        assert_eq!(mapped[0], libc::AF_INET6 as u8);
+        assert_eq!(
+            &mapped[12..28],
+            &"::ffff:10.0.0.1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
+    }
 
     #[test]
     fn attributes_are_padded_to_four_bytes() {

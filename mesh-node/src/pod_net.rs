@@ -83,6 +83,7 @@ pub struct PodNet {
     netns: File,
     reply_mark: u32,
     mark: u32,
+    cookie: OnceLock<u64>,
 }
 
 impl PodNet {
@@ -92,6 +93,7 @@ impl PodNet {
             netns,
             reply_mark,
             mark: 0,
+            cookie: OnceLock::new(),
         }
     }
 
@@ -113,6 +115,26 @@ impl PodNet {
     /// The namespace.
     pub fn netns(&self) -> BorrowedFd<'_> {
         self.netns.as_fd()
+    }
+
+    /// The namespace's cookie, as the eBPF programs see it (read once).
+    pub fn cookie(&self) -> io::Result<u64> {
+        if let Some(cookie) = self.cookie.get() {
+            return Ok(*cookie);
+        }
+        let cookie = crate::redirect::netns::cookie_of_fd(self.netns.as_fd())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(*self.cookie.get_or_init(|| cookie))
+    }
+
+    /// Aborts this pod's TCP connection from `local` to `remote`: the kernel resets it, so both
+    /// apps see the connection end (sock_diag `SOCK_DESTROY`, from a netlink socket opened
+    /// inside the pod on a short-lived thread). Blocking: call from a blocking context.
+    pub fn destroy_tcp(&self, local: SocketAddr, remote: SocketAddr) -> io::Result<()> {
+        let mut netlink =
+            crate::redirect::netns::run_in(self.netns.as_fd(), Netlink::open_sock_diag)
+                .map_err(|e| io::Error::other(e.to_string()))??;
+        netlink.destroy_tcp(local, remote)
     }
 
     /// Connects to `dst` (the app) from inside the pod, transparently from `client` when it is

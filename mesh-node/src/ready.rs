@@ -203,6 +203,7 @@ mod tests {
             metrics: Metrics::new(),
             pods: Default::default(),
             joiner: Default::default(),
+            direct: Default::default(),
         }
     }
 

@@ -176,3 +176,63 @@ fn without_a_reply_mark_the_app_is_reached_from_the_pods_own_address() {
     drop(stream);
     let _ = Command::new("ip").args(["link", "del", "wfpn-h0"]).status();
 }
+
+/// `PodNet::destroy_tcp` ends exactly the named connection of the pod (both ends see it end),
+/// from the node's namespace, over IPv4 and IPv6; a connection that is gone is `ENOENT`.
+#[test]
+fn destroy_ends_the_named_connection_and_no_other() {
+    let ns = Netns::new("wfpn-destroy");
+    let net = pod_net::PodNet::new(ns.file(), 0);
+    for loopback in ["127.0.0.1", "::1"] {
+        let ip: IpAddr = loopback.parse().unwrap();
+        let (listener, victim, bystander) = run_in(net.netns(), || {
+            let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+            let target = listener.local_addr().unwrap();
+            let victim = std::net::TcpStream::connect(target).unwrap();
+            let bystander = std::net::TcpStream::connect(target).unwrap();
+            (listener, victim, bystander)
+        })
+        .expect("enter netns");
+        let (mut victim_peer, _) = listener.accept().unwrap();
+        let (mut bystander_peer, _) = listener.accept().unwrap();
+        let local = victim.local_addr().unwrap();
+        let remote = victim.peer_addr().unwrap();
+
+        net.destroy_tcp(local, remote)
+            .unwrap_or_else(|e| panic!("destroy {local} -> {remote}: {e}"));
+
+        // The server side of the destroyed connection reads a reset (or EOF), the other
+        // connection still carries bytes.
+        use std::io::Read;
+        let mut buf = [0u8; 8];
+        victim_peer
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let read = victim_peer.read(&mut buf);
+        let ended = match &read {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        };
+        assert!(
+            ended,
+            "{loopback}: the destroyed connection still open: {read:?}"
+        );
+        bystander_peer.write_all(b"ping").unwrap();
+        let mut bystander = bystander;
+        bystander.read_exact(&mut buf[..4]).unwrap();
+        assert_eq!(
+            &buf[..4],
+            b"ping",
+            "{loopback}: the other connection was hit"
+        );
+
+        let again = net.destroy_tcp(local, remote).unwrap_err();
+        assert_eq!(
+            again.raw_os_error(),
+            Some(libc::ENOENT),
+            "{loopback}: {again}"
+        );
+        drop(victim);
+    }
+}

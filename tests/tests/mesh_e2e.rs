@@ -416,6 +416,25 @@ fn same_node_pods_skip_hbone_with_policy_intact(mesh: &mut MeshLab) {
         "the same-node connection was not counted:\n{metrics}"
     );
 
+    // That check admitted the pair: the next connections go straight to website-v1's pod,
+    // with no tunnel socket on the way, and are still reported.
+    let direct_before = same_node_count(mesh, "direct");
+    for _ in 0..3 {
+        let answer = mesh.get("client", &website_v1, &["--body"]).unwrap();
+        assert!(
+            answer.starts_with("200") && answer.contains(&format!("(peer {client_ip}:")),
+            "direct same-node connection: {answer}"
+        );
+    }
+    let counted = wait_until(Duration::from_secs(5), || {
+        same_node_count(mesh, "direct") > direct_before
+    });
+    assert!(
+        counted,
+        "no same-node connection went straight to the pod:\n{}",
+        mesh.node_metrics("n1").unwrap()
+    );
+
     // A live connection, then a policy that denies it.
     let hold = mesh.bin("weft-lab-app");
     let args = [
@@ -437,6 +456,20 @@ fn same_node_pods_skip_hbone_with_policy_intact(mesh: &mut MeshLab) {
         "hold never connected: {}",
         mesh.log("hold-website-v1")
     );
+    // While a direct connection into website-v1 (STRICT) is open, plaintext from outside the
+    // mesh still has no way in: not from a pod outside the mesh, not from the node itself.
+    let intruder = mesh
+        .get("intruder", &website_v1, &["--timeout-ms", "2000"])
+        .unwrap_or_default();
+    assert!(
+        !intruder.starts_with("200"),
+        "intruder reached website-v1 beside a direct connection: {intruder}"
+    );
+    let from_node = mesh.node_get("n1", &website_v1, "/").unwrap_or_default();
+    assert!(
+        !from_node.starts_with("200"),
+        "n1's host reached website-v1 beside a direct connection: {from_node}"
+    );
     let policy = mesh.config_dir().join("97-deny-same-node.yaml");
     std::fs::write(&policy, DENY_CLIENT_TO_WEBSITE_V1).unwrap();
     let closed = wait_until(Duration::from_secs(15), || {
@@ -447,6 +480,14 @@ fn same_node_pods_skip_hbone_with_policy_intact(mesh: &mut MeshLab) {
     assert!(
         closed,
         "the live same-node connection outlived the DENY:\n{}",
+        mesh.log("mesh-node-n1")
+    );
+    // It was a direct connection (no tunnel socket to close): the tunnel destroyed the client's
+    // socket.
+    assert!(
+        mesh.log("mesh-node-n1")
+            .contains("same-node direct connection revoked"),
+        "the held connection was not a direct one:\n{}",
         mesh.log("mesh-node-n1")
     );
     let refused = mesh
@@ -467,6 +508,18 @@ fn same_node_pods_skip_hbone_with_policy_intact(mesh: &mut MeshLab) {
         "same-node traffic did not come back once the DENY was removed"
     );
     let _ = mesh.lab.stop("hold-website-v1", Duration::from_secs(2));
+}
+
+/// `weft_same_node_connections_total{path}` on n1.
+fn same_node_count(mesh: &MeshLab, path: &str) -> u64 {
+    let prefix = format!("weft_same_node_connections_total{{path=\"{path}\"}} ");
+    let metrics = mesh.node_metrics("n1").unwrap_or_default();
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix.as_str()))
+        .filter_map(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .sum()
 }
 
 /// Pods started through the CNI chain: a mesh pod's very first connection is captured (the

@@ -6,10 +6,13 @@
 //!   PeerAuthentication mode and policy.
 //! - `same_node`: captured outbound to a pod served in-pod here -> that pod, policy checked
 //!   here, no HBONE (when both workloads allow it).
+//! - [`direct`]: the same-node connections that skip the tunnel altogether once their pair is
+//!   admitted: accounted for and revoked here from the kernel's reports.
 //!
 //! Both inbound paths reach the app through an [`AppDial`]: from inside the pod with the
 //! client's address (in-pod listeners), or from the node (the node-level listeners).
 
+pub mod direct;
 pub mod inbound;
 pub mod outbound;
 pub mod plaintext;
@@ -57,6 +60,8 @@ pub struct Proxy {
     pub pods: Arc<PodNets>,
     /// Same-node joining, once the eBPF programs are attached with it.
     pub joiner: Arc<std::sync::OnceLock<Arc<crate::redirect::join::Joiner>>>,
+    /// Same-node direct connections, once the eBPF programs are attached with them.
+    pub direct: Arc<std::sync::OnceLock<Arc<crate::redirect::direct::Direct>>>,
 }
 
 impl std::fmt::Debug for Proxy {

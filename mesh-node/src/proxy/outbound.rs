@@ -20,6 +20,8 @@ impl Proxy {
     /// Handles one connection accepted on the outbound listener.
     pub async fn outbound(self, mut stream: TcpStream, peer: SocketAddr) {
         let start = Instant::now();
+        // Before the view: a change after this voids what this connection admits.
+        let epoch = self.direct.get().map(|direct| direct.epoch());
         let dst = match self.sockets.original_dst(&stream) {
             Ok(dst) => dst,
             Err(error) => {
@@ -44,6 +46,7 @@ impl Proxy {
             stream: &mut stream,
             peer,
             guard: &mut guard,
+            epoch,
         };
         self.route(conn, &source, dst, start).instrument(span).await;
     }
@@ -58,7 +61,9 @@ impl Proxy {
         let state = self.state();
         let route = route::choose(&state, dst);
         let same_node = match &route {
-            Route::Hbone(hop) => self.same_node_target(&state, source, hop),
+            Route::Hbone(hop) => self
+                .same_node_target(&state, source, hop)
+                .map(|target| target.admitting(dst, conn.epoch)),
             _ => None,
         };
         if same_node.is_none() {
@@ -203,6 +208,8 @@ struct Captured<'a> {
     stream: &'a mut TcpStream,
     peer: SocketAddr,
     guard: &'a mut ConnectionGuard,
+    /// The same-node admission epoch read before the mesh view ([`super::direct`]).
+    epoch: Option<u64>,
 }
 
 /// `forwarded`, a fresh `traceparent` and `baggage` describing the source workload.

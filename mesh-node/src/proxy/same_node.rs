@@ -47,6 +47,29 @@ pub(super) struct LocalTarget {
     dest: Arc<Workload>,
     net: Arc<PodNet>,
     addr: SocketAddr,
+    /// The admission epoch read before the view this target came from, when the client
+    /// dialled this very address: the pair may then be admitted for direct connections
+    /// ([`super::direct`]).
+    admit: Option<u64>,
+}
+
+impl LocalTarget {
+    /// The destination pod's address and port.
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The destination workload.
+    pub(super) fn dest(&self) -> &Workload {
+        &self.dest
+    }
+
+    /// Admits the pair for direct connections when the client dialled the destination's own
+    /// address and `epoch` (read before the view `self` came from) is known.
+    pub(super) fn admitting(mut self, dialled: SocketAddr, epoch: Option<u64>) -> Self {
+        self.admit = epoch.filter(|_| dialled == self.addr);
+        self
+    }
 }
 
 impl Proxy {
@@ -68,7 +91,12 @@ impl Proxy {
             return None;
         }
         let net = self.pods.get(dest.ip)?;
-        Some(LocalTarget { dest, net, addr })
+        Some(LocalTarget {
+            dest,
+            net,
+            addr,
+            admit: None,
+        })
     }
 
     /// Checks the destination's policy for `source`, connects to the app inside its pod with
@@ -81,7 +109,12 @@ impl Proxy {
         target: LocalTarget,
         start: Instant,
     ) {
-        let LocalTarget { dest, net, addr } = target;
+        let LocalTarget {
+            dest,
+            net,
+            addr,
+            admit,
+        } = target;
         let reported = |reporter| {
             labels(
                 reporter,
@@ -137,6 +170,9 @@ impl Proxy {
         for labels in &both {
             self.metrics.opened(labels);
         }
+        if let Some(epoch) = admit {
+            self.admit_direct(source, addr, epoch);
+        }
         let plan = joiner.and_then(|joiner| {
             let (server_app, upstream_local) = *expected.get()?;
             Some(JoinPlan {
@@ -189,6 +225,23 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// Lets `source`'s next connects to `dest` go straight there ([`super::direct`]), once this
+    /// connection passed every check of the same-node path.
+    fn admit_direct(&self, source: &Workload, dest: SocketAddr, epoch: u64) {
+        let Some(direct) = self.direct.get() else {
+            return;
+        };
+        let Some(net) = self.pods.get(source.ip) else {
+            return;
+        };
+        let admitted = net
+            .cookie()
+            .and_then(|cookie| direct.admit(cookie, source.ip, dest, epoch));
+        if let Err(error) = admitted {
+            tracing::debug!(%dest, workload = %source.name, %error, "same-node pair not admitted for direct connections");
+        }
+    }
+
     /// Takes the captured client socket behind `accepted` out of same-node joining.
     pub(super) fn release_join(&self, accepted: &TcpStream) {
         if let (Some(joiner), Some(client)) = (self.joiner.get(), client_key(accepted)) {

@@ -73,6 +73,9 @@ pub struct Config {
     /// Same-node joining ([`super::join`]): redirected client sockets become joinable and the
     /// `sk_msg` program is attached.
     pub join: bool,
+    /// Same-node direct connections ([`super::direct`]): connects to a same-node destination
+    /// the tunnel admitted for the client pod skip the tunnel.
+    pub direct: bool,
     /// Most verbose eBPF log level forwarded (`tracing::Level::DEBUG` logs every redirect).
     pub log_level: tracing::Level,
 }
@@ -96,6 +99,7 @@ impl Config {
             excluded_cidrs: Vec::new(),
             splice: false,
             join: false,
+            direct: false,
             log_level: tracing::Level::INFO,
         }
     }
@@ -135,6 +139,9 @@ impl Config {
         if self.join {
             abi.flags |= config_flags::JOIN;
         }
+        if self.direct {
+            abi.flags |= config_flags::DIRECT;
+        }
         abi
     }
 
@@ -153,6 +160,15 @@ impl Config {
 /// An IPv4 address as the kernel stores it in context fields (network order in a native u32).
 pub fn ip4_abi(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
+}
+
+/// An address as the programs' keys hold it: four words (IPv4 in the first, IPv4-mapped IPv6
+/// as IPv4) and its [`mesh_ebpf_common::family`].
+pub fn ip_abi(ip: std::net::IpAddr) -> ([u32; 4], u16) {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => ([ip4_abi(v4), 0, 0, 0], mesh_ebpf_common::family::INET),
+        std::net::IpAddr::V6(v6) => (ip6_abi(v6.octets()), mesh_ebpf_common::family::INET6),
+    }
 }
 
 /// An IPv6 address as four kernel context words.

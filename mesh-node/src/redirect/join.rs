@@ -37,7 +37,7 @@ use mesh_ebpf_common::{family, maps, JoinCtl, JoinState, TupleKey};
 
 use super::{
     bpf_sys::{self, update_flags},
-    config::{ip4_abi, ip6_abi},
+    config::{ip6_abi, ip_abi},
     not_in_object, RedirectError,
 };
 
@@ -80,8 +80,8 @@ impl Joiner {
     pub fn key(local: SocketAddr, remote: SocketAddr) -> TupleKey {
         let (local_ip, remote_ip) = (local.ip().to_canonical(), remote.ip().to_canonical());
         let (client_ip, tunnel_ip, family) = match (local_ip, remote_ip) {
-            (std::net::IpAddr::V4(l), std::net::IpAddr::V4(r)) => {
-                ([ip4_abi(l), 0, 0, 0], [ip4_abi(r), 0, 0, 0], family::INET)
+            (std::net::IpAddr::V4(_), std::net::IpAddr::V4(_)) => {
+                (ip_abi(local_ip).0, ip_abi(remote_ip).0, family::INET)
             }
             (l, r) => (ip6_abi(v6_octets(l)), ip6_abi(v6_octets(r)), family::INET6),
         };

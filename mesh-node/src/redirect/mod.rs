@@ -15,6 +15,7 @@ pub mod bpf_sys;
 pub mod cgroup;
 pub mod config;
 pub mod counters;
+pub mod direct;
 pub mod join;
 pub mod logger;
 pub mod netns;
@@ -135,6 +136,7 @@ pub enum RedirectError {
 pub struct Redirect {
     ebpf: Ebpf,
     joiner: Option<Arc<join::Joiner>>,
+    direct: Option<(Arc<direct::Direct>, Option<direct::DirectEvents>)>,
     log_task: Option<JoinHandle<()>>,
     pins: Option<PinDir>,
     ports: PortOverrides,
@@ -195,6 +197,13 @@ impl Redirect {
             true => Some(Arc::new(join::Joiner::open(&ebpf)?)),
             false => None,
         };
+        let direct = match config.direct {
+            true => {
+                let (direct, events) = direct::Direct::open(&mut ebpf)?;
+                Some((Arc::new(direct), events))
+            }
+            false => None,
+        };
         let steering = Arc::new(Steering::take(&mut ebpf, pins.as_ref())?);
         // After attaching, so a failed load leaves no forwarding task behind; records written in
         // between wait in the ring buffer.
@@ -204,10 +213,11 @@ impl Redirect {
             .kubelet_cgroup
             .as_ref()
             .map(|p| p.display().to_string());
-        tracing::info!(cgroup = %path.display(), ?kubelet, splice = config.splice, join = config.join, ?pinned, "ebpf redirection attached");
+        tracing::info!(cgroup = %path.display(), ?kubelet, splice = config.splice, join = config.join, direct = config.direct, ?pinned, "ebpf redirection attached");
         Ok(Self {
             ebpf,
             joiner,
+            direct,
             log_task,
             pins,
             ports,
@@ -223,6 +233,13 @@ impl Redirect {
     /// Same-node joining, when [`Config::join`] is on.
     pub fn joiner(&self) -> Option<Arc<join::Joiner>> {
         self.joiner.clone()
+    }
+
+    /// Same-node direct connections, when [`Config::direct`] is on, with their event stream
+    /// (handed out once).
+    pub fn direct(&mut self) -> Option<(Arc<direct::Direct>, Option<direct::DirectEvents>)> {
+        let (direct, events) = self.direct.as_mut()?;
+        Some((direct.clone(), events.take()))
     }
 
     /// The pin directory, when links and maps are pinned.

@@ -123,6 +123,10 @@ pub struct BenchArgs {
     /// wrk_keepalive_1, wrk_new_connection_32. Default: all.
     #[arg(long = "scenario")]
     pub scenarios: Vec<String>,
+    /// Only these routes (repeatable), with the baselines their ratios need: direct, mesh,
+    /// same_node_direct, same_node_mesh, same_node_mesh_mtls, loopback, waypoint. Default: all.
+    #[arg(long = "route")]
+    pub routes: Vec<String>,
     /// Where to write the JSON report (default: target/bench/lab.json).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -230,6 +234,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--rounds and --seconds must be positive, --idle-connections 1 to 15000");
     }
     let scenarios = chosen_scenarios(&args.scenarios)?;
+    let chosen_routes = chosen_routes(&args.routes)?;
     setup::ensure_bench()?;
     let profile = if args.debug_build { "debug" } else { "release" };
     demo::build(!args.debug_build)?;
@@ -262,8 +267,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     for round in 0..rounds {
         for &scenario in &scenarios {
-            let mut routes: Vec<Route> = Route::ALL
-                .into_iter()
+            let mut routes: Vec<Route> = chosen_routes
+                .iter()
+                .copied()
                 .filter(|route| route.carries(scenario))
                 .collect();
             if round % 2 == 1 {
@@ -305,6 +311,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     drop(mesh);
     let _ = std::fs::remove_dir_all(&work_dir);
     Ok(())
+}
+
+/// The routes named by `keys` and their baselines, in [`Route::ALL`] order; all when none.
+fn chosen_routes(keys: &[String]) -> anyhow::Result<Vec<Route>> {
+    if keys.is_empty() {
+        return Ok(Route::ALL.to_vec());
+    }
+    let mut named = Vec::new();
+    for key in keys {
+        let route = Route::ALL
+            .into_iter()
+            .find(|route| route.key() == key)
+            .with_context(|| format!("no route {key:?}"))?;
+        named.push(route);
+        named.push(route.baseline());
+    }
+    Ok(Route::ALL
+        .into_iter()
+        .filter(|route| named.contains(route))
+        .collect())
 }
 
 fn chosen_scenarios(keys: &[String]) -> anyhow::Result<Vec<Scenario>> {
@@ -474,10 +500,11 @@ impl Bench<'_> {
     }
 
     /// Same-node connections n1's tunnel (the mesh client's node) has finished so far, by how
-    /// their bytes travelled: kernel, partly_kernel, tunnel (`weft_same_node_connections_total`).
-    fn same_node_finished(&self) -> anyhow::Result<[u64; 3]> {
+    /// their bytes travelled: kernel, partly_kernel, tunnel, direct
+    /// (`weft_same_node_connections_total`).
+    fn same_node_finished(&self) -> anyhow::Result<[u64; 4]> {
         let metrics = self.mesh.node_metrics("n1")?;
-        let mut counts = [0; 3];
+        let mut counts = [0; 4];
         for line in metrics.lines() {
             let Some(rest) = line.strip_prefix("weft_same_node_connections_total{path=\"") else {
                 continue;
@@ -485,6 +512,7 @@ impl Bench<'_> {
             let slot = match rest.split('"').next() {
                 Some("kernel") => 0,
                 Some("partly_kernel") => 1,
+                Some("direct") => 3,
                 _ => 2,
             };
             let value = line.rsplit(' ').next().unwrap_or("0");
@@ -499,7 +527,7 @@ impl Bench<'_> {
         &self,
         route: Route,
         scenario: Scenario,
-        before: [u64; 3],
+        before: [u64; 4],
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -511,16 +539,17 @@ impl Bench<'_> {
                 .collect();
             if delta.iter().sum::<u64>() > 0 {
                 eprintln!(
-                    "bench:   {}: {} connections finished: {} joined in the kernel both ways, {} one way, {} copied by the tunnel",
+                    "bench:   {}: {} connections finished: {} straight to the pod (admitted pair), {} joined in the kernel both ways, {} one way, {} copied by the tunnel",
                     route.name(),
                     delta.iter().sum::<u64>(),
+                    delta[3],
                     delta[0],
                     delta[1],
                     delta[2]
                 );
                 // A direction switches on a write made once the tunnel has caught up with the
                 // app; a sender that never pauses may keep it on the tunnel (docs/same-node.md).
-                if !scenario.is_http() && delta[0] + delta[1] == 0 {
+                if !scenario.is_http() && delta[0] + delta[1] + delta[3] == 0 {
                     eprintln!("bench:   WARNING: {}: the bulk transfer stayed on the tunnel (not joined in the kernel)", route.name());
                 }
                 return Ok(());
