@@ -33,7 +33,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use mesh_ebpf_common::{
-    capacity, config_flags, direct_counter, direct_event, AdmitKey, Admission, DirectConn,
+    capacity, config_flags, direct_counter, direct_event, Admission, AdmitKey, DirectConn,
     DirectEvent, TupleKey,
 };
 

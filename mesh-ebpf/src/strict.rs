@@ -196,7 +196,8 @@ fn ipv6_direct(ctx: &SkBuffContext) -> bool {
     ) else {
         return false;
     };
-    u32::from(next) == IPPROTO_TCP && crate::direct::is_direct(&v6_key(src, ports[0], dst, ports[1]))
+    u32::from(next) == IPPROTO_TCP
+        && crate::direct::is_direct(&v6_key(src, ports[0], dst, ports[1]))
 }
 
 fn ipv6_source_allowed(ctx: &SkBuffContext, cfg: &RedirectConfig) -> bool {
