@@ -386,6 +386,10 @@ spec:
 fn same_node_pods_skip_hbone_with_policy_intact(mesh: &mut MeshLab) {
     let website_v1 = format!("{}:8080", mesh.pod_ip("website-v1").unwrap());
     let client_ip = mesh.pod_ip("client").unwrap();
+    // Let the admission of the pair made by an earlier call lapse, so this call is checked by
+    // the tunnel and admits the pair afresh: the direct connections below, the held one
+    // included, then all fall within the new admission's lifetime.
+    std::thread::sleep(ADMISSION_LIFETIME + Duration::from_secs(1));
     let seen = mesh.get("client", &website_v1, &["--body"]).unwrap();
     assert!(
         seen.starts_with("200") && seen.contains(&format!("(peer {client_ip}:")),
@@ -509,6 +513,10 @@ fn same_node_pods_skip_hbone_with_policy_intact(mesh: &mut MeshLab) {
     );
     let _ = mesh.lab.stop("hold-website-v1", Duration::from_secs(2));
 }
+
+/// How long the tunnel's admission of a same-node pair for direct connections holds
+/// (`mesh_node::redirect::direct::ADMISSION_LIFETIME`).
+const ADMISSION_LIFETIME: Duration = Duration::from_secs(10);
 
 /// `weft_same_node_connections_total{path}` on n1.
 fn same_node_count(mesh: &MeshLab, path: &str) -> u64 {
