@@ -21,9 +21,9 @@
 //! the tunnel's `SO_MARK`, so an application listening on those ports itself gets no exception;
 //! or it comes from the kubelet probe address (IPv4 or IPv6; see `probe` for why only the
 //! kubelet can use it), or it belongs to a same-node direct connection: its tuple is one the
-//! client's `sock_ops` authorised after mesh-node's check (see `direct`). The node's own address gets no exception: the tunnel connects to the app
-//! from inside the pod (over loopback), so a node process or hostNetwork pod is just another
-//! client outside the mesh. Every other attempt is dropped, so plaintext that bypassed the tunnel
+//! client's `sock_ops` authorised after mesh-node's check (see `direct`). The node's own
+//! address gets no exception: the tunnel connects to the app from inside the pod (over
+//! loopback), so a node process or hostNetwork pod is just another client outside the mesh. Every other attempt is dropped, so plaintext that bypassed the tunnel
 //! never gets a connection. (`sk_lookup` already steers such attempts to the tunnel; this program
 //! is the second line, and the only one while no tunnel runs on a pinned node.) Packets
 //! of established connections and of non-TCP sockets pass. An unknown network protocol is

@@ -27,14 +27,21 @@ use std::{
 };
 
 use mesh_core::drain::DrainWatch;
-use mesh_ebpf_common::{direct_event, family, DirectEvent, TupleKey};
+use mesh_ebpf_common::{direct_event, DirectEvent, TupleKey};
 use tokio::{sync::oneshot, time::Instant};
 
-use super::{inbound::connection_info, labels, same_node::LocalTarget, Proxy};
+use super::{
+    inbound::connection_info,
+    same_node::{reporters, LocalTarget},
+    Proxy,
+};
 use crate::{
-    metrics::{ConnectionRecord, Outcome, Reporter, TcpLabels},
+    metrics::{Outcome, TcpLabels},
     policy::Revocation,
-    redirect::direct::{Direct, DirectEvents},
+    redirect::{
+        config::ip_from_abi,
+        direct::{Direct, DirectEvents},
+    },
     route::{self, Route},
 };
 
@@ -85,18 +92,7 @@ pub async fn watch(
 
 /// The client's and the destination's addresses of a reported tuple.
 fn addresses(tuple: &TupleKey) -> (SocketAddr, SocketAddr) {
-    let ip = |words: [u32; 4]| -> IpAddr {
-        match tuple.family {
-            family::INET => IpAddr::from(words[0].to_ne_bytes()),
-            _ => {
-                let mut octets = [0u8; 16];
-                for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
-                    chunk.copy_from_slice(&word.to_ne_bytes());
-                }
-                IpAddr::from(octets)
-            }
-        }
-    };
+    let ip = |words| ip_from_abi(words, tuple.family);
     (
         SocketAddr::new(ip(tuple.client_ip), u16::from_be(tuple.client_port)),
         SocketAddr::new(ip(tuple.tunnel_ip), u16::from_be(tuple.tunnel_port)),
@@ -140,38 +136,6 @@ impl Proxy {
     }
 }
 
-fn both_labels(source: &crate::state::Workload, dest: &crate::state::Workload) -> [TcpLabels; 2] {
-    let reported = |reporter| {
-        labels(
-            reporter,
-            Some(&source.meta),
-            Some(source.identity.to_string()),
-            Some(dest),
-            false,
-        )
-    };
-    [reported(Reporter::Source), reported(Reporter::Destination)]
-}
-
-fn record_both(
-    proxy: &Proxy,
-    labels: [TcpLabels; 2],
-    sent: u64,
-    received: u64,
-    duration: Duration,
-    outcome: Outcome,
-) {
-    for labels in labels {
-        proxy.metrics.record(&ConnectionRecord {
-            labels,
-            sent,
-            received,
-            duration,
-            outcome: outcome.clone(),
-        });
-    }
-}
-
 fn opened(proxy: &Proxy, live: &mut HashMap<TupleKey, Live>, event: &DirectEvent) {
     let (client, dest) = addresses(&event.tuple);
     let Some((source, target)) = proxy.direct_target(client.ip(), dest) else {
@@ -181,7 +145,7 @@ fn opened(proxy: &Proxy, live: &mut HashMap<TupleKey, Live>, event: &DirectEvent
         return;
     };
     let dest_workload = target.dest();
-    let both = both_labels(&source, dest_workload);
+    let both = reporters(&source, dest_workload);
     let info = connection_info(
         Some(source.identity.clone()),
         source.ip,
@@ -193,7 +157,7 @@ fn opened(proxy: &Proxy, live: &mut HashMap<TupleKey, Live>, event: &DirectEvent
         Err(decision) => {
             let elapsed = Duration::from_nanos(event.elapsed_ns);
             let outcome = Outcome::Failed(format!("{decision:?}"));
-            record_both(proxy, both, 0, 0, elapsed, outcome);
+            proxy.record_both(both, 0, 0, elapsed, outcome);
             let proxy = proxy.clone();
             tokio::spawn(async move { proxy.destroy_direct(client, dest).await });
             return;
@@ -232,9 +196,9 @@ fn closed(proxy: &Proxy, live: &mut HashMap<TupleKey, Live>, event: &DirectEvent
         // Never reported open: the connect failed (refused, timed out), or was ended at open.
         let (client, dest) = addresses(&event.tuple);
         if let Some((source, target)) = proxy.direct_target(client.ip(), dest) {
-            let both = both_labels(&source, target.dest());
+            let both = reporters(&source, target.dest());
             let outcome = Outcome::Failed("connection not established".to_string());
-            record_both(proxy, both, 0, 0, elapsed, outcome);
+            proxy.record_both(both, 0, 0, elapsed, outcome);
         }
         return;
     };
@@ -243,14 +207,7 @@ fn closed(proxy: &Proxy, live: &mut HashMap<TupleKey, Live>, event: &DirectEvent
         None => Outcome::Completed,
     };
     proxy.metrics.same_node_direct_finished();
-    record_both(
-        proxy,
-        entry.labels,
-        event.sent,
-        event.received,
-        elapsed,
-        outcome,
-    );
+    proxy.record_both(entry.labels, event.sent, event.received, elapsed, outcome);
 }
 
 /// The node tunnel is stopping: no more admissions, and the direct connections it accounts for
@@ -284,8 +241,7 @@ fn sweep_lost(proxy: &Proxy, direct: &Direct, live: &mut HashMap<TupleKey, Live>
             let (client, dest) = addresses(&tuple);
             tracing::warn!(%client, %dest, "same-node direct connection closed without a report (ring full); recorded without byte counts");
             proxy.metrics.same_node_direct_finished();
-            record_both(
-                proxy,
+            proxy.record_both(
                 entry.labels,
                 0,
                 0,

@@ -115,26 +115,9 @@ impl Proxy {
             addr,
             admit,
         } = target;
-        let reported = |reporter| {
-            labels(
-                reporter,
-                Some(&source.meta),
-                Some(source.identity.to_string()),
-                Some(&dest),
-                false,
-            )
-        };
-        let both = [reported(Reporter::Source), reported(Reporter::Destination)];
+        let both = reporters(source, &dest);
         let fail = |reason: String| {
-            for labels in &both {
-                self.metrics.record(&ConnectionRecord {
-                    labels: labels.clone(),
-                    sent: 0,
-                    received: 0,
-                    duration: start.elapsed(),
-                    outcome: Outcome::Failed(reason.clone()),
-                });
-            }
+            self.record_both(both.clone(), 0, 0, start.elapsed(), Outcome::Failed(reason));
         };
         if RESERVED_PORTS.contains(&addr.port()) {
             return fail(format!("port {} is reserved", addr.port()));
@@ -205,26 +188,48 @@ impl Proxy {
         };
         // The join's entries go while its sockets are still open (their keys are still ours).
         drop(join);
-        let [source_labels, dest_labels]: [TcpLabels; 2] = both;
-        self.metrics.record(&ConnectionRecord {
-            labels: source_labels,
-            sent,
-            received,
-            duration: start.elapsed(),
-            outcome: outcome.clone(),
-        });
         // Both reporters count the same bytes in the same directions, as over HBONE.
-        self.metrics.record(&ConnectionRecord {
-            labels: dest_labels,
-            sent,
-            received,
-            duration: start.elapsed(),
-            outcome,
-        });
+        self.record_both(both, sent, received, start.elapsed(), outcome);
     }
 }
 
+/// The labels of a same-node connection from `source` to `dest` for its two reporters (source,
+/// destination): no TLS on it.
+pub(super) fn reporters(source: &Workload, dest: &Workload) -> [TcpLabels; 2] {
+    let reported = |reporter| {
+        labels(
+            reporter,
+            Some(&source.meta),
+            Some(source.identity.to_string()),
+            Some(dest),
+            false,
+        )
+    };
+    [reported(Reporter::Source), reported(Reporter::Destination)]
+}
+
 impl Proxy {
+    /// Records a finished same-node connection once for each of its two reporters, with the
+    /// same bytes in the same directions.
+    pub(super) fn record_both(
+        &self,
+        labels: [TcpLabels; 2],
+        sent: u64,
+        received: u64,
+        duration: std::time::Duration,
+        outcome: Outcome,
+    ) {
+        for labels in labels {
+            self.metrics.record(&ConnectionRecord {
+                labels,
+                sent,
+                received,
+                duration,
+                outcome: outcome.clone(),
+            });
+        }
+    }
+
     /// Lets `source`'s next connects to `dest` go straight there ([`super::direct`]), once this
     /// connection passed every check of the same-node path.
     fn admit_direct(&self, source: &Workload, dest: SocketAddr, epoch: u64) {

@@ -171,6 +171,18 @@ pub fn ip_abi(ip: std::net::IpAddr) -> ([u32; 4], u16) {
     }
 }
 
+/// The address [`ip_abi`] encoded as `words` of `family`.
+pub fn ip_from_abi(words: [u32; 4], family: u16) -> std::net::IpAddr {
+    if family == mesh_ebpf_common::family::INET {
+        return std::net::IpAddr::from(words[0].to_ne_bytes());
+    }
+    let mut octets = [0u8; 16];
+    for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    std::net::IpAddr::from(octets)
+}
+
 /// An IPv6 address as four kernel context words.
 pub fn ip6_abi(octets: [u8; 16]) -> [u32; 4] {
     let mut words = [0u32; 4];
@@ -203,6 +215,15 @@ mod tests {
             (0, [0; 4]),
             "no probe source unless configured"
         );
+    }
+
+    #[test]
+    fn addresses_come_back_from_their_abi_words() {
+        for ip in ["10.1.2.3", "fd00::7", "::ffff:10.1.2.3"] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let (words, family) = ip_abi(ip);
+            assert_eq!(ip_from_abi(words, family), ip.to_canonical(), "{ip}");
+        }
     }
 
     #[test]

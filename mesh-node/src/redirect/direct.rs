@@ -28,7 +28,7 @@ use mesh_ebpf_common::{
 };
 use tokio::io::unix::AsyncFd;
 
-use super::{bpf_sys, config::ip_abi, not_in_object, RedirectError};
+use super::{bpf_sys, config::ip_abi, map_error, map_fd, not_in_object, RedirectError};
 
 /// How long an admission holds without a new check. It bounds the time pinned programs keep
 /// letting a pair through while no mesh-node runs to move the epoch; with a tunnel running,
@@ -51,21 +51,10 @@ impl Direct {
     /// Takes the direct path's maps out of the loaded object; returns the event stream too
     /// when called inside a tokio runtime (without it nothing is ever admitted).
     pub(super) fn open(ebpf: &mut Ebpf) -> Result<(Self, Option<DirectEvents>), RedirectError> {
-        let fd = |ebpf: &Ebpf, name: &'static str| -> Result<OwnedFd, RedirectError> {
-            let map = ebpf.map(name).ok_or_else(|| not_in_object(name))?;
-            let data = match map {
-                aya::maps::Map::LruHashMap(data) | aya::maps::Map::Array(data) => data,
-                _ => return Err(not_in_object(name)),
-            };
-            data.fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| super::programs::missing_map(name, e).into())
-        };
         let direct = Self {
-            admitted: fd(ebpf, maps::ADMITTED)?,
-            epoch_map: fd(ebpf, maps::ADMIT_EPOCH)?,
-            live: fd(ebpf, maps::DIRECT)?,
+            admitted: map_fd(ebpf, maps::ADMITTED)?,
+            epoch_map: map_fd(ebpf, maps::ADMIT_EPOCH)?,
+            live: map_fd(ebpf, maps::DIRECT)?,
             epoch: AtomicU64::new(0),
             moving: Mutex::new(()),
             stopped: AtomicBool::new(false),
@@ -181,11 +170,7 @@ where
     M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.take_map(name).ok_or_else(|| not_in_object(name))?;
-    M::try_from(map).map_err(|source| RedirectError::Map {
-        map: name,
-        operation: "open",
-        source,
-    })
+    M::try_from(map).map_err(|source| map_error(name, "open", source))
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.

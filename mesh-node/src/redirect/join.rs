@@ -37,8 +37,8 @@ use mesh_ebpf_common::{family, maps, JoinCtl, JoinState, TupleKey};
 
 use super::{
     bpf_sys::{self, update_flags},
-    config::{ip6_abi, ip_abi},
-    not_in_object, RedirectError,
+    config::{ip4_abi, ip6_abi},
+    map_fd, RedirectError,
 };
 
 /// The join maps and the `SPLICE` sockhash, shared by every connection (each call is one
@@ -54,19 +54,7 @@ pub struct Joiner {
 impl Joiner {
     /// Descriptors of the maps of the loaded object.
     pub(super) fn open(ebpf: &Ebpf) -> Result<Self, RedirectError> {
-        let fd = |name: &'static str| -> Result<OwnedFd, RedirectError> {
-            let map = ebpf.map(name).ok_or_else(|| not_in_object(name))?;
-            let data = match map {
-                aya::maps::Map::HashMap(data)
-                | aya::maps::Map::LruHashMap(data)
-                | aya::maps::Map::SockHash(data) => data,
-                _ => return Err(not_in_object(name)),
-            };
-            data.fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| super::programs::missing_map(name, e).into())
-        };
+        let fd = |name| map_fd(ebpf, name);
         Ok(Self {
             splice: fd(maps::SPLICE)?,
             ctl: fd(maps::JOIN_CTL)?,
@@ -80,8 +68,8 @@ impl Joiner {
     pub fn key(local: SocketAddr, remote: SocketAddr) -> TupleKey {
         let (local_ip, remote_ip) = (local.ip().to_canonical(), remote.ip().to_canonical());
         let (client_ip, tunnel_ip, family) = match (local_ip, remote_ip) {
-            (std::net::IpAddr::V4(_), std::net::IpAddr::V4(_)) => {
-                (ip_abi(local_ip).0, ip_abi(remote_ip).0, family::INET)
+            (std::net::IpAddr::V4(l), std::net::IpAddr::V4(r)) => {
+                ([ip4_abi(l), 0, 0, 0], [ip4_abi(r), 0, 0, 0], family::INET)
             }
             (l, r) => (ip6_abi(v6_octets(l)), ip6_abi(v6_octets(r)), family::INET6),
         };

@@ -28,6 +28,7 @@ pub mod steering;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    os::fd::{AsFd, OwnedFd},
     path::Path,
     sync::Arc,
 };
@@ -451,6 +452,23 @@ fn raise_memlock_limit() {
         let error = std::io::Error::last_os_error();
         tracing::warn!(%error, "cannot raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
     }
+}
+
+/// A descriptor of its own for map `name` of the loaded object (a hash, array or sockhash map),
+/// for maps driven with raw `bpf(2)` calls.
+pub(crate) fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, RedirectError> {
+    let map = ebpf.map(name).ok_or_else(|| not_in_object(name))?;
+    let data = match map {
+        aya::maps::Map::HashMap(data)
+        | aya::maps::Map::LruHashMap(data)
+        | aya::maps::Map::Array(data)
+        | aya::maps::Map::SockHash(data) => data,
+        _ => return Err(not_in_object(name)),
+    };
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| programs::missing_map(name, e).into())
 }
 
 pub(crate) fn map_error(

@@ -33,11 +33,11 @@ use aya::{
     programs::{ProgramFd, SkLookup},
     Ebpf,
 };
-use mesh_ebpf_common::{family, inbound_kind, maps, programs, InboundKey, ProbeKey};
+use mesh_ebpf_common::{inbound_kind, maps, programs, InboundKey, ProbeKey};
 
 use super::{
     bpf_sys::{self, attach_type},
-    config::{ip4_abi, ip6_abi},
+    config::ip_abi,
     is_not_found, map_error, not_in_object,
     pin::PinDir,
     programs as loader, RedirectError,
@@ -290,15 +290,8 @@ fn remove_pin(path: &Path) {
     }
 }
 
-fn words(ip: IpAddr) -> ([u32; 4], u16) {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => ([ip4_abi(v4), 0, 0, 0], family::INET),
-        IpAddr::V6(v6) => (ip6_abi(v6.octets()), family::INET6),
-    }
-}
-
 fn inbound_key(ip: IpAddr, kind: ListenerKind) -> InboundKey {
-    let (ip, family) = words(ip);
+    let (ip, family) = ip_abi(ip);
     InboundKey {
         ip,
         family,
@@ -307,7 +300,7 @@ fn inbound_key(ip: IpAddr, kind: ListenerKind) -> InboundKey {
 }
 
 fn probe_key(ip: IpAddr) -> ProbeKey {
-    let (ip, family) = words(ip);
+    let (ip, family) = ip_abi(ip);
     ProbeKey {
         ip,
         family,
