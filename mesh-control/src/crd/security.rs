@@ -208,14 +208,48 @@ pub struct PeerAuthenticationSpec {
     /// Mode for all ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MutualTls>,
-    /// Per-port overrides, keyed by port number (a string, as in Istio's JSON).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Per-port overrides, keyed by port number: a string in Istio's JSON (and so in the
+    /// apiserver), a bare integer in Istio's documentation's YAML; both are read.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "port_keys"
+    )]
     pub port_level_mtls: BTreeMap<String, MutualTls>,
     /// Paths of fields present in the object that Istio does not define (filled by the parser,
     /// never serialized).
     #[serde(skip)]
     #[schemars(skip)]
     pub unknown_fields: Vec<String>,
+}
+
+/// `portLevelMtls` with keys written either as integers (`8080:`) or as strings (`"8080":`).
+/// The keys stay text here; `registry::policy` checks that each is a port. One port written
+/// both ways is refused, since which of the two modes was meant cannot be known.
+fn port_keys<'de, D>(deserializer: D) -> Result<BTreeMap<String, MutualTls>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+    #[serde(untagged)]
+    enum Key {
+        Number(i64),
+        Text(String),
+    }
+    let written = BTreeMap::<Key, MutualTls>::deserialize(deserializer)?;
+    let mut ports = BTreeMap::new();
+    for (key, mtls) in written {
+        let key = match key {
+            Key::Number(number) => number.to_string(),
+            Key::Text(text) => text,
+        };
+        if ports.insert(key.clone(), mtls).is_some() {
+            return Err(serde::de::Error::custom(format!(
+                "port {key} is given twice"
+            )));
+        }
+    }
+    Ok(ports)
 }
 
 /// Mutual-TLS settings.

@@ -946,3 +946,59 @@ spec:
     assert_eq!(snap.routes.len(), 2, "the supported part still applies");
     assert_eq!(snap.traffic_policies.len(), 1);
 }
+
+/// Istio's documentation writes `portLevelMtls` keys as bare integers
+/// (istio.io/latest/docs/reference/config/security/peer_authentication/).
+#[test]
+fn peer_authentication_port_keys_written_as_integers() {
+    let snap = snapshot_of(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: web, namespace: app}
+spec:
+  selector:
+    matchLabels:
+      app: web
+  mtls:
+    mode: STRICT
+  portLevelMtls:
+    8080:
+      mode: DISABLE
+"#,
+    );
+    let web = &snap.workloads["app/web-1"];
+    assert_eq!(web.mtls, MtlsMode::Strict, "{:?}", snap.diagnostics);
+    assert_eq!(
+        web.port_mtls.get(&8080),
+        Some(&MtlsMode::Disable),
+        "{:?}",
+        snap.diagnostics
+    );
+    assert!(snap.diagnostics.is_empty(), "{:?}", snap.diagnostics);
+}
+
+/// One port written both as an integer and as a string: which mode was meant is unknown, so the
+/// policy fails closed (STRICT in its scope) with a diagnostic.
+#[test]
+fn peer_authentication_port_given_twice_fails_closed() {
+    let snap = snapshot_of(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: web, namespace: app}
+spec:
+  selector: {matchLabels: {app: web}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls: {8080: {mode: STRICT}, "8080": {mode: DISABLE}}
+"#,
+    );
+    let web = &snap.workloads["app/web-1"];
+    assert_eq!(web.mtls, MtlsMode::Strict);
+    assert!(web.port_mtls.is_empty(), "no port opened");
+    assert!(
+        snap.diagnostics[0].message.contains("8080 is given twice"),
+        "{:?}",
+        snap.diagnostics
+    );
+}
