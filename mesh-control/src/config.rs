@@ -42,6 +42,25 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Write the feed a node or waypoint would receive for `--config-dir`, as a file (YAML in
+    /// the proto3 JSON mapping) that `mesh-node --mesh-file` and `mesh-waypoint --feed-file`
+    /// apply as they apply a version from mesh-control. Diagnostics go to stderr.
+    Dump {
+        /// The node feed (every node receives the same one).
+        #[arg(
+            long,
+            value_name = "NODE",
+            required_unless_present = "waypoint",
+            conflicts_with = "waypoint"
+        )]
+        node: Option<String>,
+        /// The feed of waypoint or ingress gateway `namespace/name`.
+        #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_service_account)]
+        waypoint: Option<(String, String)>,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Settings of the control service.
@@ -51,12 +70,13 @@ pub struct Config {
     /// on change.
     #[arg(
         long,
+        global = true,
         default_value = "/etc/weft/config",
         conflicts_with = "kubernetes"
     )]
     pub config_dir: PathBuf,
     /// Read config from the Kubernetes API (in-cluster or KUBECONFIG) instead of a directory.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub kubernetes: bool,
     /// gRPC listen address (node feed, waypoint feed, CA). TLS with a certificate from the mesh
     /// CA for `--service-account`'s SPIFFE identity, unless `--grpc-plaintext`.
@@ -90,23 +110,23 @@ pub struct Config {
     #[arg(long, default_value = "weft-control")]
     pub token_audience: String,
     /// SPIFFE trust domain.
-    #[arg(long, default_value = "cluster.local")]
+    #[arg(long, global = true, default_value = "cluster.local")]
     pub trust_domain: String,
     /// Namespace whose unselected policies apply mesh-wide.
-    #[arg(long, default_value = "istio-system")]
+    #[arg(long, global = true, default_value = "istio-system")]
     pub root_namespace: String,
     /// DNS suffix of services.
-    #[arg(long, default_value = "cluster.local")]
+    #[arg(long, global = true, default_value = "cluster.local")]
     pub cluster_domain: String,
     /// How waypoints normalize request paths before routing and policy, as Istio's mesh-wide
     /// `pathNormalization`: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES.
-    #[arg(long, default_value = "MERGE_SLASHES", value_parser = parse_path_normalization)]
+    #[arg(long, global = true, default_value = "MERGE_SLASHES", value_parser = parse_path_normalization)]
     pub path_normalization: PathNormalization,
     /// Carry connections between pods on the same node over mTLS too. By default the node checks
     /// identity and policy and joins them without encryption, since the bytes never leave its
     /// kernel; a namespace labelled `weft.dev/same-node-encryption=always` keeps mTLS for its
     /// pods whatever this says (docs/same-node.md).
-    #[arg(long, env = "WEFT_ALWAYS_ENCRYPT_SAME_NODE")]
+    #[arg(long, global = true, env = "WEFT_ALWAYS_ENCRYPT_SAME_NODE")]
     pub always_encrypt_same_node: bool,
     /// PEM CA chain (signing certificate first, root last); a self-signed root is generated
     /// when absent. Requires `--ca-key`.
@@ -232,6 +252,40 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("mesh-control").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_are_consistent_in_every_subcommand() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dump_takes_the_registry_flags_after_the_subcommand() {
+        let cli = parse(&[
+            "dump",
+            "--config-dir",
+            "/tmp/m",
+            "--trust-domain",
+            "td",
+            "--node",
+            "n1",
+        ])
+        .expect("dump");
+        assert_eq!(cli.config.config_dir, PathBuf::from("/tmp/m"));
+        assert_eq!(cli.config.trust_domain, "td");
+        assert!(matches!(cli.command, Some(Command::Dump { node: Some(ref n), .. }) if n == "n1"));
+        let cli = parse(&["dump", "--waypoint", "app/wp"]).expect("waypoint");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Dump { waypoint: Some((ref ns, ref name)), .. }) if ns == "app" && name == "wp"
+        ));
+        assert!(parse(&["dump"]).is_err(), "a target is required");
+        assert!(parse(&["dump", "--node", "n1", "--waypoint", "app/wp"]).is_err());
+        assert!(
+            parse(&["dump", "--waypoint", "wp"]).is_err(),
+            "namespace/name"
+        );
     }
 
     #[test]

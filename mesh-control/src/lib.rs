@@ -8,6 +8,7 @@
 //! - [`source`]: the local config directory and the Kubernetes watchers feeding the registry.
 //! - [`store`]: rebuilds and publishes snapshots to the [`feed`] hub.
 //! - [`feed`]: the node and waypoint gRPC feeds; [`ca`]: the CA service; [`auth`]: node tokens.
+//! - [`dump`]: a node's or waypoint's feed saved as a file.
 //! - [`app`]: `build(config) -> Bound`, the whole service; [`config`]: its flags; [`http`]:
 //!   health and metrics.
 
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod ca;
 pub mod config;
 pub mod crd;
+pub mod dump;
 pub mod enrollment;
 pub mod feed;
 pub mod http;

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use mesh_control::config::{Cli, Command};
-use mesh_control::{app, crd};
+use mesh_control::config::{Cli, Command, Config};
+use mesh_control::{app, crd, dump};
 use mesh_core::{signal, telemetry};
 
 /// Writes (or, with `check`, verifies) the generated CRD files.
@@ -36,11 +36,48 @@ fn crds(out_dir: &Path, check: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes a node's or waypoint's saved feed (`mesh-control dump`).
+fn dump(
+    config: &Config,
+    node: &Option<String>,
+    waypoint: &Option<(String, String)>,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    if config.kubernetes {
+        bail!("dump reads --config-dir; --kubernetes is not supported yet");
+    }
+    let target = match (node, waypoint) {
+        (_, Some((namespace, name))) => dump::Target::Waypoint {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        },
+        (Some(node), None) => dump::Target::Node(node.clone()),
+        (None, None) => bail!("one of --node and --waypoint is required"),
+    };
+    let (yaml, diagnostics) = dump::dump(&config.config_dir, config.registry(), &target)?;
+    for diagnostic in &diagnostics {
+        eprintln!("warning: {diagnostic}");
+    }
+    match out {
+        Some(path) => {
+            std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{yaml}"),
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Crds { out_dir, check }) = &cli.command {
-        return crds(out_dir, *check);
+    match &cli.command {
+        Some(Command::Crds { out_dir, check }) => return crds(out_dir, *check),
+        Some(Command::Dump {
+            node,
+            waypoint,
+            out,
+        }) => return dump(&cli.config, node, waypoint, out.as_deref()),
+        Some(Command::Serve) | None => {}
     }
     // Before any start-up work: an early SIGTERM must drain, not kill.
     let mut signals = signal::ShutdownSignals::install()?;

@@ -7,6 +7,7 @@
 //! - [`tls`]: mutual-TLS client/server configs over SPIFFE identities, with rotation.
 //! - [`proto`]: the control-plane protocol (generated gRPC/protobuf code).
 //! - [`feed`]: feed-subscription plumbing (status, backoff, channel) for nodes and waypoints.
+//! - [`feed_file`]: a feed saved as a file (YAML/JSON of the protocol's messages).
 //! - [`hbone`]: HTTP/2 CONNECT tunnels (client pool and server) per Istio's HBONE.
 //! - [`ops`]: the HTTP endpoint for metrics, readiness and debug pages every binary serves.
 //! - [`authz`]: authorization policy decisions (Istio semantics) for nodes (L4) and waypoints (L7).
@@ -16,6 +17,7 @@ pub mod backoff;
 pub mod control;
 pub mod drain;
 pub mod feed;
+pub mod feed_file;
 pub mod hbone;
 pub mod identity;
 pub mod memory;

@@ -27,5 +27,8 @@ pub mod control {
     /// Version 1 of the protocol.
     pub mod v1 {
         tonic::include_proto!("weft.control.v1");
+        // Serde in the proto3 JSON mapping (camelCase names, enums by name, bytes as base64,
+        // 64-bit integers as strings); unknown fields are refused.
+        include!(concat!(env!("OUT_DIR"), "/weft.control.v1.serde.rs"));
     }
 }

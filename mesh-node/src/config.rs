@@ -234,7 +234,7 @@ pub enum MtlsMode {
 }
 
 /// Peer authentication: a default and per-namespace overrides.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerAuthentication {
     /// Mesh-wide mode.

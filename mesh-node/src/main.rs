@@ -82,6 +82,11 @@ struct Args {
     /// `ca.trust_bundle_file` and `ca.control_identity` (`http://` is plaintext, for labs only).
     #[arg(long, env = "WEFT_CONTROL_ADDRESS")]
     control_address: Option<String>,
+    /// Take workloads, services and policies from a saved node feed (`mesh-control dump
+    /// --node`), applied as a version from mesh-control would be, instead of following
+    /// mesh-control. The config file then only holds this node's own settings.
+    #[arg(long, env = "WEFT_MESH_FILE", conflicts_with = "control_address")]
+    mesh_file: Option<PathBuf>,
     /// Answer the `weft-cni` plugin on this Unix socket (e.g. /var/run/weft/cni.sock): pods are
     /// then captured before their containers start, and a pod the node cannot place yet does
     /// not start (the runtime retries). Needs --redirect-cgroup to capture.
@@ -117,6 +122,13 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::from_file(config_path)?;
     if let Some(name) = &args.node_name {
         config.node_name = name.clone();
+    }
+    if let Some(path) = &args.mesh_file {
+        let (mesh, warnings) = feed::saved::mesh_config(&config, path)?;
+        for warning in warnings {
+            tracing::warn!(file = %path.display(), %warning, "saved feed");
+        }
+        config = mesh;
     }
     config.follows_control_feed = args.control_address.is_some();
     config.pod_netns.scan_proc |= args.scan_proc;

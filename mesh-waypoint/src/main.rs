@@ -1,9 +1,11 @@
 //! `mesh-waypoint`: the Weft L7 proxy binary. Parses flags, starts the waypoint, and drains on
 //! SIGTERM/SIGINT.
 //!
-//! Two modes, exactly one of:
+//! Modes, exactly one of:
 //! - `--config FILE`: static routes, destinations and policies from YAML, served on the plain
 //!   HTTP listener `--listen` (default `0.0.0.0:15008`), endpoints reached over plain TCP.
+//! - `--feed-file FILE`: the same, from a saved feed of waypoint `--namespace`/`--name`
+//!   (`mesh-control dump --waypoint`), converted as a version from mesh-control would be.
 //! - `--control-address URL`: feed mode, a real ambient waypoint. The waypoint fetches its
 //!   certificate `spiffe://<--trust-domain>/ns/<--namespace>/sa/<--service-account>` from
 //!   mesh-control's CA (CSR, renewed at half-life), follows the `WaypointFeed` of Service
@@ -34,7 +36,7 @@ use mesh_core::{
 use mesh_waypoint::{
     app::{self, AppConfig, HboneConfig},
     config::WaypointConfig,
-    feed::{FeedClientConfig, WaypointName},
+    feed::{self, FeedClientConfig, WaypointName},
     identity,
     telemetry::otlp::OtlpConfig,
 };
@@ -48,10 +50,18 @@ struct Args {
     #[arg(
         long,
         env = "WEFT_WAYPOINT_CONFIG",
-        conflicts_with = "control_address",
-        required_unless_present = "control_address"
+        conflicts_with_all = ["control_address", "feed_file"],
+        required_unless_present_any = ["control_address", "feed_file"]
     )]
     config: Option<PathBuf>,
+    /// Static mode from a saved feed (`mesh-control dump --waypoint <namespace>/<name>`) of
+    /// waypoint `--namespace`/`--name`, converted as a version from mesh-control would be.
+    #[arg(
+        long,
+        env = "WEFT_WAYPOINT_FEED_FILE",
+        conflicts_with = "control_address"
+    )]
+    feed_file: Option<PathBuf>,
     /// Feed mode: mesh-control's gRPC address, e.g.
     /// `https://mesh-control.weft-system.svc:15012` (`http://` is plaintext, for labs only).
     #[arg(long, env = "WEFT_CONTROL_ADDRESS")]
@@ -80,7 +90,7 @@ struct Args {
     #[arg(
         long,
         env = "WEFT_TRUST_BUNDLE_FILE",
-        required_unless_present = "config"
+        required_unless_present_any = ["config", "feed_file"]
     )]
     trust_bundle_file: Option<PathBuf>,
     /// HBONE listen address (feed mode).
@@ -135,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(?args, "mesh-waypoint starting");
     let mut config = match (&args.config, &args.control_address) {
         (Some(path), _) => static_config(&args, path)?,
+        (None, _) if args.feed_file.is_some() => saved_feed_config(&args)?,
         (None, Some(control)) => {
             tokio::select! {
                 config = feed_config(&args, control) => config?,
@@ -165,6 +176,33 @@ fn static_config(args: &Args, path: &std::path::Path) -> anyhow::Result<AppConfi
     );
     let listen = args.listen.unwrap_or(([0, 0, 0, 0], 15008).into());
     let mut config = AppConfig::new(listen, waypoint);
+    config.trusted_proxy_hops = args.num_trusted_proxies;
+    Ok(config)
+}
+
+fn saved_feed_config(args: &Args) -> anyhow::Result<AppConfig> {
+    let path = args
+        .feed_file
+        .as_deref()
+        .context("--feed-file is required")?;
+    let me = WaypointName {
+        namespace: args
+            .namespace
+            .clone()
+            .context("--namespace is required with --feed-file")?,
+        name: args.name.clone(),
+    };
+    let converted = feed::saved::load(path, &me)?;
+    for problem in &converted.problems {
+        tracing::warn!(file = %path.display(), %problem, "saved feed: failed closed");
+    }
+    tracing::info!(
+        routes = converted.waypoint.routes.len(),
+        destinations = converted.waypoint.destinations.len(),
+        "saved feed loaded"
+    );
+    let listen = args.listen.unwrap_or(([0, 0, 0, 0], 15008).into());
+    let mut config = AppConfig::new(listen, converted.waypoint);
     config.trusted_proxy_hops = args.num_trusted_proxies;
     Ok(config)
 }

@@ -7,9 +7,11 @@
 //!   force while mesh-control is unreachable.
 //!
 //! Snapshots still hold wire types; [`convert`] turns one into the node's mesh description.
+//! [`saved`]: a node feed saved as a file (`mesh-control dump --node`), applied the same way.
 
 pub mod client;
 pub mod convert;
+pub mod saved;
 pub mod store;
 
 pub use client::{run, FeedClientConfig, FeedStatus};

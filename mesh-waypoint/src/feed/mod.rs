@@ -5,6 +5,8 @@
 //! - [`convert`]: the pure conversion from the wire `WaypointConfig` into the domain
 //!   [`WaypointConfig`](crate::config::WaypointConfig). Pieces that do not convert fail closed:
 //!   a broken route answers 503, a broken policy denies; nothing is silently widened.
+//! - [`saved`]: a waypoint feed saved as a file (`mesh-control dump --waypoint`), converted the
+//!   same way.
 //!
 //! Virtual hosts built from the feed are keyed `<name>:<port>` for every service name (FQDN and
 //! short names) and `<vip>:<port>` for every VIP; HBONE requests select them by their CONNECT
@@ -18,6 +20,7 @@ mod pods;
 pub mod reload;
 mod routes;
 mod rules;
+pub mod saved;
 mod services;
 
 pub use self::{

@@ -427,3 +427,23 @@ fn request_authentication_is_scoped_and_broken_rules_refuse_their_issuer() {
         .count();
     assert_eq!(jwt_problems, 2, "{:?}", c.problems);
 }
+
+#[test]
+fn a_saved_feed_converts_as_the_live_version() {
+    let me = WaypointName {
+        namespace: "default".into(),
+        name: "waypoint".into(),
+    };
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let yaml = mesh_core::feed_file::to_yaml(&base()).unwrap();
+    std::fs::write(file.path(), yaml).unwrap();
+    let saved = super::saved::load(file.path(), &me).unwrap();
+    assert!(!saved.waypoint.destinations.is_empty());
+    assert_eq!(format!("{saved:?}"), format!("{:?}", convert(&base(), &me)));
+
+    std::fs::write(file.path(), "version: 1\nroutes: [{hostz: [a]}]\n").unwrap();
+    let error = super::saved::load(file.path(), &me)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("hostz"), "{error}");
+}
