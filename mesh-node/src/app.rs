@@ -24,12 +24,12 @@ use tokio::sync::{watch, Notify};
 use crate::{
     admin,
     certs::{CertManager, CertsError},
-    config::{Config, PolicyConfig},
+    config::Config,
     inpod::{self, InPodListeners, InPodSettings},
     metrics::Metrics,
     pod_netns::ScanConfig,
     pod_scan::{self, PodScanner},
-    policy::{Authorizer, Policies, PolicyError},
+    policy::{Authorizer, Policies},
     proxy::{accept_loop, inbound::InboundCerts, AppDial, Proxy},
     ready::{self, ReadyState},
     redirect::Steering,
@@ -46,9 +46,6 @@ pub enum AppError {
     /// Inconsistent mesh description.
     #[error(transparent)]
     State(#[from] StateError),
-    /// Invalid policy.
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
     /// Certificates could not be obtained.
     #[error(transparent)]
     Certs(#[from] CertsError),
@@ -94,7 +91,6 @@ pub struct Bound {
     source: Arc<dyn CertificateSource>,
     ready: ReadyState,
     readiness_drain: DrainTrigger,
-    root_namespace: String,
     drain: DrainTrigger,
     deadline: Duration,
     mesh_changed: Arc<Notify>,
@@ -135,9 +131,12 @@ impl Bound {
     /// any error the current state stays in force. Returns how many live connections were
     /// closed: those whose local pod left the mesh (inbound to it, outbound from it) and those
     /// the new policies deny.
-    pub async fn update_mesh(&self, config: &Config) -> Result<usize, AppError> {
+    pub async fn update_mesh(
+        &self,
+        config: &Config,
+        policies: Policies,
+    ) -> Result<usize, AppError> {
         let state = State::from_config(config)?;
-        let policies = Policies::compile(&self.root_namespace, &config.authorization_policies)?;
         self.proxy
             .certs
             .ensure(
@@ -227,8 +226,9 @@ impl Bound {
         &self,
         version: u64,
         config: &Config,
+        policies: Policies,
     ) -> Result<usize, AppError> {
-        let result = self.update_mesh(config).await;
+        let result = self.update_mesh(config, policies).await;
         if result.is_ok() {
             self.mesh_known.store(true, Ordering::Release);
             self.mesh_changed.notify_one();
@@ -244,11 +244,10 @@ impl Bound {
     }
 
     /// Replaces the authorization policies; returns how many live connections were closed.
-    pub fn update_policies(&self, configs: &[PolicyConfig]) -> Result<usize, PolicyError> {
-        let policies = Policies::compile(&self.root_namespace, configs)?;
+    pub fn update_policies(&self, policies: Policies) -> usize {
         let revoked = self.proxy.authz.update(policies);
         self.void_admissions();
-        Ok(revoked)
+        revoked
     }
 
     /// Renews every local certificate now (operator-triggered rotation, tests).
@@ -277,11 +276,13 @@ impl Bound {
     }
 }
 
-/// Builds with real sockets and a static-mode CA from the config.
-pub async fn build(config: Config) -> Result<Bound, AppError> {
+/// Builds with real sockets and a static-mode CA from the config, enforcing `policies` from
+/// the first connection on.
+pub async fn build(config: Config, policies: Policies) -> Result<Bound, AppError> {
     let certs = crate::ca_source::from_config(&config)?;
     build_with(
         config,
+        policies,
         Deps {
             sockets: Arc::new(SystemSockets),
             certs,
@@ -291,9 +292,8 @@ pub async fn build(config: Config) -> Result<Bound, AppError> {
 }
 
 /// Builds with injected dependencies.
-pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
+pub async fn build_with(config: Config, policies: Policies, deps: Deps) -> Result<Bound, AppError> {
     let state = State::from_config(&config)?;
-    let policies = Policies::compile(&config.root_namespace, &config.authorization_policies)?;
     let certs = Arc::new(CertManager::load(state.local_identities(), deps.certs.as_ref()).await?);
     let proxy = Proxy {
         state: Arc::new(arc_swap::ArcSwap::from_pointee(state)),
@@ -425,7 +425,6 @@ pub async fn build_with(config: Config, deps: Deps) -> Result<Bound, AppError> {
         source: deps.certs.clone(),
         ready,
         readiness_drain,
-        root_namespace: config.root_namespace.clone(),
         drain: trigger,
         deadline: config.drain_deadline,
         mesh_changed,

@@ -56,9 +56,6 @@ pub struct Config {
     /// Certificate authority used in static mode.
     #[serde(default)]
     pub ca: CaConfig,
-    /// Namespace whose policies apply mesh-wide (Istio: `istio-system`).
-    #[serde(default = "default_root_namespace")]
-    pub root_namespace: String,
     /// Mesh-wide default and per-namespace mTLS mode for inbound plaintext.
     #[serde(default)]
     pub peer_authentication: PeerAuthentication,
@@ -71,9 +68,6 @@ pub struct Config {
     /// Waypoint proxies that workloads or services are bound to.
     #[serde(default)]
     pub waypoints: Vec<WaypointConfig>,
-    /// L4 authorization policies (Istio AuthorizationPolicy subset).
-    #[serde(default)]
-    pub authorization_policies: Vec<PolicyConfig>,
     /// HBONE listeners inside local pods' network namespaces.
     #[serde(default)]
     pub in_pod: InPodConfig,
@@ -348,88 +342,6 @@ pub struct WaypointConfig {
     pub address: SocketAddr,
 }
 
-/// ALLOW or DENY.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum PolicyAction {
-    /// Allow matching connections (and, once any ALLOW applies, only those).
-    Allow,
-    /// Deny matching connections; deny wins over allow.
-    Deny,
-}
-
-/// An AuthorizationPolicy (L4 fields only).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyConfig {
-    /// Policy name.
-    pub name: String,
-    /// Namespace; the root namespace makes it mesh-wide.
-    pub namespace: String,
-    /// Workloads it applies to by labels; absent = the whole namespace.
-    #[serde(default)]
-    pub selector: Option<BTreeMap<String, String>>,
-    /// Workloads (`namespace/name`) the control plane resolved the policy's selector to; when
-    /// non-empty it decides instead of `selector`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub workloads: Vec<String>,
-    /// ALLOW (default) or DENY.
-    #[serde(default = "default_action")]
-    pub action: PolicyAction,
-    /// Rules; a connection matching any rule matches the policy. An ALLOW with no rules matches
-    /// nothing; a DENY with no rules matches nothing either (Istio semantics).
-    #[serde(default)]
-    pub rules: Vec<RuleConfig>,
-}
-
-/// One rule: `from` and `to` must both match (absent = any).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Sources; any may match.
-    #[serde(default)]
-    pub from: Vec<SourceConfig>,
-    /// Destinations; any may match.
-    #[serde(default)]
-    pub to: Vec<OperationConfig>,
-}
-
-/// Source conditions; all present fields must match.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// Peer identities (`cluster.local/ns/x/sa/y`, `*` suffix/prefix match allowed).
-    #[serde(default)]
-    pub principals: Vec<String>,
-    /// Negated principals.
-    #[serde(default)]
-    pub not_principals: Vec<String>,
-    /// Peer namespaces.
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    /// Negated namespaces.
-    #[serde(default)]
-    pub not_namespaces: Vec<String>,
-    /// Source IP blocks (CIDR or single IP).
-    #[serde(default)]
-    pub ip_blocks: Vec<String>,
-    /// Negated IP blocks.
-    #[serde(default)]
-    pub not_ip_blocks: Vec<String>,
-}
-
-/// Destination conditions.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OperationConfig {
-    /// Destination ports.
-    #[serde(default)]
-    pub ports: Vec<u16>,
-    /// Negated ports.
-    #[serde(default)]
-    pub not_ports: Vec<u16>,
-}
-
 fn default_trust_domain() -> String {
     "cluster.local".into()
 }
@@ -438,12 +350,6 @@ fn default_hbone_port() -> u16 {
 }
 fn default_drain() -> Duration {
     Duration::from_secs(5)
-}
-fn default_root_namespace() -> String {
-    "istio-system".into()
-}
-fn default_action() -> PolicyAction {
-    PolicyAction::Allow
 }
 
 impl Config {
@@ -522,13 +428,6 @@ workloads:
 services:
   - { name: web, namespace: default, vip: 10.96.0.1, ports: [{ port: 80, target_port: 8080 }],
       endpoints: [10.0.0.5] }
-authorization_policies:
-  - name: deny-legacy
-    namespace: default
-    action: DENY
-    rules:
-      - from: [{ namespaces: [legacy] }]
-        to: [{ ports: [8080] }]
 "#;
 
     #[test]
@@ -540,7 +439,6 @@ authorization_policies:
         assert_eq!(config.listeners.outbound.port(), 15001);
         assert_eq!(config.peer_authentication.mode, MtlsMode::Strict);
         assert_eq!(config.services[0].ports[0].target_port, Some(8080));
-        assert_eq!(config.authorization_policies[0].action, PolicyAction::Deny);
         assert!(config.in_pod.enabled, "in-pod listeners are the default");
         assert_eq!(config.pod_netns.dirs, vec![PathBuf::from("/run/netns")]);
     }
@@ -550,12 +448,6 @@ authorization_policies:
         let config = Config::from_yaml(include_str!("../config/example.yaml")).unwrap();
         let state = crate::state::State::from_config(&config).unwrap();
         assert_eq!(state.local_identities().len(), 1);
-        let policies = crate::policy::Policies::compile(
-            &config.root_namespace,
-            &config.authorization_policies,
-        )
-        .unwrap();
-        assert_eq!(policies.len(), 2);
         assert_eq!(
             config.ca.workload_validity,
             Some(Duration::from_secs(24 * 3600))

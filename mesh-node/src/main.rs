@@ -25,6 +25,7 @@ use mesh_node::{
     config::Config,
     enrollment::{self, EnrollmentHandle},
     feed::{self, FeedClientConfig, FeedStatus, MeshSnapshot},
+    policy::Policies,
     redirect,
 };
 use tokio::sync::watch;
@@ -123,12 +124,14 @@ async fn main() -> anyhow::Result<()> {
     if let Some(name) = &args.node_name {
         config.node_name = name.clone();
     }
+    let mut policies = Policies::default();
     if let Some(path) = &args.mesh_file {
-        let (mesh, warnings) = feed::saved::mesh_config(&config, path)?;
-        for warning in warnings {
+        let mesh = feed::saved::mesh(&config, path)?;
+        for warning in mesh.warnings {
             tracing::warn!(file = %path.display(), %warning, "saved feed");
         }
-        config = mesh;
+        config = mesh.config;
+        policies = mesh.policies;
     }
     config.follows_control_feed = args.control_address.is_some();
     config.pod_netns.scan_proc |= args.scan_proc;
@@ -139,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
     raise_open_file_limit();
     let wanted = enrollment::wanted_from_config(&config);
     let base = config.clone();
-    let bound = app::build(config)
+    let bound = app::build(config, policies)
         .await
         .context("starting the node tunnel")?;
     let enrollment = match &args.redirect_cgroup {
@@ -279,22 +282,30 @@ async fn apply_snapshot(
     base: &Config,
     snapshot: &MeshSnapshot,
 ) {
-    let (mesh, warnings) = feed::convert::mesh_config(base, snapshot);
+    let feed::convert::Mesh {
+        config,
+        policies,
+        warnings,
+    } = feed::convert::mesh(base, snapshot);
     for warning in warnings {
         tracing::warn!(version = snapshot.version, %warning, "control feed");
     }
-    match bound.apply_feed_version(snapshot.version, &mesh).await {
+    let policy_count = policies.len();
+    match bound
+        .apply_feed_version(snapshot.version, &config, policies)
+        .await
+    {
         Ok(closed) => {
             tracing::info!(
                 version = snapshot.version,
-                workloads = mesh.workloads.len(),
-                services = mesh.services.len(),
-                policies = mesh.authorization_policies.len(),
+                workloads = config.workloads.len(),
+                services = config.services.len(),
+                policies = policy_count,
                 closed,
                 "mesh updated from mesh-control"
             );
             if let Some(enrollment) = enrollment {
-                enrollment.set_wanted(enrollment::wanted_from_config(&mesh));
+                enrollment.set_wanted(enrollment::wanted_from_config(&config));
             }
         }
         Err(error) => tracing::warn!(

@@ -199,7 +199,7 @@ mod tests {
             certs: Arc::new(CertManager::default()),
             client: mesh_core::hbone::Client::new(Arc::new(FactoryDialer(sockets.clone()))),
             sockets,
-            authz: Authorizer::new(Policies::compile("istio-system", &[]).unwrap()),
+            authz: Authorizer::new(Policies::default()),
             metrics: Metrics::new(),
             pods: Default::default(),
             joiner: Default::default(),

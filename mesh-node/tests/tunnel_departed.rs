@@ -17,7 +17,13 @@ async fn updates_close_connections_of_departed_workloads() {
     round_trip(&mut to_cache, b"before").await.unwrap();
     let mut without_cache = mesh.config("node-b", "", "");
     without_cache.workloads.retain(|w| w.name != "cache-0");
-    assert_eq!(mesh.b.update_mesh(&without_cache).await.unwrap(), 1);
+    assert_eq!(
+        mesh.b
+            .update_mesh(&without_cache, Default::default())
+            .await
+            .unwrap(),
+        1
+    );
     expect_closed(&mut to_cache).await;
     captured
         .wait_for_line(&[
@@ -37,7 +43,13 @@ async fn updates_close_connections_of_departed_workloads() {
     round_trip(&mut to_db, b"before").await.unwrap();
     let mut without_client = mesh.config("node-a", "", "");
     without_client.workloads.retain(|w| w.name != "frontend-0");
-    assert_eq!(mesh.a.update_mesh(&without_client).await.unwrap(), 1);
+    assert_eq!(
+        mesh.a
+            .update_mesh(&without_client, Default::default())
+            .await
+            .unwrap(),
+        1
+    );
     expect_closed(&mut to_db).await;
     captured
         .wait_for_line(&[
@@ -47,5 +59,11 @@ async fn updates_close_connections_of_departed_workloads() {
         ])
         .await;
     // Workloads still in the mesh keep their connections: nothing else was closed.
-    assert_eq!(mesh.b.update_mesh(&without_cache).await.unwrap(), 0);
+    assert_eq!(
+        mesh.b
+            .update_mesh(&without_cache, Default::default())
+            .await
+            .unwrap(),
+        0
+    );
 }

@@ -5,7 +5,7 @@ mod tunnel_support;
 use std::{sync::Arc, time::Duration};
 
 use mesh_core::{drain::DrainOutcome, identity::SpiffeId};
-use mesh_node::config::{MtlsMode, PolicyConfig};
+use mesh_node::config::MtlsMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tunnel_support::*;
 
@@ -95,23 +95,24 @@ async fn expired_client_certificate_is_refused() {
     );
 }
 
-fn policies(yaml: &str) -> Vec<PolicyConfig> {
-    serde_yaml::from_str(yaml).unwrap()
+/// A DENY for namespace `web`, selecting the `db` workload only.
+fn deny_web_to_db() -> mesh_node::policy::Policies {
+    tunnel_support::policies(
+        "
+- key: data/no-web
+  namespace: data
+  scope: POLICY_SCOPE_WORKLOAD_SELECTOR
+  action: POLICY_ACTION_DENY
+  rules: [{ from: [{ namespaces: [web] }] }]
+",
+        &[("data/no-web", "data/db-0")],
+    )
 }
-
-const DENY_WEB_TO_DB: &str = "
-authorization_policies:
-  - name: no-web
-    namespace: data
-    selector: { app: db }
-    action: DENY
-    rules: [{ from: [{ namespaces: [web] }] }]
-";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_denies_at_destination_with_401() {
     let mesh = Mesh::start(MeshOptions {
-        node_b_extra: DENY_WEB_TO_DB,
+        node_b_policies: deny_web_to_db(),
         ..MeshOptions::default()
     })
     .await;
@@ -139,10 +140,12 @@ async fn policy_change_closes_live_connections() {
     let mesh = Mesh::start(MeshOptions::default()).await;
     let mut stream = mesh.connect(mesh.db).await;
     round_trip(&mut stream, b"before").await.unwrap();
-    let update = policies(
-        "[{name: no-web, namespace: data, action: DENY, rules: [{from: [{namespaces: [web]}]}]}]",
+    let update = tunnel_support::policies(
+        "[{key: data/no-web, namespace: data, scope: POLICY_SCOPE_NAMESPACE,
+           action: POLICY_ACTION_DENY, rules: [{from: [{namespaces: [web]}]}]}]",
+        &[],
     );
-    assert_eq!(mesh.b.update_policies(&update).unwrap(), 1);
+    assert_eq!(mesh.b.update_policies(update), 1);
     let mut buf = [0u8; 8];
     let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
         .await
@@ -212,7 +215,10 @@ peer_authentication:
         .find(|w| w.name == "db-0")
         .unwrap();
     db.port_mtls.insert(mesh.db.port(), MtlsMode::Permissive);
-    mesh.b.update_mesh(&config).await.unwrap();
+    mesh.b
+        .update_mesh(&config, Default::default())
+        .await
+        .unwrap();
     let outsider = "127.0.0.99".parse().unwrap();
     let mut accepted = mesh.net.plaintext_connect(outsider, mesh.db).await.unwrap();
     round_trip(&mut accepted, b"port permissive").await.unwrap();
@@ -230,7 +236,10 @@ peer_authentication:
         .find(|w| w.name == "db-0")
         .unwrap();
     db.mtls = Some(MtlsMode::Strict);
-    mesh.b.update_mesh(&config).await.unwrap();
+    mesh.b
+        .update_mesh(&config, Default::default())
+        .await
+        .unwrap();
     let mut refused = mesh.net.plaintext_connect(outsider, mesh.db).await.unwrap();
     expect_closed(&mut refused).await;
     let mut accepted = mesh

@@ -21,6 +21,7 @@ use anyhow::{ensure, Context, Result};
 use mesh_node::{
     app::{self, Bound, Deps},
     config::Config,
+    policy::Policies,
     socket::{bind_in_netns, SystemSockets},
 };
 use tokio::sync::watch;
@@ -160,7 +161,7 @@ async fn start(pod: &PodNetns, ca: &TestCa) -> Result<Bound> {
         sockets: Arc::new(SystemSockets),
         certs: ca.source(),
     };
-    Ok(app::build_with(config(pod, true)?, deps).await?)
+    Ok(app::build_with(config(pod, true)?, Policies::default(), deps).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +196,8 @@ async fn pod_is_reached_on_its_own_ip_and_listener_follows_the_pod() -> Result<(
         other.map(|_| ())
     );
 
-    node.update_mesh(&config(&pod, false)?).await?;
+    node.update_mesh(&config(&pod, false)?, Policies::default())
+        .await?;
     wait_listeners(&mut view, |open| open.is_empty()).await?;
     // The listener stops accepting once its server task sees the stop signal, just after the
     // view is published: poll, bounded, until connects are refused.

@@ -115,7 +115,7 @@ fn strict_pod_takes_hbone_on_its_in_pod_listener_and_drops_plaintext() {
         certs: ca.source(),
     };
     let node = runtime
-        .block_on(app::build_with(node_config(&pod), deps))
+        .block_on(app::build_with(node_config(&pod), Default::default(), deps))
         .expect("node tunnel");
     let mut listeners = node.in_pod_listeners();
     let in_pod = listeners.wait_for(|open| open.contains_key(&IpAddr::V4(pod.ip)));

@@ -162,7 +162,7 @@ fn enrolled_pod_ipv6_connect_goes_through_the_tunnel_over_hbone() {
     };
     let config = node_config(&client, &server);
     let node = runtime
-        .block_on(app::build_with(config.clone(), deps))
+        .block_on(app::build_with(config.clone(), Default::default(), deps))
         .expect("node tunnel");
     let outbound_v6 = node.outbound_v6.expect("ipv6 outbound listener bound");
     assert_eq!(outbound_v6.ip(), IpAddr::V6(client.host_ip6()));

@@ -71,7 +71,9 @@ async fn not_ready_until_a_feed_version_with_certificates_is_applied() {
         sockets: Arc::new(SystemSockets),
         certs: certs.clone(),
     };
-    let node = app::build_with(startup, deps).await.unwrap();
+    let node = app::build_with(startup, Default::default(), deps)
+        .await
+        .unwrap();
     let (status, body) = http_get(node.readiness, "/healthz/ready").await;
     assert_eq!(status, 503, "{body}");
     assert!(
@@ -82,7 +84,10 @@ async fn not_ready_until_a_feed_version_with_certificates_is_applied() {
     // Version 1 names a local pod, but the CA is down: rejected, and the page says why.
     let local =
         "  - { name: app-0, namespace: apps, service_account: app, ip: 10.9.0.1, node: n1 }";
-    assert!(node.apply_feed_version(1, &config(local)).await.is_err());
+    assert!(node
+        .apply_feed_version(1, &config(local), Default::default())
+        .await
+        .is_err());
     let (status, body) = http_get(node.readiness, "/healthz/ready").await;
     assert_eq!(status, 503, "{body}");
     assert!(
@@ -92,7 +97,9 @@ async fn not_ready_until_a_feed_version_with_certificates_is_applied() {
     );
 
     certs.up.store(true, Ordering::Release);
-    node.apply_feed_version(2, &config(local)).await.unwrap();
+    node.apply_feed_version(2, &config(local), Default::default())
+        .await
+        .unwrap();
     let (status, body) = http_get(node.readiness, "/healthz/ready").await;
     assert_eq!(status, 200, "{body}");
     assert!(node.not_ready_reasons().is_empty());
@@ -102,7 +109,10 @@ async fn not_ready_until_a_feed_version_with_certificates_is_applied() {
     let more = format!(
         "{local}\n  - {{ name: new-0, namespace: apps, service_account: new, ip: 10.9.0.2, node: n1 }}"
     );
-    assert!(node.apply_feed_version(3, &config(&more)).await.is_err());
+    assert!(node
+        .apply_feed_version(3, &config(&more), Default::default())
+        .await
+        .is_err());
     assert_eq!(http_get(node.readiness, "/healthz/ready").await.0, 200);
 
     // Draining shows as soon as shutdown is called, before the drain runs.
@@ -125,7 +135,9 @@ async fn static_node_is_ready_at_once() {
         sockets: Arc::new(SystemSockets),
         certs: ca.source(),
     };
-    let node = app::build_with(config(local), deps).await.unwrap();
+    let node = app::build_with(config(local), Default::default(), deps)
+        .await
+        .unwrap();
     let (status, body) = http_get(node.readiness, "/healthz/ready").await;
     assert_eq!((status, body.ends_with("ready\n")), (200, true), "{body}");
     assert_eq!(http_get(node.readiness, "/other").await.0, 404);

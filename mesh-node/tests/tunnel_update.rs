@@ -25,7 +25,7 @@ async fn new_workload_is_tunnelled_after_update() {
     let line = "  - { name: fresh-0, namespace: data, service_account: fresh, ip: 127.0.0.22, node: node-b }";
     assert_eq!(
         mesh.b
-            .update_mesh(&mesh.config("node-b", line, ""))
+            .update_mesh(&mesh.config("node-b", line, ""), Default::default())
             .await
             .unwrap(),
         0
@@ -35,7 +35,7 @@ async fn new_workload_is_tunnelled_after_update() {
         "certificate fetched on update"
     );
     mesh.a
-        .update_mesh(&mesh.config("node-a", line, ""))
+        .update_mesh(&mesh.config("node-a", line, ""), Default::default())
         .await
         .unwrap();
 
@@ -57,7 +57,11 @@ async fn new_workload_is_tunnelled_after_update() {
         "{line}\n  - {{ name: dup, namespace: data, service_account: x, ip: 127.0.0.22, node: node-b }}"
     );
     let broken = mesh.config("node-a", &duplicate, "");
-    assert!(mesh.a.update_mesh(&broken).await.is_err());
+    assert!(mesh
+        .a
+        .update_mesh(&broken, Default::default())
+        .await
+        .is_err());
     let mut still = mesh.connect(fresh).await;
     round_trip(&mut still, b"still tunnelled").await.unwrap();
 }
@@ -70,13 +74,13 @@ async fn an_identity_no_local_pod_has_is_retired() {
     let id: SpiffeId = "spiffe://cluster.local/ns/data/sa/brief".parse().unwrap();
     let line = "  - { name: brief-0, namespace: data, service_account: brief, ip: 127.0.0.23, node: node-b }";
     mesh.b
-        .update_mesh(&mesh.config("node-b", line, ""))
+        .update_mesh(&mesh.config("node-b", line, ""), Default::default())
         .await
         .unwrap();
     assert!(mesh.b.certificate(&id).is_some());
     // The pod leaves: its identity is neither presented nor renewed any more.
     mesh.b
-        .update_mesh(&mesh.config("node-b", "", ""))
+        .update_mesh(&mesh.config("node-b", "", ""), Default::default())
         .await
         .unwrap();
     assert!(

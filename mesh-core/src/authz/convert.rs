@@ -37,14 +37,16 @@ impl Policy {
     ) -> (Policy, Option<PolicyConvertError>) {
         match Policy::try_from(wire) {
             Ok(policy) => (policy, None),
-            Err(error) => {
-                let deny_all = Policy {
-                    key: wire.key.clone(),
-                    action: Action::Deny,
-                    rules: vec![Rule::default()],
-                };
-                (deny_all, Some(error))
-            }
+            Err(error) => (Policy::deny_all(&wire.key), Some(error)),
+        }
+    }
+
+    /// A policy under `key` that denies everything in its scope (one empty DENY rule).
+    pub fn deny_all(key: &str) -> Policy {
+        Policy {
+            key: key.to_string(),
+            action: Action::Deny,
+            rules: vec![Rule::default()],
         }
     }
 }

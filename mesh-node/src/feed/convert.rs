@@ -5,9 +5,9 @@
 //! - a service bound to a waypoint that does not resolve is left out (its VIP then leads
 //!   nowhere), and so is a remote workload in that case; a local one keeps its certificate and
 //!   capture but loses the binding, with a warning;
-//! - a policy rule needing attributes the node cannot see (`when`, hosts, methods, paths) is
-//!   dropped from an ALLOW policy and loses those parts in a DENY policy;
-//! - a policy that does not convert becomes deny-all in its scope.
+//! - policies become the shared authorization model in one step ([`Policies::from_feed`]): a
+//!   policy that does not convert denies everything in its scope, and what the node cannot see
+//!   (L7 attributes) makes an ALLOW rule match nothing and a DENY rule apply regardless.
 //!
 //! Workloads outside the mesh (`TUNNEL_PROTOCOL_NONE`) are not part of the node's mesh: traffic
 //! to them passes through as plain TCP.
@@ -20,14 +20,28 @@ use std::{
 use mesh_core::proto::control::v1 as pb;
 
 use super::MeshSnapshot;
-use crate::config::{
-    Config, MtlsMode, OperationConfig, PeerAuthentication, PolicyAction, PolicyConfig, RuleConfig,
-    ServiceConfig, ServicePortConfig, SourceConfig, WaypointConfig, WorkloadConfig,
+use crate::{
+    config::{
+        Config, MtlsMode, PeerAuthentication, ServiceConfig, ServicePortConfig, WaypointConfig,
+        WorkloadConfig,
+    },
+    policy::Policies,
 };
 
-/// `base` (this node's own settings: name, listeners, CA) with the mesh from `snapshot`, and the
-/// warnings about what was left out.
-pub fn mesh_config(base: &Config, snapshot: &MeshSnapshot) -> (Config, Vec<String>) {
+/// The node's mesh as of one snapshot, and what was left out of it.
+#[derive(Debug)]
+pub struct Mesh {
+    /// `base` (this node's own settings: name, listeners, CA) with the snapshot's workloads,
+    /// services and waypoints.
+    pub config: Config,
+    /// The snapshot's policies that this node enforces.
+    pub policies: Policies,
+    /// What was left out or fails closed, for the log.
+    pub warnings: Vec<String>,
+}
+
+/// The node's mesh from `snapshot`, on top of `base`.
+pub fn mesh(base: &Config, snapshot: &MeshSnapshot) -> Mesh {
     let mut warnings = Vec::new();
     let in_mesh: BTreeMap<&str, &pb::Workload> = snapshot
         .workloads
@@ -48,12 +62,16 @@ pub fn mesh_config(base: &Config, snapshot: &MeshSnapshot) -> (Config, Vec<Strin
     config.waypoints = waypoints.into_values().collect();
     // Control resolves PeerAuthentication per workload (and port): each workload carries it.
     config.peer_authentication = PeerAuthentication::default();
-    config.authorization_policies = snapshot
-        .authorizations
-        .values()
-        .filter_map(|policy| authorization(base, snapshot, policy, &mut warnings))
-        .collect();
-    (config, warnings)
+    let policies = Policies::from_feed(
+        snapshot.authorizations.values(),
+        |key| selected(snapshot, key),
+        &mut warnings,
+    );
+    Mesh {
+        config,
+        policies,
+        warnings,
+    }
 }
 
 /// Two workloads, or a service and anything else, on one address would make the node reject the
@@ -304,148 +322,13 @@ fn port_modes(
     out
 }
 
-fn authorization(
-    base: &Config,
-    snapshot: &MeshSnapshot,
-    policy: &pb::Authorization,
-    warnings: &mut Vec<String>,
-) -> Option<PolicyConfig> {
-    let (namespace, workloads) = match pb::PolicyScope::try_from(policy.scope) {
-        Ok(pb::PolicyScope::Global) => (base.root_namespace.clone(), Vec::new()),
-        Ok(pb::PolicyScope::Namespace) => (policy.namespace.clone(), Vec::new()),
-        Ok(pb::PolicyScope::WorkloadSelector) => {
-            (policy.namespace.clone(), selected(snapshot, &policy.key))
-        }
-        // Enforced by waypoints; unknown scopes are for a newer node.
-        Ok(pb::PolicyScope::Targeted) | Err(_) => return None,
-    };
-    if policy.scope == pb::PolicyScope::WorkloadSelector as i32 && workloads.is_empty() {
-        return None; // Selects no workload.
-    }
-    let action = match pb::PolicyAction::try_from(policy.action) {
-        Ok(pb::PolicyAction::Allow) => PolicyAction::Allow,
-        Ok(pb::PolicyAction::Deny) => PolicyAction::Deny,
-        Ok(pb::PolicyAction::Audit) => return None,
-        Err(_) => {
-            warnings.push(format!(
-                "policy {}: unknown action; denying its scope",
-                policy.key
-            ));
-            return Some(deny_all(policy, namespace, workloads));
-        }
-    };
-    let mut rules = Vec::new();
-    for rule in &policy.rules {
-        match convert_rule(rule, action) {
-            Ok(Some(rule)) => rules.push(rule),
-            Ok(None) => {}
-            Err(reason) => {
-                warnings.push(format!(
-                    "policy {}: {reason}; denying its scope",
-                    policy.key
-                ));
-                return Some(deny_all(policy, namespace, workloads));
-            }
-        }
-    }
-    Some(PolicyConfig {
-        name: policy.name.clone(),
-        namespace,
-        selector: None,
-        workloads,
-        action,
-        rules,
-    })
-}
-
 /// `namespace/name` of the workloads that list `key` among their policies.
-fn selected(snapshot: &MeshSnapshot, key: &str) -> Vec<String> {
+fn selected(snapshot: &MeshSnapshot, key: &str) -> BTreeSet<String> {
     snapshot
         .workloads
         .values()
         .filter(|w| w.authorization_policies.iter().any(|p| p == key))
         .map(|w| format!("{}/{}", w.namespace, w.name))
-        .collect()
-}
-
-fn deny_all(policy: &pb::Authorization, namespace: String, workloads: Vec<String>) -> PolicyConfig {
-    PolicyConfig {
-        name: policy.name.clone(),
-        namespace,
-        selector: None,
-        workloads,
-        action: PolicyAction::Deny,
-        rules: vec![RuleConfig::default()],
-    }
-}
-
-/// `Ok(None)`: an ALLOW rule the node cannot evaluate (dropped).
-fn convert_rule(rule: &pb::Rule, action: PolicyAction) -> Result<Option<RuleConfig>, String> {
-    let needs_l7 = !rule.when.is_empty()
-        || rule.to.iter().any(|t| {
-            [
-                &t.hosts,
-                &t.not_hosts,
-                &t.methods,
-                &t.not_methods,
-                &t.paths,
-                &t.not_paths,
-            ]
-            .iter()
-            .any(|list| !list.is_empty())
-        });
-    if needs_l7 && action == PolicyAction::Allow {
-        return Ok(None);
-    }
-    let from = rule
-        .from
-        .iter()
-        .map(|s| {
-            Ok(SourceConfig {
-                principals: s.principals.clone(),
-                not_principals: s.not_principals.clone(),
-                namespaces: s.namespaces.clone(),
-                not_namespaces: s.not_namespaces.clone(),
-                ip_blocks: cidrs(&s.ip_blocks)?,
-                not_ip_blocks: cidrs(&s.not_ip_blocks)?,
-            })
-        })
-        .collect::<Result<_, String>>()?;
-    let to = rule
-        .to
-        .iter()
-        .map(|t| {
-            Ok(OperationConfig {
-                ports: ports(&t.ports)?,
-                not_ports: ports(&t.not_ports)?,
-            })
-        })
-        .collect::<Result<_, String>>()?;
-    Ok(Some(RuleConfig { from, to }))
-}
-
-fn cidrs(wire: &[pb::Cidr]) -> Result<Vec<String>, String> {
-    wire.iter()
-        .map(|c| {
-            let ip = address(&c.address)
-                .ok_or_else(|| format!("bad cidr address of {} bytes", c.address.len()))?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            if c.prefix_len > max {
-                return Err(format!("bad cidr prefix /{}", c.prefix_len));
-            }
-            Ok(format!("{ip}/{}", c.prefix_len))
-        })
-        .collect()
-}
-
-fn ports(wire: &[u32]) -> Result<Vec<u16>, String> {
-    wire.iter()
-        .map(|p| {
-            u16::try_from(*p)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("bad port {p}"))
-        })
         .collect()
 }
 

@@ -72,6 +72,27 @@ fn base() -> Config {
     Config::from_yaml("node_name: n1\n").unwrap()
 }
 
+/// The node's config part of the converted mesh, and the warnings.
+fn mesh_config(base: &Config, snapshot: &MeshSnapshot) -> (Config, Vec<String>) {
+    let mesh = mesh(base, snapshot);
+    (mesh.config, mesh.warnings)
+}
+
+/// The converted policies' decision on a connection from `demo/<source_sa>` to workload
+/// `demo/<workload>` on `port`.
+fn decide(mesh: &Mesh, source_sa: &str, workload: &str, port: u16) -> crate::policy::Decision {
+    let identity = mesh_core::identity::SpiffeId::new("cluster.local", "demo", source_sa).unwrap();
+    mesh.policies.evaluate(&crate::policy::ConnectionInfo {
+        source_identity: Some(identity),
+        source_ip: "10.0.1.7".parse().unwrap(),
+        dest_namespace: "demo".into(),
+        dest_labels: Default::default(),
+        dest_ip: "10.0.2.1".parse().unwrap(),
+        dest_workload: workload.into(),
+        dest_port: port,
+    })
+}
+
 fn snapshot() -> MeshSnapshot {
     let mut backend = workload("backend", "n2", [10, 0, 2, 1], true);
     backend.authorization_policies = vec!["demo/backend-callers".into()];
@@ -166,17 +187,20 @@ fn snapshot_becomes_a_valid_node_config() {
     );
     assert!(warnings.iter().any(|w| w.contains("ghost")), "{warnings:?}");
 
+    let mesh = mesh(&base(), &snapshot());
     assert_eq!(
-        config.authorization_policies.len(),
+        mesh.policies.len(),
         1,
         "waypoint-targeted policies are not the node's"
     );
-    let policy = &config.authorization_policies[0];
-    assert_eq!(policy.workloads, ["demo/backend"]);
-    assert_eq!(
-        policy.rules.len(),
-        1,
-        "the L7 ALLOW rule is dropped at the node"
+    assert!(decide(&mesh, "client", "backend", 8080).is_allowed());
+    assert!(
+        !decide(&mesh, "intruder", "backend", 8080).is_allowed(),
+        "the L7 ALLOW rule (GET only) matches nothing at the node"
+    );
+    assert!(
+        decide(&mesh, "intruder", "client", 8080).is_allowed(),
+        "the policy selects the backend only"
     );
 
     State::from_config(&config).expect("the converted config validates");
@@ -260,22 +284,17 @@ fn malformed_policy_denies_its_scope() {
         vec![bad],
     );
     snapshot.authorizations.insert(broken.key.clone(), broken);
-    let (config, warnings) = mesh_config(&base(), &snapshot);
-    let denied = config
-        .authorization_policies
-        .iter()
-        .find(|p| p.name == "broken")
-        .unwrap();
-    assert_eq!(denied.action, PolicyAction::Deny);
-    assert_eq!(denied.rules.len(), 1);
+    let mesh = mesh(&base(), &snapshot);
+    assert!(!decide(&mesh, "client", "client", 8080).is_allowed());
     assert!(
-        warnings.iter().any(|w| w.contains("demo/broken")),
-        "{warnings:?}"
+        mesh.warnings.iter().any(|w| w.contains("demo/broken")),
+        "{:?}",
+        mesh.warnings
     );
 }
 
 #[test]
-fn l7_parts_of_deny_rules_are_dropped_so_they_deny_more() {
+fn l7_parts_of_deny_rules_apply_regardless_so_they_deny_more() {
     let mut snapshot = snapshot();
     let deny_admin = pb::Rule {
         to: vec![pb::DestinationMatch {
@@ -292,17 +311,12 @@ fn l7_parts_of_deny_rules_are_dropped_so_they_deny_more() {
         vec![deny_admin],
     );
     snapshot.authorizations.insert(deny.key.clone(), deny);
-    let (config, _) = mesh_config(&base(), &snapshot);
-    let deny = config
-        .authorization_policies
-        .iter()
-        .find(|p| p.name == "no-admin")
-        .unwrap();
-    assert_eq!(
-        deny.rules[0].to[0].ports,
-        [8080],
-        "the port part stays: the whole port is denied"
+    let mesh = mesh(&base(), &snapshot);
+    assert!(
+        !decide(&mesh, "client", "client", 8080).is_allowed(),
+        "the whole port is denied"
     );
+    assert!(decide(&mesh, "client", "client", 9090).is_allowed());
 }
 
 #[test]
@@ -393,4 +407,56 @@ fn workload_and_port_modes_are_carried_per_workload() {
         by_name("legacy").port_mtls,
         [(9090, MtlsMode::Strict)].into()
     );
+}
+
+/// Every source field the node can check reaches the evaluator: until policies went from the
+/// feed to the shared model in one step, the node's own policy schema had no `serviceAccounts`
+/// or `remoteIpBlocks`, so an ALLOW rule with only those lost its source and allowed everyone.
+#[test]
+fn allow_rules_on_service_accounts_or_remote_addresses_are_enforced() {
+    let mut snapshot = snapshot();
+    let from = |source: pb::SourceMatch| pb::Rule {
+        from: vec![source],
+        ..Default::default()
+    };
+    let by_account = from(pb::SourceMatch {
+        service_accounts: vec!["*/ns/demo/sa/client".into()],
+        ..Default::default()
+    });
+    let by_remote = from(pb::SourceMatch {
+        remote_ip_blocks: vec![pb::Cidr {
+            address: vec![192, 168, 0, 0],
+            prefix_len: 16,
+        }],
+        ..Default::default()
+    });
+    for (key, rule) in [
+        ("demo/sa-only", by_account),
+        ("demo/remote-only", by_remote),
+    ] {
+        let mut snapshot = snapshot.clone();
+        let allow = policy(
+            key,
+            pb::PolicyScope::Namespace,
+            pb::PolicyAction::Allow,
+            vec![rule],
+        );
+        snapshot.authorizations = [(allow.key.clone(), allow)].into();
+        let mesh = mesh(&base(), &snapshot);
+        assert!(
+            !decide(&mesh, "intruder", "client", 8080).is_allowed(),
+            "{key} let another source in"
+        );
+    }
+    let allow = policy(
+        "demo/sa-only",
+        pb::PolicyScope::Namespace,
+        pb::PolicyAction::Allow,
+        vec![from(pb::SourceMatch {
+            service_accounts: vec!["*/ns/demo/sa/client".into()],
+            ..Default::default()
+        })],
+    );
+    snapshot.authorizations = [(allow.key.clone(), allow)].into();
+    assert!(decide(&mesh(&base(), &snapshot), "client", "client", 8080).is_allowed());
 }

@@ -28,8 +28,8 @@ pub enum SavedFeedError {
     },
     /// The node's config file also describes the mesh: which of the two is meant is unclear.
     #[error(
-        "the config file lists workloads, services, waypoints, policies or peer authentication \
-         and a saved feed is given too; describe the mesh in one place"
+        "the config file lists workloads, services, waypoints or peer authentication and a \
+         saved feed is given too; describe the mesh in one place"
     )]
     Ambiguous,
 }
@@ -62,21 +62,20 @@ fn snapshot(path: &Path, update: pb::NodeUpdate) -> Result<MeshSnapshot, SavedFe
     }
 }
 
-/// `base` (this node's own settings) with the mesh of the saved feed at `path`, and the
-/// warnings about what was left out, exactly as for a version from mesh-control.
-pub fn mesh_config(base: &Config, path: &Path) -> Result<(Config, Vec<String>), SavedFeedError> {
+/// `base` (this node's own settings) with the mesh of the saved feed at `path`, exactly as for
+/// a version from mesh-control.
+pub fn mesh(base: &Config, path: &Path) -> Result<convert::Mesh, SavedFeedError> {
     if describes_mesh(base) {
         return Err(SavedFeedError::Ambiguous);
     }
     let snapshot = read(path)?;
-    Ok(convert::mesh_config(base, &snapshot))
+    Ok(convert::mesh(base, &snapshot))
 }
 
 fn describes_mesh(config: &Config) -> bool {
     !config.workloads.is_empty()
         || !config.services.is_empty()
         || !config.waypoints.is_empty()
-        || !config.authorization_policies.is_empty()
         || config.peer_authentication != Default::default()
 }
 
@@ -146,15 +145,20 @@ mod tests {
             policy(),
         ]);
         let file = saved(&update);
-        let (mesh, warnings) = mesh_config(&base(), file.path()).unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
-        let names: Vec<&str> = mesh.workloads.iter().map(|w| w.name.as_str()).collect();
+        let mesh = mesh(&base(), file.path()).unwrap();
+        assert!(mesh.warnings.is_empty(), "{:?}", mesh.warnings);
+        let names: Vec<&str> = mesh
+            .config
+            .workloads
+            .iter()
+            .map(|w| w.name.as_str())
+            .collect();
         assert_eq!(names, ["db-1", "web-1"]);
-        assert_eq!(mesh.authorization_policies.len(), 1);
+        assert_eq!(mesh.policies.len(), 1);
         // The same result as the live feed's path.
         let mut store = FeedStore::default();
         let live = store.apply(update).unwrap().unwrap();
-        let (from_feed, _) = convert::mesh_config(&base(), &live);
+        let from_feed = convert::mesh(&base(), &live);
         assert_eq!(format!("{mesh:?}"), format!("{from_feed:?}"));
     }
 
@@ -162,14 +166,14 @@ mod tests {
     fn a_partial_or_broken_feed_is_refused() {
         let mut chunk = complete(vec![workload("web-1", "10.1.0.5", "n1")]);
         chunk.complete = false;
-        let error = mesh_config(&base(), saved(&chunk).path()).unwrap_err();
+        let error = mesh(&base(), saved(&chunk).path()).unwrap_err();
         assert!(
             matches!(error, SavedFeedError::Incomplete { .. }),
             "{error}"
         );
 
         let empty = complete(vec![pb::Resource { kind: None }]);
-        let error = mesh_config(&base(), saved(&empty).path()).unwrap_err();
+        let error = mesh(&base(), saved(&empty).path()).unwrap_err();
         assert!(matches!(error, SavedFeedError::Apply { .. }), "{error}");
 
         let file = tempfile::NamedTempFile::new().unwrap();
@@ -178,7 +182,7 @@ mod tests {
             "version: 1\nreset: true\ncomplete: true\nworkloads: []\n",
         )
         .unwrap();
-        let error = mesh_config(&base(), file.path()).unwrap_err().to_string();
+        let error = mesh(&base(), file.path()).unwrap_err().to_string();
         assert!(error.contains("workloads"), "unknown field named: {error}");
     }
 
@@ -189,7 +193,7 @@ mod tests {
             "node_name: n1\nworkloads:\n- {name: a, namespace: app, service_account: a, ip: 10.1.0.7, node: n1}\n",
         )
         .unwrap();
-        let error = mesh_config(&base, file.path()).unwrap_err();
+        let error = mesh(&base, file.path()).unwrap_err();
         assert!(matches!(error, SavedFeedError::Ambiguous), "{error}");
     }
 }

@@ -17,7 +17,7 @@ pub mod tracker;
 use std::{collections::BTreeMap, net::IpAddr};
 
 use mesh_core::identity::SpiffeId;
-pub use rules::{Policies, PolicyError};
+pub use rules::{Policies, Scope, ScopedPolicy};
 pub use tracker::{Authorizer, ConnectionGuard, Revocation};
 
 /// What a policy decision is made on.

@@ -1,54 +1,95 @@
-//! Policy scoping for the node tunnel: which configured AuthorizationPolicies apply to a
-//! destination workload. The decision itself is the shared evaluator in
-//! [`mesh_core::authz`], so node and waypoint agree on Istio semantics.
+//! Policy scoping for the node tunnel: which of the feed's AuthorizationPolicies apply to a
+//! destination workload. Policies arrive as the feed's `Authorization` messages and become the
+//! shared model ([`mesh_core::authz::Policy`]) in one conversion, the waypoint's too; the decision
+//! is the shared evaluator, so node and waypoint agree on Istio semantics, including what a node
+//! cannot see (L7 attributes): an ALLOW rule needing them never matches here, a DENY rule
+//! applies whatever their value.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+use std::collections::BTreeSet;
+
+use mesh_core::{
+    authz::{self, ConnectionAttributes, Decision},
+    proto::control::v1 as pb,
 };
 
-use ipnet::IpNet;
-use mesh_core::authz::{self, Action, ConnectionAttributes, Decision, OperationMatch, SourceMatch};
-
 use super::ConnectionInfo;
-use crate::config::{OperationConfig, PolicyAction, PolicyConfig, RuleConfig, SourceConfig};
 
-/// A policy that cannot be compiled (rejected as a whole rather than half-applied).
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    /// An `ip_blocks` entry is neither a CIDR nor an IP.
-    #[error("policy {policy}: invalid ip block {value:?}")]
-    IpBlock { policy: String, value: String },
+/// Which destination workloads a policy applies to at this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every workload (a policy in the root namespace).
+    Mesh,
+    /// Every workload in this namespace.
+    Namespace(String),
+    /// These workloads (`namespace/name`), as mesh-control resolved the policy's selector.
+    Workloads(BTreeSet<String>),
 }
 
-/// A compiled policy plus where it applies.
-#[derive(Debug, Clone)]
-struct Scoped {
-    namespace: String,
-    selector: Option<BTreeMap<String, String>>,
-    /// `namespace/name` of the workloads it applies to, when the control plane resolved them.
-    workloads: Option<BTreeSet<String>>,
-    policy: authz::Policy,
+/// A policy and where it applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopedPolicy {
+    /// Where it applies.
+    pub scope: Scope,
+    /// The policy.
+    pub policy: authz::Policy,
 }
 
-/// The compiled policy set.
+/// The policies in force at this node.
 #[derive(Debug, Clone, Default)]
 pub struct Policies {
-    root_namespace: String,
-    policies: Vec<Scoped>,
+    policies: Vec<ScopedPolicy>,
 }
 
 impl Policies {
-    /// Compiles `configs`; `root_namespace` policies apply to every namespace.
-    pub fn compile(root_namespace: &str, configs: &[PolicyConfig]) -> Result<Self, PolicyError> {
-        let policies = configs
-            .iter()
-            .map(compile_policy)
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            root_namespace: root_namespace.to_owned(),
-            policies,
-        })
+    /// A set of scoped policies.
+    pub fn new(policies: Vec<ScopedPolicy>) -> Self {
+        Self { policies }
+    }
+
+    /// The node's policies among the feed's `wire` ones: `selected(key)` names the workloads
+    /// (`namespace/name`) that list a selector-scoped policy. Policies enforced by waypoints
+    /// (targeted) or only logged (audit) are not the node's. A policy that does not convert
+    /// denies everything in its scope, one with an unknown scope everything in its namespace,
+    /// each with a warning: a bad policy can only ever deny more.
+    pub fn from_feed<'a>(
+        wire: impl IntoIterator<Item = &'a pb::Authorization>,
+        selected: impl Fn(&str) -> BTreeSet<String>,
+        warnings: &mut Vec<String>,
+    ) -> Self {
+        let mut policies = Vec::new();
+        for policy in wire {
+            let scope = match pb::PolicyScope::try_from(policy.scope) {
+                Ok(pb::PolicyScope::Global) => Scope::Mesh,
+                Ok(pb::PolicyScope::Namespace) => Scope::Namespace(policy.namespace.clone()),
+                Ok(pb::PolicyScope::WorkloadSelector) => match selected(&policy.key) {
+                    workloads if workloads.is_empty() => continue,
+                    workloads => Scope::Workloads(workloads),
+                },
+                Ok(pb::PolicyScope::Targeted) => continue,
+                Err(_) => {
+                    // Which workloads it covers is unknown: deny in its whole namespace.
+                    warnings.push(format!(
+                        "policy {}: unknown scope {} (a newer mesh-control?); denying everything \
+                         in namespace {}",
+                        policy.key, policy.scope, policy.namespace
+                    ));
+                    policies.push(ScopedPolicy {
+                        scope: Scope::Namespace(policy.namespace.clone()),
+                        policy: authz::Policy::deny_all(&policy.key),
+                    });
+                    continue;
+                }
+            };
+            if policy.action == pb::PolicyAction::Audit as i32 {
+                continue;
+            }
+            let (policy, error) = authz::Policy::from_proto_fail_closed(policy);
+            if let Some(error) = error {
+                warnings.push(format!("{error}; denying everything in its scope"));
+            }
+            policies.push(ScopedPolicy { scope, policy });
+        }
+        Self { policies }
     }
 
     /// Number of policies.
@@ -66,7 +107,7 @@ impl Policies {
         let applicable = self
             .policies
             .iter()
-            .filter(|p| self.applies(p, conn))
+            .filter(|p| applies(&p.scope, conn))
             .map(|p| &p.policy);
         let attributes = ConnectionAttributes {
             source_ip: conn.source_ip,
@@ -79,94 +120,16 @@ impl Policies {
         };
         authz::evaluate(applicable, &attributes, None)
     }
+}
 
-    fn applies(&self, scoped: &Scoped, conn: &ConnectionInfo) -> bool {
-        if let Some(workloads) = &scoped.workloads {
-            return workloads.contains(&format!("{}/{}", conn.dest_namespace, conn.dest_workload));
+fn applies(scope: &Scope, conn: &ConnectionInfo) -> bool {
+    match scope {
+        Scope::Mesh => true,
+        Scope::Namespace(namespace) => *namespace == conn.dest_namespace,
+        Scope::Workloads(workloads) => {
+            workloads.contains(&format!("{}/{}", conn.dest_namespace, conn.dest_workload))
         }
-        let namespace_ok =
-            scoped.namespace == conn.dest_namespace || scoped.namespace == self.root_namespace;
-        let selector_ok = scoped.selector.as_ref().is_none_or(|selector| {
-            selector
-                .iter()
-                .all(|(k, v)| conn.dest_labels.get(k) == Some(v))
-        });
-        namespace_ok && selector_ok
     }
-}
-
-fn compile_policy(config: &PolicyConfig) -> Result<Scoped, PolicyError> {
-    let key = format!("{}/{}", config.namespace, config.name);
-    let rules = config
-        .rules
-        .iter()
-        .map(|r| compile_rule(&key, r))
-        .collect::<Result<_, _>>()?;
-    let workloads = (!config.workloads.is_empty())
-        .then(|| config.workloads.iter().cloned().collect::<BTreeSet<_>>());
-    Ok(Scoped {
-        namespace: config.namespace.clone(),
-        selector: config.selector.clone(),
-        workloads,
-        policy: authz::Policy {
-            action: match config.action {
-                PolicyAction::Allow => Action::Allow,
-                PolicyAction::Deny => Action::Deny,
-            },
-            key,
-            rules,
-        },
-    })
-}
-
-fn compile_rule(policy: &str, rule: &RuleConfig) -> Result<authz::Rule, PolicyError> {
-    let from = rule
-        .from
-        .iter()
-        .map(|s| compile_source(policy, s))
-        .collect::<Result<_, _>>()?;
-    let to = rule.to.iter().map(compile_operation).collect();
-    Ok(authz::Rule {
-        from,
-        to,
-        when: Vec::new(),
-    })
-}
-
-fn compile_source(policy: &str, source: &SourceConfig) -> Result<SourceMatch, PolicyError> {
-    let nets = |list: &[String]| {
-        list.iter()
-            .map(|s| {
-                parse_net(s).ok_or_else(|| PolicyError::IpBlock {
-                    policy: policy.to_owned(),
-                    value: s.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-    };
-    Ok(SourceMatch {
-        principals: source.principals.clone(),
-        not_principals: source.not_principals.clone(),
-        namespaces: source.namespaces.clone(),
-        not_namespaces: source.not_namespaces.clone(),
-        ip_blocks: nets(&source.ip_blocks)?,
-        not_ip_blocks: nets(&source.not_ip_blocks)?,
-        ..SourceMatch::default()
-    })
-}
-
-fn compile_operation(op: &OperationConfig) -> OperationMatch {
-    OperationMatch {
-        ports: op.ports.clone(),
-        not_ports: op.not_ports.clone(),
-        ..OperationMatch::default()
-    }
-}
-
-fn parse_net(text: &str) -> Option<IpNet> {
-    text.parse::<IpNet>()
-        .ok()
-        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 #[cfg(test)]

@@ -1,21 +1,43 @@
-//! Table tests of AuthorizationPolicy semantics.
+//! The node's policies from the feed's messages: scoping, and what the node does with parts it
+//! cannot see or that are malformed. The decision rules themselves are the shared evaluator's,
+//! tested in `mesh_core::authz`.
+
+use std::collections::BTreeSet;
+
+use mesh_core::proto::control::v1 as pb;
 
 use super::*;
-use crate::config::PolicyConfig;
 
-fn policies(yaml: &str) -> Policies {
-    let configs: Vec<PolicyConfig> = serde_yaml::from_str(yaml).unwrap();
-    Policies::compile("istio-system", &configs).unwrap()
+/// `data/by-selector` selects `data/db-0`; no other policy selects anything.
+fn selected(key: &str) -> BTreeSet<String> {
+    match key {
+        "data/by-selector" => BTreeSet::from(["data/db-0".to_owned()]),
+        _ => BTreeSet::new(),
+    }
 }
 
-fn conn(identity: Option<&str>, ip: &str, ns: &str, app: &str, port: u16) -> ConnectionInfo {
+/// Policies written as the feed's messages (YAML in the proto3 JSON mapping), and the warnings.
+fn convert(wire: &[pb::Authorization]) -> (Policies, Vec<String>) {
+    let mut warnings = Vec::new();
+    let policies = Policies::from_feed(wire, selected, &mut warnings);
+    (policies, warnings)
+}
+
+fn policies(yaml: &str) -> Policies {
+    let wire: Vec<pb::Authorization> = serde_yaml::from_str(yaml).unwrap();
+    let (policies, warnings) = convert(&wire);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    policies
+}
+
+fn conn(identity: Option<&str>, ip: &str, ns: &str, workload: &str, port: u16) -> ConnectionInfo {
     ConnectionInfo {
         source_identity: identity.map(|i| i.parse().unwrap()),
         source_ip: ip.parse().unwrap(),
         dest_namespace: ns.into(),
-        dest_labels: [("app".to_owned(), app.to_owned())].into(),
+        dest_labels: Default::default(),
         dest_ip: "10.9.9.9".parse().unwrap(),
-        dest_workload: format!("{app}-0"),
+        dest_workload: workload.into(),
         dest_port: port,
     }
 }
@@ -23,182 +45,193 @@ fn conn(identity: Option<&str>, ip: &str, ns: &str, app: &str, port: u16) -> Con
 const FRONTEND: &str = "spiffe://cluster.local/ns/web/sa/frontend";
 const BATCH: &str = "spiffe://cluster.local/ns/batch/sa/job";
 
+/// An allow-nothing policy (ALLOW without rules) in each scope.
+const ALLOW_NOTHING: &str = "
+- {key: data/in-namespace, namespace: data, scope: POLICY_SCOPE_NAMESPACE}
+";
+
 #[test]
-fn semantics_table() {
-    struct Case {
-        name: &'static str,
-        yaml: &'static str,
-        conn: ConnectionInfo,
-        allowed: bool,
-    }
-    let to_db = |id: Option<&str>, port| conn(id, "10.0.0.9", "data", "db", port);
-    let cases = [
-        Case { name: "no policy allows", yaml: "[]", conn: to_db(None, 5432), allowed: true },
-        Case {
-            name: "allow-nothing (no rules) denies",
-            yaml: "[{name: p, namespace: data}]",
-            conn: to_db(Some(FRONTEND), 5432),
-            allowed: false,
-        },
-        Case {
-            name: "empty rule allows all",
-            yaml: "[{name: p, namespace: data, rules: [{}]}]",
-            conn: to_db(None, 5432),
-            allowed: true,
-        },
-        Case {
-            name: "principal allow matches",
-            yaml: "[{name: p, namespace: data, rules: [{from: [{principals: [cluster.local/ns/web/sa/frontend]}]}]}]",
-            conn: to_db(Some(FRONTEND), 5432),
-            allowed: true,
-        },
-        Case {
-            name: "principal allow, other principal denied",
-            yaml: "[{name: p, namespace: data, rules: [{from: [{principals: [cluster.local/ns/web/sa/frontend]}]}]}]",
-            conn: to_db(Some(BATCH), 5432),
-            allowed: false,
-        },
-        Case {
-            name: "principals * needs mtls",
-            yaml: "[{name: p, namespace: data, rules: [{from: [{principals: ['*']}]}]}]",
-            conn: to_db(None, 5432),
-            allowed: false,
-        },
-        Case {
-            name: "namespace allow with port",
-            yaml: "[{name: p, namespace: data, rules: [{from: [{namespaces: [web]}], to: [{ports: [5432]}]}]}]",
-            conn: to_db(Some(FRONTEND), 5432),
-            allowed: true,
-        },
-        Case {
-            name: "namespace allow, wrong port",
-            yaml: "[{name: p, namespace: data, rules: [{from: [{namespaces: [web]}], to: [{ports: [5432]}]}]}]",
-            conn: to_db(Some(FRONTEND), 22),
-            allowed: false,
-        },
-        Case {
-            name: "deny wins over allow",
-            yaml: "[{name: a, namespace: data, rules: [{}]}, {name: d, namespace: data, action: DENY, rules: [{from: [{namespaces: [batch]}]}]}]",
-            conn: to_db(Some(BATCH), 5432),
-            allowed: false,
-        },
-        Case {
-            name: "deny not matching leaves allow-by-default",
-            yaml: "[{name: d, namespace: data, action: DENY, rules: [{from: [{namespaces: [batch]}]}]}]",
-            conn: to_db(Some(FRONTEND), 5432),
-            allowed: true,
-        },
-        Case {
-            name: "notNamespaces deny",
-            yaml: "[{name: d, namespace: data, action: DENY, rules: [{from: [{not_namespaces: [web]}]}]}]",
-            conn: to_db(Some(BATCH), 5432),
-            allowed: false,
-        },
-        Case {
-            name: "notPrincipals * denies plaintext",
-            yaml: "[{name: d, namespace: data, action: DENY, rules: [{from: [{not_principals: ['*']}]}]}]",
-            conn: to_db(None, 5432),
-            allowed: false,
-        },
-        Case {
-            name: "notPrincipals * lets mtls through",
-            yaml: "[{name: d, namespace: data, action: DENY, rules: [{from: [{not_principals: ['*']}]}]}]",
-            conn: to_db(Some(FRONTEND), 5432),
-            allowed: true,
-        },
-        Case {
-            name: "ipBlocks allow",
-            yaml: "[{name: p, namespace: data, rules: [{from: [{ip_blocks: [10.0.0.0/24]}]}]}]",
-            conn: to_db(None, 5432),
-            allowed: true,
-        },
-        Case {
-            name: "notIpBlocks excludes",
-            yaml: "[{name: p, namespace: data, rules: [{from: [{ip_blocks: [10.0.0.0/8], not_ip_blocks: [10.0.0.9]}]}]}]",
-            conn: to_db(None, 5432),
-            allowed: false,
-        },
-        Case {
-            name: "notPorts deny",
-            yaml: "[{name: d, namespace: data, action: DENY, rules: [{to: [{not_ports: [5432]}]}]}]",
-            conn: to_db(Some(FRONTEND), 22),
-            allowed: false,
-        },
-        Case {
-            name: "other namespace's policy does not apply",
-            yaml: "[{name: p, namespace: web}]",
-            conn: to_db(Some(FRONTEND), 5432),
-            allowed: true,
-        },
-        Case {
-            name: "root namespace policy applies mesh-wide",
-            yaml: "[{name: p, namespace: istio-system, action: DENY, rules: [{from: [{namespaces: [batch]}]}]}]",
-            conn: to_db(Some(BATCH), 5432),
-            allowed: false,
-        },
-        Case {
-            name: "selector not matching does not apply",
-            yaml: "[{name: p, namespace: data, selector: {app: cache}}]",
-            conn: to_db(Some(FRONTEND), 5432),
-            allowed: true,
-        },
-        Case {
-            name: "selector matching applies",
-            yaml: "[{name: p, namespace: data, selector: {app: db}}]",
-            conn: to_db(Some(FRONTEND), 5432),
-            allowed: false,
-        },
-        Case {
-            name: "prefix and suffix principals",
-            yaml: "[{name: p, namespace: data, rules: [{from: [{principals: ['cluster.local/ns/web/*']}]}, {from: [{principals: ['*/sa/job']}]}]}]",
-            conn: to_db(Some(BATCH), 5432),
-            allowed: true,
-        },
-    ];
-    for case in cases {
-        let decision = policies(case.yaml).evaluate(&case.conn);
-        assert_eq!(
-            decision.is_allowed(),
-            case.allowed,
-            "{}: {decision:?}",
-            case.name
-        );
-    }
+fn scopes_decide_where_a_policy_applies() {
+    let db = |ns: &str, name: &str| conn(Some(FRONTEND), "10.0.0.1", ns, name, 5432);
+    let namespaced = policies(ALLOW_NOTHING);
+    assert!(!namespaced.evaluate(&db("data", "db-0")).is_allowed());
+    assert!(
+        namespaced.evaluate(&db("web", "db-0")).is_allowed(),
+        "other namespace"
+    );
+
+    let global = policies("[{key: istio-system/all, namespace: istio-system}]");
+    assert!(
+        !global.evaluate(&db("web", "x")).is_allowed(),
+        "global is mesh-wide"
+    );
+
+    let selector = policies(
+        "[{key: data/by-selector, namespace: data, scope: POLICY_SCOPE_WORKLOAD_SELECTOR}]",
+    );
+    assert!(!selector.evaluate(&db("data", "db-0")).is_allowed());
+    assert!(
+        selector.evaluate(&db("data", "cache-0")).is_allowed(),
+        "not selected, whatever its namespace"
+    );
+
+    let not_the_nodes = policies(
+        "
+- {key: data/selects-nobody, namespace: data, scope: POLICY_SCOPE_WORKLOAD_SELECTOR}
+- {key: data/at-waypoint, namespace: data, scope: POLICY_SCOPE_TARGETED}
+- {key: data/audit, namespace: data, scope: POLICY_SCOPE_NAMESPACE, action: POLICY_ACTION_AUDIT}
+",
+    );
+    assert!(not_the_nodes.is_empty(), "{not_the_nodes:?}");
 }
 
 #[test]
-fn decision_names_the_policy() {
+fn deny_decisions_name_the_policy() {
     let set = policies(
-        "[{name: d, namespace: data, action: DENY, rules: [{from: [{namespaces: [batch]}]}]}]",
+        "[{key: data/d, namespace: data, scope: POLICY_SCOPE_NAMESPACE, action: POLICY_ACTION_DENY,
+           rules: [{from: [{namespaces: [batch]}]}]}]",
     );
-    let decision = set.evaluate(&conn(Some(BATCH), "10.0.0.1", "data", "db", 1));
+    let decision = set.evaluate(&conn(Some(BATCH), "10.0.0.1", "data", "db-0", 1));
     assert_eq!(
         decision,
         Decision::DeniedByPolicy {
             policy: "data/d".into()
         }
     );
+    assert!(set
+        .evaluate(&conn(Some(FRONTEND), "10.0.0.1", "data", "db-0", 1))
+        .is_allowed());
 }
 
+/// Every source field the node can check is checked: none may be dropped on the way, since an
+/// ALLOW rule that loses its only source field allows every source.
 #[test]
-fn invalid_ip_block_rejects_the_policy() {
-    let configs: Vec<PolicyConfig> = serde_yaml::from_str(
-        "[{name: p, namespace: data, rules: [{from: [{ip_blocks: [not-an-ip]}]}]}]",
-    )
-    .unwrap();
-    let err = Policies::compile("istio-system", &configs).unwrap_err();
-    assert!(err.to_string().contains("not-an-ip"), "{err}");
-}
+fn allow_rules_keep_every_l4_source_field() {
+    let allow = |source: &str| {
+        policies(&format!(
+            "[{{key: data/p, namespace: data, scope: POLICY_SCOPE_NAMESPACE,
+                rules: [{{from: [{source}]}}]}}]"
+        ))
+    };
+    let to_db = |identity: &str, ip: &str| conn(Some(identity), ip, "data", "db-0", 5432);
 
-#[test]
-fn resolved_workload_lists_scope_instead_of_labels() {
-    // An allow-nothing policy bound by the control plane to data/db-0 only.
-    let bound = policies("[{name: p, namespace: data, workloads: [data/db-0]}]");
-    let db = conn(Some(FRONTEND), "10.0.0.9", "data", "db", 5432);
-    let cache = conn(Some(FRONTEND), "10.0.0.9", "data", "cache", 6379);
-    assert!(!bound.evaluate(&db).is_allowed(), "db-0 is in the list");
+    let service_accounts = allow("{serviceAccounts: ['*/ns/web/sa/frontend']}");
+    assert!(service_accounts
+        .evaluate(&to_db(FRONTEND, "10.0.0.1"))
+        .is_allowed());
     assert!(
-        bound.evaluate(&cache).is_allowed(),
-        "cache-0 is not, whatever its namespace"
+        !service_accounts
+            .evaluate(&to_db(BATCH, "10.0.0.1"))
+            .is_allowed(),
+        "another service account"
     );
+
+    let not_service_accounts = policies(
+        "[{key: data/p, namespace: data, scope: POLICY_SCOPE_NAMESPACE,
+                    rules: [{from: [{notServiceAccounts: ['*/ns/batch/sa/job']}]}]}]",
+    );
+    assert!(!not_service_accounts
+        .evaluate(&to_db(BATCH, "10.0.0.1"))
+        .is_allowed());
+
+    let mut remote = pb::Authorization {
+        key: "data/p".into(),
+        namespace: "data".into(),
+        scope: pb::PolicyScope::Namespace as i32,
+        rules: vec![pb::Rule {
+            from: vec![pb::SourceMatch {
+                remote_ip_blocks: vec![pb::Cidr {
+                    address: vec![10, 0, 0, 0],
+                    prefix_len: 24,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let (set, _) = convert(std::slice::from_ref(&remote));
+    assert!(set.evaluate(&to_db(FRONTEND, "10.0.0.7")).is_allowed());
+    assert!(
+        !set.evaluate(&to_db(FRONTEND, "10.1.0.7")).is_allowed(),
+        "at a node the remote address is the peer's"
+    );
+    remote.rules[0].from[0].remote_ip_blocks[0].prefix_len = 40;
+    let (set, warnings) = convert(&[remote]);
+    assert!(
+        !set.evaluate(&to_db(FRONTEND, "10.0.0.7")).is_allowed(),
+        "malformed: deny all"
+    );
+    assert!(warnings[0].contains("data/p"), "{warnings:?}");
+}
+
+/// What a node cannot see makes an ALLOW rule match nothing and a DENY rule apply regardless.
+#[test]
+fn what_the_node_cannot_see_fails_closed() {
+    let to_db = |port| conn(Some(FRONTEND), "10.0.0.1", "data", "db-0", port);
+    let allow_jwt = policies(
+        "[{key: data/p, namespace: data, scope: POLICY_SCOPE_NAMESPACE,
+           rules: [{from: [{requestPrincipals: ['*']}]}]}]",
+    );
+    assert!(!allow_jwt.evaluate(&to_db(5432)).is_allowed());
+    let allow_get = policies(
+        "[{key: data/p, namespace: data, scope: POLICY_SCOPE_NAMESPACE,
+           rules: [{to: [{methods: [GET]}]}]}]",
+    );
+    assert!(!allow_get.evaluate(&to_db(5432)).is_allowed());
+    let deny_admin = policies(
+        "[{key: data/d, namespace: data, scope: POLICY_SCOPE_NAMESPACE, action: POLICY_ACTION_DENY,
+           rules: [{to: [{ports: [8080], paths: [/admin]}]}]}]",
+    );
+    assert!(
+        !deny_admin.evaluate(&to_db(8080)).is_allowed(),
+        "the whole port"
+    );
+    assert!(deny_admin.evaluate(&to_db(5432)).is_allowed());
+    let deny_header = policies(
+        "[{key: data/d, namespace: data, scope: POLICY_SCOPE_NAMESPACE, action: POLICY_ACTION_DENY,
+           rules: [{when: [{key: 'request.headers[x-user]', values: [eve]}]}]}]",
+    );
+    assert!(!deny_header.evaluate(&to_db(5432)).is_allowed());
+}
+
+#[test]
+fn malformed_or_unknown_policies_fail_closed() {
+    let base = pb::Authorization {
+        key: "data/p".into(),
+        namespace: "data".into(),
+        scope: pb::PolicyScope::Namespace as i32,
+        rules: vec![pb::Rule::default()],
+        ..Default::default()
+    };
+    let bad_port = pb::Authorization {
+        rules: vec![pb::Rule {
+            to: vec![pb::DestinationMatch {
+                ports: vec![70_000],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..base.clone()
+    };
+    let unknown_action = pb::Authorization {
+        action: 42,
+        ..base.clone()
+    };
+    for wire in [bad_port, unknown_action] {
+        let (set, warnings) = convert(std::slice::from_ref(&wire));
+        let decision = set.evaluate(&conn(Some(FRONTEND), "10.0.0.1", "data", "db-0", 80));
+        assert!(!decision.is_allowed(), "{wire:?}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+    }
+    let unknown_scope = pb::Authorization { scope: 9, ..base };
+    let (set, warnings) = convert(&[unknown_scope]);
+    assert!(warnings[0].contains("unknown scope"), "{warnings:?}");
+    let in_namespace = conn(Some(FRONTEND), "10.0.0.1", "data", "cache-0", 80);
+    assert!(
+        !set.evaluate(&in_namespace).is_allowed(),
+        "its whole namespace"
+    );
+    let elsewhere = conn(Some(FRONTEND), "10.0.0.1", "web", "cache-0", 80);
+    assert!(set.evaluate(&elsewhere).is_allowed());
 }

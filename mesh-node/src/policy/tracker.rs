@@ -227,12 +227,17 @@ impl Drop for ConnectionGuard {
 mod tests {
     use std::time::Duration;
 
-    use super::*;
-    use crate::config::PolicyConfig;
+    use mesh_core::proto::control::v1 as pb;
 
+    use super::*;
+
+    /// Policies written as the feed's messages (YAML in the proto3 JSON mapping).
     fn compile(yaml: &str) -> Policies {
-        let configs: Vec<PolicyConfig> = serde_yaml::from_str(yaml).unwrap();
-        Policies::compile("istio-system", &configs).unwrap()
+        let wire: Vec<pb::Authorization> = serde_yaml::from_str(yaml).unwrap();
+        let mut warnings = Vec::new();
+        let policies = Policies::from_feed(&wire, |_| Default::default(), &mut warnings);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        policies
     }
 
     fn conn(ns: &str) -> ConnectionInfo {
@@ -257,8 +262,8 @@ mod tests {
         let mut web = authz.admit(conn("web")).unwrap();
         let mut batch = authz.admit(conn("batch")).unwrap();
         assert_eq!(authz.live_connections(), 2);
-        let deny_batch =
-            "[{name: d, namespace: data, action: DENY, rules: [{from: [{namespaces: [batch]}]}]}]";
+        let deny_batch = "[{key: data/d, namespace: data, scope: POLICY_SCOPE_NAMESPACE,
+            action: POLICY_ACTION_DENY, rules: [{from: [{namespaces: [batch]}]}]}]";
         assert_eq!(authz.update(compile(deny_batch)), 1);
         let reason = tokio::time::timeout(Duration::from_secs(1), batch.revoked())
             .await

@@ -16,9 +16,11 @@ use mesh_core::identity::{
     ca::CertificateAuthority, cert::generate_csr, CertificateSource, InProcessSource, SourceError,
     SpiffeId, WorkloadCert,
 };
+use mesh_core::proto::control::v1 as pb;
 use mesh_node::{
     app::{self, Bound, Deps},
     config::Config,
+    policy::Policies,
     socket::SocketFactory,
 };
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
@@ -26,6 +28,24 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpSocket, TcpStream},
 };
+
+/// Policies written as the feed's `Authorization` messages (YAML in the proto3 JSON mapping), as
+/// the node converts them; `selects` names, for selector-scoped policies, the workloads
+/// (`namespace/name`) mesh-control would have resolved them to.
+pub fn policies(yaml: &str, selects: &[(&str, &str)]) -> Policies {
+    let wire: Vec<pb::Authorization> = serde_yaml::from_str(yaml).expect("policy yaml");
+    let selected = |key: &str| {
+        selects
+            .iter()
+            .filter(|(policy, _)| *policy == key)
+            .map(|(_, workload)| workload.to_string())
+            .collect()
+    };
+    let mut warnings = Vec::new();
+    let policies = Policies::from_feed(&wire, selected, &mut warnings);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    policies
+}
 
 /// Bound on every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -246,6 +266,8 @@ pub struct Mesh {
 
 pub struct MeshOptions {
     pub node_b_extra: &'static str,
+    /// Node b's authorization policies (see [`policies`]).
+    pub node_b_policies: Policies,
     /// Appended to node a's config (after the services list).
     pub node_a_extra: String,
     pub node_a_trust_domain: &'static str,
@@ -256,6 +278,7 @@ impl Default for MeshOptions {
     fn default() -> Self {
         Self {
             node_b_extra: "",
+            node_b_policies: Policies::default(),
             node_a_extra: String::new(),
             node_a_trust_domain: "cluster.local",
             node_a_source: None,
@@ -322,6 +345,7 @@ impl Mesh {
         );
         let b = app::build_with(
             Config::from_yaml(&b_config).unwrap(),
+            options.node_b_policies,
             Deps {
                 sockets: sockets.clone(),
                 certs: ca.source(),
@@ -341,6 +365,7 @@ impl Mesh {
         let a_certs = options.node_a_source.unwrap_or_else(|| ca.source());
         let a = app::build_with(
             Config::from_yaml(&a_config).unwrap(),
+            Policies::default(),
             Deps {
                 sockets,
                 certs: a_certs,
