@@ -1,7 +1,9 @@
 //! L7 authorization (Istio `AuthorizationPolicy` semantics, HTTP attributes), fail closed.
 //!
-//! This module owns the waypoint's policy config and its load-time checks; the decision itself is
-//! the shared evaluator in [`mesh_core::authz`], so nodes and waypoints agree on semantics.
+//! Policies come from the feed's `Authorization` messages (live, or a saved feed), converted once
+//! into the shared model ([`mesh_core::authz::Policy`]) by [`crate::feed`]; this module scopes them
+//! to the request's service and asks the shared evaluator, so nodes and waypoints agree on
+//! semantics. There is no second, waypoint-only policy schema.
 //!
 //! Decision: if any DENY policy matches, deny; else if there is no ALLOW policy, allow; else
 //! allow only when an ALLOW policy matches. A policy matches when any of its rules does; a
@@ -20,105 +22,8 @@ use std::{
 
 use http::request::Parts;
 use mesh_core::authz::{self, ConnectionAttributes, Decision, RequestAttributes, RequestAuth};
-use serde::Deserialize;
 
 use crate::proxy::Peer;
-
-/// Errors compiling policies; unsupported attributes are rejected, never ignored.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthzError {
-    /// A `when` key is not supported.
-    #[error("policy {policy:?}: unsupported condition key {key:?}; supported: request.headers[<name>], source.principal")]
-    UnsupportedKey { policy: String, key: String },
-}
-
-/// ALLOW or DENY.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum PolicyAction {
-    /// Requests must match an ALLOW policy when any exists.
-    Allow,
-    /// Matching requests are denied.
-    Deny,
-}
-
-/// One policy.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyConfig {
-    /// Name, reported on denial.
-    pub name: String,
-    /// What a match means.
-    pub action: PolicyAction,
-    /// Rules, OR'ed.
-    #[serde(default)]
-    pub rules: Vec<RuleConfig>,
-}
-
-/// One rule: sources, operations and conditions, AND'ed.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Sources, OR'ed; empty matches any.
-    #[serde(default)]
-    pub from: Vec<SourceConfig>,
-    /// Operations, OR'ed; empty matches any.
-    #[serde(default)]
-    pub to: Vec<OperationConfig>,
-    /// Conditions, AND'ed.
-    #[serde(default)]
-    pub when: Vec<ConditionConfig>,
-}
-
-/// Who sent the request.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// Peer identities (`cluster.local/ns/default/sa/sleep`, SPIFFE prefix optional).
-    #[serde(default)]
-    pub principals: Vec<String>,
-    /// Identities that must not match.
-    #[serde(default)]
-    pub not_principals: Vec<String>,
-}
-
-/// What the request does.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OperationConfig {
-    /// Hosts (authority without port).
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    /// Hosts that must not match.
-    #[serde(default)]
-    pub not_hosts: Vec<String>,
-    /// Methods.
-    #[serde(default)]
-    pub methods: Vec<String>,
-    /// Methods that must not match.
-    #[serde(default)]
-    pub not_methods: Vec<String>,
-    /// Paths (without query).
-    #[serde(default)]
-    pub paths: Vec<String>,
-    /// Paths that must not match.
-    #[serde(default)]
-    pub not_paths: Vec<String>,
-}
-
-/// A condition on a request attribute.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConditionConfig {
-    /// `request.headers[<name>]` or `source.principal`.
-    pub key: String,
-    /// Accepted values.
-    #[serde(default)]
-    pub values: Vec<String>,
-    /// Rejected values.
-    #[serde(default)]
-    pub not_values: Vec<String>,
-}
 
 /// The original client behind `hops` trusted proxies, as Envoy's `xff_num_trusted_hops`
 /// (Istio `numTrustedProxies`): the `hops`-th address from the right of `X-Forwarded-For`.
@@ -155,30 +60,16 @@ impl ScopedPolicy {
     }
 }
 
-/// The compiled policies.
+/// The policies in force, with their scopes.
 #[derive(Debug, Default)]
 pub struct Authorizer {
-    policies: Vec<authz::Policy>,
     scoped: Vec<ScopedPolicy>,
 }
 
 impl Authorizer {
-    /// Compiles the policies; unsupported keys are an error.
-    pub fn new(configs: &[PolicyConfig]) -> Result<Self, AuthzError> {
-        let policies = configs
-            .iter()
-            .map(compile_policy)
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            policies,
-            scoped: Vec::new(),
-        })
-    }
-
-    /// Adds already compiled, scoped policies (feed mode).
-    pub fn with_scoped(mut self, scoped: Vec<ScopedPolicy>) -> Self {
-        self.scoped = scoped;
-        self
+    /// An authorizer over `scoped` policies.
+    pub fn new(scoped: Vec<ScopedPolicy>) -> Self {
+        Self { scoped }
     }
 
     /// `Ok` to allow; `Err(policy name)` to deny.
@@ -195,8 +86,8 @@ impl Authorizer {
                 .identity
                 .as_deref()
                 .map(|id| strip_spiffe(id).to_owned()),
-            // YAML policies cannot name destination addresses or ports (rejected at load); feed
-            // policies may, and see the CONNECT authority (service VIP and port).
+            // Policies see the CONNECT authority (service VIP and port); without one (the plain
+            // listener) no destination address or port matches.
             destination_ip: peer
                 .authority
                 .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip()),
@@ -217,100 +108,12 @@ impl Authorizer {
             sni: peer.sni.as_deref(),
             auth: Some(auth),
         };
-        match authz::evaluate(
-            self.policies.iter().chain(scoped),
-            &connection,
-            Some(&request),
-        ) {
+        match authz::evaluate(scoped, &connection, Some(&request)) {
             Decision::Allow => Ok(()),
             Decision::DeniedByPolicy { policy } => Err(policy),
             Decision::NotAllowed => Err("no ALLOW policy matched".to_owned()),
         }
     }
-}
-
-fn compile_policy(c: &PolicyConfig) -> Result<authz::Policy, AuthzError> {
-    let rules = c
-        .rules
-        .iter()
-        .map(|r| {
-            let when = r
-                .when
-                .iter()
-                .map(|w| compile_condition(&c.name, w))
-                .collect::<Result<_, _>>()?;
-            Ok(authz::Rule {
-                from: r.from.iter().map(compile_source).collect(),
-                to: r.to.iter().map(compile_operation).collect(),
-                when,
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    let action = match c.action {
-        PolicyAction::Allow => authz::Action::Allow,
-        PolicyAction::Deny => authz::Action::Deny,
-    };
-    Ok(authz::Policy {
-        key: c.name.clone(),
-        action,
-        rules,
-    })
-}
-
-/// Principals may be written with or without `spiffe://`; the evaluator compares without.
-fn principals(patterns: &[String]) -> Vec<String> {
-    patterns
-        .iter()
-        .map(|p| strip_spiffe(p).to_owned())
-        .collect()
-}
-
-fn compile_source(s: &SourceConfig) -> authz::SourceMatch {
-    authz::SourceMatch {
-        principals: principals(&s.principals),
-        not_principals: principals(&s.not_principals),
-        ..Default::default()
-    }
-}
-
-fn compile_operation(o: &OperationConfig) -> authz::OperationMatch {
-    authz::OperationMatch {
-        hosts: o.hosts.clone(),
-        not_hosts: o.not_hosts.clone(),
-        methods: o.methods.clone(),
-        not_methods: o.not_methods.clone(),
-        paths: o.paths.clone(),
-        not_paths: o.not_paths.clone(),
-        ..Default::default()
-    }
-}
-
-fn compile_condition(policy: &str, c: &ConditionConfig) -> Result<authz::Condition, AuthzError> {
-    let key = if c.key == "source.principal" {
-        let values = principals(&c.values);
-        let not_values = principals(&c.not_values);
-        return Ok(authz::Condition {
-            key: c.key.clone(),
-            values,
-            not_values,
-        });
-    } else if let Some(name) = c
-        .key
-        .strip_prefix("request.headers[")
-        .and_then(|k| k.strip_suffix(']'))
-    {
-        format!("request.headers[{}]", name.to_ascii_lowercase())
-    } else {
-        return Err(AuthzError::UnsupportedKey {
-            policy: policy.into(),
-            key: c.key.clone(),
-        });
-    };
-    Ok(authz::Condition {
-        key,
-        values: c.values.clone(),
-        not_values: c.not_values.clone(),
-    })
 }
 
 fn strip_spiffe(id: &str) -> &str {

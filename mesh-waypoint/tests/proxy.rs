@@ -477,12 +477,13 @@ async fn raw_get(proxy: std::net::SocketAddr, target: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Nobody may reach /admin or anything below it.
+const NO_ADMIN: &str = r#"[{key: no-admin, action: POLICY_ACTION_DENY, rules: [{to: [{paths: ["/admin", "/admin/*"]}]}]}]"#;
+
 fn path_policy_config(mode: &str) -> String {
     format!(
         r#"
 path_normalization: {mode}
-authorization:
-  - {{name: no-admin, action: DENY, rules: [{{to: [{{paths: ["/admin", "/admin/*"]}}]}}]}}
 destinations: [{{name: svc, endpoints: [{{address: "{{a}}"}}]}}]
 routes:
   - name: r
@@ -520,7 +521,12 @@ async fn a_denied_path_holds_against_other_spellings_and_upstream_sees_the_check
         "/adm%zzin",
     ];
     for mode in ["MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"] {
-        let bound = waypoint(&path_policy_config(mode), &[backend("live").await]).await;
+        let bound = waypoint_with_policies(
+            &path_policy_config(mode),
+            NO_ADMIN,
+            &[backend("live").await],
+        )
+        .await;
         let proxy = bound.proxy_addr.expect("plain listener");
         for target in spellings {
             let (status, body) = raw_get(proxy, target).await;
@@ -552,7 +558,12 @@ async fn a_denied_path_holds_against_other_spellings_and_upstream_sees_the_check
     }
     // With normalization off, another spelling passes the policy (and reaches the fallback
     // rule): why NONE is not the default.
-    let bound = waypoint(&path_policy_config("NONE"), &[backend("live").await]).await;
+    let bound = waypoint_with_policies(
+        &path_policy_config("NONE"),
+        NO_ADMIN,
+        &[backend("live").await],
+    )
+    .await;
     let proxy = bound.proxy_addr.expect("plain listener");
     assert_eq!(raw_get(proxy, "/admin").await.0, 403);
     assert_eq!(

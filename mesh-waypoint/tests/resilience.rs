@@ -161,13 +161,14 @@ routes:
 #[tokio::test]
 async fn authorization_policy_denies_with_403() {
     let yaml = r#"
-authorization:
-  - {name: no-admin, action: DENY, rules: [{to: [{paths: ["/admin*"]}]}]}
-  - {name: only-get, action: ALLOW, rules: [{to: [{methods: [GET]}]}]}
 destinations: [{name: svc, endpoints: [{address: "{a}"}]}]
 routes: [{name: r, hosts: [svc], rules: [{route: [{destination: svc}]}]}]
 "#;
-    let bound = waypoint(yaml, &[backend("live").await]).await;
+    let policies = r#"
+- {key: no-admin, action: POLICY_ACTION_DENY, rules: [{to: [{paths: ["/admin*"]}]}]}
+- {key: only-get, action: POLICY_ACTION_ALLOW, rules: [{to: [{methods: [GET]}]}]}
+"#;
+    let bound = waypoint_with_policies(yaml, policies, &[backend("live").await]).await;
     let client = http1();
     let (status, _, body) = send(
         &client,

@@ -1,11 +1,21 @@
-//! Table tests for authorization decisions.
+//! Table tests for authorization decisions at the waypoint.
+
+use mesh_core::proto::control::v1 as pb;
 
 use super::*;
-use crate::config::from_yaml;
 
+/// Policies written as the feed's `Authorization` messages (YAML in the proto3 JSON mapping),
+/// applying to every request.
 fn authorizer(yaml: &str) -> Authorizer {
-    let configs: Vec<PolicyConfig> = from_yaml(yaml).expect("yaml");
-    Authorizer::new(&configs).expect("compiles")
+    let wire: Vec<pb::Authorization> = serde_yaml::from_str(yaml).expect("yaml");
+    let scoped = wire
+        .iter()
+        .map(|w| ScopedPolicy {
+            policy: authz::Policy::try_from(w).expect("converts"),
+            scope: None,
+        })
+        .collect();
+    Authorizer::new(scoped)
 }
 
 fn decide(
@@ -48,17 +58,20 @@ type Case<'a> = (
 #[test]
 fn decision_table() {
     let allow_get =
-        "[{name: a, action: ALLOW, rules: [{to: [{methods: [GET], paths: ['/api/*']}]}]}]";
-    let allow_sleep = "[{name: a, action: ALLOW, rules: [{from: [{principals: ['cluster.local/ns/default/sa/sleep']}]}]}]";
-    let deny_admin = "[{name: d, action: DENY, rules: [{to: [{paths: ['/admin*']}]}]}]";
-    let deny_and_allow = "[{name: d, action: DENY, rules: [{to: [{paths: ['/api/secret']}]}]},
-                           {name: a, action: ALLOW, rules: [{to: [{paths: ['/api/*']}]}]}]";
-    let deny_not_prod = "[{name: d, action: DENY, rules: [{from: [{not_principals: ['cluster.local/ns/prod/*']}]}]}]";
-    let header_when = "[{name: a, action: ALLOW, rules: [{when: [{key: 'request.headers[x-token]', values: ['ok-*']}]}]}]";
-    let empty_allow = "[{name: a, action: ALLOW}]";
-    let allow_all = "[{name: a, action: ALLOW, rules: [{}]}]";
-    let any_principal = "[{name: a, action: ALLOW, rules: [{from: [{principals: ['*']}]}]}]";
-    let not_methods = "[{name: a, action: ALLOW, rules: [{to: [{not_methods: [DELETE]}]}]}]";
+        "[{key: a, action: POLICY_ACTION_ALLOW, rules: [{to: [{methods: [GET], paths: ['/api/*']}]}]}]";
+    let allow_sleep = "[{key: a, action: POLICY_ACTION_ALLOW, rules: [{from: [{principals: ['cluster.local/ns/default/sa/sleep']}]}]}]";
+    let deny_admin =
+        "[{key: d, action: POLICY_ACTION_DENY, rules: [{to: [{paths: ['/admin*']}]}]}]";
+    let deny_and_allow = "[{key: d, action: POLICY_ACTION_DENY, rules: [{to: [{paths: ['/api/secret']}]}]},
+                           {key: a, action: POLICY_ACTION_ALLOW, rules: [{to: [{paths: ['/api/*']}]}]}]";
+    let deny_not_prod = "[{key: d, action: POLICY_ACTION_DENY, rules: [{from: [{not_principals: ['cluster.local/ns/prod/*']}]}]}]";
+    let header_when = "[{key: a, action: POLICY_ACTION_ALLOW, rules: [{when: [{key: 'request.headers[x-token]', values: ['ok-*']}]}]}]";
+    let empty_allow = "[{key: a, action: POLICY_ACTION_ALLOW}]";
+    let allow_all = "[{key: a, action: POLICY_ACTION_ALLOW, rules: [{}]}]";
+    let any_principal =
+        "[{key: a, action: POLICY_ACTION_ALLOW, rules: [{from: [{principals: ['*']}]}]}]";
+    let not_methods =
+        "[{key: a, action: POLICY_ACTION_ALLOW, rules: [{to: [{not_methods: [DELETE]}]}]}]";
     let cases: Vec<Case<'_>> = vec![
         ("[]", "GET", "/x", &[], None, true),
         (allow_get, "GET", "/api/v1", &[], None, true),
@@ -103,7 +116,9 @@ fn decision_table() {
 
 #[test]
 fn denial_names_the_policy() {
-    let a = authorizer("[{name: no-admin, action: DENY, rules: [{to: [{paths: ['/admin']}]}]}]");
+    let a = authorizer(
+        "[{key: no-admin, action: POLICY_ACTION_DENY, rules: [{to: [{paths: ['/admin']}]}]}]",
+    );
     let parts = http::Request::builder()
         .uri("/admin")
         .body(())
@@ -126,18 +141,6 @@ fn denial_names_the_policy() {
     );
 }
 
-#[test]
-fn unsupported_keys_are_rejected() {
-    let configs: Vec<PolicyConfig> =
-        from_yaml("[{name: p, action: ALLOW, rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]}]")
-            .expect("yaml");
-    let err = Authorizer::new(&configs).expect_err("unsupported");
-    assert!(
-        err.to_string().contains("request.auth.claims[iss]"),
-        "{err}"
-    );
-}
-
 /// Istio's value forms, through a header condition so the shared evaluator is what is tested.
 #[test]
 fn pattern_table() {
@@ -149,7 +152,7 @@ fn pattern_table() {
         ("abc", "abd", false),
     ] {
         let yaml = format!(
-            "- name: p\n  action: ALLOW\n  rules:\n  - when:\n    - key: request.headers[x-v]\n      values: [\"{p}\"]\n"
+            "- key: p\n  action: POLICY_ACTION_ALLOW\n  rules:\n  - when:\n    - key: request.headers[x-v]\n      values: [\"{p}\"]\n"
         );
         let allowed = decide(&authorizer(&yaml), "GET", "/", &[("x-v", v)], None);
         assert_eq!(allowed, want, "{p} {v}");

@@ -66,9 +66,6 @@ pub struct WaypointConfig {
     /// Upstream services: endpoints, subsets and traffic policy.
     #[serde(default)]
     pub destinations: Vec<DestinationConfig>,
-    /// L7 authorization policies (Istio `AuthorizationPolicy` semantics).
-    #[serde(default)]
-    pub authorization: Vec<crate::authz::PolicyConfig>,
     /// How request paths are normalized before routing and policy (Istio's `pathNormalization`
     /// names; `MERGE_SLASHES` when absent).
     #[serde(default, deserialize_with = "path_normalization")]
@@ -81,7 +78,8 @@ pub struct WaypointConfig {
     /// serve the plain listener. Never read from YAML.
     #[serde(skip)]
     pub ingress_routes: Option<Vec<RouteConfig>>,
-    /// Already compiled policies with their scope (feed mode; never read from YAML).
+    /// Authorization policies with their scope, converted from the feed's messages (a live
+    /// feed or a saved one, `--feed-file`); never read from this YAML.
     #[serde(skip)]
     pub scoped_policies: Vec<crate::authz::ScopedPolicy>,
     /// Request authentication with its scope (feed mode; never read from YAML).
@@ -148,7 +146,6 @@ mod tests {
         assert_eq!(config.routes[0].rules.len(), 3);
         crate::route::RouteTable::new(&config.routes, &config.destinations)
             .expect("routes compile");
-        crate::authz::Authorizer::new(&config.authorization).expect("policies compile");
     }
 
     #[test]

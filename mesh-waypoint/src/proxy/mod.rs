@@ -76,9 +76,6 @@ pub enum BuildError {
     /// The routes do not compile.
     #[error("invalid routes: {0}")]
     Routes(#[from] RouteError),
-    /// The authorization policies do not compile.
-    #[error("invalid authorization policy: {0}")]
-    Authz(#[from] crate::authz::AuthzError),
 }
 
 /// The proxy's compiled state.
@@ -140,8 +137,7 @@ impl Proxy {
                 .transpose()?,
             destinations: Destinations::reusing(&config.destinations, transport, previous),
             authn: Authenticator::new(config.request_authn.clone(), jwks),
-            authz: Authorizer::new(&config.authorization)?
-                .with_scoped(config.scoped_policies.clone()),
+            authz: Authorizer::new(config.scoped_policies.clone()),
             rate_limit: config
                 .rate_limit
                 .as_ref()

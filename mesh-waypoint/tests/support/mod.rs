@@ -17,8 +17,10 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
+use mesh_core::{authz, proto::control::v1 as pb};
 use mesh_waypoint::{
     app::{self, AppConfig, Bound},
+    authz::ScopedPolicy,
     config::WaypointConfig,
     rng::{SharedRng, ThreadRandom},
 };
@@ -124,6 +126,21 @@ pub async fn waypoint(yaml: &str, backends: &[SocketAddr]) -> Bound {
 pub async fn waypoint_with_rng(yaml: &str, backends: &[SocketAddr], rng: SharedRng) -> Bound {
     let mut app = app_config(yaml, backends);
     app.rng = rng;
+    app::build(app).await.expect("waypoint starts")
+}
+
+/// As [`waypoint`], enforcing `policies`: the feed's `Authorization` messages as YAML (proto3
+/// JSON mapping), applying to every request.
+pub async fn waypoint_with_policies(yaml: &str, policies: &str, backends: &[SocketAddr]) -> Bound {
+    let mut app = app_config(yaml, backends);
+    let wire: Vec<pb::Authorization> = serde_yaml::from_str(policies).expect("policy yaml");
+    app.waypoint.scoped_policies = wire
+        .iter()
+        .map(|w| ScopedPolicy {
+            policy: authz::Policy::try_from(w).expect("policy converts"),
+            scope: None,
+        })
+        .collect();
     app::build(app).await.expect("waypoint starts")
 }
 
