@@ -192,7 +192,7 @@ fn saved_feed_config(args: &Args) -> anyhow::Result<AppConfig> {
             .context("--namespace is required with --feed-file")?,
         name: args.name.clone(),
     };
-    let converted = feed::saved::load(path, &me)?;
+    let converted = feed::saved::load_static(path, &me)?;
     for problem in &converted.problems {
         tracing::warn!(file = %path.display(), %problem, "saved feed: failed closed");
     }

@@ -222,6 +222,14 @@ impl Proxy {
         };
         let selected = table
             .select(&route_key, &parts)
+            .or_else(|| match (peer.authority, &self.ingress) {
+                // Static mode from a saved feed: mesh virtual hosts are named `<host>:<port>`.
+                (None, None) => {
+                    let port = action::explicit_port(&authority).unwrap_or(80);
+                    table.select(&format!("{host}:{port}"), &parts)
+                }
+                _ => None,
+            })
             .ok_or_else(|| ProxyError::NoRoute {
                 host: host.clone(),
                 path: parts.uri.path().to_owned(),

@@ -170,6 +170,16 @@ pub fn strip_port(authority: &str) -> &str {
     authority.rsplit_once(':').map_or(authority, |(h, _)| h)
 }
 
+/// The port of `host[:port]` when one is written (IPv6 literals: after the closing bracket).
+pub fn explicit_port(authority: &str) -> Option<u16> {
+    let rest = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').map(|(_, rest)| rest)?,
+        None => authority,
+    };
+    let (_, port) = rest.rsplit_once(':')?;
+    port.parse().ok()
+}
+
 /// A weighted choice among targets.
 #[derive(Debug, Clone)]
 pub struct WeightedTargets {
@@ -311,6 +321,20 @@ mod tests {
             redirect(&uri, "svc", &bad, None),
             Err(RouteError::BadRedirectCode { code: 200 })
         ));
+    }
+
+    #[test]
+    fn explicit_port_table() {
+        for (input, want) in [
+            ("svc", None),
+            ("svc:8080", Some(8080)),
+            ("svc:", None),
+            ("svc:99999", None),
+            ("[::1]", None),
+            ("[::1]:80", Some(80)),
+        ] {
+            assert_eq!(explicit_port(input), want, "{input}");
+        }
     }
 
     #[test]
