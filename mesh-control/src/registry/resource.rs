@@ -295,7 +295,7 @@ pub fn parse_document(
     let api_version = str_at(&value, &["apiVersion"]).to_string();
     let kind_name = str_at(&value, &["kind"]).to_string();
     let Some(kind) = Kind::from_type(&api_version, &kind_name) else {
-        return Ok(None);
+        return unread_mesh_kind(origin, &api_version, &kind_name, &value);
     };
     if kind == Kind::Secret && str_at(&value, &["type"]) != TLS_SECRET_TYPE {
         // Only server certificates are used; never hold other secrets in memory.
@@ -341,6 +341,38 @@ pub fn parse_document(
     }
 }
 
+/// A kind Weft does not read: silence for the rest of Kubernetes (Deployments, ConfigMaps...),
+/// but a diagnostic for Istio's and Gateway API's own kinds, since whoever wrote one expects the
+/// mesh to act on it and it will not.
+fn unread_mesh_kind(
+    origin: &str,
+    api_version: &str,
+    kind: &str,
+    value: &serde_yaml::Value,
+) -> Result<Option<(ObjectKey, Resource)>, Diagnostic> {
+    let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+    let mesh_group = group.ends_with(".istio.io")
+        || group == "gateway.networking.k8s.io"
+        || group == "gateway.networking.x-k8s.io";
+    if !mesh_group {
+        return Ok(None);
+    }
+    let why = match kind {
+        "EnvoyFilter" | "WasmPlugin" => "Weft has no Envoy to patch or extend",
+        "Sidecar" => "ambient mode has no sidecars (Istio ambient ignores it too)",
+        "Telemetry" => "Weft's metrics and access logs are not configurable by Telemetry",
+        _ => "Weft does not read this kind",
+    };
+    let namespace = str_at(value, &["metadata", "namespace"]);
+    let name = str_at(value, &["metadata", "name"]);
+    Err(Diagnostic {
+        origin: origin.to_string(),
+        object: format!("{kind} {namespace}/{name}"),
+        field: "kind".to_string(),
+        message: format!("{kind} ({group}) is not supported: {why}; it has no effect"),
+    })
+}
+
 /// Parses a multi-document YAML text from `origin` (a file path).
 /// Returns whether the whole text was read: `false` when a YAML syntax error stopped it (the
 /// documents after the error are not read).
@@ -383,6 +415,55 @@ pub fn key_of<K: kube::Resource>(kind: Kind, object: &K) -> ObjectKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn istio_and_gateway_kinds_weft_does_not_read_are_reported() {
+        let text = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: lua, namespace: app}
+spec: {configPatches: []}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: app}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: grpc, namespace: app}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: app}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: app}
+"#;
+        let mut parsed = Parsed::default();
+        parse_yaml("dir/app.yaml", text, &mut parsed);
+        let objects: Vec<&str> = parsed
+            .diagnostics
+            .iter()
+            .map(|d| d.object.as_str())
+            .collect();
+        assert_eq!(
+            objects,
+            [
+                "EnvoyFilter app/lua",
+                "Sidecar app/default",
+                "Telemetry istio-system/mesh-default",
+                "GRPCRoute app/grpc"
+            ],
+            "Kubernetes' own kinds stay quiet"
+        );
+        assert!(parsed.diagnostics[0].message.contains("no Envoy"));
+        assert!(parsed.objects.is_empty());
+    }
 
     #[test]
     fn parses_known_kinds_and_skips_others() {
