@@ -352,9 +352,23 @@ fn default_drain() -> Duration {
     Duration::from_secs(5)
 }
 
+/// Keys older config files had whose content now comes from the feed (or a saved feed).
+const RETIRED_KEYS: &[&str] = &["authorization_policies", "root_namespace"];
+
 impl Config {
     /// Parses YAML text.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        if let Ok(serde_yaml::Value::Mapping(top)) = serde_yaml::from_str(text) {
+            for key in RETIRED_KEYS {
+                if top.contains_key(*key) {
+                    return Err(ConfigError::Invalid(format!(
+                        "`{key}` is no longer read from the node's config file: authorization \
+                         policies come from mesh-control, or from a saved feed \
+                         (`mesh-control dump --node <name>`, then `mesh-node --mesh-file`)"
+                    )));
+                }
+            }
+        }
         let config: Self = serde_yaml::from_str(text)?;
         let in_pod = &config.in_pod;
         if in_pod.reply_mark != 0 && in_pod.reply_mark == in_pod.mark {
@@ -457,6 +471,15 @@ services:
         let error = Config::from_yaml(same).unwrap_err().to_string();
         assert!(error.contains("in_pod.reply_mark"), "{error}");
         assert_eq!(config.listeners.outbound_ipv6, None);
+    }
+
+    #[test]
+    fn retired_policy_keys_say_where_policies_come_from() {
+        for key in RETIRED_KEYS {
+            let text = format!("node_name: a\n{key}: []\n");
+            let err = Config::from_yaml(&text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("--mesh-file"), "{err}");
+        }
     }
 
     #[test]
