@@ -168,7 +168,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn static_config(args: &Args, path: &std::path::Path) -> anyhow::Result<AppConfig> {
-    let waypoint = WaypointConfig::load(path)?;
+    Ok(plain_listener_config(args, WaypointConfig::load(path)?))
+}
+
+/// Static modes: `waypoint` served on the plain listener (`--listen`, default `0.0.0.0:15008`).
+fn plain_listener_config(args: &Args, waypoint: WaypointConfig) -> AppConfig {
     tracing::info!(
         routes = waypoint.routes.len(),
         destinations = waypoint.destinations.len(),
@@ -177,7 +181,7 @@ fn static_config(args: &Args, path: &std::path::Path) -> anyhow::Result<AppConfi
     let listen = args.listen.unwrap_or(([0, 0, 0, 0], 15008).into());
     let mut config = AppConfig::new(listen, waypoint);
     config.trusted_proxy_hops = args.num_trusted_proxies;
-    Ok(config)
+    config
 }
 
 fn saved_feed_config(args: &Args) -> anyhow::Result<AppConfig> {
@@ -196,15 +200,7 @@ fn saved_feed_config(args: &Args) -> anyhow::Result<AppConfig> {
     for problem in &converted.problems {
         tracing::warn!(file = %path.display(), %problem, "saved feed: failed closed");
     }
-    tracing::info!(
-        routes = converted.waypoint.routes.len(),
-        destinations = converted.waypoint.destinations.len(),
-        "saved feed loaded"
-    );
-    let listen = args.listen.unwrap_or(([0, 0, 0, 0], 15008).into());
-    let mut config = AppConfig::new(listen, converted.waypoint);
-    config.trusted_proxy_hops = args.num_trusted_proxies;
-    Ok(config)
+    Ok(plain_listener_config(args, converted.waypoint))
 }
 
 async fn feed_config(args: &Args, control: &str) -> anyhow::Result<AppConfig> {

@@ -214,21 +214,21 @@ impl Proxy {
             .check(&parts, &host, peer, &auth)
             .map_err(|policy| ProxyError::Denied { policy })?;
         // HBONE: the CONNECT authority picks the service, whatever `Host` says. Plain: `Host`,
-        // against the ingress table in feed mode.
-        let (table, route_key) = match (peer.authority, &self.ingress) {
-            (Some(authority), _) => (&self.table, authority.to_string()),
-            (None, Some(ingress)) => (ingress, host.clone()),
-            (None, None) => (&self.table, host.clone()),
+        // against the ingress table in feed mode. Static mode: `Host` alone (a hand-written
+        // file's virtual hosts), then `<host>:<port>` (a saved feed's mesh virtual hosts; port
+        // 80 when `Host` has none).
+        let (table, route_key, static_port) = match (peer.authority, &self.ingress) {
+            (Some(authority), _) => (&self.table, authority.to_string(), None),
+            (None, Some(ingress)) => (ingress, host.clone(), None),
+            (None, None) => {
+                let port = action::explicit_port(&authority).unwrap_or(80);
+                (&self.table, host.clone(), Some(port))
+            }
         };
         let selected = table
             .select(&route_key, &parts)
-            .or_else(|| match (peer.authority, &self.ingress) {
-                // Static mode from a saved feed: mesh virtual hosts are named `<host>:<port>`.
-                (None, None) => {
-                    let port = action::explicit_port(&authority).unwrap_or(80);
-                    table.select(&format!("{host}:{port}"), &parts)
-                }
-                _ => None,
+            .or_else(|| {
+                static_port.and_then(|port| table.select(&format!("{host}:{port}"), &parts))
             })
             .ok_or_else(|| ProxyError::NoRoute {
                 host: host.clone(),
