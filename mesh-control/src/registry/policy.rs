@@ -6,7 +6,7 @@
 //! ztunnel does, ALLOW rules using them are dropped and DENY rules lose the L7 conditions
 //! (denying more, never less).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -440,19 +440,30 @@ fn translate_peer(
     diags: &mut Diagnostics<'_>,
 ) -> PeerAuthn {
     let consequence = "requiring mTLS (STRICT) in its scope";
+    let strict = || PeerAuthn {
+        namespace: key.namespace.clone(),
+        selector: selector_of(pa),
+        mode: Some(MtlsMode::Strict),
+        ports: BTreeMap::new(),
+    };
     if report_unknown_fields(diags, key, &pa.spec.unknown_fields, consequence) {
-        return PeerAuthn {
-            namespace: key.namespace.clone(),
-            selector: selector_of(pa),
-            mode: Some(MtlsMode::Strict),
-            ports: BTreeMap::new(),
-        };
+        return strict();
     }
     let selector = selector_of(pa);
     let mut ports = BTreeMap::new();
+    let mut seen = BTreeSet::new();
     for (port, mtls) in &pa.spec.port_level_mtls {
         let field = format!("spec.portLevelMtls[{port}]");
-        match (parse_port(port), mode(mtls.mode)) {
+        let parsed = parse_port(port);
+        // `8080` and `"08080"` are one port: which of the two modes was meant is unknown.
+        if let Ok(number) = parsed {
+            if !seen.insert(number) {
+                let message = format!("port {number} is given twice; {consequence}");
+                diags.push(key, &field, &message);
+                return strict();
+            }
+        }
+        match (parsed, mode(mtls.mode)) {
             (Err(message), _) => diags.push(key, &field, &message),
             (Ok(_), _) if selector.is_none() => {
                 diags.push(key, &field, "port-level mtls requires a selector; ignored")

@@ -1001,4 +1001,24 @@ spec:
         "{:?}",
         snap.diagnostics
     );
+    // Another spelling of the same number is the same port.
+    let snap = snapshot_of(
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: web, namespace: app}
+spec:
+  selector: {matchLabels: {app: web}}
+  mtls: {mode: PERMISSIVE}
+  portLevelMtls: {8080: {mode: STRICT}, "08080": {mode: DISABLE}}
+"#,
+    );
+    let web = &snap.workloads["app/web-1"];
+    assert_eq!(web.mtls, MtlsMode::Strict);
+    assert!(web.port_mtls.is_empty(), "no port opened");
+    assert!(
+        snap.diagnostics[0].message.contains("8080 is given twice"),
+        "{:?}",
+        snap.diagnostics
+    );
 }
