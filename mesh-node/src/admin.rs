@@ -31,6 +31,7 @@ impl Dump {
             .map(|w| {
                 serde_json::json!({
                     "name": w.name, "namespace": w.namespace, "ip": w.ip, "node": w.node,
+                    "addresses": w.addresses,
                     "identity": w.identity.to_string(),
                     "waypoint": w.waypoint.as_ref().map(|wp| wp.key.clone()),
                 })

@@ -34,7 +34,7 @@ use crate::{
     ready::{self, ReadyState},
     redirect::Steering,
     socket::{FactoryDialer, SocketFactory, SystemSockets},
-    state::{State, StateError},
+    state::State,
 };
 
 /// Bound on stopping the readiness server once the main drain has ended.
@@ -43,9 +43,6 @@ const READINESS_STOP_DEADLINE: Duration = Duration::from_secs(1);
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// Inconsistent mesh description.
-    #[error(transparent)]
-    State(#[from] StateError),
     /// Certificates could not be obtained.
     #[error(transparent)]
     Certs(#[from] CertsError),
@@ -131,12 +128,7 @@ impl Bound {
     /// any error the current state stays in force. Returns how many live connections were
     /// closed: those whose local pod left the mesh (inbound to it, outbound from it) and those
     /// the new policies deny.
-    pub async fn update_mesh(
-        &self,
-        config: &Config,
-        policies: Policies,
-    ) -> Result<usize, AppError> {
-        let state = State::from_config(config)?;
+    pub async fn update_mesh(&self, state: State, policies: Policies) -> Result<usize, AppError> {
         self.proxy
             .certs
             .ensure(
@@ -225,10 +217,10 @@ impl Bound {
     pub async fn apply_feed_version(
         &self,
         version: u64,
-        config: &Config,
+        state: State,
         policies: Policies,
     ) -> Result<usize, AppError> {
-        let result = self.update_mesh(config, policies).await;
+        let result = self.update_mesh(state, policies).await;
         if result.is_ok() {
             self.mesh_known.store(true, Ordering::Release);
             self.mesh_changed.notify_one();
@@ -276,12 +268,13 @@ impl Bound {
     }
 }
 
-/// Builds with real sockets and a static-mode CA from the config, enforcing `policies` from
-/// the first connection on.
-pub async fn build(config: Config, policies: Policies) -> Result<Bound, AppError> {
+/// Builds with real sockets and the CA the config names, serving `state` and enforcing
+/// `policies` from the first connection on.
+pub async fn build(config: Config, state: State, policies: Policies) -> Result<Bound, AppError> {
     let certs = crate::ca_source::from_config(&config)?;
     build_with(
         config,
+        state,
         policies,
         Deps {
             sockets: Arc::new(SystemSockets),
@@ -292,8 +285,12 @@ pub async fn build(config: Config, policies: Policies) -> Result<Bound, AppError
 }
 
 /// Builds with injected dependencies.
-pub async fn build_with(config: Config, policies: Policies, deps: Deps) -> Result<Bound, AppError> {
-    let state = State::from_config(&config)?;
+pub async fn build_with(
+    config: Config,
+    state: State,
+    policies: Policies,
+    deps: Deps,
+) -> Result<Bound, AppError> {
     let certs = Arc::new(CertManager::load(state.local_identities(), deps.certs.as_ref()).await?);
     let proxy = Proxy {
         state: Arc::new(arc_swap::ArcSwap::from_pointee(state)),

@@ -97,7 +97,7 @@ pub mod wire {
 /// What the node's mesh view says about pods, by `<namespace>/<name>`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodDirectory {
-    /// The node has a mesh view (static config, or a complete feed version).
+    /// The node has a mesh view (a saved feed, or a complete feed version).
     pub known: bool,
     /// Pods the view names on this node: in the mesh or not.
     pub pods: BTreeMap<String, bool>,
@@ -112,17 +112,6 @@ impl PodDirectory {
             .iter()
             .filter(|(_, w)| w.node == node)
             .map(|(uid, w)| (uid.clone(), w.tunnel == hbone))
-            .collect();
-        Self { known: true, pods }
-    }
-
-    /// The pods of `node` in a static config (every workload listed is in the mesh).
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        let pods = config
-            .workloads
-            .iter()
-            .filter(|w| w.node == config.node_name)
-            .map(|w| (format!("{}/{}", w.namespace, w.name), true))
             .collect();
         Self { known: true, pods }
     }

@@ -1,11 +1,12 @@
-//! The node tunnel's static configuration (YAML), parsed once at start-up.
+//! The node tunnel's own settings (YAML), parsed once at start-up: its name, listeners, CA,
+//! in-pod listeners and drain deadline.
 //!
-//! Static mode describes the mesh by hand: this node, its workloads, services, waypoints,
-//! L4 authorization policies and the peer-authentication mode. The control plane will later feed
-//! the same domain types; [`crate::state`] validates this into them.
+//! The mesh itself (workloads, services, waypoints, peer authentication and policies) is not
+//! described here: it comes from mesh-control's feed, or from a saved feed
+//! (`mesh-control dump --node`, then `mesh-node --mesh-file`), through one conversion
+//! ([`crate::feed::convert`]).
 
 use std::{
-    collections::BTreeMap,
     net::{Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
@@ -56,18 +57,6 @@ pub struct Config {
     /// Certificate authority used in static mode.
     #[serde(default)]
     pub ca: CaConfig,
-    /// Mesh-wide default and per-namespace mTLS mode for inbound plaintext.
-    #[serde(default)]
-    pub peer_authentication: PeerAuthentication,
-    /// Every workload in the mesh this node needs to know about.
-    #[serde(default)]
-    pub workloads: Vec<WorkloadConfig>,
-    /// Services (VIP -> endpoints).
-    #[serde(default)]
-    pub services: Vec<ServiceConfig>,
-    /// Waypoint proxies that workloads or services are bound to.
-    #[serde(default)]
-    pub waypoints: Vec<WaypointConfig>,
     /// HBONE listeners inside local pods' network namespaces.
     #[serde(default)]
     pub in_pod: InPodConfig,
@@ -216,132 +205,6 @@ pub struct CaConfig {
     pub workload_validity: Option<Duration>,
 }
 
-/// mTLS mode for plaintext arriving at a local workload.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum MtlsMode {
-    /// Accept plaintext and mTLS.
-    #[default]
-    Permissive,
-    /// mTLS (HBONE) only; plaintext is refused.
-    Strict,
-}
-
-/// Peer authentication: a default and per-namespace overrides.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerAuthentication {
-    /// Mesh-wide mode.
-    #[serde(default)]
-    pub mode: MtlsMode,
-    /// Namespace -> mode overrides.
-    #[serde(default)]
-    pub namespaces: BTreeMap<String, MtlsMode>,
-}
-
-/// One workload (pod).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkloadConfig {
-    /// Pod name.
-    pub name: String,
-    /// The controller it belongs to, as telemetry names workloads (a Deployment's name, ...);
-    /// the pod name when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload_name: Option<String>,
-    /// Lowercase kind of `workload_name` (`deployment`, ...); `pod` when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload_kind: Option<String>,
-    /// Namespace.
-    pub namespace: String,
-    /// Service account (identity).
-    pub service_account: String,
-    /// Pod IP.
-    pub ip: std::net::IpAddr,
-    /// Node the pod runs on.
-    pub node: String,
-    /// Pod labels, matched by policy selectors.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Waypoint (by name, same namespace) this workload's inbound traffic goes through.
-    #[serde(default)]
-    pub waypoint: Option<String>,
-    /// This workload's own mTLS mode (a selector-scoped PeerAuthentication); absent: its
-    /// namespace's, then the mesh default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtls: Option<MtlsMode>,
-    /// Per-port overrides of the workload's mode (PeerAuthentication `portLevelMtls`), by the
-    /// workload's port.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub port_mtls: BTreeMap<u16, MtlsMode>,
-    /// Connections between it and another local workload that allows it too may skip HBONE
-    /// (checked and joined by this node, unencrypted); default: always HBONE.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub same_node_plaintext: bool,
-}
-
-impl WorkloadConfig {
-    /// The mode of the workload's ports without a [`Self::port_mtls`] override: its own mode,
-    /// else its namespace's, else the mesh default (Istio precedence; a port override wins for
-    /// its port).
-    pub fn pod_mtls(&self, peer: &PeerAuthentication) -> MtlsMode {
-        self.mtls
-            .unwrap_or_else(|| peer.namespace_mode(&self.namespace))
-    }
-}
-
-impl PeerAuthentication {
-    /// The mode of `namespace`: its override, else the mesh default.
-    pub fn namespace_mode(&self, namespace: &str) -> MtlsMode {
-        self.namespaces.get(namespace).copied().unwrap_or(self.mode)
-    }
-}
-
-/// One service port.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServicePortConfig {
-    /// Port on the VIP.
-    pub port: u16,
-    /// Port on the endpoints (defaults to `port`).
-    #[serde(default)]
-    pub target_port: Option<u16>,
-}
-
-/// One service.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
-    /// Service name.
-    pub name: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Cluster IP.
-    pub vip: std::net::IpAddr,
-    /// Ports.
-    pub ports: Vec<ServicePortConfig>,
-    /// Endpoint workload IPs.
-    #[serde(default)]
-    pub endpoints: Vec<std::net::IpAddr>,
-    /// Waypoint (by name, same namespace) this service's traffic goes through.
-    #[serde(default)]
-    pub waypoint: Option<String>,
-}
-
-/// One waypoint proxy.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WaypointConfig {
-    /// Waypoint name (what `waypoint:` fields refer to).
-    pub name: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Service account (the identity the waypoint proves).
-    pub service_account: String,
-    /// Address its HBONE listener is reached at.
-    pub address: SocketAddr,
-}
-
 fn default_trust_domain() -> String {
     "cluster.local".into()
 }
@@ -353,7 +216,14 @@ fn default_drain() -> Duration {
 }
 
 /// Keys older config files had whose content now comes from the feed (or a saved feed).
-const RETIRED_KEYS: &[&str] = &["authorization_policies", "root_namespace"];
+const RETIRED_KEYS: &[&str] = &[
+    "authorization_policies",
+    "root_namespace",
+    "peer_authentication",
+    "workloads",
+    "services",
+    "waypoints",
+];
 
 impl Config {
     /// Parses YAML text.
@@ -362,9 +232,10 @@ impl Config {
             for key in RETIRED_KEYS {
                 if top.contains_key(*key) {
                     return Err(ConfigError::Invalid(format!(
-                        "`{key}` is no longer read from the node's config file: authorization \
-                         policies come from mesh-control, or from a saved feed \
-                         (`mesh-control dump --node <name>`, then `mesh-node --mesh-file`)"
+                        "`{key}` is no longer read from the node's config file: the mesh \
+                         (workloads, services, waypoints, peer authentication, policies) comes \
+                         from mesh-control, or from a saved feed (`mesh-control dump --node \
+                         <name>`, then `mesh-node --mesh-file`)"
                     )));
                 }
             }
@@ -433,15 +304,7 @@ mod tests {
     const EXAMPLE: &str = r#"
 node_name: node-a
 drain_deadline: 3s
-peer_authentication:
-  mode: STRICT
-  namespaces: { legacy: PERMISSIVE }
-workloads:
-  - { name: web-1, namespace: default, service_account: web, ip: 10.0.0.5, node: node-a,
-      labels: { app: web } }
-services:
-  - { name: web, namespace: default, vip: 10.96.0.1, ports: [{ port: 80, target_port: 8080 }],
-      endpoints: [10.0.0.5] }
+in_pod: { enabled: false }
 "#;
 
     #[test]
@@ -451,17 +314,17 @@ services:
         assert_eq!(config.hbone_port, 15008);
         assert_eq!(config.drain_deadline, Duration::from_secs(3));
         assert_eq!(config.listeners.outbound.port(), 15001);
-        assert_eq!(config.peer_authentication.mode, MtlsMode::Strict);
-        assert_eq!(config.services[0].ports[0].target_port, Some(8080));
-        assert!(config.in_pod.enabled, "in-pod listeners are the default");
+        assert!(!config.in_pod.enabled);
+        assert_eq!(
+            config.in_pod.mark, DEFAULT_IN_POD_MARK,
+            "defaults fill the rest"
+        );
         assert_eq!(config.pod_netns.dirs, vec![PathBuf::from("/run/netns")]);
     }
 
     #[test]
     fn shipped_example_is_valid() {
         let config = Config::from_yaml(include_str!("../config/example.yaml")).unwrap();
-        let state = crate::state::State::from_config(&config).unwrap();
-        assert_eq!(state.local_identities().len(), 1);
         assert_eq!(
             config.ca.workload_validity,
             Some(Duration::from_secs(24 * 3600))
@@ -474,7 +337,7 @@ services:
     }
 
     #[test]
-    fn retired_policy_keys_say_where_policies_come_from() {
+    fn retired_mesh_keys_say_where_the_mesh_comes_from() {
         for key in RETIRED_KEYS {
             let text = format!("node_name: a\n{key}: []\n");
             let err = Config::from_yaml(&text).unwrap_err().to_string();

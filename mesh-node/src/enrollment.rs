@@ -1,6 +1,6 @@
 //! Keeps the eBPF enrollment map in step with the pods running on this node.
 //!
-//! The node knows its pods by IP (from config or the control plane); the eBPF programs know them
+//! The node knows its pods by IP (from the control plane's feed, or a saved one); the eBPF programs know them
 //! by network-namespace cookie. Whenever the wanted pods or the shared namespace scan
 //! ([`crate::pod_scan`]) change, a pass works out the changes ([`crate::pod_netns::plan`]) and
 //! applies them to the [`Redirect`] maps. A pod whose namespace is not up yet is picked up when
@@ -18,11 +18,11 @@ use mesh_core::drain::DrainWatch;
 use tokio::sync::watch;
 
 use crate::{
-    config::{Config, MtlsMode},
     ebpf_metrics::CounterSource,
     pod_netns::{self, PodNetns},
     pod_scan::Scan,
     redirect::{Counters, EnrollMode, EnrollPolicy, Redirect, RedirectError, Steering},
+    state::{MtlsMode, State},
 };
 
 /// Errors of one reconciliation pass; the next pass retries.
@@ -38,18 +38,16 @@ pub enum EnrollmentError {
 /// hold every other pod with overrides at its strictest mode.
 pub const MAX_PORT_OVERRIDES_PER_POD: usize = 64;
 
-/// The local pods that must be captured, by IP, with how strictly: from the node's config. A
-/// pod's mode is its own, else its namespace's, else the mesh default; each `port_mtls` entry
-/// sets the mode of that listener port (Istio `portLevelMtls`: the port's mode wins there), up
-/// to [`MAX_PORT_OVERRIDES_PER_POD`].
-pub fn wanted_from_config(config: &Config) -> BTreeMap<IpAddr, EnrollPolicy> {
-    let peer = &config.peer_authentication;
-    config
-        .workloads
+/// The local pods that must be captured, by IP, with how strictly. A pod's mode is the one
+/// mesh-control resolved for it (Istio precedence: workload, namespace, mesh); each `port_mtls`
+/// entry sets the mode of that listener port (Istio `portLevelMtls`: the port's mode wins
+/// there), up to [`MAX_PORT_OVERRIDES_PER_POD`].
+pub fn wanted(state: &State) -> BTreeMap<IpAddr, EnrollPolicy> {
+    state
+        .local_workloads()
         .iter()
-        .filter(|workload| workload.node == config.node_name)
         .map(|workload| {
-            let mode = enroll_mode(workload.pod_mtls(peer));
+            let mode = enroll_mode(workload.mtls);
             let ports = workload
                 .port_mtls
                 .iter()

@@ -25,7 +25,6 @@ use mesh_node::{
     config::Config,
     enrollment::{self, EnrollmentHandle},
     feed::{self, FeedClientConfig, FeedStatus, MeshSnapshot},
-    policy::Policies,
     redirect,
 };
 use tokio::sync::watch;
@@ -124,15 +123,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(name) = &args.node_name {
         config.node_name = name.clone();
     }
-    let mut policies = Policies::default();
-    if let Some(path) = &args.mesh_file {
-        let mesh = feed::saved::mesh(&config, path)?;
-        for warning in mesh.warnings {
-            tracing::warn!(file = %path.display(), %warning, "saved feed");
-        }
-        config = mesh.config;
-        policies = mesh.policies;
-    }
+    // Without mesh-control, the saved feed (if any) is the only version the node applies.
+    let initial = match &args.mesh_file {
+        Some(path) => feed::saved::read(path)?,
+        None => MeshSnapshot::default(),
+    };
     config.follows_control_feed = args.control_address.is_some();
     config.pod_netns.scan_proc |= args.scan_proc;
     if args.node_ipv6.is_some() {
@@ -140,9 +135,13 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(config = ?config, "mesh-node starting");
     raise_open_file_limit();
-    let wanted = enrollment::wanted_from_config(&config);
+    let mesh = feed::convert::mesh(&config, &initial);
+    for warning in &mesh.warnings {
+        tracing::warn!(%warning, "saved feed");
+    }
+    let wanted = enrollment::wanted(&mesh.state);
     let base = config.clone();
-    let bound = app::build(config, policies)
+    let bound = app::build(config, mesh.state, mesh.policies)
         .await
         .context("starting the node tunnel")?;
     let enrollment = match &args.redirect_cgroup {
@@ -186,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let directory = watch::Sender::new(match feed {
         Some(_) => PodDirectory::default(),
-        None => PodDirectory::from_config(&base),
+        None => PodDirectory::from_snapshot(&initial, &base.node_name),
     });
     let (started_tx, mut started) = watch::channel(StartedPods::new());
     let (cni_drain, cni_watch) = drain::channel();
@@ -200,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
         };
         cni::serve(socket, context, cni_watch)?;
     }
-    let mut latest = Arc::new(MeshSnapshot::default());
+    let mut latest = Arc::new(initial);
     let signal = loop {
         tokio::select! {
             signal = signals.recv() => break signal,
@@ -283,7 +282,7 @@ async fn apply_snapshot(
     snapshot: &MeshSnapshot,
 ) {
     let feed::convert::Mesh {
-        config,
+        state,
         policies,
         warnings,
     } = feed::convert::mesh(base, snapshot);
@@ -291,21 +290,22 @@ async fn apply_snapshot(
         tracing::warn!(version = snapshot.version, %warning, "control feed");
     }
     let policy_count = policies.len();
+    let wanted = enrollment::wanted(&state);
+    let workload_count = state.workloads().len();
     match bound
-        .apply_feed_version(snapshot.version, &config, policies)
+        .apply_feed_version(snapshot.version, state, policies)
         .await
     {
         Ok(closed) => {
             tracing::info!(
                 version = snapshot.version,
-                workloads = config.workloads.len(),
-                services = config.services.len(),
+                workloads = workload_count,
                 policies = policy_count,
                 closed,
                 "mesh updated from mesh-control"
             );
             if let Some(enrollment) = enrollment {
-                enrollment.set_wanted(enrollment::wanted_from_config(&config));
+                enrollment.set_wanted(wanted);
             }
         }
         Err(error) => tracing::warn!(

@@ -182,17 +182,17 @@ mod tests {
     use super::*;
     use crate::{
         certs::CertManager,
-        config::Config,
+        feed::{convert::state_of, MeshSnapshot},
         metrics::Metrics,
         policy::{Authorizer, Policies},
         socket::{FactoryDialer, SystemSockets},
-        state::State,
     };
+    use mesh_core::proto::build;
 
     /// A proxy whose state has one local workload and whose certificate store is empty.
     fn proxy_without_certificates() -> Proxy {
-        let yaml = "node_name: n1\nworkloads:\n  - { name: a-0, namespace: apps, service_account: a, ip: 10.9.0.1, node: n1 }\n";
-        let state = State::from_config(&Config::from_yaml(yaml).unwrap()).unwrap();
+        let pod = build::workload("apps", "a-0", "a", "10.9.0.1".parse().unwrap(), "n1");
+        let state = state_of("n1", &MeshSnapshot::of([pod], []));
         let sockets: Arc<dyn crate::socket::SocketFactory> = Arc::new(SystemSockets);
         Proxy {
             state: Arc::new(arc_swap::ArcSwap::from_pointee(state)),

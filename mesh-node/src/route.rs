@@ -1,8 +1,9 @@
 //! Outbound path choice: where a captured connection goes and how.
 //!
 //! Order (Istio ambient): a service VIP resolves to its waypoint when bound, else to an endpoint
-//! (round robin, target port applied); a workload IP goes to its waypoint when bound, else to the
-//! workload's node over HBONE; anything else is outside the mesh and passes through untouched.
+//! (round robin, target port applied, the endpoint's address in the VIP's family); a workload IP
+//! goes to its waypoint when bound, else to the workload's node over HBONE; anything else is
+//! outside the mesh and passes through untouched.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -57,20 +58,23 @@ pub fn choose(state: &State, dst: SocketAddr) -> Route {
             });
         }
         return match service.pick() {
-            Some(workload) => to_workload(state, workload, target_port),
+            Some(workload) => {
+                let ip = workload.address_like(dst.ip());
+                to_workload(state, workload, SocketAddr::new(ip, target_port))
+            }
             None => Route::NoEndpoint {
                 service: service.key.clone(),
             },
         };
     }
     match state.workload(dst.ip()) {
-        Some(workload) => to_workload(state, workload.clone(), dst.port()),
+        Some(workload) => to_workload(state, workload.clone(), dst),
         None => Route::Passthrough(dst),
     }
 }
 
-fn to_workload(state: &State, workload: Arc<Workload>, port: u16) -> Route {
-    let authority = SocketAddr::new(workload.ip, port);
+/// To `authority`, one of `workload`'s addresses: its node is dialled in the same family.
+fn to_workload(state: &State, workload: Arc<Workload>, authority: SocketAddr) -> Route {
     if let Some(waypoint) = &workload.waypoint {
         return Route::Hbone(HboneRoute {
             dial: waypoint.address,
@@ -81,7 +85,7 @@ fn to_workload(state: &State, workload: Arc<Workload>, port: u16) -> Route {
         });
     }
     Route::Hbone(HboneRoute {
-        dial: SocketAddr::new(workload.ip, state.hbone_port),
+        dial: SocketAddr::new(authority.ip(), state.hbone_port),
         authority,
         identity: workload.identity.clone(),
         workload: Some(workload),
@@ -91,27 +95,41 @@ fn to_workload(state: &State, workload: Arc<Workload>, port: u16) -> Route {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::config::Config;
+    use std::net::IpAddr;
 
-    const MESH: &str = r#"
-node_name: a
-workloads:
-  - { name: p1, namespace: ns, service_account: sa, ip: 10.0.0.1, node: a }
-  - { name: p2, namespace: ns, service_account: sa, ip: 10.0.0.2, node: b }
-  - { name: p3, namespace: ns, service_account: sb, ip: 10.0.0.3, node: b, waypoint: wp }
-waypoints:
-  - { name: wp, namespace: ns, service_account: wp-sa, address: "10.0.9.9:15008" }
-services:
-  - { name: s, namespace: ns, vip: 10.96.0.1, ports: [{ port: 80, target_port: 8080 }],
-      endpoints: [10.0.0.1, 10.0.0.2] }
-  - { name: empty, namespace: ns, vip: 10.96.0.2, ports: [{ port: 80 }] }
-  - { name: waypointed, namespace: ns, vip: 10.96.0.3, ports: [{ port: 80 }], waypoint: wp,
-      endpoints: [10.0.0.1] }
-"#;
+    use mesh_core::proto::{address_bytes, build};
+
+    use super::*;
+    use crate::feed::{convert::state_of, MeshSnapshot};
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// p1 on this node, p2 and p3 on node b; p3 and service `waypointed` bound to waypoint
+    /// `wp` (pod 10.0.9.9); p4 has both families.
+    fn snapshot() -> MeshSnapshot {
+        let p1 = build::workload("ns", "p1", "sa", ip("10.0.0.1"), "a");
+        let p2 = build::workload("ns", "p2", "sa", ip("10.0.0.2"), "b");
+        let mut p4 = build::workload("ns", "p4", "sd", ip("10.0.0.4"), "b");
+        p4.addresses.push(address_bytes(&ip("fd00::4")));
+        let wp_pod = build::workload("ns", "wp-0", "wp-sa", ip("10.0.9.9"), "c");
+        let wp = build::service("ns", "wp", ip("10.96.9.9"), &[(15008, 0)], &[&wp_pod]);
+        let binding = build::waypoint_ref(&wp, 15008);
+        let mut p3 = build::workload("ns", "p3", "sb", ip("10.0.0.3"), "b");
+        p3.waypoint = Some(binding.clone());
+        let s = build::service("ns", "s", ip("10.96.0.1"), &[(80, 8080)], &[&p1, &p2]);
+        let empty = build::service("ns", "empty", ip("10.96.0.2"), &[(80, 0)], &[]);
+        let mut waypointed =
+            build::service("ns", "waypointed", ip("10.96.0.3"), &[(80, 0)], &[&p1]);
+        waypointed.waypoint = Some(binding);
+        let mut dual = build::service("ns", "dual", ip("10.96.0.4"), &[(80, 8080)], &[&p4]);
+        dual.vips.push(address_bytes(&ip("fd00:96::4")));
+        MeshSnapshot::of([p1, p2, p3, p4, wp_pod], [s, empty, waypointed, wp, dual])
+    }
 
     fn state() -> State {
-        State::from_config(&Config::from_yaml(MESH).unwrap()).unwrap()
+        state_of("a", &snapshot())
     }
 
     fn hbone(route: Route) -> HboneRoute {
@@ -169,11 +187,41 @@ services:
     }
 
     #[test]
-    fn inconsistent_config_is_rejected() {
-        let dup = MESH.replace("ip: 10.0.0.2", "ip: 10.0.0.1");
-        assert!(State::from_config(&Config::from_yaml(&dup).unwrap()).is_err());
-        let unknown = MESH.replace("waypoint: wp,", "waypoint: nope,");
-        let err = State::from_config(&Config::from_yaml(&unknown).unwrap()).unwrap_err();
-        assert!(err.to_string().contains("nope"), "{err}");
+    fn every_address_of_a_dual_stack_workload_or_service_routes_in_its_family() {
+        let state = state();
+        for (dst, authority, dial) in [
+            ("10.0.0.4:7000", "10.0.0.4:7000", "10.0.0.4:15008"),
+            ("[fd00::4]:7000", "[fd00::4]:7000", "[fd00::4]:15008"),
+            ("10.96.0.4:80", "10.0.0.4:8080", "10.0.0.4:15008"),
+            ("[fd00:96::4]:80", "[fd00::4]:8080", "[fd00::4]:15008"),
+        ] {
+            let route = hbone(choose(&state, dst.parse().unwrap()));
+            assert_eq!(route.authority, authority.parse().unwrap(), "{dst}");
+            assert_eq!(route.dial, dial.parse().unwrap(), "{dst}");
+            assert_eq!(route.identity.service_account(), "sd", "{dst}");
+        }
+    }
+
+    #[test]
+    fn an_unresolved_waypoint_or_a_taken_address_leaves_that_object_out_only() {
+        let mut snapshot = snapshot();
+        // The waypoint's pod disappears: bound objects are refused, never sent around it.
+        snapshot.workloads.remove("ns/wp-0");
+        let mut squatter = build::workload("ns", "squatter", "x", ip("10.0.0.1"), "b");
+        squatter.uid = "ot/squatter".into();
+        snapshot.insert_workload(squatter);
+        let state = state_of("a", &snapshot);
+        assert_eq!(
+            choose(&state, "10.96.0.3:80".parse().unwrap()),
+            Route::Passthrough("10.96.0.3:80".parse().unwrap()),
+            "a VIP bound to a missing waypoint is not a mesh service"
+        );
+        assert!(
+            state.workload(ip("10.0.0.3")).is_none(),
+            "remote p3 left out"
+        );
+        let first = state.workload(ip("10.0.0.1")).expect("first claim kept");
+        assert_eq!(first.name, "p1", "ns/p1 sorts before ot/squatter");
+        assert!(state.service(ip("10.96.0.1")).is_some(), "the rest stays");
     }
 }

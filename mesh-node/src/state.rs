@@ -1,7 +1,8 @@
-//! The node's view of the mesh: workloads, services and waypoints, validated from config.
+//! The node's view of the mesh: workloads, services and waypoints, as [`crate::feed::convert`]
+//! builds it from a feed version (live or saved).
 //!
-//! Lookups are by IP (a connection's source or original destination). The control plane will
-//! later produce the same types through `TryFrom<proto::X>`.
+//! Lookups are by IP (a connection's source or original destination); a workload or service
+//! with several addresses (dual stack) is found under each of them.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -12,34 +13,20 @@ use std::{
     },
 };
 
-use mesh_core::hbone::baggage::{canonical_revision, canonical_service, WorkloadMeta};
-use mesh_core::identity::{IdentityError, SpiffeId};
+use mesh_core::hbone::baggage::WorkloadMeta;
+use mesh_core::identity::SpiffeId;
 
-use crate::config::{Config, MtlsMode, WaypointConfig, WorkloadConfig};
+use crate::config::Config;
 
-/// Configuration that is well-formed YAML but inconsistent.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// A workload's namespace/service account does not form a valid identity.
-    #[error("workload {name}: {source}")]
-    Identity {
-        name: String,
-        #[source]
-        source: IdentityError,
-    },
-    /// Two workloads, or two services, share an IP.
-    #[error("duplicate ip {ip} ({what})")]
-    DuplicateIp { ip: IpAddr, what: &'static str },
-    /// A `waypoint:` names no configured waypoint.
-    #[error("{owner} refers to unknown waypoint {namespace}/{name}")]
-    UnknownWaypoint {
-        owner: String,
-        namespace: String,
-        name: String,
-    },
-    /// A service endpoint IP is not a known workload.
-    #[error("service {service} endpoint {ip} is not a known workload")]
-    UnknownEndpoint { service: String, ip: IpAddr },
+/// mTLS mode for plaintext arriving at a local workload (mesh-control resolves Istio's
+/// PeerAuthentication precedence; the node gets each workload's result).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MtlsMode {
+    /// Accept plaintext and mTLS.
+    #[default]
+    Permissive,
+    /// mTLS (HBONE) only; plaintext is refused.
+    Strict,
 }
 
 /// A waypoint proxy.
@@ -63,8 +50,10 @@ pub struct Workload {
     pub meta: WorkloadMeta,
     /// Namespace.
     pub namespace: String,
-    /// Pod IP.
+    /// Its first address (the pod's primary IP): the key of per-pod state on this node.
     pub ip: IpAddr,
+    /// Every address, `ip` first (both families on a dual-stack pod).
+    pub addresses: Vec<IpAddr>,
     /// Node it runs on.
     pub node: String,
     /// Labels (for policy selectors).
@@ -73,8 +62,8 @@ pub struct Workload {
     pub identity: SpiffeId,
     /// Waypoint for traffic addressed to it.
     pub waypoint: Option<Arc<Waypoint>>,
-    /// Its own mTLS mode, when a selector-scoped PeerAuthentication sets one.
-    pub mtls: Option<MtlsMode>,
+    /// Its mTLS mode for plaintext.
+    pub mtls: MtlsMode,
     /// Per-port overrides of its mode.
     pub port_mtls: BTreeMap<u16, MtlsMode>,
     /// Same-node connections with another workload that allows it skip HBONE (the feed's
@@ -82,16 +71,14 @@ pub struct Workload {
     pub same_node_plaintext: bool,
 }
 
-/// Telemetry's names for `w`: its controller (the pod itself when the feed names none), and
-/// Istio's canonical service and revision from its labels.
-fn workload_meta(w: &WorkloadConfig) -> WorkloadMeta {
-    let workload_name = w.workload_name.clone().unwrap_or_else(|| w.name.clone());
-    WorkloadMeta {
-        namespace: w.namespace.clone(),
-        canonical_service: canonical_service(&w.labels, &workload_name).to_owned(),
-        canonical_revision: canonical_revision(&w.labels).to_owned(),
-        workload_kind: w.workload_kind.clone().unwrap_or_else(|| "pod".to_owned()),
-        workload_name,
+impl Workload {
+    /// Its address in the family of `like` (a destination it was reached by), else its first.
+    pub fn address_like(&self, like: IpAddr) -> IpAddr {
+        self.addresses
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == like.is_ipv4())
+            .unwrap_or(self.ip)
     }
 }
 
@@ -100,11 +87,11 @@ fn workload_meta(w: &WorkloadConfig) -> WorkloadMeta {
 pub struct Service {
     /// `namespace/name`.
     pub key: String,
-    /// Cluster IP.
-    pub vip: IpAddr,
+    /// Cluster IPs (one per family on a dual-stack service).
+    pub vips: Vec<IpAddr>,
     /// VIP port -> target port.
     pub ports: BTreeMap<u16, u16>,
-    /// Endpoints (workloads), in config order.
+    /// Endpoints (workloads), in feed order.
     pub endpoints: Vec<Arc<Workload>>,
     /// Waypoint for traffic addressed to it.
     pub waypoint: Option<Arc<Waypoint>>,
@@ -112,6 +99,23 @@ pub struct Service {
 }
 
 impl Service {
+    /// A service without endpoints yet.
+    pub fn new(
+        key: String,
+        vips: Vec<IpAddr>,
+        ports: BTreeMap<u16, u16>,
+        waypoint: Option<Arc<Waypoint>>,
+    ) -> Self {
+        Self {
+            key,
+            vips,
+            ports,
+            endpoints: Vec::new(),
+            waypoint,
+            next: AtomicUsize::new(0),
+        }
+    }
+
     /// The next endpoint, round robin; `None` when there is none.
     pub fn pick(&self) -> Option<Arc<Workload>> {
         if self.endpoints.is_empty() {
@@ -122,7 +126,17 @@ impl Service {
     }
 }
 
-/// The whole validated view.
+/// An address claimed by two workloads or services: the later one is left out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("address {ip} is already {owner}'s")]
+pub struct AddressTaken {
+    /// The address.
+    pub ip: IpAddr,
+    /// Who has it (`workload ns/name` or `service ns/name`).
+    pub owner: String,
+}
+
+/// The whole view.
 #[derive(Debug)]
 pub struct State {
     /// This node's name.
@@ -131,104 +145,72 @@ pub struct State {
     pub trust_domain: String,
     /// Port remote tunnels accept HBONE on.
     pub hbone_port: u16,
+    /// Carry same-node connections over HBONE whatever the workloads allow.
+    always_encrypt_same_node: bool,
     workloads: HashMap<IpAddr, Arc<Workload>>,
     services: HashMap<IpAddr, Arc<Service>>,
+    owners: HashMap<IpAddr, String>,
     waypoint_identities: BTreeSet<SpiffeId>,
-    mtls_default: MtlsMode,
-    mtls_namespaces: BTreeMap<String, MtlsMode>,
 }
 
 impl State {
-    /// Validates `config`.
-    pub fn from_config(config: &Config) -> Result<Self, StateError> {
-        let waypoints = waypoints(config)?;
-        let find_waypoint = |owner: String, namespace: &str, name: &Option<String>| {
-            name.as_ref()
-                .map(|name| {
-                    waypoints
-                        .get(&format!("{namespace}/{name}"))
-                        .cloned()
-                        .ok_or_else(|| StateError::UnknownWaypoint {
-                            owner,
-                            namespace: namespace.to_owned(),
-                            name: name.clone(),
-                        })
-                })
-                .transpose()
-        };
-        let mut workloads = HashMap::new();
-        for w in &config.workloads {
-            let identity = SpiffeId::new(&config.trust_domain, &w.namespace, &w.service_account)
-                .map_err(|source| StateError::Identity {
-                    name: w.name.clone(),
-                    source,
-                })?;
-            let workload = Workload {
-                name: w.name.clone(),
-                meta: workload_meta(w),
-                namespace: w.namespace.clone(),
-                ip: w.ip,
-                node: w.node.clone(),
-                labels: w.labels.clone(),
-                identity,
-                waypoint: find_waypoint(format!("workload {}", w.name), &w.namespace, &w.waypoint)?,
-                mtls: w.mtls,
-                port_mtls: w.port_mtls.clone(),
-                same_node_plaintext: w.same_node_plaintext && !config.always_encrypt_same_node,
-            };
-            if workloads.insert(w.ip, Arc::new(workload)).is_some() {
-                return Err(StateError::DuplicateIp {
-                    ip: w.ip,
-                    what: "workloads",
+    /// An empty mesh for the node `settings` describe.
+    pub fn new(settings: &Config) -> Self {
+        Self {
+            node: settings.node_name.clone(),
+            trust_domain: settings.trust_domain.clone(),
+            hbone_port: settings.hbone_port,
+            always_encrypt_same_node: settings.always_encrypt_same_node,
+            workloads: HashMap::new(),
+            services: HashMap::new(),
+            owners: HashMap::new(),
+            waypoint_identities: BTreeSet::new(),
+        }
+    }
+
+    /// Checks that none of `addresses` is taken, then records them for `owner`.
+    fn claim(&mut self, addresses: &[IpAddr], owner: String) -> Result<(), AddressTaken> {
+        for (i, ip) in addresses.iter().enumerate() {
+            let listed_twice = addresses[..i].contains(ip).then(|| owner.clone());
+            if let Some(first) = self.owners.get(ip).cloned().or(listed_twice) {
+                return Err(AddressTaken {
+                    ip: *ip,
+                    owner: first,
                 });
             }
         }
-        let mut services = HashMap::new();
-        for s in &config.services {
-            let key = format!("{}/{}", s.namespace, s.name);
-            let endpoints = s
-                .endpoints
-                .iter()
-                .map(|ip| {
-                    workloads
-                        .get(ip)
-                        .cloned()
-                        .ok_or_else(|| StateError::UnknownEndpoint {
-                            service: key.clone(),
-                            ip: *ip,
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let service = Service {
-                waypoint: find_waypoint(format!("service {key}"), &s.namespace, &s.waypoint)?,
-                key,
-                vip: s.vip,
-                ports: s
-                    .ports
-                    .iter()
-                    .map(|p| (p.port, p.target_port.unwrap_or(p.port)))
-                    .collect(),
-                endpoints,
-                next: AtomicUsize::new(0),
-            };
-            if workloads.contains_key(&s.vip) || services.insert(s.vip, Arc::new(service)).is_some()
-            {
-                return Err(StateError::DuplicateIp {
-                    ip: s.vip,
-                    what: "services",
-                });
-            }
+        for ip in addresses {
+            self.owners.insert(*ip, owner.clone());
         }
-        Ok(Self {
-            node: config.node_name.clone(),
-            trust_domain: config.trust_domain.clone(),
-            hbone_port: config.hbone_port,
-            workloads,
-            services,
-            waypoint_identities: waypoints.values().map(|w| w.identity.clone()).collect(),
-            mtls_default: config.peer_authentication.mode,
-            mtls_namespaces: config.peer_authentication.namespaces.clone(),
-        })
+        Ok(())
+    }
+
+    /// Adds `workload` under each of its addresses; refused when any is taken. The node's
+    /// `always_encrypt_same_node` overrides the workload's same-node setting.
+    pub fn add_workload(&mut self, mut workload: Workload) -> Result<Arc<Workload>, AddressTaken> {
+        let owner = format!("workload {}/{}", workload.namespace, workload.name);
+        self.claim(&workload.addresses, owner)?;
+        workload.same_node_plaintext &= !self.always_encrypt_same_node;
+        let workload = Arc::new(workload);
+        for ip in &workload.addresses {
+            self.workloads.insert(*ip, workload.clone());
+        }
+        Ok(workload)
+    }
+
+    /// Adds `service` under each of its VIPs; refused when any is taken.
+    pub fn add_service(&mut self, service: Service) -> Result<(), AddressTaken> {
+        self.claim(&service.vips, format!("service {}", service.key))?;
+        let service = Arc::new(service);
+        for vip in &service.vips {
+            self.services.insert(*vip, service.clone());
+        }
+        Ok(())
+    }
+
+    /// Records a waypoint the node may send traffic to: its identity may speak for clients.
+    pub fn add_waypoint(&mut self, waypoint: &Waypoint) {
+        self.waypoint_identities.insert(waypoint.identity.clone());
     }
 
     /// Any workload by IP.
@@ -254,116 +236,111 @@ impl State {
 
     /// Identities of the workloads on this node (one certificate each).
     pub fn local_identities(&self) -> BTreeSet<SpiffeId> {
-        self.workloads
-            .values()
-            .filter(|w| w.node == self.node)
+        self.local_workloads()
+            .iter()
             .map(|w| w.identity.clone())
             .collect()
     }
 
-    /// The mTLS mode for plaintext to a workload in `namespace`.
-    pub fn mtls_mode(&self, namespace: &str) -> MtlsMode {
-        self.mtls_namespaces
-            .get(namespace)
-            .copied()
-            .unwrap_or(self.mtls_default)
+    /// The workloads on this node, sorted by IP.
+    pub fn local_workloads(&self) -> Vec<Arc<Workload>> {
+        let mut local = self.workloads();
+        local.retain(|w| w.node == self.node);
+        local
     }
 
     /// The mTLS mode for plaintext to `workload` on `port`: the port's override, else the
-    /// workload's own mode, else its namespace's, else the mesh default (Istio precedence).
+    /// workload's mode.
     pub fn mtls_mode_for(&self, workload: &Workload, port: u16) -> MtlsMode {
         workload
             .port_mtls
             .get(&port)
             .copied()
-            .or(workload.mtls)
-            .unwrap_or_else(|| self.mtls_mode(&workload.namespace))
+            .unwrap_or(workload.mtls)
     }
 
-    /// All workloads (admin dump), sorted by IP.
+    /// All workloads (admin dump), once each, sorted by IP.
     pub fn workloads(&self) -> Vec<Arc<Workload>> {
-        let mut all: Vec<_> = self.workloads.values().cloned().collect();
+        let mut all: Vec<_> = self
+            .workloads
+            .iter()
+            .filter(|(ip, w)| **ip == w.ip)
+            .map(|(_, w)| w.clone())
+            .collect();
         all.sort_by_key(|w| w.ip);
         all
     }
 }
 
-fn waypoints(config: &Config) -> Result<HashMap<String, Arc<Waypoint>>, StateError> {
-    config
-        .waypoints
-        .iter()
-        .map(|w: &WaypointConfig| {
-            let key = format!("{}/{}", w.namespace, w.name);
-            let identity = SpiffeId::new(&config.trust_domain, &w.namespace, &w.service_account)
-                .map_err(|source| StateError::Identity {
-                    name: key.clone(),
-                    source,
-                })?;
-            let waypoint = Waypoint {
-                key: key.clone(),
-                identity,
-                address: w.address,
-            };
-            Ok((key, Arc::new(waypoint)))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use mesh_core::proto::{address_bytes, build, control::v1 as pb};
+
     use super::*;
+    use crate::feed::{
+        convert::{self, state_of},
+        MeshSnapshot,
+    };
+
+    fn pod(name: &str, ip: &str) -> pb::Workload {
+        build::workload("x", name, name, ip.parse().unwrap(), "n1")
+    }
 
     #[test]
-    fn mtls_precedence_is_port_then_workload_then_namespace_then_mesh() {
-        let yaml = r#"
-node_name: n1
-peer_authentication: { mode: STRICT, namespaces: { open: PERMISSIVE } }
-workloads:
-  - { name: a, namespace: open, service_account: a, ip: 10.0.0.1, node: n1 }
-  - { name: b, namespace: open, service_account: b, ip: 10.0.0.2, node: n1, mtls: STRICT,
-      port_mtls: { 8080: PERMISSIVE } }
-  - { name: c, namespace: locked, service_account: c, ip: 10.0.0.3, node: n1 }
-"#;
-        let state = State::from_config(&Config::from_yaml(yaml).unwrap()).unwrap();
+    fn mtls_is_the_port_override_else_the_workloads_mode() {
+        let mut b = pod("b", "10.0.0.2");
+        b.mtls = pb::MtlsMode::Strict as i32;
+        b.port_mtls = [(8080, pb::MtlsMode::Permissive as i32)].into();
+        let mut c = pod("c", "10.0.0.3");
+        c.mtls = 7; // A mode from a newer control plane.
+        let state = state_of("n1", &MeshSnapshot::of([pod("a", "10.0.0.1"), b, c], []));
         let mode = |ip: &str, port| {
             let workload = state.workload(ip.parse().unwrap()).unwrap();
             state.mtls_mode_for(workload, port)
         };
-        assert_eq!(mode("10.0.0.1", 80), MtlsMode::Permissive, "namespace");
+        assert_eq!(mode("10.0.0.1", 80), MtlsMode::Permissive, "default");
         assert_eq!(mode("10.0.0.2", 80), MtlsMode::Strict, "workload");
         assert_eq!(mode("10.0.0.2", 8080), MtlsMode::Permissive, "port");
-        assert_eq!(mode("10.0.0.3", 80), MtlsMode::Strict, "mesh default");
+        assert_eq!(
+            mode("10.0.0.3", 80),
+            MtlsMode::Strict,
+            "unknown fails closed"
+        );
     }
 
     #[test]
     fn same_node_plaintext_needs_the_workload_and_not_a_node_that_always_encrypts() {
-        let workloads = r#"
-node_name: n1
-workloads:
-  - { name: a, namespace: x, service_account: a, ip: 10.0.0.1, node: n1, same_node_plaintext: true }
-  - { name: b, namespace: x, service_account: b, ip: 10.0.0.2, node: n1 }
-"#;
-        let plaintext = |yaml: &str, ip: &str| {
-            let state = State::from_config(&Config::from_yaml(yaml).unwrap()).unwrap();
+        let mut a = pod("a", "10.0.0.1");
+        a.same_node_plaintext = true;
+        let snapshot = MeshSnapshot::of([a, pod("b", "10.0.0.2")], []);
+        let plaintext = |settings: &str, ip: &str| {
+            let base = Config::from_yaml(settings).unwrap();
+            let state = convert::mesh(&base, &snapshot).state;
             let workload = state.workload(ip.parse().unwrap()).unwrap();
             workload.same_node_plaintext
         };
-        assert!(plaintext(workloads, "10.0.0.1"));
-        assert!(!plaintext(workloads, "10.0.0.2"), "default: HBONE");
-        let always = format!("always_encrypt_same_node: true\n{workloads}");
-        assert!(!plaintext(&always, "10.0.0.1"), "the node always encrypts");
+        assert!(plaintext("node_name: n1", "10.0.0.1"));
+        assert!(!plaintext("node_name: n1", "10.0.0.2"), "default: HBONE");
+        let always = "node_name: n1\nalways_encrypt_same_node: true";
+        assert!(!plaintext(always, "10.0.0.1"), "the node always encrypts");
     }
 
     #[test]
     fn workloads_carry_their_telemetry_names() {
-        let yaml = r#"
-node_name: n1
-workloads:
-  - { name: web-7d9f8c-x2k9q, workload_name: web, workload_kind: deployment, namespace: shop,
-      service_account: web, ip: 10.0.0.1, node: n1, labels: { app: storefront, version: v3 } }
-  - { name: lone, namespace: shop, service_account: lone, ip: 10.0.0.2, node: n1 }
-"#;
-        let state = State::from_config(&Config::from_yaml(yaml).unwrap()).unwrap();
+        let mut web = build::workload(
+            "shop",
+            "web-7d9f8c-x2k9q",
+            "web",
+            "10.0.0.1".parse().unwrap(),
+            "n1",
+        );
+        web.workload_name = "web".into();
+        web.workload_kind = "deployment".into();
+        web.labels = [("app", "storefront"), ("version", "v3")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let lone = build::workload("shop", "lone", "lone", "10.0.0.2".parse().unwrap(), "n1");
+        let state = state_of("n1", &MeshSnapshot::of([web, lone], []));
         let meta = |ip: &str| state.workload(ip.parse().unwrap()).unwrap().meta.clone();
         let web = meta("10.0.0.1");
         assert_eq!(
@@ -390,5 +367,65 @@ workloads:
             ),
             ("lone", "latest")
         );
+    }
+
+    #[test]
+    fn a_dual_stack_workload_is_one_workload_under_each_address() {
+        let mut a = pod("a", "10.0.0.1");
+        a.addresses.push(address_bytes(&"fd00::1".parse().unwrap()));
+        let state = state_of("n1", &MeshSnapshot::of([a], []));
+        let v4 = state.workload("10.0.0.1".parse().unwrap()).unwrap();
+        let v6 = state.local_workload("fd00::1".parse().unwrap()).unwrap();
+        assert!(Arc::ptr_eq(v4, v6));
+        assert_eq!(state.workloads().len(), 1, "listed once");
+        assert_eq!(state.local_identities().len(), 1);
+        assert_eq!(
+            v4.address_like("fd00::9".parse().unwrap()),
+            "fd00::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(v4.address_like("10.9.9.9".parse().unwrap()), v4.ip);
+    }
+
+    #[test]
+    fn an_address_listed_twice_or_already_taken_is_refused_whole() {
+        let base = Config::from_yaml("node_name: n1").unwrap();
+        let mut state = State::new(&base);
+        let workload = |name: &str, addresses: &[&str]| {
+            let addresses: Vec<IpAddr> = addresses.iter().map(|a| a.parse().unwrap()).collect();
+            Workload {
+                name: name.into(),
+                meta: WorkloadMeta::default(),
+                namespace: "x".into(),
+                ip: addresses[0],
+                addresses,
+                node: "n1".into(),
+                labels: BTreeMap::new(),
+                identity: SpiffeId::new("cluster.local", "x", name).unwrap(),
+                waypoint: None,
+                mtls: MtlsMode::Strict,
+                port_mtls: BTreeMap::new(),
+                same_node_plaintext: false,
+            }
+        };
+        state.add_workload(workload("a", &["10.0.0.1"])).unwrap();
+        let taken = state
+            .add_workload(workload("b", &["10.0.0.2", "10.0.0.1"]))
+            .unwrap_err();
+        assert_eq!(taken.owner, "workload x/a");
+        assert!(
+            state.workload("10.0.0.2".parse().unwrap()).is_none(),
+            "nothing of b kept"
+        );
+        let twice = state
+            .add_workload(workload("c", &["10.0.0.3", "10.0.0.3"]))
+            .unwrap_err();
+        assert_eq!(twice.owner, "workload x/c");
+        let vip = Service::new(
+            "x/s".into(),
+            vec!["10.0.0.1".parse().unwrap()],
+            BTreeMap::new(),
+            None,
+        );
+        assert!(state.add_service(vip).is_err(), "a VIP on a pod address");
     }
 }

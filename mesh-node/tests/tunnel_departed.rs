@@ -4,6 +4,7 @@
 
 mod tunnel_support;
 
+use mesh_node::feed::MeshSnapshot;
 use tunnel_support::*;
 
 // The only test in this binary: it installs the process-wide subscriber.
@@ -15,11 +16,12 @@ async fn updates_close_connections_of_departed_workloads() {
     // Inbound: cache-0 leaves node b's view while a connection to it is open.
     let mut to_cache = mesh.connect(mesh.cache).await;
     round_trip(&mut to_cache, b"before").await.unwrap();
-    let mut without_cache = mesh.config("node-b", "", "");
-    without_cache.workloads.retain(|w| w.name != "cache-0");
+    let without_cache = |s: &mut MeshSnapshot| {
+        s.workloads.remove("data/cache-0");
+    };
     assert_eq!(
         mesh.b
-            .update_mesh(&without_cache, Default::default())
+            .update_mesh(mesh.state("node-b", without_cache), Default::default())
             .await
             .unwrap(),
         1
@@ -41,11 +43,12 @@ async fn updates_close_connections_of_departed_workloads() {
     // Outbound: frontend-0 leaves node a's view while its connection to db is open.
     let mut to_db = mesh.connect(mesh.db).await;
     round_trip(&mut to_db, b"before").await.unwrap();
-    let mut without_client = mesh.config("node-a", "", "");
-    without_client.workloads.retain(|w| w.name != "frontend-0");
+    let without_client = |s: &mut MeshSnapshot| {
+        s.workloads.remove("web/frontend-0");
+    };
     assert_eq!(
         mesh.a
-            .update_mesh(&without_client, Default::default())
+            .update_mesh(mesh.state("node-a", without_client), Default::default())
             .await
             .unwrap(),
         1
@@ -61,7 +64,7 @@ async fn updates_close_connections_of_departed_workloads() {
     // Workloads still in the mesh keep their connections: nothing else was closed.
     assert_eq!(
         mesh.b
-            .update_mesh(&without_cache, Default::default())
+            .update_mesh(mesh.state("node-b", without_cache), Default::default())
             .await
             .unwrap(),
         0

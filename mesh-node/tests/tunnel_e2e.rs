@@ -4,8 +4,9 @@ mod tunnel_support;
 
 use std::{sync::Arc, time::Duration};
 
+use mesh_core::proto::control::v1 as pb;
 use mesh_core::{drain::DrainOutcome, identity::SpiffeId};
-use mesh_node::config::MtlsMode;
+use mesh_node::feed::MeshSnapshot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tunnel_support::*;
 
@@ -155,15 +156,19 @@ async fn policy_change_closes_live_connections() {
     expect_closed(&mut again).await;
 }
 
+/// What mesh-control feeds for a STRICT PeerAuthentication in namespace data.
+fn data_strict(snapshot: &mut MeshSnapshot) {
+    for workload in snapshot.workloads.values_mut() {
+        if workload.namespace == "data" {
+            workload.mtls = pb::MtlsMode::Strict as i32;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_honours_peer_authentication() {
-    let strict = "
-peer_authentication:
-  mode: PERMISSIVE
-  namespaces: { data: STRICT }
-";
     let mesh = Mesh::start(MeshOptions {
-        node_b_extra: strict,
+        edit: Some(Box::new(data_strict)),
         ..MeshOptions::default()
     })
     .await;
@@ -197,28 +202,20 @@ peer_authentication:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_honours_workload_and_port_modes() {
-    let strict_ns = "
-peer_authentication:
-  mode: PERMISSIVE
-  namespaces: { data: STRICT }
-";
     let mesh = Mesh::start(MeshOptions {
-        node_b_extra: strict_ns,
+        edit: Some(Box::new(data_strict)),
         ..MeshOptions::default()
     })
     .await;
-    // db-0 opens its serving port to plaintext; cache-0 keeps the namespace's STRICT.
-    let mut config = mesh.config("node-b", "", strict_ns);
-    let db = config
-        .workloads
-        .iter_mut()
-        .find(|w| w.name == "db-0")
-        .unwrap();
-    db.port_mtls.insert(mesh.db.port(), MtlsMode::Permissive);
-    mesh.b
-        .update_mesh(&config, Default::default())
-        .await
-        .unwrap();
+    // db-0 opens its serving port to plaintext; cache-0 keeps STRICT.
+    let db_port = u32::from(mesh.db.port());
+    let state = mesh.state("node-b", |s| {
+        data_strict(s);
+        let db = s.workloads.get_mut("data/db-0").unwrap();
+        db.port_mtls
+            .insert(db_port, pb::MtlsMode::Permissive as i32);
+    });
+    mesh.b.update_mesh(state, Default::default()).await.unwrap();
     let outsider = "127.0.0.99".parse().unwrap();
     let mut accepted = mesh.net.plaintext_connect(outsider, mesh.db).await.unwrap();
     round_trip(&mut accepted, b"port permissive").await.unwrap();
@@ -228,18 +225,12 @@ peer_authentication:
         .await
         .unwrap();
     expect_closed(&mut refused).await;
-    // A workload-level STRICT wins over a PERMISSIVE namespace.
-    let mut config = mesh.config("node-b", "", "");
-    let db = config
-        .workloads
-        .iter_mut()
-        .find(|w| w.name == "db-0")
-        .unwrap();
-    db.mtls = Some(MtlsMode::Strict);
-    mesh.b
-        .update_mesh(&config, Default::default())
-        .await
-        .unwrap();
+    // Each workload has its own mode: db-0 STRICT, cache-0 PERMISSIVE.
+    let state = mesh.state("node-b", |s| {
+        let db = s.workloads.get_mut("data/db-0").unwrap();
+        db.mtls = pb::MtlsMode::Strict as i32;
+    });
+    mesh.b.update_mesh(state, Default::default()).await.unwrap();
     let mut refused = mesh.net.plaintext_connect(outsider, mesh.db).await.unwrap();
     expect_closed(&mut refused).await;
     let mut accepted = mesh
@@ -247,7 +238,7 @@ peer_authentication:
         .plaintext_connect(outsider, mesh.cache)
         .await
         .unwrap();
-    round_trip(&mut accepted, b"namespace permissive")
+    round_trip(&mut accepted, b"cache permissive")
         .await
         .unwrap();
 }

@@ -21,11 +21,13 @@ use anyhow::{ensure, Context, Result};
 use mesh_node::{
     app::{self, Bound, Deps},
     config::Config,
+    feed::MeshSnapshot,
     policy::Policies,
     socket::{bind_in_netns, SystemSockets},
+    state::State,
 };
 use tokio::sync::watch;
-use tunnel_support::{round_trip, spawn_echo, HboneCaller, TestCa, WAIT};
+use tunnel_support::{round_trip, spawn_echo, state_for, HboneCaller, TestCa, WAIT};
 
 fn ip_cmd(args: &[&str]) -> Result<()> {
     let status = Command::new("ip")
@@ -101,13 +103,8 @@ fn echo_in(pod: &PodNetns, port: u16) -> Result<()> {
     Ok(())
 }
 
-fn config(pod: &PodNetns, with_pod: bool) -> Result<Config> {
-    let workload = format!(
-        "  - {{ name: app-0, namespace: apps, service_account: app, ip: {}, node: n1 }}",
-        pod.ip()
-    );
-    let yaml = format!(
-        r#"
+fn settings() -> Result<Config> {
+    let yaml = r#"
 node_name: n1
 drain_deadline: 2s
 listeners:
@@ -117,13 +114,20 @@ listeners:
   metrics: 127.0.0.1:0
   readiness: 127.0.0.1:0
   admin: 127.0.0.1:0
-workloads:
-  - {{ name: client-0, namespace: web, service_account: client, ip: 10.202.250.9, node: n2 }}
-{}
-"#,
-        if with_pod { workload.as_str() } else { "" }
-    );
-    Ok(Config::from_yaml(&yaml)?)
+"#;
+    Ok(Config::from_yaml(yaml)?)
+}
+
+/// A remote client, and (`with_pod`) the pod `apps/app-0` on this node.
+fn state(pod: &PodNetns, with_pod: bool) -> State {
+    let client = tunnel_support::pod("web", "client-0", "client", "10.202.250.9", "n2");
+    let app = tunnel_support::pod("apps", "app-0", "app", &pod.ip().to_string(), "n1");
+    let workloads = if with_pod {
+        vec![client, app]
+    } else {
+        vec![client]
+    };
+    state_for("n1", &MeshSnapshot::of(workloads, []))
 }
 
 async fn wait_listeners(
@@ -161,7 +165,7 @@ async fn start(pod: &PodNetns, ca: &TestCa) -> Result<Bound> {
         sockets: Arc::new(SystemSockets),
         certs: ca.source(),
     };
-    Ok(app::build_with(config(pod, true)?, Policies::default(), deps).await?)
+    Ok(app::build_with(settings()?, state(pod, true), Policies::default(), deps).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +200,7 @@ async fn pod_is_reached_on_its_own_ip_and_listener_follows_the_pod() -> Result<(
         other.map(|_| ())
     );
 
-    node.update_mesh(&config(&pod, false)?, Policies::default())
+    node.update_mesh(state(&pod, false), Policies::default())
         .await?;
     wait_listeners(&mut view, |open| open.is_empty()).await?;
     // The listener stops accepting once its server task sees the stop signal, just after the

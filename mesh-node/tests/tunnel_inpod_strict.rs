@@ -18,16 +18,19 @@ use std::{
     time::Instant,
 };
 
+use mesh_core::proto::control::v1 as pb;
 use mesh_node::{
     app::{self, Bound, Deps},
-    config::{Config, DEFAULT_IN_POD_MARK, DEFAULT_REPLY_MARK},
+    config::{DEFAULT_IN_POD_MARK, DEFAULT_REPLY_MARK},
     enrollment::EnrollmentHandle,
+    feed::MeshSnapshot,
     redirect::{self, EnrollMode},
     socket::SystemSockets,
+    state::State,
 };
 use support::{connect_from, Pod, TestCgroup, DROPPED_WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tunnel_support::{round_trip, spawn_echo, HboneCaller, TestCa, WAIT};
+use tunnel_support::{node_settings, round_trip, spawn_echo, state_for, HboneCaller, TestCa, WAIT};
 
 const APP_PORT: u16 = 8080;
 /// An app that writes the peer address it sees and closes.
@@ -42,24 +45,11 @@ fn spawn_peer_reporter(listener: tokio::net::TcpListener) {
     });
 }
 
-fn node_config(pod: &Pod) -> Config {
-    let yaml = format!(
-        r#"
-node_name: n1
-listeners:
-  outbound: 127.0.0.1:0
-  inbound_plaintext: 127.0.0.1:0
-  hbone: 127.0.0.1:0
-  metrics: 127.0.0.1:0
-  readiness: 127.0.0.1:0
-  admin: 127.0.0.1:0
-peer_authentication: {{ mode: STRICT }}
-workloads:
-  - {{ name: app-0, namespace: apps, service_account: app, ip: {}, node: n1 }}
-"#,
-        pod.ip
-    );
-    Config::from_yaml(&yaml).expect("node config")
+/// The node's view: one STRICT pod, `apps/app-0`, on this node.
+fn node_state(pod: &Pod) -> State {
+    let mut app = tunnel_support::pod("apps", "app-0", "app", &pod.ip.to_string(), "n1");
+    app.mtls = pb::MtlsMode::Strict as i32;
+    state_for("n1", &MeshSnapshot::of([app], []))
 }
 
 /// Plaintext from `outsider` to the pod's app port is dropped once strict enrollment applies
@@ -115,7 +105,12 @@ fn strict_pod_takes_hbone_on_its_in_pod_listener_and_drops_plaintext() {
         certs: ca.source(),
     };
     let node = runtime
-        .block_on(app::build_with(node_config(&pod), Default::default(), deps))
+        .block_on(app::build_with(
+            node_settings("n1", "cluster.local"),
+            node_state(&pod),
+            Default::default(),
+            deps,
+        ))
         .expect("node tunnel");
     let mut listeners = node.in_pod_listeners();
     let in_pod = listeners.wait_for(|open| open.contains_key(&IpAddr::V4(pod.ip)));

@@ -24,14 +24,16 @@ use mesh_node::{
     capture::{self, NodeAddresses},
     config::Config,
     enrollment::{self, EnrollmentHandle},
+    feed::MeshSnapshot,
     socket::SystemSockets,
+    state::State,
 };
 use support::{Pod, TestCgroup};
-use tunnel_support::{spawn_echo, Captured, TestCa, WAIT};
+use tunnel_support::{spawn_echo, state_for, Captured, TestCa, WAIT};
 
 const APP_PORT: u16 = 8080;
 
-fn node_config(client: &Pod, server: &Pod) -> Config {
+fn node_config(client: &Pod) -> Config {
     let yaml = format!(
         r#"
 node_name: n1
@@ -43,20 +45,27 @@ listeners:
   metrics: 127.0.0.1:0
   readiness: 127.0.0.1:0
   admin: 127.0.0.1:0
-workloads:
-  - {{ name: client-0, namespace: apps, service_account: client, ip: "{client}", node: n1 }}
-  - {{ name: server-0, namespace: apps, service_account: server, ip: "{server}", node: n1 }}
 "#,
         node6 = client.host_ip6(),
-        client = client.ip6(),
-        server = server.ip6(),
     );
     Config::from_yaml(&yaml).expect("node config")
 }
 
+/// Both pods on this node, by their IPv6 addresses only.
+fn node_state(client: &Pod, server: &Pod) -> State {
+    let pod = |name: &str, sa: &str, pod: &Pod| {
+        tunnel_support::pod("apps", name, sa, &pod.ip6().to_string(), "n1")
+    };
+    let workloads = [
+        pod("client-0", "client", client),
+        pod("server-0", "server", server),
+    ];
+    state_for("n1", &MeshSnapshot::of(workloads, []))
+}
+
 fn start_enrollment(
     node: &Bound,
-    config: &Config,
+    (config, state): (&Config, &State),
     cgroup: &TestCgroup,
     client: &Pod,
 ) -> EnrollmentHandle {
@@ -67,7 +76,7 @@ fn start_enrollment(
     let redirect = capture::redirect_config(&cgroup.relative, addresses, node, config)
         .expect("redirect config for both families");
     assert!(redirect.outbound_v6.is_some() && redirect.outbound_v4.is_some());
-    let wanted = enrollment::wanted_from_config(config);
+    let wanted = enrollment::wanted(state);
     EnrollmentHandle::start(&redirect, wanted, node.pod_scanner().results())
         .unwrap_or_else(|e| panic!("eBPF programs must load: {e}"))
 }
@@ -160,9 +169,14 @@ fn enrolled_pod_ipv6_connect_goes_through_the_tunnel_over_hbone() {
         sockets: Arc::new(SystemSockets),
         certs: ca.source(),
     };
-    let config = node_config(&client, &server);
+    let config = node_config(&client);
     let node = runtime
-        .block_on(app::build_with(config.clone(), Default::default(), deps))
+        .block_on(app::build_with(
+            config.clone(),
+            node_state(&client, &server),
+            Default::default(),
+            deps,
+        ))
         .expect("node tunnel");
     let outbound_v6 = node.outbound_v6.expect("ipv6 outbound listener bound");
     assert_eq!(outbound_v6.ip(), IpAddr::V6(client.host_ip6()));
@@ -177,7 +191,8 @@ fn enrolled_pod_ipv6_connect_goes_through_the_tunnel_over_hbone() {
         .block_on(async { tokio::time::timeout(WAIT, in_pod).await })
         .expect("in-pod listener of the server never opened")
         .expect("listener view closed");
-    let handle = start_enrollment(&node, &config, &cgroup, &client);
+    let state = node_state(&client, &server);
+    let handle = start_enrollment(&node, (&config, &state), &cgroup, &client);
 
     let destination = SocketAddr::V6(SocketAddrV6::new(server.ip6(), APP_PORT, 0, 0));
     let parts = [

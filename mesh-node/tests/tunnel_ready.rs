@@ -16,9 +16,11 @@ use mesh_core::identity::{CertificateSource, SourceError, SpiffeId, WorkloadCert
 use mesh_node::{
     app::{self, Deps},
     config::Config,
+    feed::MeshSnapshot,
     socket::SystemSockets,
+    state::State,
 };
-use tunnel_support::{http_get, TestCa};
+use tunnel_support::{http_get, state_for, TestCa};
 
 /// A CA that can be switched off, like mesh-control while it is unreachable.
 struct SwitchableCa {
@@ -39,11 +41,10 @@ impl CertificateSource for SwitchableCa {
     }
 }
 
-fn config(workloads: &str) -> Config {
-    let yaml = format!(
-        r#"
+fn settings() -> Config {
+    let yaml = r#"
 node_name: n1
-in_pod: {{ enabled: false }}
+in_pod: { enabled: false }
 listeners:
   outbound: 127.0.0.1:0
   inbound_plaintext: 127.0.0.1:0
@@ -51,11 +52,17 @@ listeners:
   metrics: 127.0.0.1:0
   readiness: 127.0.0.1:0
   admin: 127.0.0.1:0
-workloads:
-{workloads}
-"#
-    );
-    Config::from_yaml(&yaml).unwrap()
+"#;
+    Config::from_yaml(yaml).unwrap()
+}
+
+/// Node n1's view of a mesh of `pods` (names in namespace apps, each its own service account).
+fn state(pods: &[(&str, &str)]) -> State {
+    let workloads = pods.iter().map(|(name, ip)| {
+        let account = name.trim_end_matches("-0");
+        tunnel_support::pod("apps", name, account, ip, "n1")
+    });
+    state_for("n1", &MeshSnapshot::of(workloads, []))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,13 +72,13 @@ async fn not_ready_until_a_feed_version_with_certificates_is_applied() {
         up: AtomicBool::new(false),
         inner: ca.source(),
     });
-    let mut startup = config("  []");
+    let mut startup = settings();
     startup.follows_control_feed = true;
     let deps = Deps {
         sockets: Arc::new(SystemSockets),
         certs: certs.clone(),
     };
-    let node = app::build_with(startup, Default::default(), deps)
+    let node = app::build_with(startup, state(&[]), Default::default(), deps)
         .await
         .unwrap();
     let (status, body) = http_get(node.readiness, "/healthz/ready").await;
@@ -82,10 +89,9 @@ async fn not_ready_until_a_feed_version_with_certificates_is_applied() {
     );
 
     // Version 1 names a local pod, but the CA is down: rejected, and the page says why.
-    let local =
-        "  - { name: app-0, namespace: apps, service_account: app, ip: 10.9.0.1, node: n1 }";
+    let local = ("app-0", "10.9.0.1");
     assert!(node
-        .apply_feed_version(1, &config(local), Default::default())
+        .apply_feed_version(1, state(&[local]), Default::default())
         .await
         .is_err());
     let (status, body) = http_get(node.readiness, "/healthz/ready").await;
@@ -97,7 +103,7 @@ async fn not_ready_until_a_feed_version_with_certificates_is_applied() {
     );
 
     certs.up.store(true, Ordering::Release);
-    node.apply_feed_version(2, &config(local), Default::default())
+    node.apply_feed_version(2, state(&[local]), Default::default())
         .await
         .unwrap();
     let (status, body) = http_get(node.readiness, "/healthz/ready").await;
@@ -106,11 +112,9 @@ async fn not_ready_until_a_feed_version_with_certificates_is_applied() {
 
     // A later rejected version leaves the previous mesh in force: still ready.
     certs.up.store(false, Ordering::Release);
-    let more = format!(
-        "{local}\n  - {{ name: new-0, namespace: apps, service_account: new, ip: 10.9.0.2, node: n1 }}"
-    );
+    let more = [local, ("new-0", "10.9.0.2")];
     assert!(node
-        .apply_feed_version(3, &config(&more), Default::default())
+        .apply_feed_version(3, state(&more), Default::default())
         .await
         .is_err());
     assert_eq!(http_get(node.readiness, "/healthz/ready").await.0, 200);
@@ -129,13 +133,12 @@ async fn not_ready_until_a_feed_version_with_certificates_is_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_node_is_ready_at_once() {
     let ca = TestCa::new();
-    let local =
-        "  - { name: app-0, namespace: apps, service_account: app, ip: 10.9.0.1, node: n1 }";
     let deps = Deps {
         sockets: Arc::new(SystemSockets),
         certs: ca.source(),
     };
-    let node = app::build_with(config(local), Default::default(), deps)
+    let local = state(&[("app-0", "10.9.0.1")]);
+    let node = app::build_with(settings(), local, Default::default(), deps)
         .await
         .unwrap();
     let (status, body) = http_get(node.readiness, "/healthz/ready").await;

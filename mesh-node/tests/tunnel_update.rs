@@ -4,6 +4,7 @@
 mod tunnel_support;
 
 use mesh_core::identity::SpiffeId;
+use mesh_node::feed::{convert, MeshSnapshot};
 use tunnel_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,10 +23,12 @@ async fn new_workload_is_tunnelled_after_update() {
         "{b_metrics}"
     );
 
-    let line = "  - { name: fresh-0, namespace: data, service_account: fresh, ip: 127.0.0.22, node: node-b }";
+    let add_fresh = |s: &mut MeshSnapshot| {
+        s.insert_workload(pod("data", "fresh-0", "fresh", "127.0.0.22", "node-b"))
+    };
     assert_eq!(
         mesh.b
-            .update_mesh(&mesh.config("node-b", line, ""), Default::default())
+            .update_mesh(mesh.state("node-b", add_fresh), Default::default())
             .await
             .unwrap(),
         0
@@ -35,7 +38,7 @@ async fn new_workload_is_tunnelled_after_update() {
         "certificate fetched on update"
     );
     mesh.a
-        .update_mesh(&mesh.config("node-a", line, ""), Default::default())
+        .update_mesh(mesh.state("node-a", add_fresh), Default::default())
         .await
         .unwrap();
 
@@ -52,16 +55,25 @@ async fn new_workload_is_tunnelled_after_update() {
         dump.contains("spiffe://cluster.local/ns/data/sa/fresh"),
         "{dump}"
     );
-    // A bad update is rejected and leaves the current view in force.
-    let duplicate = format!(
-        "{line}\n  - {{ name: dup, namespace: data, service_account: x, ip: 127.0.0.22, node: node-b }}"
+    // A pod claiming the same address is left out, with a warning; the rest of the update
+    // applies and the address stays with the first claim.
+    let mut snapshot = mesh.snapshot();
+    add_fresh(&mut snapshot);
+    snapshot.insert_workload(pod("data", "zz-dup", "x", "127.0.0.22", "node-b"));
+    let settings = node_settings("node-a", "cluster.local");
+    let converted = convert::mesh(&settings, &snapshot);
+    assert!(
+        converted
+            .warnings
+            .iter()
+            .any(|w| w.contains("zz-dup") && w.contains("left out")),
+        "{:?}",
+        converted.warnings
     );
-    let broken = mesh.config("node-a", &duplicate, "");
-    assert!(mesh
-        .a
-        .update_mesh(&broken, Default::default())
+    mesh.a
+        .update_mesh(converted.state, Default::default())
         .await
-        .is_err());
+        .unwrap();
     let mut still = mesh.connect(fresh).await;
     round_trip(&mut still, b"still tunnelled").await.unwrap();
 }
@@ -72,15 +84,17 @@ async fn an_identity_no_local_pod_has_is_retired() {
     let fresh = echo_pod("127.0.0.23").await;
     mesh.net.add_pod(fresh.ip(), "node-b");
     let id: SpiffeId = "spiffe://cluster.local/ns/data/sa/brief".parse().unwrap();
-    let line = "  - { name: brief-0, namespace: data, service_account: brief, ip: 127.0.0.23, node: node-b }";
+    let add_brief = |s: &mut MeshSnapshot| {
+        s.insert_workload(pod("data", "brief-0", "brief", "127.0.0.23", "node-b"))
+    };
     mesh.b
-        .update_mesh(&mesh.config("node-b", line, ""), Default::default())
+        .update_mesh(mesh.state("node-b", add_brief), Default::default())
         .await
         .unwrap();
     assert!(mesh.b.certificate(&id).is_some());
     // The pod leaves: its identity is neither presented nor renewed any more.
     mesh.b
-        .update_mesh(&mesh.config("node-b", "", ""), Default::default())
+        .update_mesh(mesh.state("node-b", |_| {}), Default::default())
         .await
         .unwrap();
     assert!(

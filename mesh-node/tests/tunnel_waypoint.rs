@@ -13,8 +13,10 @@ use mesh_core::{
     drain,
     hbone::{Accepted, ConnectRequest, Rejection, Server},
     identity::SpiffeId,
+    proto::build,
     tls::{self, IdentityCert},
 };
+use mesh_node::feed::MeshSnapshot;
 use tokio::net::{TcpListener, TcpStream};
 use tunnel_support::*;
 
@@ -58,13 +60,38 @@ async fn service_bound_to_waypoint_goes_through_it_with_the_vip_authority() {
     let behind_waypoint = echo_pod("127.0.0.30").await;
     let seen = Seen::default();
     let (wp_addr, _wp_drain) = waypoint(&ca, behind_waypoint, seen.clone()).await;
-    let node_a_extra = format!(
-        "  - {{ name: reviews, namespace: data, vip: 10.96.0.2, ports: [{{ port: 9080 }}], \
-         endpoints: [127.0.0.21], waypoint: wp }}\n\
-         waypoints:\n  - {{ name: wp, namespace: data, service_account: waypoint, address: \"{wp_addr}\" }}\n"
-    );
+    // The waypoint's pod (on a third node) listens on wp_addr: the node dials the pod, not the
+    // waypoint Service's VIP.
+    let edit = move |snapshot: &mut MeshSnapshot| {
+        let wp_pod = pod(
+            "data",
+            "wp-0",
+            "waypoint",
+            &wp_addr.ip().to_string(),
+            "node-w",
+        );
+        let wp = build::service(
+            "data",
+            "wp",
+            "10.96.0.9".parse().unwrap(),
+            &[(15008, 0)],
+            &[&wp_pod],
+        );
+        let cache = &snapshot.workloads["data/cache-0"];
+        let mut reviews = build::service(
+            "data",
+            "reviews",
+            "10.96.0.2".parse().unwrap(),
+            &[(9080, 0)],
+            &[cache],
+        );
+        reviews.waypoint = Some(build::waypoint_ref(&wp, wp_addr.port()));
+        snapshot.insert_workload(wp_pod);
+        snapshot.insert_service(wp);
+        snapshot.insert_service(reviews);
+    };
     let options = MeshOptions {
-        node_a_extra,
+        edit: Some(Box::new(edit)),
         ..MeshOptions::default()
     };
     let mesh = Mesh::start_with_ca(options, ca).await;

@@ -1,10 +1,14 @@
-//! From a control-plane [`MeshSnapshot`] to the node's mesh description ([`Config`]), so the feed
-//! and a static file go through the same validation ([`crate::state::State::from_config`]).
+//! From a feed version ([`MeshSnapshot`], live or saved) to the node's runtime view: the
+//! [`State`] routing and capture use, and the [`Policies`] it enforces. This is the only
+//! conversion of mesh content on the node: no second schema sits in between.
 //!
 //! Fail closed wherever the snapshot asks for something the node cannot do:
 //! - a service bound to a waypoint that does not resolve is left out (its VIP then leads
 //!   nowhere), and so is a remote workload in that case; a local one keeps its certificate and
 //!   capture but loses the binding, with a warning;
+//! - an address claimed twice stays with the first claim (workloads before services, each in
+//!   key order: the same on every node) and the later object is left out, so one tenant's
+//!   object cannot make the node refuse the whole version;
 //! - policies become the shared authorization model in one step ([`Policies::from_feed`]): a
 //!   policy that does not convert denies everything in its scope, and what the node cannot see
 //!   (L7 attributes) makes an ALLOW rule match nothing and a DENY rule apply regardless.
@@ -15,32 +19,34 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
 };
 
-use mesh_core::proto::control::v1 as pb;
+use mesh_core::{
+    hbone::baggage::{canonical_revision, canonical_service, WorkloadMeta},
+    identity::SpiffeId,
+    proto::control::v1 as pb,
+};
 
 use super::MeshSnapshot;
 use crate::{
-    config::{
-        Config, MtlsMode, PeerAuthentication, ServiceConfig, ServicePortConfig, WaypointConfig,
-        WorkloadConfig,
-    },
+    config::Config,
     policy::Policies,
+    state::{MtlsMode, Service, State, Waypoint, Workload},
 };
 
 /// The node's mesh as of one snapshot, and what was left out of it.
 #[derive(Debug)]
 pub struct Mesh {
-    /// `base` (this node's own settings: name, listeners, CA) with the snapshot's workloads,
-    /// services and waypoints.
-    pub config: Config,
+    /// Workloads, services and waypoints, for the node `base` describes.
+    pub state: State,
     /// The snapshot's policies that this node enforces.
     pub policies: Policies,
     /// What was left out or fails closed, for the log.
     pub warnings: Vec<String>,
 }
 
-/// The node's mesh from `snapshot`, on top of `base`.
+/// The node's mesh from `snapshot`, for the node `base` describes (name, trust domain, ports).
 pub fn mesh(base: &Config, snapshot: &MeshSnapshot) -> Mesh {
     let mut warnings = Vec::new();
     let in_mesh: BTreeMap<&str, &pb::Workload> = snapshot
@@ -49,55 +55,41 @@ pub fn mesh(base: &Config, snapshot: &MeshSnapshot) -> Mesh {
         .filter(|(_, w)| w.tunnel == pb::TunnelProtocol::Hbone as i32)
         .map(|(uid, w)| (uid.as_str(), w))
         .collect();
-    let waypoints = resolve_waypoints(snapshot, &in_mesh, &base.node_name, &mut warnings);
-    let mut config = base.clone();
-    config.workloads = workloads(base, &in_mesh, &waypoints, &mut warnings);
-    config.services = services(snapshot, &in_mesh, &waypoints, &mut warnings);
-    drop_address_conflicts(&mut config, &mut warnings);
-    // Endpoints must be workloads the node kept.
-    let kept: BTreeSet<IpAddr> = config.workloads.iter().map(|w| w.ip).collect();
-    for service in &mut config.services {
-        service.endpoints.retain(|ip| kept.contains(ip));
+    let mut state = State::new(base);
+    let waypoints = resolve_waypoints(snapshot, &in_mesh, base, &mut warnings);
+    for waypoint in waypoints.values() {
+        state.add_waypoint(waypoint);
     }
-    config.waypoints = waypoints.into_values().collect();
-    // Control resolves PeerAuthentication per workload (and port): each workload carries it.
-    config.peer_authentication = PeerAuthentication::default();
+    let mut kept: BTreeMap<&str, Arc<Workload>> = BTreeMap::new();
+    for (uid, w) in &in_mesh {
+        let Some(workload) = workload(base, uid, w, &waypoints, &mut warnings) else {
+            continue;
+        };
+        match state.add_workload(workload) {
+            Ok(workload) => {
+                kept.insert(uid, workload);
+            }
+            Err(taken) => warnings.push(format!("workload {uid}: {taken}; left out")),
+        }
+    }
+    for (key, s) in &snapshot.services {
+        let Some(service) = service(key, s, &kept, &waypoints, &mut warnings) else {
+            continue;
+        };
+        if let Err(taken) = state.add_service(service) {
+            warnings.push(format!("service {key}: {taken}; left out"));
+        }
+    }
     let policies = Policies::from_feed(
         snapshot.authorizations.values(),
         |key| selected(snapshot, key),
         &mut warnings,
     );
     Mesh {
-        config,
+        state,
         policies,
         warnings,
     }
-}
-
-/// Two workloads, or a service and anything else, on one address would make the node reject the
-/// whole version ([`crate::state::StateError::DuplicateIp`]), so one tenant's object could freeze
-/// every node. The first claim wins (workloads before services, each in key order: the same on
-/// every node), and each one left out is named in a warning. mesh-control resolves the conflicts
-/// it can see with a diagnostic first; this keeps a node working whatever it is sent.
-fn drop_address_conflicts(config: &mut Config, warnings: &mut Vec<String>) {
-    let mut claimed: BTreeMap<IpAddr, String> = BTreeMap::new();
-    // Whether `owner` may have `ip`: yes if nobody claimed it first.
-    let mut claim = |ip: IpAddr, owner: String| match claimed.get(&ip) {
-        Some(first) => {
-            warnings.push(format!("{owner} has address {ip} of {first}; left out"));
-            false
-        }
-        None => {
-            claimed.insert(ip, owner);
-            true
-        }
-    };
-    config
-        .workloads
-        .retain(|w| claim(w.ip, format!("workload {}/{}", w.namespace, w.name)));
-    config
-        .services
-        .retain(|s| claim(s.vip, format!("service {}/{}", s.namespace, s.name)));
 }
 
 fn address(bytes: &[u8]) -> Option<IpAddr> {
@@ -116,9 +108,9 @@ fn address(bytes: &[u8]) -> Option<IpAddr> {
 fn resolve_waypoints(
     snapshot: &MeshSnapshot,
     in_mesh: &BTreeMap<&str, &pb::Workload>,
-    node_name: &str,
+    base: &Config,
     warnings: &mut Vec<String>,
-) -> BTreeMap<String, WaypointConfig> {
+) -> BTreeMap<String, Arc<Waypoint>> {
     let refs = in_mesh.values().filter_map(|w| w.waypoint.as_ref()).chain(
         snapshot
             .services
@@ -127,13 +119,13 @@ fn resolve_waypoints(
     );
     let mut resolved = BTreeMap::new();
     for waypoint in refs {
-        let key = format!("{}/{}", waypoint.namespace, waypoint.name);
+        let key = waypoint_key(waypoint);
         if resolved.contains_key(&key) {
             continue;
         }
-        match resolve_waypoint(snapshot, waypoint, node_name) {
-            Some(config) => {
-                resolved.insert(key, config);
+        match resolve_waypoint(snapshot, waypoint, base) {
+            Some(found) => {
+                resolved.insert(key, Arc::new(found));
             }
             None => warnings.push(format!(
                 "waypoint {key} does not resolve; traffic bound to it is refused"
@@ -143,14 +135,18 @@ fn resolve_waypoints(
     resolved
 }
 
+fn waypoint_key(waypoint: &pb::WaypointRef) -> String {
+    format!("{}/{}", waypoint.namespace, waypoint.name)
+}
+
 /// A waypoint's identity and the pod the node sends its traffic to. Like ztunnel, the node does
 /// not rely on the waypoint Service's VIP being routable: it picks one of the Service's pods,
 /// spreading nodes over replicas by rendezvous hashing on the node name.
 fn resolve_waypoint(
     snapshot: &MeshSnapshot,
     waypoint: &pb::WaypointRef,
-    node_name: &str,
-) -> Option<WaypointConfig> {
+    base: &Config,
+) -> Option<Waypoint> {
     // An empty address means control knows no such waypoint: fail closed.
     address(&waypoint.address)?;
     let port = u16::try_from(waypoint.hbone_port)
@@ -165,11 +161,11 @@ fn resolve_waypoint(
         .iter()
         .filter_map(|e| snapshot.workloads.get(&e.workload_uid))
         .filter_map(|w| Some((w, address(w.addresses.first()?)?)))
-        .max_by_key(|(w, _)| rendezvous(node_name, &w.uid))?;
-    Some(WaypointConfig {
-        name: waypoint.name.clone(),
-        namespace: waypoint.namespace.clone(),
-        service_account: pod.service_account.clone(),
+        .max_by_key(|(w, _)| rendezvous(&base.node_name, &w.uid))?;
+    let identity = SpiffeId::new(&base.trust_domain, &pod.namespace, &pod.service_account).ok()?;
+    Some(Waypoint {
+        key: waypoint_key(waypoint),
+        identity,
         address: SocketAddr::new(ip, port),
     })
 }
@@ -184,115 +180,138 @@ fn rendezvous(node: &str, replica: &str) -> u64 {
         })
 }
 
-/// The waypoint name to bind, or `Err` when the binding cannot be honoured.
+/// The waypoint to bind, or `Err` when the binding cannot be honoured.
 fn binding(
     waypoint: Option<&pb::WaypointRef>,
-    owner_namespace: &str,
-    waypoints: &BTreeMap<String, WaypointConfig>,
-) -> Result<Option<String>, ()> {
-    let Some(waypoint) = waypoint else {
-        return Ok(None);
-    };
-    let key = format!("{}/{}", waypoint.namespace, waypoint.name);
-    // The node config binds waypoints by name in the owner's namespace.
-    match waypoints.get(&key) {
-        Some(_) if waypoint.namespace == owner_namespace => Ok(Some(waypoint.name.clone())),
-        _ => Err(()),
+    waypoints: &BTreeMap<String, Arc<Waypoint>>,
+) -> Result<Option<Arc<Waypoint>>, ()> {
+    match waypoint {
+        None => Ok(None),
+        Some(waypoint) => waypoints
+            .get(&waypoint_key(waypoint))
+            .cloned()
+            .map(Some)
+            .ok_or(()),
     }
 }
 
-fn workloads(
-    base: &Config,
-    in_mesh: &BTreeMap<&str, &pb::Workload>,
-    waypoints: &BTreeMap<String, WaypointConfig>,
-    warnings: &mut Vec<String>,
-) -> Vec<WorkloadConfig> {
-    let mut out = Vec::new();
-    for (uid, w) in in_mesh {
-        // A pod whose sandbox is starting has no address yet: nothing to route to or capture
-        // until the CNI plugin or the kubelet gives one (`crate::cni::fill_addresses`).
-        if w.addresses.is_empty() {
-            continue;
+/// Every usable address of `w`, in feed order; unusable ones are named in a warning.
+fn addresses(what: &str, listed: &[Vec<u8>], warnings: &mut Vec<String>) -> Vec<IpAddr> {
+    let mut out = Vec::with_capacity(listed.len());
+    for bytes in listed {
+        match address(bytes) {
+            Some(ip) => out.push(ip),
+            None => warnings.push(format!("{what}: address of {} bytes ignored", bytes.len())),
         }
-        let Some(ip) = w.addresses.first().and_then(|a| address(a)) else {
-            warnings.push(format!("workload {uid} has no usable address; left out"));
-            continue;
-        };
-        let local = w.node == base.node_name;
-        let waypoint = match binding(w.waypoint.as_ref(), &w.namespace, waypoints) {
-            Ok(waypoint) => waypoint,
-            Err(()) if local => {
-                warnings.push(format!(
-                    "workload {uid}: waypoint unresolved; bound to none"
-                ));
-                None
-            }
-            Err(()) => {
-                warnings.push(format!("workload {uid}: waypoint unresolved; left out"));
-                continue;
-            }
-        };
-        out.push(WorkloadConfig {
-            name: w.name.clone(),
-            workload_name: Some(w.workload_name.clone()).filter(|n| !n.is_empty()),
-            workload_kind: Some(w.workload_kind.clone()).filter(|k| !k.is_empty()),
-            namespace: w.namespace.clone(),
-            service_account: w.service_account.clone(),
-            ip,
-            node: w.node.clone(),
-            labels: w.labels.clone().into_iter().collect(),
-            waypoint,
-            mtls: Some(mtls_mode(w.mtls)),
-            port_mtls: port_modes(uid, &w.port_mtls, warnings),
-            same_node_plaintext: w.same_node_plaintext,
-        });
     }
     out
 }
 
-fn services(
-    snapshot: &MeshSnapshot,
-    in_mesh: &BTreeMap<&str, &pb::Workload>,
-    waypoints: &BTreeMap<String, WaypointConfig>,
+fn workload(
+    base: &Config,
+    uid: &str,
+    w: &pb::Workload,
+    waypoints: &BTreeMap<String, Arc<Waypoint>>,
     warnings: &mut Vec<String>,
-) -> Vec<ServiceConfig> {
-    let mut out = Vec::new();
-    for (key, s) in &snapshot.services {
-        let Some(vip) = s.vips.first().and_then(|a| address(a)) else {
-            continue; // Headless or external: nothing to capture by address.
-        };
-        let Ok(waypoint) = binding(s.waypoint.as_ref(), &s.namespace, waypoints) else {
-            warnings.push(format!("service {key}: waypoint unresolved; left out"));
-            continue;
-        };
-        let ports = s
-            .ports
-            .iter()
-            .filter_map(|p| {
-                let port = u16::try_from(p.port).ok().filter(|p| *p != 0)?;
-                let target = u16::try_from(p.target_port).ok().filter(|p| *p != 0);
-                Some(ServicePortConfig {
-                    port,
-                    target_port: target,
-                })
-            })
-            .collect();
-        let endpoints = s
-            .endpoints
-            .iter()
-            .filter_map(|e| in_mesh.get(e.workload_uid.as_str()))
-            .filter_map(|w| w.addresses.first().and_then(|a| address(a)))
-            .collect();
-        out.push(ServiceConfig {
-            name: s.name.clone(),
-            namespace: s.namespace.clone(),
-            vip,
-            ports,
-            endpoints,
-            waypoint,
-        });
+) -> Option<Workload> {
+    // A pod whose sandbox is starting has no address yet: nothing to route to or capture until
+    // the CNI plugin or the kubelet gives one (`crate::cni::fill_addresses`).
+    if w.addresses.is_empty() {
+        return None;
     }
-    out
+    let what = format!("workload {uid}");
+    let addresses = addresses(&what, &w.addresses, warnings);
+    let Some(&ip) = addresses.first() else {
+        warnings.push(format!("{what} has no usable address; left out"));
+        return None;
+    };
+    let identity = match SpiffeId::new(&base.trust_domain, &w.namespace, &w.service_account) {
+        Ok(identity) => identity,
+        Err(error) => {
+            warnings.push(format!("{what}: {error}; left out"));
+            return None;
+        }
+    };
+    let local = w.node == base.node_name;
+    let waypoint = match binding(w.waypoint.as_ref(), waypoints) {
+        Ok(waypoint) => waypoint,
+        Err(()) if local => {
+            warnings.push(format!("{what}: waypoint unresolved; bound to none"));
+            None
+        }
+        Err(()) => {
+            warnings.push(format!("{what}: waypoint unresolved; left out"));
+            return None;
+        }
+    };
+    let labels: BTreeMap<String, String> = w.labels.clone().into_iter().collect();
+    Some(Workload {
+        name: w.name.clone(),
+        meta: workload_meta(w, &labels),
+        namespace: w.namespace.clone(),
+        ip,
+        addresses,
+        node: w.node.clone(),
+        labels,
+        identity,
+        waypoint,
+        mtls: mtls_mode(w.mtls),
+        port_mtls: port_modes(uid, &w.port_mtls, warnings),
+        same_node_plaintext: w.same_node_plaintext,
+    })
+}
+
+/// Telemetry's names for `w`: its controller (the pod itself when the feed names none), and
+/// Istio's canonical service and revision from its labels.
+fn workload_meta(w: &pb::Workload, labels: &BTreeMap<String, String>) -> WorkloadMeta {
+    let workload_name = Some(&w.workload_name)
+        .filter(|n| !n.is_empty())
+        .unwrap_or(&w.name)
+        .clone();
+    let workload_kind = Some(w.workload_kind.as_str())
+        .filter(|k| !k.is_empty())
+        .unwrap_or("pod");
+    WorkloadMeta {
+        namespace: w.namespace.clone(),
+        canonical_service: canonical_service(labels, &workload_name).to_owned(),
+        canonical_revision: canonical_revision(labels).to_owned(),
+        workload_kind: workload_kind.to_owned(),
+        workload_name,
+    }
+}
+
+fn service(
+    key: &str,
+    s: &pb::Service,
+    kept: &BTreeMap<&str, Arc<Workload>>,
+    waypoints: &BTreeMap<String, Arc<Waypoint>>,
+    warnings: &mut Vec<String>,
+) -> Option<Service> {
+    let what = format!("service {key}");
+    let vips = addresses(&what, &s.vips, warnings);
+    if vips.is_empty() {
+        return None; // Headless or external: nothing to capture by address.
+    }
+    let Ok(waypoint) = binding(s.waypoint.as_ref(), waypoints) else {
+        warnings.push(format!("{what}: waypoint unresolved; left out"));
+        return None;
+    };
+    let ports = s
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let port = u16::try_from(p.port).ok().filter(|p| *p != 0)?;
+            let target = u16::try_from(p.target_port).ok().filter(|p| *p != 0);
+            Some((port, target.unwrap_or(port)))
+        })
+        .collect();
+    let mut service = Service::new(format!("{}/{}", s.namespace, s.name), vips, ports, waypoint);
+    service.endpoints = s
+        .endpoints
+        .iter()
+        .filter_map(|e| kept.get(e.workload_uid.as_str()).cloned())
+        .collect();
+    Some(service)
 }
 
 /// A wire mode as the node's: DISABLE accepts plaintext like PERMISSIVE; unknown values (a newer
@@ -330,6 +349,13 @@ fn selected(snapshot: &MeshSnapshot, key: &str) -> BTreeSet<String> {
         .filter(|w| w.authorization_policies.iter().any(|p| p == key))
         .map(|w| format!("{}/{}", w.namespace, w.name))
         .collect()
+}
+
+/// The state of node `node` (trust domain `cluster.local`) for `snapshot` (unit tests).
+#[cfg(test)]
+pub(crate) fn state_of(node: &str, snapshot: &MeshSnapshot) -> State {
+    let base = Config::from_yaml(&format!("node_name: {node}\n")).expect("node settings");
+    mesh(&base, snapshot).state
 }
 
 #[cfg(test)]

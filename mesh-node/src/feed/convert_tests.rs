@@ -1,7 +1,6 @@
-//! Snapshot to node config: what is kept, what is left out, and that the result validates.
+//! Snapshot to the node's state and policies: what is kept, what is left out and why.
 
 use super::*;
-use crate::state::State;
 
 fn workload(name: &str, node: &str, ip: [u8; 4], in_mesh: bool) -> pb::Workload {
     pb::Workload {
@@ -72,10 +71,18 @@ fn base() -> Config {
     Config::from_yaml("node_name: n1\n").unwrap()
 }
 
-/// The node's config part of the converted mesh, and the warnings.
-fn mesh_config(base: &Config, snapshot: &MeshSnapshot) -> (Config, Vec<String>) {
+/// The converted state, and the warnings.
+fn mesh_state(base: &Config, snapshot: &MeshSnapshot) -> (State, Vec<String>) {
     let mesh = mesh(base, snapshot);
-    (mesh.config, mesh.warnings)
+    (mesh.state, mesh.warnings)
+}
+
+fn ip(octets: [u8; 4]) -> IpAddr {
+    IpAddr::from(octets)
+}
+
+fn names(state: &State) -> Vec<String> {
+    state.workloads().iter().map(|w| w.name.clone()).collect()
 }
 
 /// The converted policies' decision on a connection from `demo/<source_sa>` to workload
@@ -159,30 +166,23 @@ fn snapshot() -> MeshSnapshot {
 }
 
 #[test]
-fn snapshot_becomes_a_valid_node_config() {
-    let (config, warnings) = mesh_config(&base(), &snapshot());
-    let names: Vec<&str> = config.workloads.iter().map(|w| w.name.as_str()).collect();
+fn snapshot_becomes_the_nodes_state() {
+    let (state, warnings) = mesh_state(&base(), &snapshot());
     assert_eq!(
-        names,
-        ["backend", "client"],
+        names(&state),
+        ["client", "backend"],
         "the workload outside the mesh is not in the mesh"
     );
-    let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(
-        services,
-        ["backend"],
+    assert!(
+        state.service(ip([10, 96, 0, 10])).is_none(),
         "a service behind an unresolved waypoint is left out"
     );
-    assert_eq!(
-        config.services[0].endpoints,
-        ["10.0.2.1".parse::<IpAddr>().unwrap()]
-    );
-    assert_eq!(config.services[0].ports[0].target_port, Some(8080));
+    let backend = state.service(ip([10, 96, 0, 20])).expect("backend kept");
+    let endpoints: Vec<IpAddr> = backend.endpoints.iter().map(|w| w.ip).collect();
+    assert_eq!(endpoints, [ip([10, 0, 2, 1])], "only in-mesh endpoints");
+    assert_eq!(backend.ports, [(80, 8080)].into());
     assert!(
-        config
-            .workloads
-            .iter()
-            .all(|w| w.mtls == Some(MtlsMode::Strict)),
+        state.workloads().iter().all(|w| w.mtls == MtlsMode::Strict),
         "each workload carries its own mode"
     );
     assert!(warnings.iter().any(|w| w.contains("ghost")), "{warnings:?}");
@@ -202,8 +202,6 @@ fn snapshot_becomes_a_valid_node_config() {
         decide(&mesh, "intruder", "client", 8080).is_allowed(),
         "the policy selects the backend only"
     );
-
-    State::from_config(&config).expect("the converted config validates");
 }
 
 #[test]
@@ -214,10 +212,10 @@ fn same_node_plaintext_is_carried_and_starting_pods_are_left_out_quietly() {
     let mut starting = workload("starting", "n1", [0, 0, 0, 0], true);
     starting.addresses.clear();
     snapshot.workloads.insert("demo/starting".into(), starting);
-    let (config, warnings) = mesh_config(&base(), &snapshot);
+    let (state, warnings) = mesh_state(&base(), &snapshot);
     let flag = |name: &str| {
-        config
-            .workloads
+        state
+            .workloads()
             .iter()
             .find(|w| w.name == name)
             .map(|w| w.same_node_plaintext)
@@ -246,14 +244,21 @@ fn one_address_claimed_twice_leaves_the_rest_of_the_version_in_force() {
     let mut vip_twin = service("vip-twin", [10, 96, 0, 20], &["demo/backend"], None);
     vip_twin.key = "demo/zz-vip-twin.demo.svc.cluster.local".into();
     snapshot.services.insert(vip_twin.key.clone(), vip_twin);
-    let (config, warnings) = mesh_config(&base(), &snapshot);
-    State::from_config(&config).expect("the version applies");
-    let names: Vec<&str> = config.workloads.iter().map(|w| w.name.as_str()).collect();
+    let (state, warnings) = mesh_state(&base(), &snapshot);
+    let names = names(&state);
     assert!(
-        names.contains(&"client") && !names.contains(&"twin"),
+        names.contains(&"client".to_owned()) && !names.contains(&"twin".to_owned()),
         "{names:?}"
     );
-    assert!(!config.services.iter().any(|s| s.name == "hijack"));
+    assert_eq!(
+        state.workload(ip([10, 0, 2, 1])).map(|w| w.name.as_str()),
+        Some("backend"),
+        "the service on the backend's address did not take it"
+    );
+    let backend = state
+        .service(ip([10, 96, 0, 20]))
+        .expect("first VIP claim kept");
+    assert_eq!(backend.key, "demo/backend");
     for left_out in ["demo/twin", "hijack", "vip-twin"] {
         assert!(
             warnings
@@ -350,24 +355,22 @@ fn waypoint_resolves_to_one_of_its_pods_not_its_vip() {
     let mut chosen = BTreeSet::new();
     for node in ["n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8"] {
         let base = Config::from_yaml(&format!("node_name: {node}\n")).unwrap();
-        let (config, _) = mesh_config(&base, &snapshot);
-        let waypoint = config
-            .waypoints
-            .iter()
-            .find(|w| w.name == "waypoint")
-            .expect("the waypoint resolves");
+        let (state, _) = mesh_state(&base, &snapshot);
+        let web = state.service(ip([10, 96, 0, 40])).expect("web kept");
+        let waypoint = web.waypoint.clone().expect("the waypoint resolves");
         assert!(replicas.contains(&waypoint.address), "{node}: {waypoint:?}");
-        assert_eq!(waypoint.service_account, "waypoint");
-        let (again, _) = mesh_config(&base, &snapshot);
-        let addresses = |c: &Config| c.waypoints.iter().map(|w| w.address).collect::<Vec<_>>();
+        assert_eq!(waypoint.identity.service_account(), "waypoint");
+        assert!(state.is_waypoint(&waypoint.identity));
+        let (again, _) = mesh_state(&base, &snapshot);
+        let address = |s: &State| {
+            s.service(ip([10, 96, 0, 40]))
+                .and_then(|w| w.waypoint.clone())
+                .map(|w| w.address)
+        };
         assert_eq!(
-            addresses(&again),
-            addresses(&config),
+            address(&again),
+            Some(waypoint.address),
             "{node}: choice is stable"
-        );
-        assert!(
-            config.services.iter().any(|s| s.name == "web"),
-            "{node}: web kept"
         );
         chosen.insert(waypoint.address);
     }
@@ -393,15 +396,16 @@ fn workload_and_port_modes_are_carried_per_workload() {
         ..MeshSnapshot::default()
     };
     let base = Config::from_yaml("node_name: n1").unwrap();
-    let (config, warnings) = mesh_config(&base, &snapshot);
-    let by_name = |name: &str| config.workloads.iter().find(|w| w.name == name).unwrap();
-    assert_eq!(by_name("db").mtls, Some(MtlsMode::Strict));
+    let (state, warnings) = mesh_state(&base, &snapshot);
+    let all = state.workloads();
+    let by_name = |name: &str| all.iter().find(|w| w.name == name).unwrap().clone();
+    assert_eq!(by_name("db").mtls, MtlsMode::Strict);
     assert_eq!(
         by_name("db").port_mtls,
         [(8080, MtlsMode::Permissive)].into()
     );
     assert!(warnings.iter().any(|w| w.contains("70000")), "{warnings:?}");
-    assert_eq!(by_name("legacy").mtls, Some(MtlsMode::Permissive));
+    assert_eq!(by_name("legacy").mtls, MtlsMode::Permissive);
     // An unknown mode from a newer control plane fails closed.
     assert_eq!(
         by_name("legacy").port_mtls,

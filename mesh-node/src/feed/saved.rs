@@ -7,8 +7,7 @@ use std::path::Path;
 
 use mesh_core::{feed_file, proto::control::v1 as pb};
 
-use super::{convert, FeedError, FeedStore, MeshSnapshot};
-use crate::config::Config;
+use super::{FeedError, FeedStore, MeshSnapshot};
 
 /// Why a saved feed could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -26,12 +25,6 @@ pub enum SavedFeedError {
         #[source]
         source: FeedError,
     },
-    /// The node's config file also describes the mesh: which of the two is meant is unclear.
-    #[error(
-        "the config file lists workloads, services, waypoints or peer authentication and a \
-         saved feed is given too; describe the mesh in one place"
-    )]
-    Ambiguous,
 }
 
 /// The snapshot in the saved feed at `path`.
@@ -62,28 +55,12 @@ fn snapshot(path: &Path, update: pb::NodeUpdate) -> Result<MeshSnapshot, SavedFe
     }
 }
 
-/// `base` (this node's own settings) with the mesh of the saved feed at `path`, exactly as for
-/// a version from mesh-control.
-pub fn mesh(base: &Config, path: &Path) -> Result<convert::Mesh, SavedFeedError> {
-    if describes_mesh(base) {
-        return Err(SavedFeedError::Ambiguous);
-    }
-    let snapshot = read(path)?;
-    Ok(convert::mesh(base, &snapshot))
-}
-
-fn describes_mesh(config: &Config) -> bool {
-    !config.workloads.is_empty()
-        || !config.services.is_empty()
-        || !config.waypoints.is_empty()
-        || config.peer_authentication != Default::default()
-}
-
 #[cfg(test)]
 mod tests {
     use mesh_core::proto::address_bytes;
 
     use super::*;
+    use crate::{config::Config, feed::convert};
 
     fn workload(name: &str, ip: &str, node: &str) -> pb::Resource {
         pb::Resource {
@@ -145,35 +122,43 @@ mod tests {
             policy(),
         ]);
         let file = saved(&update);
-        let mesh = mesh(&base(), file.path()).unwrap();
+        let mesh = convert::mesh(&base(), &read(file.path()).unwrap());
         assert!(mesh.warnings.is_empty(), "{:?}", mesh.warnings);
-        let names: Vec<&str> = mesh
-            .config
-            .workloads
+        let names: Vec<String> = mesh
+            .state
+            .workloads()
             .iter()
-            .map(|w| w.name.as_str())
+            .map(|w| w.name.clone())
             .collect();
-        assert_eq!(names, ["db-1", "web-1"]);
+        assert_eq!(names, ["web-1", "db-1"], "by address");
         assert_eq!(mesh.policies.len(), 1);
         // The same result as the live feed's path.
         let mut store = FeedStore::default();
         let live = store.apply(update).unwrap().unwrap();
         let from_feed = convert::mesh(&base(), &live);
-        assert_eq!(format!("{mesh:?}"), format!("{from_feed:?}"));
+        let view = |mesh: &convert::Mesh| {
+            format!(
+                "{:?} {:?} {:?}",
+                mesh.state.workloads(),
+                mesh.state.service("10.1.0.5".parse().unwrap()),
+                mesh.policies
+            )
+        };
+        assert_eq!(view(&mesh), view(&from_feed));
     }
 
     #[test]
     fn a_partial_or_broken_feed_is_refused() {
         let mut chunk = complete(vec![workload("web-1", "10.1.0.5", "n1")]);
         chunk.complete = false;
-        let error = mesh(&base(), saved(&chunk).path()).unwrap_err();
+        let error = read(saved(&chunk).path()).unwrap_err();
         assert!(
             matches!(error, SavedFeedError::Incomplete { .. }),
             "{error}"
         );
 
         let empty = complete(vec![pb::Resource { kind: None }]);
-        let error = mesh(&base(), saved(&empty).path()).unwrap_err();
+        let error = read(saved(&empty).path()).unwrap_err();
         assert!(matches!(error, SavedFeedError::Apply { .. }), "{error}");
 
         let file = tempfile::NamedTempFile::new().unwrap();
@@ -182,18 +167,7 @@ mod tests {
             "version: 1\nreset: true\ncomplete: true\nworkloads: []\n",
         )
         .unwrap();
-        let error = mesh(&base(), file.path()).unwrap_err().to_string();
+        let error = read(file.path()).unwrap_err().to_string();
         assert!(error.contains("workloads"), "unknown field named: {error}");
-    }
-
-    #[test]
-    fn a_config_that_also_describes_the_mesh_is_ambiguous() {
-        let file = saved(&complete(vec![]));
-        let base = Config::from_yaml(
-            "node_name: n1\nworkloads:\n- {name: a, namespace: app, service_account: a, ip: 10.1.0.7, node: n1}\n",
-        )
-        .unwrap();
-        let error = mesh(&base, file.path()).unwrap_err();
-        assert!(matches!(error, SavedFeedError::Ambiguous), "{error}");
     }
 }

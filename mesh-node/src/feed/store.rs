@@ -20,6 +20,39 @@ pub struct MeshSnapshot {
     pub authorizations: BTreeMap<String, pb::Authorization>,
 }
 
+impl MeshSnapshot {
+    /// A snapshot of `workloads` and `services`, as a feed version holding them would be (tests
+    /// and tools; build the messages with [`mesh_core::proto::build`]).
+    pub fn of(
+        workloads: impl IntoIterator<Item = pb::Workload>,
+        services: impl IntoIterator<Item = pb::Service>,
+    ) -> Self {
+        let mut snapshot = Self::default();
+        for workload in workloads {
+            snapshot.insert_workload(workload);
+        }
+        for service in services {
+            snapshot.insert_service(service);
+        }
+        snapshot
+    }
+
+    /// Adds or replaces a workload (by uid).
+    pub fn insert_workload(&mut self, workload: pb::Workload) {
+        self.workloads.insert(workload.uid.clone(), workload);
+    }
+
+    /// Adds or replaces a service (by key).
+    pub fn insert_service(&mut self, service: pb::Service) {
+        self.services.insert(service.key.clone(), service);
+    }
+
+    /// Adds or replaces an authorization policy (by key).
+    pub fn insert_authorization(&mut self, policy: pb::Authorization) {
+        self.authorizations.insert(policy.key.clone(), policy);
+    }
+}
+
 /// An update that does not fit the stream so far; the client resubscribes from scratch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FeedError {
@@ -130,15 +163,9 @@ fn upsert(
     version: u64,
 ) -> Result<(), FeedError> {
     match resource.kind {
-        Some(pb::resource::Kind::Workload(workload)) => {
-            snapshot.workloads.insert(workload.uid.clone(), workload);
-        }
-        Some(pb::resource::Kind::Service(service)) => {
-            snapshot.services.insert(service.key.clone(), service);
-        }
-        Some(pb::resource::Kind::Authorization(policy)) => {
-            snapshot.authorizations.insert(policy.key.clone(), policy);
-        }
+        Some(pb::resource::Kind::Workload(workload)) => snapshot.insert_workload(workload),
+        Some(pb::resource::Kind::Service(service)) => snapshot.insert_service(service),
+        Some(pb::resource::Kind::Authorization(policy)) => snapshot.insert_authorization(policy),
         None => return Err(FeedError::EmptyResource { version }),
     }
     Ok(())

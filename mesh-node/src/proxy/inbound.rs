@@ -195,22 +195,33 @@ pub(crate) fn connection_info(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::feed::{convert::state_of, MeshSnapshot};
     use mesh_core::identity::SpiffeId;
+    use mesh_core::proto::build;
 
-    const MESH: &str = r#"
-node_name: n1
-workloads:
-  - { name: web-0, namespace: shop, service_account: web, ip: 10.0.0.1, node: n2 }
-  - { name: web-1, namespace: shop, service_account: web, ip: 10.0.0.2, node: n2 }
-  - { name: admin-0, namespace: ops, service_account: admin, ip: 10.0.0.3, node: n2 }
-  - { name: db-0, namespace: data, service_account: db, ip: 10.0.1.1, node: n1, waypoint: wp }
-waypoints:
-  - { name: wp, namespace: data, service_account: wp-sa, address: "10.0.9.9:15008" }
-"#;
-
+    /// Pods of shop and ops on node n2; db-0 on this node (n1) behind waypoint data/wp.
     fn state() -> State {
-        State::from_config(&Config::from_yaml(MESH).unwrap()).unwrap()
+        let pod = |ns: &str, name: &str, sa: &str, ip: &str, node: &str| {
+            build::workload(ns, name, sa, ip.parse().unwrap(), node)
+        };
+        let wp_pod = pod("data", "wp-0", "wp-sa", "10.0.9.9", "n3");
+        let wp = build::service(
+            "data",
+            "wp",
+            "10.96.9.9".parse().unwrap(),
+            &[(15008, 0)],
+            &[&wp_pod],
+        );
+        let mut db = pod("data", "db-0", "db", "10.0.1.1", "n1");
+        db.waypoint = Some(build::waypoint_ref(&wp, 15008));
+        let workloads = [
+            pod("shop", "web-0", "web", "10.0.0.1", "n2"),
+            pod("shop", "web-1", "web", "10.0.0.2", "n2"),
+            pod("ops", "admin-0", "admin", "10.0.0.3", "n2"),
+            db,
+            wp_pod,
+        ];
+        state_of("n1", &MeshSnapshot::of(workloads, [wp]))
     }
 
     fn id(ns: &str, sa: &str) -> SpiffeId {

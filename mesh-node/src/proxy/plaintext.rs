@@ -16,8 +16,8 @@ use super::{
     labels, AppDial, Proxy,
 };
 use crate::{
-    config::MtlsMode,
     metrics::{ConnectionRecord, Outcome, Reporter},
+    state::MtlsMode,
 };
 
 impl Proxy {

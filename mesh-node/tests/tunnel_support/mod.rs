@@ -16,12 +16,14 @@ use mesh_core::identity::{
     ca::CertificateAuthority, cert::generate_csr, CertificateSource, InProcessSource, SourceError,
     SpiffeId, WorkloadCert,
 };
-use mesh_core::proto::control::v1 as pb;
+use mesh_core::proto::{build, control::v1 as pb};
 use mesh_node::{
     app::{self, Bound, Deps},
     config::Config,
+    feed::{convert, MeshSnapshot},
     policy::Policies,
     socket::SocketFactory,
+    state::State,
 };
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
 use tokio::{
@@ -264,12 +266,14 @@ pub struct Mesh {
     pub ca: Arc<TestCa>,
 }
 
+/// A change to the mesh both nodes are fed.
+pub type MeshEdit = Box<dyn FnOnce(&mut MeshSnapshot) + Send>;
+
 pub struct MeshOptions {
-    pub node_b_extra: &'static str,
+    /// Applied to the default mesh before both nodes start (see [`Mesh::snapshot`]).
+    pub edit: Option<MeshEdit>,
     /// Node b's authorization policies (see [`policies`]).
     pub node_b_policies: Policies,
-    /// Appended to node a's config (after the services list).
-    pub node_a_extra: String,
     pub node_a_trust_domain: &'static str,
     pub node_a_source: Option<Arc<dyn CertificateSource>>,
 }
@@ -277,27 +281,20 @@ pub struct MeshOptions {
 impl Default for MeshOptions {
     fn default() -> Self {
         Self {
-            node_b_extra: "",
+            edit: None,
             node_b_policies: Policies::default(),
-            node_a_extra: String::new(),
             node_a_trust_domain: "cluster.local",
             node_a_source: None,
         }
     }
 }
 
-fn mesh_yaml(
-    node: &str,
-    td: &str,
-    db: SocketAddr,
-    cache: SocketAddr,
-    workloads: &str,
-    extra: &str,
-) -> String {
-    format!(
+/// Settings of a test node: every listener on an ephemeral loopback port.
+pub fn node_settings(node: &str, trust_domain: &str) -> Config {
+    let yaml = format!(
         r#"
 node_name: {node}
-trust_domain: {td}
+trust_domain: {trust_domain}
 drain_deadline: 5s
 listeners:
   outbound: 127.0.0.1:0
@@ -306,19 +303,52 @@ listeners:
   metrics: 127.0.0.1:0
   readiness: 127.0.0.1:0
   admin: 127.0.0.1:0
-workloads:
-  - {{ name: frontend-0, namespace: web, service_account: frontend, ip: 127.0.0.10, node: node-a }}
-  - {{ name: db-0, namespace: data, service_account: db, ip: {db_ip}, node: node-b, labels: {{ app: db }} }}
-  - {{ name: cache-0, namespace: data, service_account: cache, ip: {cache_ip}, node: node-b, labels: {{ app: cache }} }}
-{workloads}
-services:
-  - {{ name: db, namespace: data, vip: 10.96.0.1, ports: [{{ port: 80, target_port: {db_port} }}], endpoints: [{db_ip}] }}
-{extra}
-"#,
-        db_ip = db.ip(),
-        cache_ip = cache.ip(),
-        db_port = db.port(),
+"#
+    );
+    Config::from_yaml(&yaml).expect("node settings")
+}
+
+/// A pod in the mesh, as mesh-control would feed it.
+pub fn pod(
+    namespace: &str,
+    name: &str,
+    service_account: &str,
+    ip: &str,
+    node: &str,
+) -> pb::Workload {
+    build::workload(
+        namespace,
+        name,
+        service_account,
+        ip.parse().expect("pod ip"),
+        node,
     )
+}
+
+/// The default mesh: the client (web/frontend-0) on node a; db-0 and cache-0 (ns data) on
+/// node b; service data/db on 10.96.0.1:80 in front of db.
+fn default_snapshot(db: SocketAddr, cache: SocketAddr) -> MeshSnapshot {
+    let client = pod("web", "frontend-0", "frontend", "127.0.0.10", "node-a");
+    let mut db_pod = pod("data", "db-0", "db", &db.ip().to_string(), "node-b");
+    db_pod.labels = [("app".to_owned(), "db".to_owned())].into();
+    let mut cache_pod = pod(
+        "data",
+        "cache-0",
+        "cache",
+        &cache.ip().to_string(),
+        "node-b",
+    );
+    cache_pod.labels = [("app".to_owned(), "cache".to_owned())].into();
+    let vip = "10.96.0.1".parse().expect("vip");
+    let service = build::service("data", "db", vip, &[(80, db.port())], &[&db_pod]);
+    MeshSnapshot::of([client, db_pod, cache_pod], [service])
+}
+
+/// `node`'s view of `snapshot` (trust domain `cluster.local`), as the feed would give it.
+pub fn state_for(node: &str, snapshot: &MeshSnapshot) -> State {
+    let mesh = convert::mesh(&node_settings(node, "cluster.local"), snapshot);
+    assert!(mesh.warnings.is_empty(), "{:?}", mesh.warnings);
+    mesh.state
 }
 
 impl Mesh {
@@ -335,16 +365,14 @@ impl Mesh {
         net.add_pod(db.ip(), "node-b");
         net.add_pod(cache.ip(), "node-b");
         let sockets = Arc::new(NodeSockets(net.clone()));
-        let b_config = mesh_yaml(
-            "node-b",
-            "cluster.local",
-            db,
-            cache,
-            "",
-            options.node_b_extra,
-        );
+        let mut snapshot = default_snapshot(db, cache);
+        if let Some(edit) = options.edit {
+            edit(&mut snapshot);
+        }
+        let b_settings = node_settings("node-b", "cluster.local");
         let b = app::build_with(
-            Config::from_yaml(&b_config).unwrap(),
+            b_settings.clone(),
+            convert::mesh(&b_settings, &snapshot).state,
             options.node_b_policies,
             Deps {
                 sockets: sockets.clone(),
@@ -354,17 +382,11 @@ impl Mesh {
         .await
         .unwrap();
         net.add_node("node-b", &b);
-        let a_config = mesh_yaml(
-            "node-a",
-            options.node_a_trust_domain,
-            db,
-            cache,
-            "",
-            &options.node_a_extra,
-        );
+        let a_settings = node_settings("node-a", options.node_a_trust_domain);
         let a_certs = options.node_a_source.unwrap_or_else(|| ca.source());
         let a = app::build_with(
-            Config::from_yaml(&a_config).unwrap(),
+            a_settings.clone(),
+            convert::mesh(&a_settings, &snapshot).state,
             Policies::default(),
             Deps {
                 sockets,
@@ -386,10 +408,16 @@ impl Mesh {
         }
     }
 
-    /// The default config of `node` with extra workload lines (`  - {...}`) and extra text.
-    pub fn config(&self, node: &str, workloads: &str, extra: &str) -> Config {
-        let yaml = mesh_yaml(node, "cluster.local", self.db, self.cache, workloads, extra);
-        Config::from_yaml(&yaml).unwrap()
+    /// The default mesh the nodes started from (before any [`MeshOptions::edit`]).
+    pub fn snapshot(&self) -> MeshSnapshot {
+        default_snapshot(self.db, self.cache)
+    }
+
+    /// `node`'s view of the default mesh after `edit`.
+    pub fn state(&self, node: &str, edit: impl FnOnce(&mut MeshSnapshot)) -> State {
+        let mut snapshot = self.snapshot();
+        edit(&mut snapshot);
+        state_for(node, &snapshot)
     }
 
     /// The client pod connects to `dst`.

@@ -32,3 +32,5 @@ pub mod control {
         include!(concat!(env!("OUT_DIR"), "/weft.control.v1.serde.rs"));
     }
 }
+
+pub mod build;
