@@ -140,6 +140,7 @@ fn config(version: u64, rules: Vec<pb::RouteRule>) -> pb::WaypointConfig {
                 name: "waypoint".into(),
                 ..Default::default()
             }),
+            ..Default::default()
         }],
         workloads: vec![
             workload("reviews-v1", [127, 0, 0, 2], "v1"),

@@ -33,6 +33,7 @@ fn saved_feed(backend_port: u16) -> pb::WaypointConfig {
             name: "waypoint".into(),
             ..Default::default()
         }),
+        ..Default::default()
     };
     let pod = pb::Workload {
         uid: "default/web-1".into(),

@@ -64,7 +64,7 @@ pub fn service(
                 ports: Default::default(),
             })
             .collect(),
-        waypoint: None,
+        ..Default::default()
     }
 }
 

@@ -46,6 +46,7 @@ fn service(
             })
             .collect(),
         waypoint,
+        ..Default::default()
     }
 }
 

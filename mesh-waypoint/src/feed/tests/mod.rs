@@ -35,6 +35,7 @@ fn service(name: &str, vip: [u8; 4], port: u32, uids: &[&str]) -> pb::Service {
             name: "waypoint".into(),
             ..Default::default()
         }),
+        ..Default::default()
     }
 }
 
