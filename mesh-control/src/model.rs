@@ -118,6 +118,8 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// Waypoint for traffic addressed to the service.
     pub waypoint: Option<WaypointRef>,
+    /// `internalTrafficPolicy: Local`: only endpoints on the client's own node serve it.
+    pub node_local: bool,
 }
 
 /// Where an authorization policy applies.

@@ -203,6 +203,28 @@ mod tests {
     }
 
     #[test]
+    fn a_node_local_service_is_served_by_this_nodes_endpoints_only() {
+        let mut snapshot = snapshot();
+        let local = snapshot
+            .services
+            .get_mut("ns/s.ns.svc.cluster.local")
+            .unwrap();
+        local.node_local = true;
+        // From node a: only p1 (on a) serves, however often it is picked.
+        let state = state_of("a", &snapshot);
+        for _ in 0..3 {
+            let route = hbone(choose(&state, "10.96.0.1:80".parse().unwrap()));
+            assert_eq!(route.authority, "10.0.0.1:8080".parse().unwrap());
+        }
+        // From node c, which has no endpoint: refused, never sent to another node.
+        let state = state_of("c", &snapshot);
+        assert!(matches!(
+            choose(&state, "10.96.0.1:80".parse().unwrap()),
+            Route::NoEndpoint { .. }
+        ));
+    }
+
+    #[test]
     fn an_unresolved_waypoint_or_a_taken_address_leaves_that_object_out_only() {
         let mut snapshot = snapshot();
         // The waypoint's pod disappears: bound objects are refused, never sent around it.

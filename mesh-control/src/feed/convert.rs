@@ -95,6 +95,7 @@ pub fn service(s: &model::Service) -> pb::Service {
             })
             .collect(),
         waypoint: waypoint(&s.waypoint),
+        node_local: s.node_local,
     }
 }
 

@@ -223,6 +223,7 @@ fn translate_kube_services(
             ports: ports.into_iter().map(|p| p.0).collect(),
             endpoints,
             waypoint: resolve_waypoint(waypoints, waypoint),
+            node_local: spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local"),
         };
         snapshot.services.insert(service.key.clone(), service);
     }
@@ -376,6 +377,7 @@ fn translate_entry(
             ports: ports.clone(),
             endpoints: endpoints.clone(),
             waypoint: resolve_waypoint(waypoints, waypoint.clone()),
+            node_local: false,
         };
         snapshot.services.insert(service.key.clone(), service);
     }

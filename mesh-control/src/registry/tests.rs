@@ -171,6 +171,29 @@ fn service_gets_vip_ports_and_selector_endpoints_with_named_target_port() {
 }
 
 #[test]
+fn internal_traffic_policy_local_makes_a_service_node_local() {
+    let snap = snapshot_of(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: agent, namespace: app}
+spec:
+  clusterIP: 10.96.0.11
+  internalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{name: http, port: 80}]
+"#,
+    );
+    assert!(snap.services["app/agent.app.svc.cluster.local"].node_local);
+    assert!(
+        !snap.services["app/web.app.svc.cluster.local"].node_local,
+        "Cluster (the default) keeps every endpoint"
+    );
+    let wire = crate::feed::convert::service(&snap.services["app/agent.app.svc.cluster.local"]);
+    assert!(wire.node_local, "carried on the wire");
+}
+
+#[test]
 fn endpoint_slices_take_precedence_over_the_selector() {
     let snap = snapshot_of(
         r#"

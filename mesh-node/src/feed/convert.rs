@@ -73,7 +73,8 @@ pub fn mesh(base: &Config, snapshot: &MeshSnapshot) -> Mesh {
         }
     }
     for (key, s) in &snapshot.services {
-        let Some(service) = service(key, s, &kept, &waypoints, &mut warnings) else {
+        let Some(service) = service(&base.node_name, key, s, &kept, &waypoints, &mut warnings)
+        else {
             continue;
         };
         if let Err(taken) = state.add_service(service) {
@@ -281,6 +282,7 @@ fn workload_meta(w: &pb::Workload, labels: &BTreeMap<String, String>) -> Workloa
 }
 
 fn service(
+    node: &str,
     key: &str,
     s: &pb::Service,
     kept: &BTreeMap<&str, Arc<Workload>>,
@@ -306,10 +308,12 @@ fn service(
         })
         .collect();
     let mut service = Service::new(format!("{}/{}", s.namespace, s.name), vips, ports, waypoint);
+    // `internalTrafficPolicy: Local`: only this node's endpoints serve its pods (none: refused).
     service.endpoints = s
         .endpoints
         .iter()
         .filter_map(|e| kept.get(e.workload_uid.as_str()).cloned())
+        .filter(|w| !s.node_local || w.node == node)
         .collect();
     Some(service)
 }
