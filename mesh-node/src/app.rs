@@ -23,7 +23,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::{
     admin,
-    certs::{CertManager, CertsError},
+    certs::{self, CertManager},
     config::Config,
     inpod::{self, InPodListeners, InPodSettings},
     metrics::Metrics,
@@ -43,9 +43,6 @@ const READINESS_STOP_DEADLINE: Duration = Duration::from_secs(1);
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// Certificates could not be obtained.
-    #[error(transparent)]
-    Certs(#[from] CertsError),
     /// The certificate source could not be set up.
     #[error(transparent)]
     Ca(#[from] crate::ca_source::CaSourceError),
@@ -91,6 +88,8 @@ pub struct Bound {
     drain: DrainTrigger,
     deadline: Duration,
     mesh_changed: Arc<Notify>,
+    /// Wakes the background fetch of certificates an update could not get.
+    certs_missing: Arc<Notify>,
     in_pod: watch::Receiver<BTreeMap<IpAddr, PathBuf>>,
     steering: Arc<OnceLock<Arc<Steering>>>,
     /// The mesh view names the node's pods (static config, or the first feed version applied).
@@ -122,24 +121,34 @@ impl Bound {
         }
     }
 
-    /// Applies a new mesh description (workloads, services, waypoints, peer authentication and
+    /// Applies a new mesh description (workloads, services, waypoints, their mTLS modes and
     /// policies; listeners, CA and node name are fixed at start-up). Certificates for new local
-    /// identities are fetched first, so traffic is never routed to an identity without one; on
-    /// any error the current state stays in force. Returns how many live connections were
-    /// closed: those whose local pod left the mesh (inbound to it, outbound from it) and those
-    /// the new policies deny.
-    pub async fn update_mesh(&self, state: State, policies: Policies) -> Result<usize, AppError> {
-        self.proxy
+    /// identities are fetched first, so traffic is routed to an identity only once it has one.
+    /// An identity the CA refuses does not hold the version back (its policies and every other
+    /// pod's changes apply): that pod's mTLS traffic is refused, readiness names it, and a
+    /// background fetch retries with backoff. Returns how many live connections were closed:
+    /// those whose local pod left the mesh (inbound to it, outbound from it) and those the new
+    /// policies deny.
+    pub async fn update_mesh(&self, state: State, policies: Policies) -> usize {
+        let failures = self
+            .proxy
             .certs
             .ensure(
                 state.local_identities(),
                 self.source.clone(),
                 &self.drain.watch(),
             )
-            .await?;
+            .await;
+        for (identity, error) in &failures {
+            tracing::warn!(%identity, %error, "no certificate for a local identity; its mTLS traffic is refused until one is fetched");
+        }
         let state = Arc::new(state);
         self.proxy.state.store(state.clone());
         self.proxy.certs.retain(&state.local_identities());
+        if !failures.is_empty() {
+            // After the store: the background fetch reads the wanted identities from the state.
+            self.certs_missing.notify_one();
+        }
         self.mesh_changed.notify_one();
         if let Some(scanner) = self.scanner.get() {
             scanner.rescan();
@@ -150,7 +159,7 @@ impl Bound {
             .close_departed(|ip, name| state.local_workload(ip).is_some_and(|w| w.name == name));
         let revoked = self.proxy.authz.update(policies);
         self.void_admissions();
-        Ok(departed + revoked)
+        departed + revoked
     }
 
     /// The shared scan of pods' network namespaces (started on first use, if in-pod listeners
@@ -213,21 +222,18 @@ impl Bound {
         self.in_pod.clone()
     }
 
-    /// [`Bound::update_mesh`] for control feed `version`, recording the outcome for readiness.
+    /// [`Bound::update_mesh`] for control feed `version`, recording it for readiness.
     pub async fn apply_feed_version(
         &self,
         version: u64,
         state: State,
         policies: Policies,
-    ) -> Result<usize, AppError> {
-        let result = self.update_mesh(state, policies).await;
-        if result.is_ok() {
-            self.mesh_known.store(true, Ordering::Release);
-            self.mesh_changed.notify_one();
-        }
-        let outcome = result.as_ref().map(|_| ()).map_err(ToString::to_string);
-        self.ready.feed_outcome(version, outcome);
-        result
+    ) -> usize {
+        let closed = self.update_mesh(state, policies).await;
+        self.mesh_known.store(true, Ordering::Release);
+        self.mesh_changed.notify_one();
+        self.ready.feed_applied(version);
+        closed
     }
 
     /// Why the node is not ready (empty when ready), as `/healthz/ready` reports it.
@@ -291,7 +297,7 @@ pub async fn build_with(
     policies: Policies,
     deps: Deps,
 ) -> Result<Bound, AppError> {
-    let certs = Arc::new(CertManager::load(state.local_identities(), deps.certs.as_ref()).await?);
+    let certs = Arc::new(CertManager::default());
     let proxy = Proxy {
         state: Arc::new(arc_swap::ArcSwap::from_pointee(state)),
         certs: certs.clone(),
@@ -304,7 +310,24 @@ pub async fn build_with(
         direct: Default::default(),
     };
     let (trigger, watch) = drain::channel();
-    certs.spawn_rotation(deps.certs.clone(), &watch);
+    // The first certificates come from the background fetch, like any missing one later: a CA
+    // that is down at start-up leaves the node up and not ready, never crash-looping.
+    let certs_missing = Arc::new(Notify::new());
+    let wanted = {
+        let state = proxy.state.clone();
+        move || state.load().local_identities()
+    };
+    let failures = certs.ensure(wanted(), deps.certs.clone(), &watch).await;
+    for (identity, error) in &failures {
+        tracing::warn!(%identity, %error, "no certificate for a local identity at start-up; retrying");
+    }
+    certs::spawn_refetch(
+        certs.clone(),
+        wanted,
+        deps.certs.clone(),
+        certs_missing.clone(),
+        watch.clone(),
+    );
     let l = &config.listeners;
     let bind = |name, addr| {
         deps.sockets
@@ -425,6 +448,7 @@ pub async fn build_with(
         drain: trigger,
         deadline: config.drain_deadline,
         mesh_changed,
+        certs_missing,
         in_pod,
         steering,
         mesh_known,

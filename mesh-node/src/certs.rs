@@ -1,17 +1,21 @@
 //! Certificates of the identities running on this node: fetched before traffic for them is
-//! routed, rotated at half-life, retired (rotation stopped) once no local pod has the identity,
-//! and the per-identity server TLS configs the HBONE listener presents.
+//! routed, fetched again in the background while the CA refuses one, rotated at half-life,
+//! retired (rotation stopped) once no local pod has the identity, and the per-identity server
+//! TLS configs the HBONE listener presents.
 
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use mesh_core::{
+    backoff::Backoff,
     drain::DrainWatch,
     identity::{CertificateSource, SourceError, SpiffeId},
     tls::{self, IdentityCert, TlsError},
 };
+use tokio::sync::Notify;
 
 /// Why certificates could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -47,36 +51,30 @@ impl std::fmt::Debug for CertManager {
 }
 
 impl CertManager {
-    /// Fetches a certificate for every identity.
-    pub async fn load(
-        identities: BTreeSet<SpiffeId>,
-        source: &dyn CertificateSource,
-    ) -> Result<Self, CertsError> {
-        let manager = Self::default();
-        for identity in identities {
-            let held = fetch(&identity, source).await?;
-            manager.write().insert(identity, held);
-        }
-        Ok(manager)
-    }
-
     /// Fetches certificates for the identities not held yet and starts their rotation. Existing
-    /// certificates are kept; [`Self::retain`] retires the ones no longer needed.
+    /// certificates are kept; [`Self::retain`] retires the ones no longer needed. An identity
+    /// the CA refuses does not hold back the others: every failure is returned, by identity
+    /// (that identity's mTLS traffic is refused until [`spawn_refetch`] gets it one).
     pub async fn ensure(
         &self,
         identities: BTreeSet<SpiffeId>,
         source: Arc<dyn CertificateSource>,
         drain: &DrainWatch,
-    ) -> Result<(), CertsError> {
+    ) -> Vec<(SpiffeId, CertsError)> {
+        let mut failures = Vec::new();
         for identity in identities {
             if self.get(&identity).is_some() {
                 continue;
             }
-            let mut held = fetch(&identity, source.as_ref()).await?;
-            held.rotation = Some(spawn_rotation(&held.cert, source.clone(), drain));
-            self.write().insert(identity, held);
+            match fetch(&identity, source.as_ref()).await {
+                Ok(mut held) => {
+                    held.rotation = Some(spawn_rotation(&held.cert, source.clone(), drain));
+                    self.write().insert(identity, held);
+                }
+                Err(error) => failures.push((identity, error)),
+            }
         }
-        Ok(())
+        failures
     }
 
     /// Retires every identity not in `keep`: its certificate is no longer presented or renewed
@@ -112,16 +110,6 @@ impl CertManager {
         ids
     }
 
-    /// Starts the rotation of every certificate that has none; each ends when `drain` fires or
-    /// the identity is retired.
-    pub fn spawn_rotation(&self, source: Arc<dyn CertificateSource>, drain: &DrainWatch) {
-        for held in self.write().values_mut() {
-            if held.rotation.is_none() {
-                held.rotation = Some(spawn_rotation(&held.cert, source.clone(), drain));
-            }
-        }
-    }
-
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SpiffeId, Held>> {
         // A plain map: a panicking writer cannot leave it half-updated.
         self.certs.read().unwrap_or_else(|p| p.into_inner())
@@ -130,6 +118,50 @@ impl CertManager {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SpiffeId, Held>> {
         self.certs.write().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// First and longest wait between attempts to fetch missing certificates.
+const REFETCH_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
+
+/// Fetches, until `drain`, the certificates of the identities `wanted()` names that `certs` does
+/// not hold: at once when `wake` is notified (an update left some without one), then again
+/// after a jittered backoff (1 s doubling to 60 s) while the CA refuses, so a CA outage is not
+/// hammered by every node.
+pub fn spawn_refetch(
+    certs: Arc<CertManager>,
+    wanted: impl Fn() -> BTreeSet<SpiffeId> + Send + 'static,
+    source: Arc<dyn CertificateSource>,
+    wake: Arc<Notify>,
+    mut drain: DrainWatch,
+) {
+    tokio::spawn(async move {
+        let mut backoff = Backoff::new(REFETCH_BACKOFF.0, REFETCH_BACKOFF.1);
+        loop {
+            let missing: BTreeSet<SpiffeId> = wanted()
+                .into_iter()
+                .filter(|identity| certs.get(identity).is_none())
+                .collect();
+            let failures = match missing.is_empty() {
+                true => Vec::new(),
+                false => certs.ensure(missing, source.clone(), &drain).await,
+            };
+            if failures.is_empty() {
+                backoff.reset();
+                tokio::select! {
+                    () = wake.notified() => continue,
+                    () = drain.signaled() => return,
+                }
+            }
+            let delay = backoff.next(false);
+            for (identity, error) in &failures {
+                tracing::warn!(%identity, %error, retry_in = ?delay, "certificate still missing; its mTLS traffic is refused");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = drain.signaled() => return,
+            }
+        }
+    });
 }
 
 /// Rotates `cert` until `drain` fires or the returned sender is dropped.
@@ -184,10 +216,8 @@ mod tests {
         let (_drain, watch) = mesh_core::drain::channel();
         let manager = CertManager::default();
         let both = BTreeSet::from([id("stays"), id("leaves")]);
-        manager
-            .ensure(both, source, &watch)
-            .await
-            .expect("certificates");
+        let failures = manager.ensure(both, source, &watch).await;
+        assert!(failures.is_empty(), "{failures:?}");
         let leaving = manager.get(&id("leaves")).expect("held");
         // Held by the manager (certificate and server config), its rotation task and this test.
         assert!(Arc::strong_count(&leaving) > 2);

@@ -273,8 +273,8 @@ async fn next_snapshot(feed: &mut Option<ControlFeed>) -> Option<Arc<MeshSnapsho
     }
 }
 
-/// Makes `snapshot` the node's mesh; a version the node cannot use leaves the previous one in
-/// force.
+/// Makes `snapshot` the node's mesh. What the node cannot use is left out piece by piece
+/// (warnings), never the whole version.
 async fn apply_snapshot(
     bound: &app::Bound,
     enrollment: Option<&EnrollmentHandle>,
@@ -292,27 +292,18 @@ async fn apply_snapshot(
     let policy_count = policies.len();
     let wanted = enrollment::wanted(&state);
     let workload_count = state.workloads().len();
-    match bound
+    let closed = bound
         .apply_feed_version(snapshot.version, state, policies)
-        .await
-    {
-        Ok(closed) => {
-            tracing::info!(
-                version = snapshot.version,
-                workloads = workload_count,
-                policies = policy_count,
-                closed,
-                "mesh updated from mesh-control"
-            );
-            if let Some(enrollment) = enrollment {
-                enrollment.set_wanted(wanted);
-            }
-        }
-        Err(error) => tracing::warn!(
-            version = snapshot.version,
-            %error,
-            "control feed version rejected; keeping the previous mesh"
-        ),
+        .await;
+    tracing::info!(
+        version = snapshot.version,
+        workloads = workload_count,
+        policies = policy_count,
+        closed,
+        "mesh updated from mesh-control"
+    );
+    if let Some(enrollment) = enrollment {
+        enrollment.set_wanted(wanted);
     }
 }
 

@@ -2,8 +2,8 @@
 //! with every reason on the page, so an operator sees why a node stays out of rotation.
 //!
 //! Not ready while: the node is draining; it follows mesh-control and no feed version has been
-//! applied yet (the page says why the last one was rejected, e.g. a certificate fetch failure);
-//! or a local workload has no certificate yet. Conditions are computed on every probe.
+//! applied yet; or a local workload has no certificate yet (the page names the identities; the
+//! CA may be refusing them). Conditions are computed on every probe.
 
 use std::{
     convert::Infallible,
@@ -31,17 +31,10 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where the node is with the control feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FeedProgress {
-    /// Static mode: the mesh comes from the config file.
+    /// Static mode: the mesh comes from a saved feed, or is empty.
     NotFollowing,
     /// Following mesh-control; nothing received yet.
     Waiting,
-    /// A version arrived but could not be applied (and none has been before).
-    Rejected {
-        /// The feed version.
-        version: u64,
-        /// Why.
-        error: String,
-    },
     /// A complete version is in force.
     Applied {
         /// The feed version.
@@ -86,17 +79,10 @@ impl ReadyState {
         self.draining.store(true, Ordering::Release);
     }
 
-    /// Records the outcome of applying feed `version`. A rejection after an applied version
-    /// keeps the node ready (it serves the previous mesh).
-    pub fn feed_outcome(&self, version: u64, outcome: Result<(), String>) {
+    /// Records that feed `version` is in force.
+    pub fn feed_applied(&self, version: u64) {
         let mut feed = self.feed.lock().unwrap_or_else(|p| p.into_inner());
-        match outcome {
-            Ok(()) => *feed = FeedProgress::Applied { version },
-            Err(error) if !matches!(*feed, FeedProgress::Applied { .. }) => {
-                *feed = FeedProgress::Rejected { version, error };
-            }
-            Err(_) => {}
-        }
+        *feed = FeedProgress::Applied { version };
     }
 
     /// Why the node is not ready; empty when it is.
@@ -109,9 +95,6 @@ impl ReadyState {
             FeedProgress::Waiting => {
                 reasons.push("waiting for the first complete version of the control feed".into())
             }
-            FeedProgress::Rejected { version, error } => reasons.push(format!(
-                "control feed version {version} could not be applied: {error}"
-            )),
             FeedProgress::NotFollowing | FeedProgress::Applied { .. } => {}
         }
         let held = self.proxy.certs.identities();
@@ -219,16 +202,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn feed_rejection_after_an_applied_version_keeps_the_node_ready() {
+    async fn following_the_feed_waits_for_the_first_applied_version() {
         let ready = ReadyState::new(proxy_without_certificates(), true);
-        ready.feed_outcome(4, Err("ca down".into()));
         let reasons = ready.not_ready_reasons();
         assert!(
-            reasons.contains(&"control feed version 4 could not be applied: ca down".to_owned()),
+            reasons
+                .iter()
+                .any(|r| r.contains("waiting for the first complete version")),
             "{reasons:?}"
         );
-        ready.feed_outcome(5, Ok(()));
-        ready.feed_outcome(6, Err("ca down".into()));
+        ready.feed_applied(5);
         assert!(
             !ready.not_ready_reasons().iter().any(|r| r.contains("feed")),
             "{:?}",

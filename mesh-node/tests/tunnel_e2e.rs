@@ -215,7 +215,7 @@ async fn plaintext_honours_workload_and_port_modes() {
         db.port_mtls
             .insert(db_port, pb::MtlsMode::Permissive as i32);
     });
-    mesh.b.update_mesh(state, Default::default()).await.unwrap();
+    mesh.b.update_mesh(state, Default::default()).await;
     let outsider = "127.0.0.99".parse().unwrap();
     let mut accepted = mesh.net.plaintext_connect(outsider, mesh.db).await.unwrap();
     round_trip(&mut accepted, b"port permissive").await.unwrap();
@@ -230,7 +230,7 @@ async fn plaintext_honours_workload_and_port_modes() {
         let db = s.workloads.get_mut("data/db-0").unwrap();
         db.mtls = pb::MtlsMode::Strict as i32;
     });
-    mesh.b.update_mesh(state, Default::default()).await.unwrap();
+    mesh.b.update_mesh(state, Default::default()).await;
     let mut refused = mesh.net.plaintext_connect(outsider, mesh.db).await.unwrap();
     expect_closed(&mut refused).await;
     let mut accepted = mesh

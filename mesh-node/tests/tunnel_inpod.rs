@@ -201,7 +201,7 @@ async fn pod_is_reached_on_its_own_ip_and_listener_follows_the_pod() -> Result<(
     );
 
     node.update_mesh(state(&pod, false), Policies::default())
-        .await?;
+        .await;
     wait_listeners(&mut view, |open| open.is_empty()).await?;
     // The listener stops accepting once its server task sees the stop signal, just after the
     // view is published: poll, bounded, until connects are refused.

@@ -1,5 +1,6 @@
 //! Readiness of a node that follows mesh-control: 503 with the reason until a complete feed
-//! version is applied with certificates for its workloads, 200 then, 503 again when draining.
+//! version is applied and its workloads have certificates, 200 then, 503 again when draining. A
+//! CA that refuses one pod holds back neither the version nor the other pods.
 
 mod tunnel_support;
 
@@ -20,7 +21,7 @@ use mesh_node::{
     socket::SystemSockets,
     state::State,
 };
-use tunnel_support::{http_get, state_for, TestCa};
+use tunnel_support::{http_get, policies, state_for, TestCa};
 
 /// A CA that can be switched off, like mesh-control while it is unreachable.
 struct SwitchableCa {
@@ -65,6 +66,23 @@ fn state(pods: &[(&str, &str)]) -> State {
     state_for("n1", &MeshSnapshot::of(workloads, []))
 }
 
+/// Polls readiness until 200 (the background certificate fetch retries within seconds).
+async fn wait_ready(node: &app::Bound) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = http_get(node.readiness, "/healthz/ready").await;
+        if status == 200 {
+            assert!(node.not_ready_reasons().is_empty());
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still not ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_until_a_feed_version_with_certificates_is_applied() {
     let ca = TestCa::new();
@@ -88,36 +106,45 @@ async fn not_ready_until_a_feed_version_with_certificates_is_applied() {
         "{body}"
     );
 
-    // Version 1 names a local pod, but the CA is down: rejected, and the page says why.
+    // Version 1 names a local pod, but the CA is down: the version applies (so its policies
+    // are in force) and the page names the identity still without a certificate.
     let local = ("app-0", "10.9.0.1");
-    assert!(node
-        .apply_feed_version(1, state(&[local]), Default::default())
-        .await
-        .is_err());
+    node.apply_feed_version(1, state(&[local]), Default::default())
+        .await;
     let (status, body) = http_get(node.readiness, "/healthz/ready").await;
     assert_eq!(status, 503, "{body}");
     assert!(
-        body.contains("control feed version 1 could not be applied")
-            && body.contains("spiffe://cluster.local/ns/apps/sa/app"),
+        body.contains("no certificate yet for spiffe://cluster.local/ns/apps/sa/app")
+            && !body.contains("waiting for the first"),
         "{body}"
     );
 
+    // The CA comes back: the background fetch gets the certificate without another version.
     certs.up.store(true, Ordering::Release);
-    node.apply_feed_version(2, state(&[local]), Default::default())
-        .await
-        .unwrap();
-    let (status, body) = http_get(node.readiness, "/healthz/ready").await;
-    assert_eq!(status, 200, "{body}");
-    assert!(node.not_ready_reasons().is_empty());
+    wait_ready(&node).await;
 
-    // A later rejected version leaves the previous mesh in force: still ready.
+    // A later version whose new pod the CA refuses applies too: the deny-all policy it brings
+    // is enforced at once; only the new pod waits for its certificate.
     certs.up.store(false, Ordering::Release);
     let more = [local, ("new-0", "10.9.0.2")];
-    assert!(node
-        .apply_feed_version(3, state(&more), Default::default())
-        .await
-        .is_err());
-    assert_eq!(http_get(node.readiness, "/healthz/ready").await.0, 200);
+    let deny_all = policies(
+        "[{key: apps/deny-all, name: deny-all, namespace: apps, scope: POLICY_SCOPE_NAMESPACE, \
+         action: POLICY_ACTION_DENY, rules: [{}]}]",
+        &[],
+    );
+    node.apply_feed_version(3, state(&more), deny_all).await;
+    let (_, dump) = http_get(node.admin, "/config_dump").await;
+    assert!(dump.contains("\"policies\": 1"), "{dump}");
+    let (status, body) = http_get(node.readiness, "/healthz/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("spiffe://cluster.local/ns/apps/sa/new")
+            && !body.contains("sa/app,")
+            && !body.contains("sa/app\n"),
+        "only the new pod lacks a certificate: {body}"
+    );
+    certs.up.store(true, Ordering::Release);
+    wait_ready(&node).await;
 
     // Draining shows as soon as shutdown is called, before the drain runs.
     let readiness = node.readiness;

@@ -276,6 +276,8 @@ pub struct MeshOptions {
     pub node_b_policies: Policies,
     pub node_a_trust_domain: &'static str,
     pub node_a_source: Option<Arc<dyn CertificateSource>>,
+    /// Node b's certificate source (the test CA's when absent).
+    pub node_b_source: Option<Arc<dyn CertificateSource>>,
 }
 
 impl Default for MeshOptions {
@@ -285,6 +287,7 @@ impl Default for MeshOptions {
             node_b_policies: Policies::default(),
             node_a_trust_domain: "cluster.local",
             node_a_source: None,
+            node_b_source: None,
         }
     }
 }
@@ -376,7 +379,7 @@ impl Mesh {
             options.node_b_policies,
             Deps {
                 sockets: sockets.clone(),
-                certs: ca.source(),
+                certs: options.node_b_source.unwrap_or_else(|| ca.source()),
             },
         )
         .await
