@@ -2,7 +2,7 @@
 //! [`Bound`] with the real addresses and the drain handle, so tests run it in-process.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{
@@ -36,6 +36,34 @@ use crate::{
     socket::{FactoryDialer, SocketFactory, SystemSockets},
     state::State,
 };
+
+/// Longest a feed version (or start-up) waits for new local identities' certificates; those
+/// still missing then are fetched in the background, so a CA outage delays no version for long.
+const CERTIFICATE_WAIT: Duration = Duration::from_secs(5);
+
+/// Fetches the certificates of `identities` not held yet, for at most [`CERTIFICATE_WAIT`];
+/// whether every one was obtained. Failures are logged (the pod's mTLS traffic is refused until
+/// the background fetch gets it one).
+async fn fetch_certificates(
+    certs: &CertManager,
+    identities: BTreeSet<SpiffeId>,
+    source: &Arc<dyn CertificateSource>,
+    drain: &drain::DrainWatch,
+) -> bool {
+    let ensure = certs.ensure(identities, source.clone(), drain);
+    match tokio::time::timeout(CERTIFICATE_WAIT, ensure).await {
+        Ok(failures) => {
+            for (identity, error) in &failures {
+                tracing::warn!(%identity, %error, "no certificate for a local identity; its mTLS traffic is refused until the background fetch gets one");
+            }
+            failures.is_empty()
+        }
+        Err(_) => {
+            tracing::warn!(after = ?CERTIFICATE_WAIT, "certificate fetches still pending; continuing them in the background");
+            false
+        }
+    }
+}
 
 /// Bound on stopping the readiness server once the main drain has ended.
 const READINESS_STOP_DEADLINE: Duration = Duration::from_secs(1);
@@ -130,22 +158,17 @@ impl Bound {
     /// those whose local pod left the mesh (inbound to it, outbound from it) and those the new
     /// policies deny.
     pub async fn update_mesh(&self, state: State, policies: Policies) -> usize {
-        let failures = self
-            .proxy
-            .certs
-            .ensure(
-                state.local_identities(),
-                self.source.clone(),
-                &self.drain.watch(),
-            )
-            .await;
-        for (identity, error) in &failures {
-            tracing::warn!(%identity, %error, "no certificate for a local identity; its mTLS traffic is refused until one is fetched");
-        }
+        let complete = fetch_certificates(
+            &self.proxy.certs,
+            state.local_identities(),
+            &self.source,
+            &self.drain.watch(),
+        )
+        .await;
         let state = Arc::new(state);
         self.proxy.state.store(state.clone());
         self.proxy.certs.retain(&state.local_identities());
-        if !failures.is_empty() {
+        if !complete {
             // After the store: the background fetch reads the wanted identities from the state.
             self.certs_missing.notify_one();
         }
@@ -317,10 +340,7 @@ pub async fn build_with(
         let state = proxy.state.clone();
         move || state.load().local_identities()
     };
-    let failures = certs.ensure(wanted(), deps.certs.clone(), &watch).await;
-    for (identity, error) in &failures {
-        tracing::warn!(%identity, %error, "no certificate for a local identity at start-up; retrying");
-    }
+    fetch_certificates(&certs, wanted(), &deps.certs, &watch).await;
     certs::spawn_refetch(
         certs.clone(),
         wanted,
