@@ -287,10 +287,12 @@ fn is_cluster_scoped(kind: Kind) -> bool {
     kind == Kind::Namespace
 }
 
-/// Parses one document or API object. `Ok(None)` means a kind the mesh does not read.
+/// Parses one document or API object. `Ok(None)` means a kind the mesh does not read. Fields
+/// of an accepted object that Weft does not read are added to `notes` (the object still applies).
 pub fn parse_document(
     origin: &str,
     value: serde_yaml::Value,
+    notes: &mut Vec<Diagnostic>,
 ) -> Result<Option<(ObjectKey, Resource)>, Diagnostic> {
     let api_version = str_at(&value, &["apiVersion"]).to_string();
     let kind_name = str_at(&value, &["kind"]).to_string();
@@ -321,8 +323,21 @@ pub fn parse_document(
         return Err(diagnostic("metadata.name", "missing".to_string()));
     }
     let selector = (kind == Kind::PeerAuthentication).then(|| lenient_selector(&value));
+    let spec = value.get("spec").cloned();
     match parse_kind(kind, value) {
-        Ok(resource) => Ok(Some((key, resource))),
+        Ok(resource) => {
+            if let (Some(spec), Some(read)) = (spec, read_back_spec(&resource)) {
+                let mut unread = Vec::new();
+                unread_fields(&spec, &read, "spec", &mut unread);
+                notes.extend(unread.into_iter().map(|field| {
+                    diagnostic(
+                        &field,
+                        "not read by weft; this field is ignored".to_string(),
+                    )
+                }));
+            }
+            Ok(Some((key, resource)))
+        }
         Err((field, message)) if kind == Kind::PeerAuthentication => {
             let error = format!("field {field}: {message}");
             let selector = selector.flatten();
@@ -338,6 +353,80 @@ pub fn parse_document(
             }
             Err(diagnostic(&field, message))
         }
+    }
+}
+
+/// The `spec` of a routing or gateway object as Weft's type holds it, written back: a field of
+/// the document that is not in it was dropped on parsing. The security kinds collect their
+/// unknown fields themselves (`typed_security`); the Kubernetes core kinds are not checked.
+fn read_back_spec(resource: &Resource) -> Option<serde_yaml::Value> {
+    let spec = match resource {
+        Resource::VirtualService(o) => serde_yaml::to_value(&o.spec),
+        Resource::DestinationRule(o) => serde_yaml::to_value(&o.spec),
+        Resource::ServiceEntry(o) => serde_yaml::to_value(&o.spec),
+        Resource::Gateway(o) => serde_yaml::to_value(&o.spec),
+        Resource::HttpRoute(o) => serde_yaml::to_value(&o.spec),
+        Resource::K8sGateway(o) => serde_yaml::to_value(&o.spec),
+        _ => return None,
+    };
+    spec.ok()
+}
+
+/// Paths (from `at`) of the keys of `written` that `read` does not have, where the value says
+/// something (an empty list, map or string, `null`, `false` or 0 is what an absent field means).
+/// Keys the types catch as unsupported are written back, and reported by the translation.
+fn unread_fields(
+    written: &serde_yaml::Value,
+    read: &serde_yaml::Value,
+    at: &str,
+    out: &mut Vec<String>,
+) {
+    use serde_yaml::Value;
+    match (written, read) {
+        (Value::Mapping(written), Value::Mapping(read)) => {
+            let read: BTreeMap<String, &Value> = read
+                .iter()
+                .filter_map(|(k, v)| Some((key_text(k)?, v)))
+                .collect();
+            for (key, value) in written {
+                let Some(key) = key_text(key) else { continue };
+                let path = format!("{at}.{key}");
+                match read.get(&key) {
+                    Some(read) => unread_fields(value, read, &path, out),
+                    None if says_something(value) => out.push(path),
+                    None => {}
+                }
+            }
+        }
+        (Value::Sequence(written), Value::Sequence(read)) => {
+            for (index, (written, read)) in written.iter().zip(read).enumerate() {
+                unread_fields(written, read, &format!("{at}[{index}]"), out);
+            }
+        }
+        (Value::Tagged(written), read) => unread_fields(&written.value, read, at, out),
+        _ => {}
+    }
+}
+
+fn key_text(key: &serde_yaml::Value) -> Option<String> {
+    match key {
+        serde_yaml::Value::String(text) => Some(text.clone()),
+        serde_yaml::Value::Number(number) => Some(number.to_string()),
+        serde_yaml::Value::Bool(flag) => Some(flag.to_string()),
+        _ => None,
+    }
+}
+
+fn says_something(value: &serde_yaml::Value) -> bool {
+    use serde_yaml::Value;
+    match value {
+        Value::Null => false,
+        Value::Bool(flag) => *flag,
+        Value::Number(number) => number.as_f64() != Some(0.0),
+        Value::String(text) => !text.is_empty(),
+        Value::Sequence(items) => !items.is_empty(),
+        Value::Mapping(map) => !map.is_empty(),
+        Value::Tagged(tagged) => says_something(&tagged.value),
     }
 }
 
@@ -394,7 +483,7 @@ pub fn parse_yaml(origin: &str, text: &str, out: &mut Parsed) -> bool {
                 return false;
             }
         };
-        match parse_document(&doc_origin, value) {
+        match parse_document(&doc_origin, value, &mut out.diagnostics) {
             Ok(Some((key, resource))) => out.objects.push((key, doc_origin, resource)),
             Ok(None) => {}
             Err(diagnostic) => out.diagnostics.push(diagnostic),

@@ -970,6 +970,64 @@ spec:
     assert_eq!(snap.traffic_policies.len(), 1);
 }
 
+/// Fields no Weft type defines, below the levels that catch unknown keys, used to vanish on
+/// parsing. Each one now gets a diagnostic naming its path; fields that say nothing (empty
+/// lists, `false`) do not, and the object still applies.
+#[test]
+fn fields_weft_does_not_read_are_named_wherever_they_are() {
+    let snap = snapshot_of(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: app}
+spec:
+  hosts: [api.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  subjectAltNames: [spiffe://cluster.local/ns/app/sa/api]
+  addresses: [192.0.2.10]
+  endpoints: [{address: 192.0.2.10}]
+  ports: [{number: 443, name: https, protocol: TLS}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: app}
+spec:
+  hosts: [web]
+  http:
+  - route:
+    - destination: {host: web, port: {number: 80}}
+      headers: {request: {set: {x-canary: "1"}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: app}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+    defaultEndpoint: 127.0.0.1:8080
+    bind: ""
+"#,
+    );
+    let unread: Vec<(&str, &str)> = snap
+        .diagnostics
+        .iter()
+        .filter(|d| d.message.contains("not read by weft"))
+        .map(|d| (d.object.as_str(), d.field.as_str()))
+        .collect();
+    assert_eq!(
+        unread,
+        [
+            ("ServiceEntry app/ext", "spec.subjectAltNames"),
+            ("VirtualService app/web", "spec.http[0].route[0].headers"),
+            ("Gateway app/gw", "spec.servers[0].defaultEndpoint"),
+        ]
+    );
+    assert_eq!(snap.routes.len(), 1, "the object still applies");
+}
+
 /// Istio's documentation writes `portLevelMtls` keys as bare integers
 /// (istio.io/latest/docs/reference/config/security/peer_authentication/).
 #[test]

@@ -96,7 +96,12 @@ fn to_resource(
         map.insert("kind".into(), ar.kind.clone().into());
     }
     let yaml = serde_yaml::to_value(&value).ok()?;
-    match parse_document(ORIGIN, yaml) {
+    let mut notes = Vec::new();
+    let parsed = parse_document(ORIGIN, yaml, &mut notes);
+    for note in notes {
+        tracing::warn!(kind = kind.as_str(), diagnostic = %note, "field not read");
+    }
+    match parsed {
         Ok(parsed) => parsed,
         Err(diagnostic) => {
             tracing::warn!(kind = kind.as_str(), %diagnostic, "ignoring malformed object");
