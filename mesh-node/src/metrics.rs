@@ -33,6 +33,9 @@ impl EncodeLabelValue for Reporter {
     }
 }
 
+/// The cluster every known workload is in: Istio's default cluster ID (Weft runs one cluster).
+pub const CLUSTER_ID: &str = "Kubernetes";
+
 /// Labels of the `istio_tcp_*` metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
@@ -48,6 +51,12 @@ pub struct TcpLabels {
     pub source_canonical_revision: String,
     /// Source SPIFFE principal.
     pub source_principal: String,
+    /// Source app: its canonical service, as ztunnel writes it.
+    pub source_app: String,
+    /// Source version: its canonical revision.
+    pub source_version: String,
+    /// Source cluster ([`CLUSTER_ID`] for a known workload).
+    pub source_cluster: String,
     /// Destination workload: its controller's name.
     pub destination_workload: String,
     /// Destination namespace.
@@ -58,6 +67,14 @@ pub struct TcpLabels {
     pub destination_canonical_revision: String,
     /// Destination SPIFFE principal.
     pub destination_principal: String,
+    /// Destination app: its canonical service.
+    pub destination_app: String,
+    /// Destination version: its canonical revision.
+    pub destination_version: String,
+    /// Destination cluster ([`CLUSTER_ID`] for a known workload).
+    pub destination_cluster: String,
+    /// Always `tcp` at the node (the waypoint reports requests).
+    pub request_protocol: &'static str,
     /// `mutual_tls` or `none`.
     pub connection_security_policy: String,
 }
@@ -260,21 +277,26 @@ mod tests {
 
     #[test]
     fn record_updates_istio_counters() {
+        use mesh_core::proto::build;
+
+        use crate::feed::{convert::state_of, MeshSnapshot};
+
         let metrics = Metrics::new();
-        let labels = TcpLabels {
-            reporter: Reporter::Destination,
-            source_workload: "a".into(),
-            source_canonical_service: "a".into(),
-            source_canonical_revision: "latest".into(),
-            source_workload_namespace: "ns".into(),
-            source_principal: "spiffe://cluster.local/ns/ns/sa/a".into(),
-            destination_workload: "b".into(),
-            destination_canonical_service: "b".into(),
-            destination_canonical_revision: "v1".into(),
-            destination_workload_namespace: "ns".into(),
-            destination_principal: "spiffe://cluster.local/ns/ns/sa/b".into(),
-            connection_security_policy: "mutual_tls".into(),
-        };
+        let mut b = build::workload("ns", "b-0", "b", "10.0.0.2".parse().unwrap(), "n1");
+        b.labels = [("app", "bee"), ("version", "v1")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let a = build::workload("ns", "a-0", "a", "10.0.0.1".parse().unwrap(), "n2");
+        let state = state_of("n1", &MeshSnapshot::of([a, b], []));
+        let source = state.workload("10.0.0.1".parse().unwrap()).unwrap();
+        let dest = state.workload("10.0.0.2".parse().unwrap()).unwrap();
+        let labels = crate::proxy::labels(
+            Reporter::Destination,
+            Some(&source.meta),
+            Some(source.identity.to_string()),
+            Some(dest),
+            true,
+        );
         metrics.opened(&labels);
         metrics.record(&ConnectionRecord {
             labels: labels.clone(),
@@ -296,6 +318,25 @@ mod tests {
         assert!(
             text.contains("connection_security_policy=\"mutual_tls\""),
             "{text}"
+        );
+        // Istio's standard labels, with ztunnel's values: app and version are the canonical
+        // service and revision, the cluster Istio's default ID, the protocol tcp.
+        for label in [
+            "source_app=\"a-0\"",
+            "source_version=\"latest\"",
+            "source_cluster=\"Kubernetes\"",
+            "destination_app=\"bee\"",
+            "destination_version=\"v1\"",
+            "destination_cluster=\"Kubernetes\"",
+            "request_protocol=\"tcp\"",
+        ] {
+            assert!(text.contains(label), "{label} missing: {text}");
+        }
+        let unknown = crate::proxy::labels(Reporter::Destination, None, None, Some(dest), true);
+        assert_eq!(
+            (unknown.source_app.as_str(), unknown.source_cluster.as_str()),
+            ("unknown", "unknown"),
+            "an unknown source is unknown, as in Istio"
         );
     }
 

@@ -31,7 +31,7 @@ use tokio::{
 
 use crate::{
     certs::CertManager,
-    metrics::{Metrics, Outcome, TcpLabels},
+    metrics::{Metrics, Outcome, TcpLabels, CLUSTER_ID},
     pod_net::{PodNet, PodNets},
     policy::{Authorizer, ConnectionGuard},
     socket::SocketFactory,
@@ -198,6 +198,7 @@ pub fn labels(
     mtls: bool,
 ) -> TcpLabels {
     let dest_meta = dest.map(|w| &w.meta);
+    let cluster = |known: bool| if known { CLUSTER_ID } else { "unknown" }.to_owned();
     TcpLabels {
         reporter,
         source_workload: label(source, |m| &m.workload_name),
@@ -205,11 +206,18 @@ pub fn labels(
         source_canonical_service: label(source, |m| &m.canonical_service),
         source_canonical_revision: label(source, |m| &m.canonical_revision),
         source_principal: source_principal.unwrap_or_else(|| "unknown".into()),
+        source_app: label(source, |m| &m.canonical_service),
+        source_version: label(source, |m| &m.canonical_revision),
+        source_cluster: cluster(source.is_some()),
         destination_workload: label(dest_meta, |m| &m.workload_name),
         destination_workload_namespace: label(dest_meta, |m| &m.namespace),
         destination_canonical_service: label(dest_meta, |m| &m.canonical_service),
         destination_canonical_revision: label(dest_meta, |m| &m.canonical_revision),
         destination_principal: dest.map_or("unknown".into(), |w| w.identity.to_string()),
+        destination_app: label(dest_meta, |m| &m.canonical_service),
+        destination_version: label(dest_meta, |m| &m.canonical_revision),
+        destination_cluster: cluster(dest.is_some()),
+        request_protocol: "tcp",
         connection_security_policy: if mtls { "mutual_tls" } else { "none" }.into(),
     }
 }
