@@ -113,8 +113,8 @@ mod tests {
         let p2 = build::workload("ns", "p2", "sa", ip("10.0.0.2"), "b");
         let mut p4 = build::workload("ns", "p4", "sd", ip("10.0.0.4"), "b");
         p4.addresses.push(address_bytes(&ip("fd00::4")));
-        let wp_pod = build::workload("ns", "wp-0", "wp-sa", ip("10.0.9.9"), "c");
-        let wp = build::service("ns", "wp", ip("10.96.9.9"), &[(15008, 0)], &[&wp_pod]);
+        let (wp_pod, wp) =
+            build::waypoint("ns", "wp", "wp-sa", (ip("10.0.9.9"), "c"), ip("10.96.9.9"));
         let binding = build::waypoint_ref(&wp, 15008);
         let mut p3 = build::workload("ns", "p3", "sb", ip("10.0.0.3"), "b");
         p3.waypoint = Some(binding.clone());

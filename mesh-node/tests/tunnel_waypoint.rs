@@ -63,20 +63,9 @@ async fn service_bound_to_waypoint_goes_through_it_with_the_vip_authority() {
     // The waypoint's pod (on a third node) listens on wp_addr: the node dials the pod, not the
     // waypoint Service's VIP.
     let edit = move |snapshot: &mut MeshSnapshot| {
-        let wp_pod = pod(
-            "data",
-            "wp-0",
-            "waypoint",
-            &wp_addr.ip().to_string(),
-            "node-w",
-        );
-        let wp = build::service(
-            "data",
-            "wp",
-            "10.96.0.9".parse().unwrap(),
-            &[(15008, 0)],
-            &[&wp_pod],
-        );
+        let wp_at = (wp_addr.ip(), "node-w");
+        let vip = "10.96.0.9".parse().unwrap();
+        let (wp_pod, wp) = build::waypoint("data", "wp", "waypoint", wp_at, vip);
         let cache = &snapshot.workloads["data/cache-0"];
         let mut reviews = build::service(
             "data",

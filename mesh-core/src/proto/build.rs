@@ -68,6 +68,26 @@ pub fn service(
     }
 }
 
+/// A waypoint `namespace/name` as mesh-control sends it: its one pod (`<name>-0`, service
+/// account `service_account`, at `pod_ip` on `node`) and its Service on `vip`, port 15008.
+pub fn waypoint(
+    namespace: &str,
+    name: &str,
+    service_account: &str,
+    (pod_ip, node): (IpAddr, &str),
+    vip: IpAddr,
+) -> (pb::Workload, pb::Service) {
+    let pod = workload(
+        namespace,
+        &format!("{name}-0"),
+        service_account,
+        pod_ip,
+        node,
+    );
+    let service = service(namespace, name, vip, &[(15008, 0)], &[&pod]);
+    (pod, service)
+}
+
 /// A binding to the waypoint whose Service is `waypoint`, reached on `hbone_port` of its pods.
 pub fn waypoint_ref(waypoint: &pb::Service, hbone_port: u16) -> pb::WaypointRef {
     pb::WaypointRef {
@@ -81,6 +101,10 @@ pub fn waypoint_ref(waypoint: &pb::Service, hbone_port: u16) -> pb::WaypointRef 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 9, last])
+    }
 
     #[test]
     fn built_messages_hold_what_the_control_plane_sends() {
@@ -99,6 +123,11 @@ mod tests {
         assert_eq!(web.endpoints[0].workload_uid, "shop/web-0");
         assert_eq!((web.ports[0].port, web.ports[0].target_port), (80, 8080));
         let binding = waypoint_ref(&web, 15008);
+        let (wp_pod, wp) = waypoint("shop", "wp", "wp-sa", (ip(1), "n2"), ip(2));
+        assert_eq!(
+            (wp_pod.uid.as_str(), wp.endpoints[0].workload_uid.as_str()),
+            ("shop/wp-0", "shop/wp-0")
+        );
         assert_eq!(
             (binding.namespace.as_str(), binding.name.as_str()),
             ("shop", "web")

@@ -204,14 +204,9 @@ mod tests {
         let pod = |ns: &str, name: &str, sa: &str, ip: &str, node: &str| {
             build::workload(ns, name, sa, ip.parse().unwrap(), node)
         };
-        let wp_pod = pod("data", "wp-0", "wp-sa", "10.0.9.9", "n3");
-        let wp = build::service(
-            "data",
-            "wp",
-            "10.96.9.9".parse().unwrap(),
-            &[(15008, 0)],
-            &[&wp_pod],
-        );
+        let wp_at = ("10.0.9.9".parse().unwrap(), "n3");
+        let (wp_pod, wp) =
+            build::waypoint("data", "wp", "wp-sa", wp_at, "10.96.9.9".parse().unwrap());
         let mut db = pod("data", "db-0", "db", "10.0.1.1", "n1");
         db.waypoint = Some(build::waypoint_ref(&wp, 15008));
         let workloads = [
