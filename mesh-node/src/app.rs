@@ -120,7 +120,7 @@ pub struct Bound {
     certs_missing: Arc<Notify>,
     in_pod: watch::Receiver<BTreeMap<IpAddr, PathBuf>>,
     steering: Arc<OnceLock<Arc<Steering>>>,
-    /// The mesh view names the node's pods (static config, or the first feed version applied).
+    /// The mesh view names the node's pods (static mode, or the first feed version applied).
     mesh_known: Arc<AtomicBool>,
     scanner: OnceLock<PodScanner>,
     scan_config: ScanConfig,

@@ -229,7 +229,7 @@ pub struct InPodListeners {
     /// Pods whose namespace is steered now, by IP, with the namespace's cookie.
     steered: HashMap<IpAddr, u64>,
     published: watch::Sender<BTreeMap<IpAddr, PathBuf>>,
-    /// Whether the mesh view names the node's pods yet (static config, or a feed version in).
+    /// Whether the mesh view names the node's pods yet (static mode, or a feed version in).
     mesh_known: Arc<AtomicBool>,
 }
 
