@@ -56,8 +56,6 @@ pub struct Workload {
     pub addresses: Vec<IpAddr>,
     /// Node it runs on.
     pub node: String,
-    /// Labels (for policy selectors).
-    pub labels: BTreeMap<String, String>,
     /// Its SPIFFE identity.
     pub identity: SpiffeId,
     /// Waypoint for traffic addressed to it.
@@ -149,7 +147,6 @@ pub struct State {
     always_encrypt_same_node: bool,
     workloads: HashMap<IpAddr, Arc<Workload>>,
     services: HashMap<IpAddr, Arc<Service>>,
-    owners: HashMap<IpAddr, String>,
     waypoint_identities: BTreeSet<SpiffeId>,
 }
 
@@ -163,24 +160,31 @@ impl State {
             always_encrypt_same_node: settings.always_encrypt_same_node,
             workloads: HashMap::new(),
             services: HashMap::new(),
-            owners: HashMap::new(),
             waypoint_identities: BTreeSet::new(),
         }
     }
 
-    /// Checks that none of `addresses` is taken, then records them for `owner`.
-    fn claim(&mut self, addresses: &[IpAddr], owner: String) -> Result<(), AddressTaken> {
+    /// Who holds `ip` already: the workload or service under it.
+    fn owner_of(&self, ip: IpAddr) -> Option<String> {
+        let workload = self.workloads.get(&ip);
+        let workload = workload.map(|w| format!("workload {}/{}", w.namespace, w.name));
+        workload.or_else(|| self.services.get(&ip).map(|s| format!("service {}", s.key)))
+    }
+
+    /// Refuses `addresses` for `owner` when one is taken, or listed twice.
+    fn check_free(
+        &self,
+        addresses: &[IpAddr],
+        owner: impl Fn() -> String,
+    ) -> Result<(), AddressTaken> {
         for (i, ip) in addresses.iter().enumerate() {
-            let listed_twice = addresses[..i].contains(ip).then(|| owner.clone());
-            if let Some(first) = self.owners.get(ip).cloned().or(listed_twice) {
+            let listed_twice = addresses[..i].contains(ip).then(&owner);
+            if let Some(first) = self.owner_of(*ip).or(listed_twice) {
                 return Err(AddressTaken {
                     ip: *ip,
                     owner: first,
                 });
             }
-        }
-        for ip in addresses {
-            self.owners.insert(*ip, owner.clone());
         }
         Ok(())
     }
@@ -188,8 +192,8 @@ impl State {
     /// Adds `workload` under each of its addresses; refused when any is taken. The node's
     /// `always_encrypt_same_node` overrides the workload's same-node setting.
     pub fn add_workload(&mut self, mut workload: Workload) -> Result<Arc<Workload>, AddressTaken> {
-        let owner = format!("workload {}/{}", workload.namespace, workload.name);
-        self.claim(&workload.addresses, owner)?;
+        let owner = || format!("workload {}/{}", workload.namespace, workload.name);
+        self.check_free(&workload.addresses, owner)?;
         workload.same_node_plaintext &= !self.always_encrypt_same_node;
         let workload = Arc::new(workload);
         for ip in &workload.addresses {
@@ -200,7 +204,7 @@ impl State {
 
     /// Adds `service` under each of its VIPs; refused when any is taken.
     pub fn add_service(&mut self, service: Service) -> Result<(), AddressTaken> {
-        self.claim(&service.vips, format!("service {}", service.key))?;
+        self.check_free(&service.vips, || format!("service {}", service.key))?;
         let service = Arc::new(service);
         for vip in &service.vips {
             self.services.insert(*vip, service.clone());
@@ -399,7 +403,6 @@ mod tests {
                 ip: addresses[0],
                 addresses,
                 node: "n1".into(),
-                labels: BTreeMap::new(),
                 identity: SpiffeId::new("cluster.local", "x", name).unwrap(),
                 waypoint: None,
                 mtls: MtlsMode::Strict,

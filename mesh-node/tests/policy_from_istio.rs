@@ -56,7 +56,6 @@ fn allowed(policy: &str, account: &str, source_ip: &str, port: u16) -> bool {
             source_identity: Some(SpiffeId::new("cluster.local", "demo", account).unwrap()),
             source_ip: source_ip.parse().unwrap(),
             dest_namespace: "demo".into(),
-            dest_labels: Default::default(),
             dest_ip: "10.1.0.10".parse().unwrap(),
             dest_workload: "backend-0".into(),
             dest_port: port,

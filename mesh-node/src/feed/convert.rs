@@ -245,15 +245,13 @@ fn workload(
             return None;
         }
     };
-    let labels: BTreeMap<String, String> = w.labels.clone().into_iter().collect();
     Some(Workload {
         name: w.name.clone(),
-        meta: workload_meta(w, &labels),
+        meta: workload_meta(w),
         namespace: w.namespace.clone(),
         ip,
         addresses,
         node: w.node.clone(),
-        labels,
         identity,
         waypoint,
         mtls: mtls_mode(w.mtls),
@@ -264,7 +262,7 @@ fn workload(
 
 /// Telemetry's names for `w`: its controller (the pod itself when the feed names none), and
 /// Istio's canonical service and revision from its labels.
-fn workload_meta(w: &pb::Workload, labels: &BTreeMap<String, String>) -> WorkloadMeta {
+fn workload_meta(w: &pb::Workload) -> WorkloadMeta {
     let workload_name = Some(&w.workload_name)
         .filter(|n| !n.is_empty())
         .unwrap_or(&w.name)
@@ -274,8 +272,8 @@ fn workload_meta(w: &pb::Workload, labels: &BTreeMap<String, String>) -> Workloa
         .unwrap_or("pod");
     WorkloadMeta {
         namespace: w.namespace.clone(),
-        canonical_service: canonical_service(labels, &workload_name).to_owned(),
-        canonical_revision: canonical_revision(labels).to_owned(),
+        canonical_service: canonical_service(&w.labels, &workload_name).to_owned(),
+        canonical_revision: canonical_revision(&w.labels).to_owned(),
         workload_kind: workload_kind.to_owned(),
         workload_name,
     }

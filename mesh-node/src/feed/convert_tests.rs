@@ -94,7 +94,6 @@ fn decide(mesh: &Mesh, source_sa: &str, workload: &str, port: u16) -> crate::pol
         source_identity: Some(identity),
         source_ip: "10.0.1.7".parse().unwrap(),
         dest_namespace: "demo".into(),
-        dest_labels: Default::default(),
         dest_ip: "10.0.2.1".parse().unwrap(),
         dest_workload: workload.into(),
         dest_port: port,

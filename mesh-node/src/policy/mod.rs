@@ -14,7 +14,7 @@
 pub mod rules;
 pub mod tracker;
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::net::IpAddr;
 
 use mesh_core::identity::SpiffeId;
 pub use rules::{Policies, Scope, ScopedPolicy};
@@ -29,8 +29,6 @@ pub struct ConnectionInfo {
     pub source_ip: IpAddr,
     /// Destination workload namespace.
     pub dest_namespace: String,
-    /// Destination workload labels.
-    pub dest_labels: BTreeMap<String, String>,
     /// Destination workload IP.
     pub dest_ip: IpAddr,
     /// Destination workload name (for logs).

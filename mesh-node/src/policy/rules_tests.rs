@@ -35,7 +35,6 @@ fn conn(identity: Option<&str>, ip: &str, ns: &str, workload: &str, port: u16) -
         source_identity: identity.map(|i| i.parse().unwrap()),
         source_ip: ip.parse().unwrap(),
         dest_namespace: ns.into(),
-        dest_labels: Default::default(),
         dest_ip: "10.9.9.9".parse().unwrap(),
         dest_workload: workload.into(),
         dest_port: port,

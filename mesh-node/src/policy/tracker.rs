@@ -249,7 +249,6 @@ mod tests {
             ),
             source_ip: "10.0.0.1".parse().unwrap(),
             dest_namespace: "data".into(),
-            dest_labels: Default::default(),
             dest_ip: "10.0.0.9".parse().unwrap(),
             dest_workload: "db-0".into(),
             dest_port: 5432,

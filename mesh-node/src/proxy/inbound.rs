@@ -185,7 +185,6 @@ pub(crate) fn connection_info(
         source_identity: identity,
         source_ip,
         dest_namespace: dest.namespace.clone(),
-        dest_labels: dest.labels.clone(),
         dest_ip: dest.ip,
         dest_workload: dest.name.clone(),
         dest_port: port,
