@@ -1,53 +1,39 @@
 //! Snapshot to the node's state and policies: what is kept, what is left out and why.
 
+use mesh_core::proto::build;
+
 use super::*;
 
+/// A pod `demo/<name>` (its own service account, label `app: <name>`), STRICT.
 fn workload(name: &str, node: &str, ip: [u8; 4], in_mesh: bool) -> pb::Workload {
-    pb::Workload {
-        uid: format!("demo/{name}"),
-        name: name.into(),
-        namespace: "demo".into(),
-        addresses: vec![ip.to_vec()],
-        node: node.into(),
-        service_account: name.into(),
-        tunnel: if in_mesh {
-            pb::TunnelProtocol::Hbone
-        } else {
-            pb::TunnelProtocol::None
-        } as i32,
-        mtls: pb::MtlsMode::Strict as i32,
-        labels: [("app".to_string(), name.to_string())].into(),
-        ..Default::default()
+    let mut pod = build::workload("demo", name, name, IpAddr::from(ip), node);
+    if !in_mesh {
+        pod.tunnel = pb::TunnelProtocol::None as i32;
     }
+    pod.mtls = pb::MtlsMode::Strict as i32;
+    pod.labels = [("app".to_string(), name.to_string())].into();
+    pod
 }
 
+/// Service `demo/<name>`, port 80 to 8080, in front of the workloads `endpoints` (uids, which
+/// need not exist).
 fn service(
     name: &str,
     vip: [u8; 4],
     endpoints: &[&str],
     waypoint: Option<pb::WaypointRef>,
 ) -> pb::Service {
-    pb::Service {
-        key: format!("demo/{name}.demo.svc.cluster.local"),
-        name: name.into(),
-        namespace: "demo".into(),
-        hostname: format!("{name}.demo.svc.cluster.local"),
-        vips: vec![vip.to_vec()],
-        ports: vec![pb::ServicePort {
-            port: 80,
-            target_port: 8080,
-            protocol: "http".into(),
-        }],
-        endpoints: endpoints
-            .iter()
-            .map(|uid| pb::Endpoint {
-                workload_uid: uid.to_string(),
-                ports: Default::default(),
-            })
-            .collect(),
-        waypoint,
-        ..Default::default()
-    }
+    let mut service = build::service("demo", name, IpAddr::from(vip), &[(80, 8080)], &[]);
+    service.ports[0].protocol = "http".into();
+    service.endpoints = endpoints
+        .iter()
+        .map(|uid| pb::Endpoint {
+            workload_uid: uid.to_string(),
+            ports: Default::default(),
+        })
+        .collect();
+    service.waypoint = waypoint;
+    service
 }
 
 fn policy(

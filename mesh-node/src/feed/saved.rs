@@ -57,25 +57,16 @@ fn snapshot(path: &Path, update: pb::NodeUpdate) -> Result<MeshSnapshot, SavedFe
 
 #[cfg(test)]
 mod tests {
-    use mesh_core::proto::address_bytes;
+    use mesh_core::proto::build;
 
     use super::*;
     use crate::{config::Config, feed::convert};
 
     fn workload(name: &str, ip: &str, node: &str) -> pb::Resource {
+        let mut pod = build::workload("app", name, "web", ip.parse().unwrap(), node);
+        pod.mtls = pb::MtlsMode::Strict as i32;
         pb::Resource {
-            kind: Some(pb::resource::Kind::Workload(pb::Workload {
-                uid: format!("app/{name}"),
-                name: name.into(),
-                namespace: "app".into(),
-                addresses: vec![address_bytes(&ip.parse().unwrap())],
-                node: node.into(),
-                service_account: "web".into(),
-                identity: "spiffe://cluster.local/ns/app/sa/web".into(),
-                tunnel: pb::TunnelProtocol::Hbone as i32,
-                mtls: pb::MtlsMode::Strict as i32,
-                ..Default::default()
-            })),
+            kind: Some(pb::resource::Kind::Workload(pod)),
         }
     }
 
