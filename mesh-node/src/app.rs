@@ -340,7 +340,9 @@ pub async fn build_with(
         let state = proxy.state.clone();
         move || state.load().local_identities()
     };
-    fetch_certificates(&certs, wanted(), &deps.certs, &watch).await;
+    if !fetch_certificates(&certs, wanted(), &deps.certs, &watch).await {
+        certs_missing.notify_one();
+    }
     certs::spawn_refetch(
         certs.clone(),
         wanted,

@@ -124,9 +124,9 @@ impl CertManager {
 const REFETCH_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
 
 /// Fetches, until `drain`, the certificates of the identities `wanted()` names that `certs` does
-/// not hold: at once when `wake` is notified (an update left some without one), then again
-/// after a jittered backoff (1 s doubling to 60 s) while the CA refuses, so a CA outage is not
-/// hammered by every node.
+/// not hold. Woken by `wake` when an update or start-up could not get some (it just tried, so
+/// the first retry already waits), it retries after a jittered backoff (1 s doubling to 60 s)
+/// until none is missing, so a CA outage is not hammered by every node.
 pub fn spawn_refetch(
     certs: Arc<CertManager>,
     wanted: impl Fn() -> BTreeSet<SpiffeId> + Send + 'static,
@@ -137,28 +137,31 @@ pub fn spawn_refetch(
     tokio::spawn(async move {
         let mut backoff = Backoff::new(REFETCH_BACKOFF.0, REFETCH_BACKOFF.1);
         loop {
-            let missing: BTreeSet<SpiffeId> = wanted()
-                .into_iter()
-                .filter(|identity| certs.get(identity).is_none())
-                .collect();
-            let failures = match missing.is_empty() {
-                true => Vec::new(),
-                false => certs.ensure(missing, source.clone(), &drain).await,
-            };
-            if failures.is_empty() {
-                backoff.reset();
+            tokio::select! {
+                () = wake.notified() => {}
+                () = drain.signaled() => return,
+            }
+            backoff.reset();
+            loop {
+                let delay = backoff.next(false);
                 tokio::select! {
-                    () = wake.notified() => continue,
+                    () = tokio::time::sleep(delay) => {}
                     () = drain.signaled() => return,
                 }
-            }
-            let delay = backoff.next(false);
-            for (identity, error) in &failures {
-                tracing::warn!(%identity, %error, retry_in = ?delay, "certificate still missing; its mTLS traffic is refused");
-            }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = drain.signaled() => return,
+                let missing: BTreeSet<SpiffeId> = wanted()
+                    .into_iter()
+                    .filter(|identity| certs.get(identity).is_none())
+                    .collect();
+                if missing.is_empty() {
+                    break;
+                }
+                let failures = certs.ensure(missing, source.clone(), &drain).await;
+                if failures.is_empty() {
+                    break;
+                }
+                for (identity, error) in &failures {
+                    tracing::warn!(%identity, %error, "certificate still missing; its mTLS traffic is refused; retrying");
+                }
             }
         }
     });
