@@ -323,7 +323,11 @@ pub fn parse_document(
         return Err(diagnostic("metadata.name", "missing".to_string()));
     }
     let selector = (kind == Kind::PeerAuthentication).then(|| lenient_selector(&value));
-    let spec = value.get("spec").cloned();
+    // Only the kinds read back below: a Pod's or Secret's spec is not copied for nothing.
+    let spec = READ_BACK_KINDS
+        .contains(&kind)
+        .then(|| value.get("spec").cloned())
+        .flatten();
     match parse_kind(kind, value) {
         Ok(resource) => {
             if let (Some(spec), Some(read)) = (spec, read_back_spec(&resource)) {
@@ -355,6 +359,16 @@ pub fn parse_document(
         }
     }
 }
+
+/// The kinds whose unread fields are reported ([`read_back_spec`]).
+const READ_BACK_KINDS: [Kind; 6] = [
+    Kind::VirtualService,
+    Kind::DestinationRule,
+    Kind::ServiceEntry,
+    Kind::Gateway,
+    Kind::HttpRoute,
+    Kind::K8sGateway,
+];
 
 /// The `spec` of a routing or gateway object as Weft's type holds it, written back: a field of
 /// the document that is not in it was dropped on parsing. The security kinds collect their
