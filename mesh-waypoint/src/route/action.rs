@@ -172,12 +172,8 @@ pub fn strip_port(authority: &str) -> &str {
 
 /// The port of `host[:port]` when one is written (IPv6 literals: after the closing bracket).
 pub fn explicit_port(authority: &str) -> Option<u16> {
-    let rest = match authority.strip_prefix('[') {
-        Some(bracketed) => bracketed.split_once(']').map(|(_, rest)| rest)?,
-        None => authority,
-    };
-    let (_, port) = rest.rsplit_once(':')?;
-    port.parse().ok()
+    let rest = &authority[strip_port(authority).len()..];
+    rest.strip_prefix(':')?.parse().ok()
 }
 
 /// A weighted choice among targets.
